@@ -1,0 +1,188 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ConditionProgrammed is the NodeRuleSet condition its agent sets: True when
+// the node's nftables table holds the rule set of status.observedGeneration.
+const ConditionProgrammed = "Programmed"
+
+// Direction is the direction of traffic a rule or an isolation applies to,
+// seen from the local pod.
+// +kubebuilder:validation:Enum=Ingress;Egress
+type Direction string
+
+const (
+	DirectionIngress Direction = "Ingress"
+	DirectionEgress  Direction = "Egress"
+)
+
+// IsolationMode says what happens to traffic that no rule allows.
+// +kubebuilder:validation:Enum=Enforce;Audit
+type IsolationMode string
+
+const (
+	// IsolationEnforce drops (and logs) traffic no rule allows.
+	IsolationEnforce IsolationMode = "Enforce"
+	// IsolationAudit logs traffic no rule allows as "audit" and lets it pass.
+	IsolationAudit IsolationMode = "Audit"
+)
+
+// NodeRuleSetSpec is the compiled rule set of one node: everything its agent
+// needs to program nftables, with no Kubernetes selector left to evaluate.
+// It is written only by the controller.
+type NodeRuleSetSpec struct {
+	// pods are the pods running on the node that have IPs and are not
+	// hostNetwork, sorted by namespace and name.
+	// +optional
+	// +listType=atomic
+	Pods []LocalPod `json:"pods,omitempty"`
+	// rules are the allow rules the pods reference, deduplicated, sorted by id.
+	// +optional
+	// +listType=atomic
+	Rules []Rule `json:"rules,omitempty"`
+	// addressGroups names every AddressGroup the rules reference, sorted.
+	// +optional
+	// +listType=set
+	AddressGroups []string `json:"addressGroups,omitempty"`
+}
+
+// LocalPod is a pod on the node and the isolation of each of its directions.
+type LocalPod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// ips are the pod's addresses (one per family for dual-stack pods).
+	// +listType=atomic
+	IPs []string `json:"ips"`
+	// ingress is absent when no policy isolates the pod's ingress.
+	// +optional
+	Ingress *Isolation `json:"ingress,omitempty"`
+	// egress is absent when no policy isolates the pod's egress.
+	// +optional
+	Egress *Isolation `json:"egress,omitempty"`
+}
+
+// Isolation of one direction of a pod: only traffic one of the rules allows
+// passes; the rest is handled by mode.
+type Isolation struct {
+	// mode is Enforce when a NetworkPolicy or an Enforce DefaultDeny isolates
+	// the pod, Audit when only Audit DefaultDenies select it.
+	Mode IsolationMode `json:"mode"`
+	// policies names every policy that isolates the pod in this direction,
+	// as "NetworkPolicy/<namespace>/<name>" or "DefaultDeny/<name>", sorted.
+	// Drops are attributed to them.
+	// +listType=atomic
+	Policies []string `json:"policies"`
+	// rules are the ids of the rules that allow traffic, sorted.
+	// +optional
+	// +listType=atomic
+	Rules []string `json:"rules,omitempty"`
+}
+
+// Rule allows traffic from (ingress) or to (egress) any of its peers on any of
+// its ports.
+type Rule struct {
+	// id is a content hash: the same rule has the same id on every node.
+	ID        string    `json:"id"`
+	Direction Direction `json:"direction"`
+	// peers: absent means every address.
+	// +optional
+	// +listType=atomic
+	Peers []Peer `json:"peers,omitempty"`
+	// ports: absent means every protocol and port. A rule whose peer is a
+	// named-port AddressGroup has no ports: the group carries them.
+	// +optional
+	// +listType=atomic
+	Ports []Port `json:"ports,omitempty"`
+	// policies names the policies the rule comes from, sorted.
+	// +listType=atomic
+	Policies []string `json:"policies"`
+}
+
+// Peer is an AddressGroup or an IP block. Exactly one is set.
+type Peer struct {
+	// addressGroup names an AddressGroup (pod addresses, or pod
+	// address-port pairs for a named port).
+	// +optional
+	AddressGroup string `json:"addressGroup,omitempty"`
+	// ipBlock is a CIDR minus the except CIDRs.
+	// +optional
+	IPBlock *IPBlock `json:"ipBlock,omitempty"`
+}
+
+// Port is a protocol with a port, a port range, or every port.
+type Port struct {
+	Protocol Protocol `json:"protocol"`
+	// port is 0 (absent) for every port of the protocol.
+	// +optional
+	Port int32 `json:"port,omitempty"`
+	// endPort, when set, makes port..endPort a range.
+	// +optional
+	EndPort int32 `json:"endPort,omitempty"`
+}
+
+// NodeRuleSetStatus is written only by the node's agent.
+type NodeRuleSetStatus struct {
+	// observedGeneration is the spec generation the agent last programmed.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// conditions: Programmed.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// pods counts the local pods in the programmed rule set.
+	// +optional
+	Pods int32 `json:"pods,omitempty"`
+	// rules counts the programmed rules.
+	// +optional
+	Rules int32 `json:"rules,omitempty"`
+	// chains counts the nftables chains in the table.
+	// +optional
+	Chains int32 `json:"chains,omitempty"`
+	// setElements counts the elements of every set and map in the table.
+	// +optional
+	SetElements int32 `json:"setElements,omitempty"`
+	// drops counts the packets dropped since the agent started.
+	// +optional
+	Drops int64 `json:"drops,omitempty"`
+	// auditEvents counts the packets Audit mode let pass since the agent started.
+	// +optional
+	AuditEvents int64 `json:"auditEvents,omitempty"`
+	// lastProgrammedTime is when the table last changed.
+	// +optional
+	LastProgrammedTime *metav1.Time `json:"lastProgrammedTime,omitempty"`
+}
+
+// NodeRuleSet is the compiled rule set of the node it is named after. The
+// controller writes its spec; the node's agent programs it and writes status.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=nrs,categories=nftguard
+// +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.pods`
+// +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`
+// +kubebuilder:printcolumn:name="Generation",type=integer,JSONPath=`.status.observedGeneration`
+// +kubebuilder:printcolumn:name="Programmed",type=string,JSONPath=`.status.conditions[?(@.type=="Programmed")].status`
+// +kubebuilder:printcolumn:name="Drops",type=integer,JSONPath=`.status.drops`,priority=1
+// +kubebuilder:printcolumn:name="Elements",type=integer,JSONPath=`.status.setElements`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type NodeRuleSet struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   NodeRuleSetSpec   `json:"spec,omitempty"`
+	Status NodeRuleSetStatus `json:"status,omitempty"`
+}
+
+// NodeRuleSetList is a list of NodeRuleSet.
+// +kubebuilder:object:root=true
+type NodeRuleSetList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodeRuleSet `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&NodeRuleSet{}, &NodeRuleSetList{})
+}
