@@ -5,6 +5,60 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
+// LabelSelector has the shape (and YAML) of metav1.LabelSelector, with bounds
+// and an operator enum so that the API server validates it at admission.
+// Convert it with ToMeta.
+type LabelSelector struct {
+	// matchLabels: every label must match.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=32
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// matchExpressions: every requirement must match.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// LabelSelectorRequirement is a key, an operator and values, like
+// metav1.LabelSelectorRequirement.
+// +kubebuilder:validation:XValidation:rule="self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",message="values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
+type LabelSelectorRequirement struct {
+	// key is the label key.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=317
+	Key string `json:"key"`
+	// operator is In, NotIn, Exists or DoesNotExist.
+	// +kubebuilder:validation:Enum=In;NotIn;Exists;DoesNotExist
+	Operator metav1.LabelSelectorOperator `json:"operator"`
+	// values for In and NotIn.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=63
+	Values []string `json:"values,omitempty"`
+}
+
+// ToMeta converts the selector to a metav1.LabelSelector; nil stays nil.
+func (s *LabelSelector) ToMeta() *metav1.LabelSelector {
+	if s == nil {
+		return nil
+	}
+	out := &metav1.LabelSelector{}
+	if len(s.MatchLabels) > 0 {
+		out.MatchLabels = make(map[string]string, len(s.MatchLabels))
+		for k, v := range s.MatchLabels {
+			out.MatchLabels[k] = v
+		}
+	}
+	for _, r := range s.MatchExpressions {
+		out.MatchExpressions = append(out.MatchExpressions, metav1.LabelSelectorRequirement{
+			Key: r.Key, Operator: r.Operator, Values: append([]string(nil), r.Values...),
+		})
+	}
+	return out
+}
+
 // PolicyType is a traffic direction a policy can isolate.
 // +kubebuilder:validation:Enum=Ingress;Egress
 type PolicyType string
@@ -77,6 +131,7 @@ type NetworkPolicyPort struct {
 	// pod. Absent: every port of the protocol.
 	// +optional
 	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=15
 	Port *intstr.IntOrString `json:"port,omitempty"`
 	// endPort makes the rule cover the range port..endPort. Requires a numeric port.
 	// +optional
@@ -93,24 +148,21 @@ type NetworkPolicyPort struct {
 type NetworkPolicyPeer struct {
 	// podSelector selects pods by label.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions operator must be In, NotIn, Exists or DoesNotExist"
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn'] ? (has(e.values) && e.values.size() > 0) : (!has(e.values) || e.values.size() == 0))",message="matchExpressions values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
-	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+	PodSelector *LabelSelector `json:"podSelector,omitempty"`
 	// namespaceSelector selects namespaces by label.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions operator must be In, NotIn, Exists or DoesNotExist"
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn'] ? (has(e.values) && e.values.size() > 0) : (!has(e.values) || e.values.size() == 0))",message="matchExpressions values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
-	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	NamespaceSelector *LabelSelector `json:"namespaceSelector,omitempty"`
 	// ipBlock selects addresses by CIDR, minus the except CIDRs.
 	// +optional
-	IPBlock *IPBlock `json:"ipBlock,omitempty"`
+	IPBlock *NetworkPolicyIPBlock `json:"ipBlock,omitempty"`
 }
 
-// IPBlock is a CIDR minus some CIDRs inside it, like networking.k8s.io/v1 IPBlock.
+// NetworkPolicyIPBlock is a CIDR minus some CIDRs inside it, like
+// networking.k8s.io/v1 IPBlock, validated at admission.
 // +kubebuilder:validation:XValidation:rule="isCIDR(self.cidr)",message="cidr must be a CIDR such as 198.18.0.0/16 or fd00::/64"
 // +kubebuilder:validation:XValidation:rule="!has(self.except) || self.except.all(e, isCIDR(e))",message="every except entry must be a CIDR"
 // +kubebuilder:validation:XValidation:rule="!has(self.except) || !isCIDR(self.cidr) || self.except.all(e, !isCIDR(e) || (cidr(self.cidr).containsCIDR(e) && cidr(e).prefixLength() > cidr(self.cidr).prefixLength()))",message="every except entry must be a strict subset of cidr"
-type IPBlock struct {
+type NetworkPolicyIPBlock struct {
 	// cidr is the block, for example 198.18.0.0/16 or fd00::/64.
 	// +kubebuilder:validation:MaxLength=64
 	CIDR string `json:"cidr"`

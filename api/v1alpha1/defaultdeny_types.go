@@ -26,16 +26,12 @@ const ConditionEnforced = "Enforced"
 type DefaultDenySpec struct {
 	// namespaceSelector selects the namespaces whose pods are isolated. An
 	// empty selector ({}) selects every namespace.
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions operator must be In, NotIn, Exists or DoesNotExist"
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn'] ? (has(e.values) && e.values.size() > 0) : (!has(e.values) || e.values.size() == 0))",message="matchExpressions values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
-	NamespaceSelector metav1.LabelSelector `json:"namespaceSelector"`
+	NamespaceSelector LabelSelector `json:"namespaceSelector"`
 
 	// podSelector narrows the isolated pods within the selected namespaces.
 	// Absent: every pod in them.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions operator must be In, NotIn, Exists or DoesNotExist"
-	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn'] ? (has(e.values) && e.values.size() > 0) : (!has(e.values) || e.values.size() == 0))",message="matchExpressions values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
-	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+	PodSelector *LabelSelector `json:"podSelector,omitempty"`
 
 	// policyTypes lists the directions isolated. Default: both.
 	// +optional

@@ -122,6 +122,15 @@ type Port struct {
 	EndPort int32 `json:"endPort,omitempty"`
 }
 
+// IPBlock is a CIDR minus the except CIDRs inside it, as compiled from a
+// NetworkPolicy or DefaultDeny peer (canonical network addresses).
+type IPBlock struct {
+	CIDR string `json:"cidr"`
+	// +optional
+	// +listType=atomic
+	Except []string `json:"except,omitempty"`
+}
+
 // NodeRuleSetStatus is written only by the node's agent.
 type NodeRuleSetStatus struct {
 	// observedGeneration is the spec generation the agent last programmed.

@@ -1,0 +1,158 @@
+package v1alpha1_test
+
+import (
+	"fmt"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+)
+
+// createYAML creates the object a user would write; the API server validates it.
+func createYAML(doc string) error {
+	u := &unstructured.Unstructured{}
+	Expect(yaml.Unmarshal([]byte(doc), &u.Object)).To(Succeed())
+	return k8s.Create(ctx, u)
+}
+
+var seq int
+
+func dd(spec string) string {
+	seq++
+	return fmt.Sprintf("apiVersion: nftguard.io/v1alpha1\nkind: DefaultDeny\nmetadata:\n  name: dd-%d\nspec:\n%s", seq, spec)
+}
+
+var _ = Describe("DefaultDeny admission", func() {
+	It("accepts a baseline with DNS allowed and fills in the defaults", func() {
+		Expect(createYAML(`apiVersion: nftguard.io/v1alpha1
+kind: DefaultDeny
+metadata:
+  name: baseline
+spec:
+  namespaceSelector:
+    matchExpressions:
+    - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system]}
+  allowedEgress:
+  - to:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+      podSelector: {matchLabels: {k8s-app: kube-dns}}
+    ports:
+    - {protocol: UDP, port: 53}
+    - {port: dns-tcp}
+  - to:
+    - ipBlock: {cidr: 198.18.0.0/16, except: [198.18.1.0/24]}
+    ports:
+    - {port: 8000, endPort: 8080}
+`)).To(Succeed())
+		got := &v1alpha1.DefaultDeny{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: "baseline"}, got)).To(Succeed())
+		Expect(got.Spec.Mode).To(Equal(v1alpha1.ModeEnforce))
+		Expect(got.Spec.PolicyTypes).To(ConsistOf(v1alpha1.PolicyTypeIngress, v1alpha1.PolicyTypeEgress))
+		Expect(*got.Spec.AllowedEgress[0].Ports[1].Protocol).To(Equal(v1alpha1.ProtocolTCP))
+	})
+
+	It("accepts an Audit DefaultDeny for IPv6 blocks", func() {
+		Expect(createYAML(dd(`  namespaceSelector: {}
+  mode: Audit
+  policyTypes: [Ingress]
+  allowedIngress:
+  - from:
+    - ipBlock: {cidr: "fd00::/64", except: ["fd00::/96"]}
+`))).To(Succeed())
+	})
+
+	DescribeTable("rejects invalid resources with a message naming the field",
+		func(spec string, field string, message string) {
+			err := createYAML(dd(spec))
+			Expect(err).To(HaveOccurred())
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want an Invalid error, got %v", err)
+			Expect(err.Error()).To(ContainSubstring(field))
+			Expect(err.Error()).To(ContainSubstring(message))
+		},
+		Entry("unknown mode", `  namespaceSelector: {}
+  mode: Block
+`, "spec.mode", `supported values: "Enforce", "Audit"`),
+		Entry("unknown policyType", `  namespaceSelector: {}
+  policyTypes: [Ingress, Sideways]
+`, "spec.policyTypes[1]", `supported values: "Ingress", "Egress"`),
+		Entry("missing namespaceSelector", `  mode: Enforce
+`, "spec.namespaceSelector", "Required value"),
+		Entry("bad namespace selector operator", `  namespaceSelector:
+    matchExpressions: [{key: team, operator: Equals, values: [a]}]
+`, "spec.namespaceSelector.matchExpressions[0].operator", `supported values: "In", "NotIn", "Exists", "DoesNotExist"`),
+		Entry("bad pod selector operator in a peer", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - podSelector:
+        matchExpressions: [{key: app, operator: Like, values: [web]}]
+`, "spec.allowedIngress[0].from[0].podSelector.matchExpressions[0].operator", `supported values: "In", "NotIn", "Exists", "DoesNotExist"`),
+		Entry("In without values", `  namespaceSelector:
+    matchExpressions: [{key: team, operator: In}]
+`, "spec.namespaceSelector.matchExpressions[0]", "values must be non-empty for In and NotIn"),
+		Entry("invalid CIDR", `  namespaceSelector: {}
+  allowedEgress:
+  - to:
+    - ipBlock: {cidr: 198.18.0.0/33}
+`, "spec.allowedEgress[0].to[0].ipBlock", "cidr must be a CIDR"),
+		Entry("except outside its CIDR", `  namespaceSelector: {}
+  allowedEgress:
+  - to:
+    - ipBlock: {cidr: 198.18.0.0/24, except: [198.19.0.0/25]}
+`, "spec.allowedEgress[0].to[0].ipBlock", "every except entry must be a strict subset of cidr"),
+		Entry("except equal to its CIDR", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - ipBlock: {cidr: 198.18.0.0/24, except: [198.18.0.0/24]}
+`, "spec.allowedIngress[0].from[0].ipBlock", "every except entry must be a strict subset of cidr"),
+		Entry("except that is not a CIDR", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - ipBlock: {cidr: 198.18.0.0/24, except: [nonsense]}
+`, "spec.allowedIngress[0].from[0].ipBlock", "every except entry must be a CIDR"),
+		Entry("port 0", `  namespaceSelector: {}
+  allowedEgress:
+  - ports: [{port: 0}]
+`, "spec.allowedEgress[0].ports[0]", "port must be between 1 and 65535"),
+		Entry("port above 65535", `  namespaceSelector: {}
+  allowedIngress:
+  - ports: [{protocol: UDP, port: 70000}]
+`, "spec.allowedIngress[0].ports[0]", "port must be between 1 and 65535"),
+		Entry("endPort below port", `  namespaceSelector: {}
+  allowedIngress:
+  - ports: [{port: 8080, endPort: 80}]
+`, "spec.allowedIngress[0].ports[0]", "endPort must be greater than or equal to port"),
+		Entry("endPort with a named port", `  namespaceSelector: {}
+  allowedIngress:
+  - ports: [{port: http, endPort: 80}]
+`, "spec.allowedIngress[0].ports[0]", "endPort requires a numeric port"),
+		Entry("invalid named port", `  namespaceSelector: {}
+  allowedIngress:
+  - ports: [{port: "Not_A_Name"}]
+`, "spec.allowedIngress[0].ports[0]", "a named port must be an IANA service name"),
+		Entry("unknown protocol", `  namespaceSelector: {}
+  allowedIngress:
+  - ports: [{protocol: ICMP, port: 1}]
+`, "spec.allowedIngress[0].ports[0].protocol", `supported values: "TCP", "UDP", "SCTP"`),
+		Entry("peer mixing ipBlock and selectors", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - ipBlock: {cidr: 198.18.0.0/24}
+      podSelector: {}
+`, "spec.allowedIngress[0].from[0]", "a peer sets ipBlock alone, or podSelector and/or namespaceSelector"),
+		Entry("empty peer", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - {}
+`, "spec.allowedIngress[0].from[0]", "a peer sets ipBlock alone, or podSelector and/or namespaceSelector"),
+		Entry("allowedEgress without Egress isolation", `  namespaceSelector: {}
+  policyTypes: [Ingress]
+  allowedEgress:
+  - ports: [{port: 53, protocol: UDP}]
+`, "spec", "allowedEgress requires Egress in policyTypes"),
+	)
+})
