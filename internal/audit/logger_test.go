@@ -1,0 +1,306 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// fakeResolver knows pods x/b (ingress isolated) and y/a (egress audited).
+type fakeResolver struct {
+	mu    sync.Mutex
+	peers map[netip.Addr][2]string
+	calls int
+	// block, when set, holds Peer until it is closed.
+	block chan struct{}
+}
+
+func (r *fakeResolver) LocalPod(key string, dir Direction) (string, string, []string, bool) {
+	switch {
+	case key == PodKey("x", "b") && dir == Ingress:
+		return "x", "b", []string{"DefaultDeny/baseline", "NetworkPolicy/x/deny-all"}, true
+	case key == PodKey("y", "a") && dir == Egress:
+		return "y", "a", []string{"DefaultDeny/audit-all"}, true
+	}
+	return "", "", nil, false
+}
+
+func (r *fakeResolver) Peer(ip netip.Addr) (string, string, bool) {
+	if r.block != nil {
+		<-r.block
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	p, ok := r.peers[ip]
+	return p[0], p[1], ok
+}
+
+// scriptSource delivers records from a function, then waits.
+type scriptSource struct {
+	script func(in *intake)
+	done   chan struct{}
+}
+
+func (s *scriptSource) run(ctx context.Context, in *intake) error {
+	s.script(in)
+	close(s.done)
+	<-ctx.Done()
+	return nil
+}
+
+func newTestLogger(t *testing.T, cfg Config, script func(in *intake)) (*Logger, *scriptSource, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if cfg.Output == "" {
+		cfg.Output = filepath.Join(t.TempDir(), "audit.log")
+	}
+	cfg.Node = "node-1"
+	cfg.Registerer = reg
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &scriptSource{script: script, done: make(chan struct{})}
+	l.src = src
+	l.tick = 5 * time.Millisecond
+	return l, src, reg
+}
+
+func readEvents(t *testing.T, path string) []Event {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []Event
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var ev Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// waitFor polls until cond holds; the deadline only catches a hang.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func rec(clock Clock, prefix string, payload []byte) record {
+	return record{prefix: prefix, payload: payload, seen: clock.Now()}
+}
+
+func TestLoggerPipeline(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	resolver := &fakeResolver{peers: map[netip.Addr][2]string{
+		netip.MustParseAddr("198.18.0.1"): {"y", "a"},
+	}}
+	inX := Prefix{ActionDrop, Ingress, PodKey("x", "b")}.String()
+	auditY := Prefix{ActionAudit, Egress, PodKey("y", "a")}.String()
+	var seq uint32
+	send := func(in *intake, r record) {
+		in.deliver(r, &seq)
+		seq++
+	}
+
+	l, src, reg := newTestLogger(t, Config{Clock: clock, Resolver: resolver, Window: time.Second}, func(in *intake) {
+		for i := range 3 {
+			send(in, rec(clock, inX, ipv4(17, v4a, v4b, udp(uint16(40000+i), 53))))
+		}
+		send(in, rec(clock, inX, ipv4(6, v4a, v4b, tcp(40100, 80))))
+		send(in, rec(clock, auditY, ipv4(1, v4a, netip.MustParseAddr("198.18.9.9"), icmp(8, 0))))
+		send(in, rec(clock, "someone-else", ipv4(17, v4a, v4b, udp(1, 2))))
+		send(in, rec(clock, inX, []byte{0x45, 0}))
+		seq += 2 // two records lost on the socket
+		send(in, rec(clock, inX, ipv6(17, v6a, v6b, nil, udp(5000, 53))))
+	})
+	l.ReportRateLimited(7)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	<-src.done
+
+	// Lost lines are written at the next ticks; flow lines wait for their
+	// window to close.
+	waitFor(t, "lost lines", func() bool { return l.Totals().Lost == 11 })
+	if n := len(readEvents(t, l.cfg.Output)); n > 3 {
+		t.Fatalf("%d lines before the window closed", n)
+	}
+	clock.Advance(time.Second)
+	waitFor(t, "flow lines", func() bool { return l.Totals().Drops+l.Totals().AuditEvents == 6 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	at := t0.UTC()
+	wantLost := map[LostReason]uint64{LostRateLimit: 7, LostBuffer: 2, LostMalformed: 2}
+	wantFlows := []Event{
+		{
+			Time: at, Node: "node-1", Action: ActionDrop, Direction: Ingress, Protocol: ProtocolUDP,
+			Src:      Endpoint{IP: v4a, Port: 40000, Namespace: "y", Pod: "a"},
+			Dst:      Endpoint{IP: v4b, Port: 53, Namespace: "x", Pod: "b"},
+			Policies: []string{"DefaultDeny/baseline", "NetworkPolicy/x/deny-all"}, Count: 3,
+		},
+		{
+			Time: at, Node: "node-1", Action: ActionDrop, Direction: Ingress, Protocol: ProtocolTCP,
+			Src:      Endpoint{IP: v4a, Port: 40100, Namespace: "y", Pod: "a"},
+			Dst:      Endpoint{IP: v4b, Port: 80, Namespace: "x", Pod: "b"},
+			Policies: []string{"DefaultDeny/baseline", "NetworkPolicy/x/deny-all"}, Count: 1,
+		},
+		{
+			Time: at, Node: "node-1", Action: ActionAudit, Direction: Egress, Protocol: ProtocolICMP,
+			Src:      Endpoint{IP: v4a, Namespace: "y", Pod: "a"},
+			Dst:      Endpoint{IP: netip.MustParseAddr("198.18.9.9")},
+			Policies: []string{"DefaultDeny/audit-all"}, Count: 1,
+		},
+		{
+			Time: at, Node: "node-1", Action: ActionDrop, Direction: Ingress, Protocol: ProtocolUDP,
+			Src:      Endpoint{IP: v6a, Port: 5000},
+			Dst:      Endpoint{IP: v6b, Port: 53, Namespace: "x", Pod: "b"},
+			Policies: []string{"DefaultDeny/baseline", "NetworkPolicy/x/deny-all"}, Count: 1,
+		},
+	}
+	check := func(what string, got []Event) {
+		t.Helper()
+		lost := make(map[LostReason]uint64)
+		var flows []Event
+		for _, ev := range got {
+			if ev.Action != ActionLost {
+				flows = append(flows, ev)
+				continue
+			}
+			if ev.Node != "node-1" || !ev.Time.Equal(at) || ev.Count == 0 {
+				t.Errorf("%s: lost line %+v", what, ev)
+			}
+			lost[ev.Reason] += ev.Count
+		}
+		if !reflect.DeepEqual(lost, wantLost) {
+			t.Errorf("%s: lost %v, want %v", what, lost, wantLost)
+		}
+		if !reflect.DeepEqual(flows, wantFlows) {
+			t.Errorf("%s: lines:\n%s\nwant:\n%s", what, dump(flows), dump(wantFlows))
+		}
+	}
+	check("file", readEvents(t, l.cfg.Output))
+	check("Recent", l.Recent())
+	if tot := l.Totals(); tot != (Totals{Drops: 5, AuditEvents: 1, Lost: 11}) {
+		t.Errorf("Totals = %+v", tot)
+	}
+	if got := counterValues(t, reg, "nftguard_audit_packets_total", "policy"); got["NetworkPolicy/x/deny-all"] != 5 || got["DefaultDeny/audit-all"] != 1 {
+		t.Errorf("packets by policy = %v", got)
+	}
+	if got := counterValues(t, reg, "nftguard_audit_records_lost_total", "reason"); got["malformed"] != 2 || got["buffer"] != 2 || got["ratelimit"] != 7 {
+		t.Errorf("lost by reason = %v", got)
+	}
+	// One Peer call per distinct IP and batch, not one per packet.
+	if resolver.calls > 4 {
+		t.Errorf("Peer called %d times", resolver.calls)
+	}
+}
+
+func dump(evs []Event) string {
+	var b strings.Builder
+	for _, ev := range evs {
+		j, _ := json.Marshal(ev)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// A resolver that blocks must not block the read loop: records beyond the
+// queue are counted as lost, and every record is in a line or a lost count.
+func TestLoggerSlowResolverNeverBlocksIntake(t *testing.T) {
+	resolver := &fakeResolver{block: make(chan struct{})}
+	inX := Prefix{ActionDrop, Ingress, PodKey("x", "b")}.String()
+	const records = 3000
+	l, src, _ := newTestLogger(t, Config{Resolver: resolver, Window: 10 * time.Millisecond, QueueSize: 16}, func(in *intake) {
+		for i := range records {
+			r := rec(realClock{}, inX, ipv4(17, v4a, v4b, udp(1, uint16(i%500))))
+			in.deliver(r, nil)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	select {
+	case <-src.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("intake blocked behind the resolver")
+	}
+	close(resolver.block)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var logged, lost uint64
+	for _, ev := range readEvents(t, l.cfg.Output) {
+		switch ev.Action {
+		case ActionDrop:
+			logged += ev.Count
+		case ActionLost:
+			if ev.Reason != LostQueue {
+				t.Errorf("lost line with reason %q", ev.Reason)
+			}
+			lost += ev.Count
+		}
+	}
+	if lost == 0 {
+		t.Error("no records lost to a full queue")
+	}
+	if logged+lost != records {
+		t.Errorf("%d logged + %d lost, want %d records", logged, lost, records)
+	}
+}
+
+func TestLoggerRunOnce(t *testing.T) {
+	l, _, _ := newTestLogger(t, Config{}, func(*intake) {})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Run(ctx); err == nil {
+		t.Error("second Run succeeded")
+	}
+	if got := readEvents(t, l.cfg.Output); len(got) != 0 {
+		t.Errorf("lines without records: %v", got)
+	}
+}
+
+func TestNewRejectsEmptyOutput(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Error("empty output accepted")
+	}
+}
+
+func TestRunFailsOnUnwritableOutput(t *testing.T) {
+	l, _, _ := newTestLogger(t, Config{Output: filepath.Join(t.TempDir(), "missing", "audit.log")}, func(*intake) {})
+	if err := l.Run(context.Background()); err == nil {
+		t.Error("Run succeeded with an output in a missing directory")
+	}
+}
