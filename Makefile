@@ -10,6 +10,9 @@ CONTROLLER_TOOLS_VERSION ?= v0.21.0
 CONTROLLER_GEN ?= $(BIN)/controller-gen
 KUBE_APISERVER ?= $(BIN)/kube-apiserver
 ETCD ?= $(BIN)/etcd
+KUBECTL ?= $(BIN)/kubectl
+KUBE_VERSION ?= v1.36.3
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36 -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION)
 # Packages whose tests need root and network namespaces (skipped otherwise).
 GOTEST_FLAGS ?= -count=1
 export KUBEBUILDER_ASSETS ?= $(BIN)
@@ -26,7 +29,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs and the controller ClusterRole from markers.
+manifests: $(CONTROLLER_GEN) ## Generate CRDs and the controller and agent ClusterRoles from markers.
 	$(CONTROLLER_GEN) rbac:roleName=nftguard-controller crd paths="./api/..." paths="./internal/controller/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
@@ -72,7 +75,7 @@ demo: ## The local-cluster demo (not built yet: see README).
 ##@ Tools
 
 .PHONY: test-binaries
-test-binaries: $(KUBE_APISERVER) $(ETCD) ## Build kube-apiserver and etcd for envtest and the local cluster.
+test-binaries: $(KUBE_APISERVER) $(ETCD) $(KUBECTL) ## Build kube-apiserver, etcd and kubectl for envtest and the local cluster.
 
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
@@ -80,7 +83,10 @@ $(CONTROLLER_GEN):
 # kube-apiserver and etcd come from the separate module under test/tools so
 # that the product's go.mod never depends on k8s.io/kubernetes.
 $(KUBE_APISERVER): test/tools/go.mod test/tools/go.sum
-	cd test/tools && $(GO) build -o $(KUBE_APISERVER) ./kube-apiserver
+	cd test/tools && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_APISERVER) ./kube-apiserver
+
+$(KUBECTL): test/tools/go.mod test/tools/go.sum
+	cd test/tools && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(KUBECTL) ./kubectl
 
 $(ETCD): test/tools/go.mod test/tools/go.sum
 	cd test/tools && $(GO) build -o $(ETCD) ./etcd

@@ -1,0 +1,94 @@
+package compiler
+
+import (
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+)
+
+// Snapshot is the cluster state Compile reads. The objects are only read,
+// never modified; the order of each slice does not matter.
+type Snapshot struct {
+	Pods            []*corev1.Pod
+	Namespaces      []*corev1.Namespace
+	Nodes           []*corev1.Node
+	NetworkPolicies []*networkingv1.NetworkPolicy
+	DefaultDenies   []*v1alpha1.DefaultDeny
+}
+
+// Result is the desired state compiled from a Snapshot.
+type Result struct {
+	// NodeRuleSets holds one spec per node of the snapshot, keyed by node
+	// name; a node without eligible pods has an empty spec.
+	NodeRuleSets map[string]v1alpha1.NodeRuleSetSpec `json:"nodeRuleSets"`
+	// AddressGroups holds every group some rule set references, and only those,
+	// keyed by group name.
+	AddressGroups map[string]v1alpha1.AddressGroupSpec `json:"addressGroups"`
+	// Policies holds the span of every policy of the snapshot, keyed by
+	// "NetworkPolicy/<namespace>/<name>" or "DefaultDeny/<name>".
+	Policies map[string]PolicySpan `json:"policies"`
+}
+
+// PolicySpan is where a policy applies: the eligible pods it selects on the
+// nodes of the snapshot.
+type PolicySpan struct {
+	SelectedPods int `json:"selectedPods"`
+	// Nodes are the nodes hosting a selected pod, sorted.
+	Nodes []string `json:"nodes,omitempty"`
+}
+
+// Compile compiles a snapshot into the rule set of every node, the address
+// groups they reference and the span of every policy. The result does not
+// depend on the order of the snapshot's slices and shares no memory with it.
+func Compile(s *Snapshot) *Result {
+	ix := newIndex()
+	if s != nil {
+		ix.load(s)
+	}
+	res := &Result{
+		NodeRuleSets:  make(map[string]v1alpha1.NodeRuleSetSpec, len(ix.nodes)),
+		AddressGroups: map[string]v1alpha1.AddressGroupSpec{},
+		Policies:      make(map[string]PolicySpan, len(ix.nps)+len(ix.dds)),
+	}
+	counts := map[string]map[string]int{} // policy key -> node -> selected pods
+	groups := map[string]*groupDef{}
+	for node := range ix.nodes {
+		out := ix.compileNode(node)
+		res.NodeRuleSets[node] = out.spec
+		for _, g := range out.groups {
+			groups[g.name] = g
+		}
+		for key, n := range out.counts {
+			if counts[key] == nil {
+				counts[key] = map[string]int{}
+			}
+			counts[key][node] = n
+		}
+	}
+	for name, g := range groups {
+		res.AddressGroups[name] = g.spec(ix.scanMembers(g))
+	}
+	for _, p := range ix.nps {
+		res.Policies[p.key] = spanOf(counts[p.key])
+	}
+	for _, p := range ix.dds {
+		res.Policies[p.key] = spanOf(counts[p.key])
+	}
+	return res
+}
+
+// spanOf sums a policy's per-node counts of selected pods.
+func spanOf(perNode map[string]int) PolicySpan {
+	var s PolicySpan
+	for node, n := range perNode {
+		if n > 0 {
+			s.SelectedPods += n
+			s.Nodes = append(s.Nodes, node)
+		}
+	}
+	slices.Sort(s.Nodes)
+	return s
+}

@@ -1,0 +1,305 @@
+package compiler
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+)
+
+// world is the set of objects an engine has been told about, by kind and key.
+type world map[string]any
+
+func (w world) snapshot() *Snapshot {
+	var objs []any
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range w {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		objs = append(objs, w[k])
+	}
+	return snap(objs...)
+}
+
+func objectKey(o any) string {
+	switch o := o.(type) {
+	case *corev1.Node:
+		return "node/" + o.Name
+	case *corev1.Namespace:
+		return "ns/" + o.Name
+	case *corev1.Pod:
+		return "pod/" + o.Namespace + "/" + o.Name
+	case *networkingv1.NetworkPolicy:
+		return "np/" + o.Namespace + "/" + o.Name
+	case *v1alpha1.DefaultDeny:
+		return "dd/" + o.Name
+	}
+	panic(fmt.Sprintf("unexpected %T", o))
+}
+
+func upsert(e *Engine, o any) {
+	switch o := o.(type) {
+	case *corev1.Node:
+		e.UpsertNode(o)
+	case *corev1.Namespace:
+		e.UpsertNamespace(o)
+	case *corev1.Pod:
+		e.UpsertPod(o)
+	case *networkingv1.NetworkPolicy:
+		e.UpsertNetworkPolicy(o)
+	case *v1alpha1.DefaultDeny:
+		e.UpsertDefaultDeny(o)
+	}
+}
+
+func remove(e *Engine, o any) {
+	switch o := o.(type) {
+	case *corev1.Node:
+		e.DeleteNode(o.Name)
+	case *corev1.Namespace:
+		e.DeleteNamespace(o.Name)
+	case *corev1.Pod:
+		e.DeletePod(o.Namespace, o.Name)
+	case *networkingv1.NetworkPolicy:
+		e.DeleteNetworkPolicy(o.Namespace, o.Name)
+	case *v1alpha1.DefaultDeny:
+		e.DeleteDefaultDeny(o.Name)
+	}
+}
+
+// mirror is what a consumer of Changes holds after applying every delta.
+type mirror struct{ res *Result }
+
+func (m *mirror) apply(d *Delta) {
+	for k, v := range d.NodeRuleSets {
+		if v == nil {
+			delete(m.res.NodeRuleSets, k)
+		} else {
+			m.res.NodeRuleSets[k] = *v
+		}
+	}
+	for k, v := range d.AddressGroups {
+		if v == nil {
+			delete(m.res.AddressGroups, k)
+		} else {
+			m.res.AddressGroups[k] = *v
+		}
+	}
+	for k, v := range d.Policies {
+		if v == nil {
+			delete(m.res.Policies, k)
+		} else {
+			m.res.Policies[k] = *v
+		}
+	}
+}
+
+// runEngineSequence applies random upserts and deletes of objects drawn from
+// several random clusters (whose objects share names, so that upserts are
+// also updates) and checks, at random points, that the engine's Result and
+// the state rebuilt from its deltas both equal Compile of the same objects.
+func runEngineSequence(t *testing.T, rng *rand.Rand, steps int) {
+	t.Helper()
+	var pool []any
+	for range 4 {
+		b := make([]byte, 48+rng.IntN(160))
+		for i := range b {
+			b[i] = byte(rng.UintN(256))
+		}
+		s := fuzzClusterFrom(b).snap
+		for _, o := range s.Nodes {
+			pool = append(pool, o)
+		}
+		for _, o := range s.Namespaces {
+			pool = append(pool, o)
+		}
+		for _, o := range s.Pods {
+			pool = append(pool, o)
+		}
+		for _, o := range s.NetworkPolicies {
+			pool = append(pool, o)
+		}
+		for _, o := range s.DefaultDenies {
+			pool = append(pool, o)
+		}
+	}
+	if len(pool) == 0 {
+		return
+	}
+	e := NewEngine()
+	w := world{}
+	m := &mirror{res: &Result{NodeRuleSets: map[string]v1alpha1.NodeRuleSetSpec{}, AddressGroups: map[string]v1alpha1.AddressGroupSpec{}, Policies: map[string]PolicySpan{}}}
+	var log []string
+	check := func() {
+		t.Helper()
+		want := Compile(w.snapshot())
+		if diff := cmp.Diff(want, e.Result()); diff != "" {
+			t.Fatalf("after %v\nengine result differs from Compile (-compile +engine):\n%s", log, diff)
+		}
+		d := e.Changes()
+		m.apply(d)
+		if diff := cmp.Diff(want, m.res); diff != "" {
+			t.Fatalf("after %v\nstate rebuilt from deltas differs from Compile (-compile +deltas):\n%s", log, diff)
+		}
+		if d2 := e.Changes(); !d2.Empty() {
+			t.Fatalf("a second Changes without events is not empty: %+v", d2)
+		}
+	}
+	for range steps {
+		o := pool[rng.IntN(len(pool))]
+		key := objectKey(o)
+		if rng.IntN(4) == 0 {
+			remove(e, o)
+			delete(w, key)
+			log = append(log, "-"+key)
+		} else {
+			upsert(e, o)
+			w[key] = o
+			log = append(log, "+"+key)
+		}
+		if rng.IntN(5) == 0 {
+			check()
+		}
+	}
+	check()
+}
+
+func TestEngineMatchesCompile(t *testing.T) {
+	for seed := range uint64(150) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			runEngineSequence(t, rand.New(rand.NewPCG(seed, 99)), 80)
+		})
+	}
+}
+
+func FuzzEngine(f *testing.F) {
+	f.Add(uint64(0), uint64(1))
+	f.Add(uint64(42), uint64(7))
+	f.Fuzz(func(t *testing.T, a, b uint64) {
+		runEngineSequence(t, rand.New(rand.NewPCG(a, b)), 60)
+	})
+}
+
+// TestEngineSynthetic loads a synthetic cluster into an engine, then changes
+// it the way a cluster changes, checking against Compile.
+func TestEngineSynthetic(t *testing.T) {
+	s := Synthetic(Params{Seed: 5, Nodes: 8, PodsPerNode: 20, Namespaces: 10, NetworkPolicies: 60, DefaultDenies: true, DualStackEvery: 5})
+	e := NewEngine()
+	w := world{}
+	for _, o := range allObjects(s) {
+		upsert(e, o)
+		w[objectKey(o)] = o
+	}
+	if diff := cmp.Diff(Compile(s), e.Result()); diff != "" {
+		t.Fatalf("after loading (-compile +engine):\n%s", diff)
+	}
+	e.Changes()
+
+	rng := rand.New(rand.NewPCG(1, 1))
+	for i := range 40 {
+		switch i % 4 {
+		case 0: // relabel a pod
+			p := s.Pods[rng.IntN(len(s.Pods))].DeepCopy()
+			p.Labels["tier"] = []string{"web", "api", "db", "worker"}[rng.IntN(4)]
+			upsert(e, p)
+			w[objectKey(p)] = p
+		case 1: // a pod goes, another comes with its address
+			p := s.Pods[rng.IntN(len(s.Pods))]
+			e.DeletePod(p.Namespace, p.Name)
+			delete(w, objectKey(p))
+			q := p.DeepCopy()
+			q.Name += "-new"
+			q.Spec.NodeName = s.Nodes[rng.IntN(len(s.Nodes))].Name
+			upsert(e, q)
+			w[objectKey(q)] = q
+		case 2: // relabel a namespace
+			ns := s.Namespaces[rng.IntN(len(s.Namespaces))].DeepCopy()
+			ns.Labels["env"] = []string{"prod", "staging", "dev"}[rng.IntN(3)]
+			upsert(e, ns)
+			w[objectKey(ns)] = ns
+		case 3: // edit a policy
+			np := s.NetworkPolicies[rng.IntN(len(s.NetworkPolicies))].DeepCopy()
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{Ports: ports(tcp(1000 + i))})
+			upsert(e, np)
+			w[objectKey(np)] = np
+		}
+		d := e.Changes()
+		if len(d.NodeRuleSets) > 2 && i%4 == 0 {
+			t.Errorf("relabelling one pod rewrote %d rule sets", len(d.NodeRuleSets))
+		}
+		if diff := cmp.Diff(Compile(w.snapshot()), e.Result()); diff != "" {
+			t.Fatalf("step %d (-compile +engine):\n%s", i, diff)
+		}
+	}
+}
+
+func allObjects(s *Snapshot) []any {
+	var out []any
+	for _, o := range s.Nodes {
+		out = append(out, o)
+	}
+	for _, o := range s.Namespaces {
+		out = append(out, o)
+	}
+	for _, o := range s.Pods {
+		out = append(out, o)
+	}
+	for _, o := range s.NetworkPolicies {
+		out = append(out, o)
+	}
+	for _, o := range s.DefaultDenies {
+		out = append(out, o)
+	}
+	return out
+}
+
+// BenchmarkEnginePodEvent measures one pod event and the Changes that
+// follow, on a loaded cluster of the chosen tier: a relabel that changes no
+// group, and a pod replaced by another (which changes every group holding it,
+// the cluster-wide ones included).
+func BenchmarkEnginePodEvent(b *testing.B) {
+	p, ok := benchTiers[*benchTier]
+	if !ok {
+		b.Fatalf("unknown tier %q", *benchTier)
+	}
+	s := Synthetic(p)
+	e := NewEngine()
+	for _, o := range allObjects(s) {
+		upsert(e, o)
+	}
+	e.Changes()
+	rng := rand.New(rand.NewPCG(1, 2))
+	b.Run(fmt.Sprintf("%s/pods=%d", *benchTier, p.Nodes*p.PodsPerNode), func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			pod := s.Pods[rng.IntN(len(s.Pods))].DeepCopy()
+			pod.Labels["version"] = fmt.Sprint("v", i)
+			i++
+			e.UpsertPod(pod)
+			e.Changes()
+		}
+	})
+	b.Run(fmt.Sprintf("%s/pods=%d/replace", *benchTier, p.Nodes*p.PodsPerNode), func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			old := s.Pods[rng.IntN(len(s.Pods))]
+			e.DeletePod(old.Namespace, old.Name)
+			pod := old.DeepCopy()
+			pod.Name = fmt.Sprint(old.Name, "-", i)
+			i++
+			e.UpsertPod(pod)
+			e.Changes()
+		}
+	})
+}

@@ -1,0 +1,36 @@
+package controller
+
+import (
+	"fmt"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+)
+
+// Options configures the controllers Setup registers.
+type Options struct {
+	// MaxObjectBytes bounds a written NodeRuleSet or AddressGroup spec.
+	MaxObjectBytes int
+}
+
+// Setup registers nftguard's reconcilers with a manager.
+func Setup(mgr ctrl.Manager, opts Options) error {
+	state := NewState()
+	rs := &RuleSetReconciler{
+		Client:         mgr.GetClient(),
+		Recorder:       mgr.GetEventRecorder("nftguard-controller"),
+		State:          state,
+		MaxObjectBytes: opts.MaxObjectBytes,
+	}
+	if err := rs.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the rule-set controller: %w", err)
+	}
+	st := &StatusReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("nftguard-controller"),
+		State:    state,
+	}
+	if err := st.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the status controller: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,205 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
+)
+
+// State carries the outcome of the latest compile from the rule-set
+// reconciler to the status reconciler.
+type State struct {
+	mu          sync.RWMutex
+	compiled    bool
+	desired     map[string]v1alpha1.NodeRuleSetSpec
+	spans       map[string]compiler.PolicySpan
+	generations map[string]int64 // policy key -> generation compiled
+	oversized   map[string]int   // "NodeRuleSet/<node>" or "AddressGroup/<name>" -> bytes
+	notify      chan event.GenericEvent
+}
+
+// NewState returns an empty State.
+func NewState() *State {
+	return &State{notify: make(chan event.GenericEvent, 1)}
+}
+
+func (s *State) publish(res *compiler.Result, snap *compiler.Snapshot, oversized map[string]int) {
+	gens := make(map[string]int64, len(snap.NetworkPolicies)+len(snap.DefaultDenies))
+	for _, np := range snap.NetworkPolicies {
+		gens["NetworkPolicy/"+np.Namespace+"/"+np.Name] = np.Generation
+	}
+	for _, dd := range snap.DefaultDenies {
+		gens["DefaultDeny/"+dd.Name] = dd.Generation
+	}
+	s.mu.Lock()
+	s.compiled = true
+	s.desired = res.NodeRuleSets
+	s.spans = res.Policies
+	s.generations = gens
+	s.oversized = oversized
+	s.mu.Unlock()
+	select {
+	case s.notify <- event.GenericEvent{Object: &v1alpha1.NodeRuleSet{}}:
+	default: // a status pass is already due
+	}
+}
+
+// StatusReconciler aggregates the agents' NodeRuleSet status into each
+// DefaultDeny's status and into Events on NetworkPolicies, so that
+// `kubectl get dd` and `kubectl describe networkpolicy` show enforcement.
+type StatusReconciler struct {
+	Client   client.Client
+	Recorder events.EventRecorder
+	State    *State
+
+	// reported remembers the last event per NetworkPolicy so each state is
+	// reported once.
+	reported map[types.NamespacedName]string
+}
+
+// +kubebuilder:rbac:groups=nftguard.io,resources=defaultdenies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets,verbs=get;list;watch
+
+// Reconcile recomputes every DefaultDeny status and NetworkPolicy event.
+func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	r.State.mu.RLock()
+	defer r.State.mu.RUnlock()
+	if !r.State.compiled {
+		return reconcile.Result{}, nil // the first compile notifies us
+	}
+	var rsList v1alpha1.NodeRuleSetList
+	if err := r.Client.List(ctx, &rsList); err != nil {
+		return reconcile.Result{}, fmt.Errorf("listing NodeRuleSets: %w", err)
+	}
+	present := map[string]*v1alpha1.NodeRuleSet{}
+	for i := range rsList.Items {
+		present[rsList.Items[i].Name] = &rsList.Items[i]
+	}
+	nodes := make(map[string]NodeState, len(r.State.desired))
+	for name, spec := range r.State.desired {
+		_, tooLarge := r.State.oversized["NodeRuleSet/"+name]
+		nodes[name] = nodeStateOf(present[name], spec, tooLarge)
+	}
+
+	var errs []error
+	var dds v1alpha1.DefaultDenyList
+	if err := r.Client.List(ctx, &dds); err != nil {
+		return reconcile.Result{}, fmt.Errorf("listing DefaultDenies: %w", err)
+	}
+	for i := range dds.Items {
+		dd := &dds.Items[i]
+		key := "DefaultDeny/" + dd.Name
+		gen, ok := r.State.generations[key]
+		if !ok || gen != dd.Generation {
+			continue // not compiled yet; the compile that includes it notifies us
+		}
+		want := defaultDenyStatus(dd.Status, aggregate(r.State.spans[key], nodes), dd.Generation)
+		if equality.Semantic.DeepEqual(dd.Status, want) {
+			continue
+		}
+		patch := client.MergeFrom(dd.DeepCopy())
+		dd.Status = want
+		if err := r.Client.Status().Patch(ctx, dd, patch); err != nil && !apierrors.IsNotFound(err) {
+			writeErrors.WithLabelValues("DefaultDeny").Inc()
+			errs = append(errs, fmt.Errorf("updating DefaultDeny %s status: %w", dd.Name, err))
+			continue
+		}
+		objectWrites.WithLabelValues("DefaultDeny", "status").Inc()
+	}
+
+	var nps networkingv1.NetworkPolicyList
+	if err := r.Client.List(ctx, &nps); err != nil {
+		return reconcile.Result{}, fmt.Errorf("listing NetworkPolicies: %w", err)
+	}
+	r.reportPolicies(ctx, nps.Items, nodes)
+
+	if len(errs) > 0 {
+		return reconcile.Result{}, errs[0]
+	}
+	return reconcile.Result{}, nil
+}
+
+// reportPolicies records an Event on each NetworkPolicy whose enforcement
+// changed: Enforced once every node it spans programmed it, a warning when a
+// node failed or its rule set is too large.
+func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv1.NetworkPolicy, nodes map[string]NodeState) {
+	if r.reported == nil {
+		r.reported = map[types.NamespacedName]string{}
+	}
+	seen := map[types.NamespacedName]bool{}
+	for i := range nps {
+		np := &nps[i]
+		id := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
+		seen[id] = true
+		key := "NetworkPolicy/" + np.Namespace + "/" + np.Name
+		if gen, ok := r.State.generations[key]; !ok || gen != np.Generation {
+			continue
+		}
+		e := aggregate(r.State.spans[key], nodes)
+		var typ, reason, note string
+		switch {
+		case len(e.TooLarge) > 0:
+			typ, reason = corev1.EventTypeWarning, ReasonRuleSetTooLarge
+			note = fmt.Sprintf("Not enforced on %s: the node's rule set exceeds the object size limit", list(e.TooLarge))
+		case len(e.Failed) > 0:
+			typ, reason = corev1.EventTypeWarning, ReasonProgramFailed
+			note = fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
+		case e.Desired > 0 && e.Enforced == e.Desired:
+			typ, reason = corev1.EventTypeNormal, ReasonEnforced
+			note = fmt.Sprintf("Enforced on all %d nodes hosting its %d selected pods (generation %d)", e.Desired, e.SelectedPods, np.Generation)
+		default:
+			continue // nothing selected, or still programming: nothing new to say
+		}
+		state := strings.Join([]string{reason, fmt.Sprint(np.Generation), note}, "|")
+		if r.reported[id] == state {
+			continue
+		}
+		r.reported[id] = state
+		r.Recorder.Eventf(np, nil, typ, reason, "Enforce", "%s", note)
+		log.FromContext(ctx).V(1).Info("Reported NetworkPolicy enforcement", "networkPolicy", id, "reason", reason)
+	}
+	for id := range r.reported {
+		if !seen[id] {
+			delete(r.reported, id)
+		}
+	}
+}
+
+// SetupWithManager registers the reconciler: it runs after each compile and
+// whenever an agent reports status or a DefaultDeny changes.
+func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.State == nil {
+		return fmt.Errorf("StatusReconciler needs a State")
+	}
+	statusRequest := reconcile.Request{NamespacedName: types.NamespacedName{Name: "status"}}
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{statusRequest}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("status").
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		Watches(&v1alpha1.NodeRuleSet{}, one).
+		Watches(&v1alpha1.DefaultDeny{}, one).
+		WatchesRawSource(source.Channel(r.State.notify, handler.EnqueueRequestsFromMapFunc(
+			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{statusRequest} }))).
+		Complete(r)
+}

@@ -1,0 +1,116 @@
+// Package manifests_test installs config/default and config/samples, as
+// rendered by kustomize, into a real API server.
+package manifests_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftguard/nftguard/internal/testenv"
+)
+
+// render runs `kubectl kustomize` (bin/kubectl, built by the Makefile) on a
+// directory under config/ and decodes the documents.
+func render(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
+	root := testenv.RepoRoot()
+	kubectl := filepath.Join(root, "bin", "kubectl")
+	out, err := exec.Command(kubectl, "kustomize", filepath.Join(root, "config", dir)).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize config/%s (run `make test-binaries` first): %v", dir, err)
+	}
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			t.Fatalf("decoding config/%s: %v", dir, err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs
+}
+
+func apply(t *testing.T, ctx context.Context, c client.Client, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, u := range objs {
+		u.SetManagedFields(nil)
+		if err := c.Patch(ctx, u, client.Apply, client.ForceOwnership, client.FieldOwner("manifests-test")); err != nil {
+			t.Fatalf("applying %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+}
+
+func TestDefaultAndSamplesInstall(t *testing.T) {
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	ctx := context.Background()
+	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	apply(t, ctx, c, render(t, "default"))
+
+	var dep appsv1.Deployment
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "nftguard-system", Name: "nftguard-controller"}, &dep); err != nil {
+		t.Fatalf("controller Deployment: %v", err)
+	}
+	ctr := dep.Spec.Template.Spec.Containers[0]
+	if !slices.Contains(ctr.Args, "--leader-elect") {
+		t.Errorf("controller args %v lack --leader-elect", ctr.Args)
+	}
+	if dep.Spec.Template.Spec.ServiceAccountName != "nftguard-controller" {
+		t.Errorf("controller runs as %q", dep.Spec.Template.Spec.ServiceAccountName)
+	}
+	var crb rbacv1.ClusterRoleBinding
+	if err := c.Get(ctx, client.ObjectKey{Name: "nftguard-controller"}, &crb); err != nil {
+		t.Fatalf("ClusterRoleBinding: %v", err)
+	}
+	if crb.RoleRef.Name != "nftguard-controller" || len(crb.Subjects) != 1 || crb.Subjects[0].Namespace != "nftguard-system" {
+		t.Errorf("binding %+v does not bind the controller's ClusterRole to its ServiceAccount", crb)
+	}
+	var lease rbacv1.Role
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "nftguard-system", Name: "nftguard-leader-election"}, &lease); err != nil {
+		t.Fatalf("leader election Role: %v", err)
+	}
+
+	// The samples must pass admission as written.
+	for _, ns := range []string{"storefront", "backend", "payments"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	samples := render(t, "samples")
+	if len(samples) < 5 {
+		t.Fatalf("config/samples rendered %d objects, want the DefaultDeny and 4 NetworkPolicies", len(samples))
+	}
+	apply(t, ctx, c, samples)
+}
