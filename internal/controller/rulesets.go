@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -39,10 +42,16 @@ const DefaultMaxObjectBytes = 1400 * 1024
 // watch event maps to it, so a burst of events is coalesced into one compile.
 var clusterRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}
 
+// fullResyncPeriod bounds how long a divergence the watches did not report
+// can survive: every so often a pass compares every output with the API.
+const fullResyncPeriod = 10 * time.Minute
+
 // RuleSetReconciler compiles every NetworkPolicy and DefaultDeny into one
 // NodeRuleSet per node and the AddressGroups they reference, and writes only
-// the objects whose content changed. Hand edits to its outputs are undone;
-// rule sets of deleted nodes and unreferenced groups are deleted.
+// the objects whose content changed. Watch events feed an incremental
+// compiler.Engine, so a pod event recompiles the pod's node and the groups
+// it belongs to, not the cluster. Hand edits to its outputs are undone; rule
+// sets of deleted nodes and unreferenced groups are deleted.
 type RuleSetReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
@@ -52,6 +61,23 @@ type RuleSetReconciler struct {
 	MaxObjectBytes int
 
 	coalesced atomic.Int64
+
+	mu     sync.Mutex // guards engine and the pending sets below
+	engine *compiler.Engine
+	// pendingGens holds the generations of policies seen since the last pass.
+	pendingGens map[string]int64
+	dirtyRS     map[string]struct{} // outputs to compare again (edited, deleted, failed)
+	dirtyAG     map[string]struct{}
+
+	// Owned by the single worker running Reconcile.
+	desiredRS map[string]v1alpha1.NodeRuleSetSpec
+	desiredAG map[string]v1alpha1.AddressGroupSpec
+	refs      map[string]int32 // group -> rule sets referencing it
+	spans     map[string]compiler.PolicySpan
+	gens      map[string]int64
+	oversized map[string]int
+	lastFull  time.Time
+	synced    bool // a full pass has succeeded
 }
 
 // +kubebuilder:rbac:groups="",resources=pods;namespaces;nodes,verbs=get;list;watch
@@ -62,137 +88,293 @@ type RuleSetReconciler struct {
 // +kubebuilder:rbac:groups=nftguard.io,resources=addressgroups/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile compiles the cluster and converges the NodeRuleSets and
-// AddressGroups on the result.
+// Reconcile brings the compiled state up to date with the events received
+// since the last pass and converges the NodeRuleSets and AddressGroups that
+// changed (all of them on the first pass and every fullResyncPeriod).
 func (r *RuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	logger := log.FromContext(ctx)
 	pendingEvents.Set(float64(r.coalesced.Swap(0)))
 
-	snap, err := r.snapshot(ctx)
+	r.mu.Lock()
+	start := time.Now()
+	delta := r.engine.Changes()
+	compileDuration.Observe(time.Since(start).Seconds())
+	dirtyRS, dirtyAG := r.dirtyRS, r.dirtyAG
+	r.dirtyRS, r.dirtyAG = map[string]struct{}{}, map[string]struct{}{}
+	for k, g := range r.pendingGens {
+		r.gens[k] = g
+	}
+	clear(r.pendingGens)
+	r.mu.Unlock()
+
+	for name, spec := range delta.NodeRuleSets {
+		r.setDesiredRS(name, spec, dirtyAG)
+		dirtyRS[name] = struct{}{}
+	}
+	for name, spec := range delta.AddressGroups {
+		if spec == nil {
+			delete(r.desiredAG, name)
+		} else {
+			r.desiredAG[name] = *spec
+		}
+		dirtyAG[name] = struct{}{}
+	}
+	for key, span := range delta.Policies {
+		if span == nil {
+			delete(r.spans, key)
+			delete(r.gens, key)
+		} else {
+			r.spans[key] = *span
+		}
+	}
+	logger.V(1).Info("Compiled changes", "nodes", len(delta.NodeRuleSets), "addressGroups", len(delta.AddressGroups),
+		"policies", len(delta.Policies), "duration", time.Since(start))
+
+	full := !r.synced || time.Since(r.lastFull) > fullResyncPeriod
+	if full {
+		if err := r.markAll(ctx, dirtyRS, dirtyAG); err != nil {
+			r.requeue(dirtyRS, dirtyAG)
+			return reconcile.Result{}, err
+		}
+	}
+	err := r.converge(ctx, dirtyRS, dirtyAG)
+	r.State.publish(r.desiredRS, r.spans, r.gens, r.oversized)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	start := time.Now()
-	res := compiler.Compile(snap)
-	compileDuration.Observe(time.Since(start).Seconds())
-	logger.V(1).Info("Compiled rule sets", "nodes", len(res.NodeRuleSets), "addressGroups", len(res.AddressGroups), "duration", time.Since(start))
+	if full {
+		r.synced, r.lastFull = true, time.Now()
+	}
+	return reconcile.Result{RequeueAfter: fullResyncPeriod}, nil
+}
 
-	var existingRS v1alpha1.NodeRuleSetList
-	if err := r.Client.List(ctx, &existingRS); err != nil {
-		return reconcile.Result{}, fmt.Errorf("listing NodeRuleSets: %w", err)
+// setDesiredRS records a node's compiled spec (nil: the node is gone) and
+// keeps the group reference counts in step, marking groups whose count
+// changed so their status is rewritten.
+func (r *RuleSetReconciler) setDesiredRS(name string, spec *v1alpha1.NodeRuleSetSpec, dirtyAG map[string]struct{}) {
+	if old, ok := r.desiredRS[name]; ok {
+		for _, g := range old.AddressGroups {
+			dirtyAG[g] = struct{}{}
+			r.refs[g]--
+			if r.refs[g] <= 0 {
+				delete(r.refs, g)
+			}
+		}
 	}
-	var existingAG v1alpha1.AddressGroupList
-	if err := r.Client.List(ctx, &existingAG); err != nil {
-		return reconcile.Result{}, fmt.Errorf("listing AddressGroups: %w", err)
+	if spec == nil {
+		delete(r.desiredRS, name)
+		return
 	}
-	nodes := map[string]*corev1.Node{}
-	for _, n := range snap.Nodes {
-		nodes[n.Name] = n
+	r.desiredRS[name] = *spec
+	for _, g := range spec.AddressGroups {
+		dirtyAG[g] = struct{}{}
+		r.refs[g]++
 	}
+}
 
-	oversized := map[string]int{}
+// markAll adds every existing and desired output to the sets to compare.
+func (r *RuleSetReconciler) markAll(ctx context.Context, dirtyRS, dirtyAG map[string]struct{}) error {
+	var rsList v1alpha1.NodeRuleSetList
+	if err := r.Client.List(ctx, &rsList); err != nil {
+		return fmt.Errorf("listing NodeRuleSets: %w", err)
+	}
+	var agList v1alpha1.AddressGroupList
+	if err := r.Client.List(ctx, &agList); err != nil {
+		return fmt.Errorf("listing AddressGroups: %w", err)
+	}
+	for _, rs := range rsList.Items {
+		dirtyRS[rs.Name] = struct{}{}
+	}
+	for _, ag := range agList.Items {
+		dirtyAG[ag.Name] = struct{}{}
+	}
+	for name := range r.desiredRS {
+		dirtyRS[name] = struct{}{}
+	}
+	for name := range r.desiredAG {
+		dirtyAG[name] = struct{}{}
+	}
+	return nil
+}
+
+// requeue hands outputs back for the next pass.
+func (r *RuleSetReconciler) requeue(rs, ag map[string]struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for n := range rs {
+		r.dirtyRS[n] = struct{}{}
+	}
+	for n := range ag {
+		r.dirtyAG[n] = struct{}{}
+	}
+}
+
+// converge writes the given outputs where the API differs from the compiled
+// state: groups first (a rule set never references a group that does not
+// exist yet), then rule sets, then deletions of rule sets of deleted nodes
+// and of groups nothing references.
+func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[string]struct{}) error {
+	logger := log.FromContext(ctx)
+	failedRS, failedAG := map[string]struct{}{}, map[string]struct{}{}
 	var errs []error
+	keepGroups := map[string]bool{}
 
-	// Groups first, so no rule set ever references a group that does not exist yet.
-	currentAG := map[string]*v1alpha1.AddressGroup{}
-	for i := range existingAG.Items {
-		currentAG[existingAG.Items[i].Name] = &existingAG.Items[i]
-	}
-	for _, name := range sortedKeys(res.AddressGroups) {
-		spec := res.AddressGroups[name]
+	for _, name := range sortedKeys(dirtyAG) {
+		spec, ok := r.desiredAG[name]
+		if !ok {
+			continue
+		}
+		delete(r.oversized, "AddressGroup/"+name)
 		if size := specSize(spec); size > r.maxBytes() {
-			oversized["AddressGroup/"+name] = size
+			r.oversized["AddressGroup/"+name] = size
 			logger.Error(nil, "Address group exceeds the object size limit; not written", "addressGroup", name, "bytes", size, "limit", r.maxBytes())
 			continue
 		}
-		if err := r.writeGroup(ctx, name, spec, currentAG[name]); err != nil {
+		cur, err := r.getGroup(ctx, name)
+		if err == nil {
+			err = r.writeGroup(ctx, name, spec, cur)
+		}
+		if err == nil {
+			err = r.writeGroupStatus(ctx, name, spec, r.refs[name])
+		}
+		if err != nil {
 			errs = append(errs, err)
+			failedAG[name] = struct{}{}
 		}
 	}
 
-	// Rule sets next.
-	currentRS := map[string]*v1alpha1.NodeRuleSet{}
-	for i := range existingRS.Items {
-		currentRS[existingRS.Items[i].Name] = &existingRS.Items[i]
-	}
-	keepGroups := map[string]bool{}
 	largest := 0
-	for _, node := range sortedKeys(res.NodeRuleSets) {
-		spec := res.NodeRuleSets[node]
+	for _, name := range sortedKeys(dirtyRS) {
+		cur := &v1alpha1.NodeRuleSet{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, cur); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("reading NodeRuleSet %s: %w", name, err))
+				failedRS[name] = struct{}{}
+				continue
+			}
+			cur = nil
+		}
+		spec, ok := r.desiredRS[name]
+		if !ok {
+			if cur != nil {
+				if err := r.deleteStaleRuleSet(ctx, cur); err != nil {
+					errs = append(errs, err)
+					failedRS[name] = struct{}{}
+				}
+			}
+			continue
+		}
+		node := &corev1.Node{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+			// The engine saw the node; the cache will too. Try again then.
+			errs = append(errs, fmt.Errorf("reading Node %s: %w", name, err))
+			failedRS[name] = struct{}{}
+			continue
+		}
+		delete(r.oversized, "NodeRuleSet/"+name)
 		size := specSize(spec)
 		largest = max(largest, size)
 		if size > r.maxBytes() {
-			oversized["NodeRuleSet/"+node] = size
-			logger.Error(nil, "Rule set exceeds the object size limit; the node keeps its last rule set", "node", node, "bytes", size, "limit", r.maxBytes())
-			r.Recorder.Eventf(nodes[node], nil, corev1.EventTypeWarning, "RuleSetTooLarge", "Compile",
+			r.oversized["NodeRuleSet/"+name] = size
+			logger.Error(nil, "Rule set exceeds the object size limit; the node keeps its last rule set", "node", name, "bytes", size, "limit", r.maxBytes())
+			r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "RuleSetTooLarge", "Compile",
 				"Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", size, r.maxBytes())
-			if cur := currentRS[node]; cur != nil {
+			if cur != nil {
 				for _, g := range cur.Spec.AddressGroups {
 					keepGroups[g] = true
 				}
 			}
 			continue
 		}
-		if err := r.writeRuleSet(ctx, nodes[node], spec, currentRS[node]); err != nil {
+		if err := r.writeRuleSet(ctx, node, spec, cur); err != nil {
 			errs = append(errs, err)
-			if cur := currentRS[node]; cur != nil {
+			failedRS[name] = struct{}{}
+			if cur != nil {
 				for _, g := range cur.Spec.AddressGroups {
 					keepGroups[g] = true
 				}
 			}
 		}
 	}
-	largestRuleSetBytes.Set(float64(largest))
-	oversizedObjects.Set(float64(len(oversized)))
+	largestRuleSetBytes.Set(float64(max(largest, r.largestKnown())))
+	oversizedObjects.Set(float64(len(r.oversized)))
 
-	// Rule sets of nodes that no longer exist. The owner reference lets the
-	// garbage collector do this too; doing it here makes it independent of it.
-	for name, rs := range currentRS {
-		if _, ok := res.NodeRuleSets[name]; ok {
+	for _, name := range sortedKeys(dirtyAG) {
+		if _, ok := r.desiredAG[name]; ok {
 			continue
 		}
-		logger.Info("Deleting rule set of a deleted node", "node", name)
-		if err := r.Client.Delete(ctx, rs, client.Preconditions{UID: &rs.UID}); err != nil && !apierrors.IsNotFound(err) {
-			writeErrors.WithLabelValues("NodeRuleSet").Inc()
-			errs = append(errs, fmt.Errorf("deleting NodeRuleSet %s: %w", name, err))
+		if keepGroups[name] {
+			failedAG[name] = struct{}{} // delete it once no stale rule set needs it
 			continue
 		}
-		objectWrites.WithLabelValues("NodeRuleSet", "delete").Inc()
-	}
-
-	// Groups nothing references any more, last.
-	refs := map[string]int32{}
-	for _, spec := range res.NodeRuleSets {
-		for _, g := range spec.AddressGroups {
-			refs[g]++
-		}
-	}
-	for name, ag := range currentAG {
-		if _, ok := res.AddressGroups[name]; ok || keepGroups[name] {
+		ag := &v1alpha1.AddressGroup{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("reading AddressGroup %s: %w", name, err))
+				failedAG[name] = struct{}{}
+			}
 			continue
 		}
 		logger.V(1).Info("Deleting unreferenced address group", "addressGroup", name)
 		if err := r.Client.Delete(ctx, ag, client.Preconditions{UID: &ag.UID}); err != nil && !apierrors.IsNotFound(err) {
 			writeErrors.WithLabelValues("AddressGroup").Inc()
 			errs = append(errs, fmt.Errorf("deleting AddressGroup %s: %w", name, err))
+			failedAG[name] = struct{}{}
 			continue
 		}
 		objectWrites.WithLabelValues("AddressGroup", "delete").Inc()
 	}
-	for name, spec := range res.AddressGroups {
-		if _, over := oversized["AddressGroup/"+name]; over {
-			continue
-		}
-		if err := r.writeGroupStatus(ctx, name, spec, refs[name]); err != nil {
-			errs = append(errs, err)
-		}
-	}
 
-	r.State.publish(res, snap, oversized)
-	if len(errs) > 0 {
-		return reconcile.Result{}, fmt.Errorf("converging rule sets: %d writes failed, first: %w", len(errs), errs[0])
+	if len(failedRS)+len(failedAG) > 0 {
+		r.requeue(failedRS, failedAG)
 	}
-	return reconcile.Result{}, nil
+	if len(errs) > 0 {
+		return fmt.Errorf("converging rule sets: %d writes failed, first: %w", len(errs), errs[0])
+	}
+	return nil
+}
+
+// largestKnown is the largest desired rule set recorded as oversized.
+func (r *RuleSetReconciler) largestKnown() int {
+	n := 0
+	for k, v := range r.oversized {
+		if strings.HasPrefix(k, "NodeRuleSet/") {
+			n = max(n, v)
+		}
+	}
+	return n
+}
+
+// deleteStaleRuleSet deletes the rule set of a node that no longer exists.
+// The owner reference lets the garbage collector do this too; doing it here
+// makes it independent of it.
+func (r *RuleSetReconciler) deleteStaleRuleSet(ctx context.Context, rs *v1alpha1.NodeRuleSet) error {
+	node := &corev1.Node{}
+	err := r.Client.Get(ctx, client.ObjectKey{Name: rs.Name}, node)
+	if err == nil && node.DeletionTimestamp.IsZero() {
+		return nil // the engine has not seen this node yet; its event will come
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading Node %s: %w", rs.Name, err)
+	}
+	log.FromContext(ctx).Info("Deleting rule set of a deleted node", "node", rs.Name)
+	if err := r.Client.Delete(ctx, rs, client.Preconditions{UID: &rs.UID}); err != nil && !apierrors.IsNotFound(err) {
+		writeErrors.WithLabelValues("NodeRuleSet").Inc()
+		return fmt.Errorf("deleting NodeRuleSet %s: %w", rs.Name, err)
+	}
+	objectWrites.WithLabelValues("NodeRuleSet", "delete").Inc()
+	return nil
+}
+
+func (r *RuleSetReconciler) getGroup(ctx context.Context, name string) (*v1alpha1.AddressGroup, error) {
+	ag := &v1alpha1.AddressGroup{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading AddressGroup %s: %w", name, err)
+	}
+	return ag, nil
 }
 
 func (r *RuleSetReconciler) maxBytes() int {
@@ -208,43 +390,6 @@ func specSize(spec any) int {
 		return 0
 	}
 	return len(b)
-}
-
-// snapshot reads the compiler's input from the informer cache.
-func (r *RuleSetReconciler) snapshot(ctx context.Context) (*compiler.Snapshot, error) {
-	var (
-		pods  corev1.PodList
-		nss   corev1.NamespaceList
-		nodes corev1.NodeList
-		nps   networkingv1.NetworkPolicyList
-		dds   v1alpha1.DefaultDenyList
-	)
-	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &nps, &dds} {
-		if err := r.Client.List(ctx, l); err != nil {
-			return nil, fmt.Errorf("listing %T: %w", l, err)
-		}
-	}
-	s := &compiler.Snapshot{}
-	for i := range pods.Items {
-		s.Pods = append(s.Pods, &pods.Items[i])
-	}
-	for i := range nss.Items {
-		s.Namespaces = append(s.Namespaces, &nss.Items[i])
-	}
-	for i := range nodes.Items {
-		if nodes.Items[i].DeletionTimestamp.IsZero() {
-			s.Nodes = append(s.Nodes, &nodes.Items[i])
-		}
-	}
-	for i := range nps.Items {
-		s.NetworkPolicies = append(s.NetworkPolicies, &nps.Items[i])
-	}
-	for i := range dds.Items {
-		if dds.Items[i].DeletionTimestamp.IsZero() {
-			s.DefaultDenies = append(s.DefaultDenies, &dds.Items[i])
-		}
-	}
-	return s, nil
 }
 
 func (r *RuleSetReconciler) writeGroup(ctx context.Context, name string, spec v1alpha1.AddressGroupSpec, cur *v1alpha1.AddressGroup) error {
@@ -351,29 +496,88 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// SetupWithManager registers the reconciler. Every input maps to the single
-// cluster request; pod updates that cannot change the compiled output are
-// filtered out before they reach the queue.
+// SetupWithManager registers the reconciler. Watch events feed the engine
+// and map to the single cluster request; pod updates that cannot change the
+// compiled output are filtered out before they reach it.
 func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.State == nil {
 		return fmt.Errorf("RuleSetReconciler needs a State")
 	}
-	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-		r.coalesced.Add(1)
-		return []reconcile.Request{clusterRequest}
-	})
+	r.engine = compiler.NewEngine()
+	r.pendingGens = map[string]int64{}
+	r.dirtyRS, r.dirtyAG = map[string]struct{}{}, map[string]struct{}{}
+	r.desiredRS = map[string]v1alpha1.NodeRuleSetSpec{}
+	r.desiredAG = map[string]v1alpha1.AddressGroupSpec{}
+	r.refs = map[string]int32{}
+	r.spans = map[string]compiler.PolicySpan{}
+	r.gens = map[string]int64{}
+	r.oversized = map[string]int{}
+
+	pods := r.feed(func(o client.Object) {
+		r.engine.UpsertPod(o.(*corev1.Pod))
+	}, func(o client.Object) { r.engine.DeletePod(o.GetNamespace(), o.GetName()) })
+	namespaces := r.feed(func(o client.Object) {
+		r.engine.UpsertNamespace(o.(*corev1.Namespace))
+	}, func(o client.Object) { r.engine.DeleteNamespace(o.GetName()) })
+	nodes := r.feed(func(o client.Object) {
+		if !o.GetDeletionTimestamp().IsZero() {
+			r.engine.DeleteNode(o.GetName())
+			return
+		}
+		r.engine.UpsertNode(o.(*corev1.Node))
+	}, func(o client.Object) { r.engine.DeleteNode(o.GetName()) })
+	nps := r.feed(func(o client.Object) {
+		r.engine.UpsertNetworkPolicy(o.(*networkingv1.NetworkPolicy))
+		r.pendingGens["NetworkPolicy/"+o.GetNamespace()+"/"+o.GetName()] = o.GetGeneration()
+	}, func(o client.Object) { r.engine.DeleteNetworkPolicy(o.GetNamespace(), o.GetName()) })
+	dds := r.feed(func(o client.Object) {
+		if !o.GetDeletionTimestamp().IsZero() {
+			r.engine.DeleteDefaultDeny(o.GetName())
+			return
+		}
+		r.engine.UpsertDefaultDeny(o.(*v1alpha1.DefaultDeny))
+		r.pendingGens["DefaultDeny/"+o.GetName()] = o.GetGeneration()
+	}, func(o client.Object) { r.engine.DeleteDefaultDeny(o.GetName()) })
+	ruleSets := r.feed(func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} },
+		func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} })
+	groups := r.feed(func(o client.Object) { r.dirtyAG[o.GetName()] = struct{}{} },
+		func(o client.Object) { r.dirtyAG[o.GetName()] = struct{}{} })
+
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("rulesets").
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
-		Watches(&corev1.Pod{}, all, builder.WithPredicates(podChanged)).
-		Watches(&corev1.Namespace{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
-		Watches(&corev1.Node{}, all, builder.WithPredicates(nodeChanged)).
-		Watches(&networkingv1.NetworkPolicy{}, all, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&v1alpha1.DefaultDeny{}, all, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		// Spec edits (hand edits to repair) and deletions of our outputs.
-		Watches(&v1alpha1.NodeRuleSet{}, all, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&v1alpha1.AddressGroup{}, all, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Pod{}, pods, builder.WithPredicates(podChanged)).
+		Watches(&corev1.Namespace{}, namespaces, builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		Watches(&corev1.Node{}, nodes, builder.WithPredicates(nodeChanged)).
+		Watches(&networkingv1.NetworkPolicy{}, nps, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&v1alpha1.DefaultDeny{}, dds, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Spec edits (hand edits to repair) and deletions of the outputs.
+		Watches(&v1alpha1.NodeRuleSet{}, ruleSets, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&v1alpha1.AddressGroup{}, groups, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
+}
+
+// feed returns an event handler that applies watch events to the engine
+// (under the lock) and enqueues the cluster request.
+func (r *RuleSetReconciler) feed(upsert, remove func(client.Object)) handler.EventHandler {
+	apply := func(f func(client.Object), o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		r.mu.Lock()
+		f(o)
+		r.mu.Unlock()
+		r.coalesced.Add(1)
+		q.Add(clusterRequest)
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			apply(upsert, e.Object, q)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			apply(upsert, e.ObjectNew, q)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			apply(remove, e.Object, q)
+		},
+	}
 }
 
 // podChanged passes pod events that can change what the compiler produces.

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 
@@ -42,20 +43,15 @@ func NewState() *State {
 	return &State{notify: make(chan event.GenericEvent, 1)}
 }
 
-func (s *State) publish(res *compiler.Result, snap *compiler.Snapshot, oversized map[string]int) {
-	gens := make(map[string]int64, len(snap.NetworkPolicies)+len(snap.DefaultDenies))
-	for _, np := range snap.NetworkPolicies {
-		gens["NetworkPolicy/"+np.Namespace+"/"+np.Name] = np.Generation
-	}
-	for _, dd := range snap.DefaultDenies {
-		gens["DefaultDeny/"+dd.Name] = dd.Generation
-	}
+// publish hands a copy of the compiled state to the status reconciler and
+// wakes it.
+func (s *State) publish(desired map[string]v1alpha1.NodeRuleSetSpec, spans map[string]compiler.PolicySpan, gens map[string]int64, oversized map[string]int) {
 	s.mu.Lock()
 	s.compiled = true
-	s.desired = res.NodeRuleSets
-	s.spans = res.Policies
-	s.generations = gens
-	s.oversized = oversized
+	s.desired = maps.Clone(desired)
+	s.spans = maps.Clone(spans)
+	s.generations = maps.Clone(gens)
+	s.oversized = maps.Clone(oversized)
 	s.mu.Unlock()
 	select {
 	case s.notify <- event.GenericEvent{Object: &v1alpha1.NodeRuleSet{}}:
