@@ -20,6 +20,9 @@ export KUBEBUILDER_ASSETS ?= $(BIN)
 .PHONY: all
 all: build
 
+# Local cluster, demo and end-to-end targets live in mk/.
+-include mk/*.mk
+
 ##@ General
 
 .PHONY: help
@@ -32,6 +35,7 @@ help: ## Show this help.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and the controller and agent ClusterRoles from markers.
 	$(CONTROLLER_GEN) rbac:roleName=nftguard-controller crd paths="./api/..." paths="./internal/controller/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=nftguard-agent paths="./internal/agent/..." output:rbac:artifacts:config=config/agent
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
@@ -68,9 +72,6 @@ build: ## Build the controller and agent into bin/.
 	$(GO) build -o $(BIN)/controller ./cmd/controller
 	$(GO) build -o $(BIN)/agent ./cmd/agent
 
-.PHONY: demo
-demo: ## The local-cluster demo (not built yet: see README).
-	@echo "make demo arrives with the local cluster (issue: Local cluster). Until then: make test." ; exit 1
 
 ##@ Tools
 

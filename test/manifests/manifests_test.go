@@ -102,6 +102,34 @@ func TestDefaultAndSamplesInstall(t *testing.T) {
 		t.Fatalf("leader election Role: %v", err)
 	}
 
+	var ds appsv1.DaemonSet
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "nftguard-system", Name: "nftguard-agent"}, &ds); err != nil {
+		t.Fatalf("agent DaemonSet: %v", err)
+	}
+	pod := ds.Spec.Template.Spec
+	agentCtr := pod.Containers[0]
+	if !pod.HostNetwork {
+		t.Error("agent must run in the host network namespace")
+	}
+	if sc := agentCtr.SecurityContext; sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Add, "NET_ADMIN") ||
+		!slices.Contains(sc.Capabilities.Drop, "ALL") || (sc.Privileged != nil && *sc.Privileged) {
+		t.Errorf("agent capabilities %+v: want NET_ADMIN only, not privileged", agentCtr.SecurityContext)
+	}
+	if !slices.ContainsFunc(agentCtr.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+	}) {
+		t.Error("agent lacks NODE_NAME from the downward API")
+	}
+	if !slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.HostPath != nil && v.HostPath.Path == "/var/log/nftguard" }) {
+		t.Error("agent lacks the hostPath for the drop log")
+	}
+	if !slices.ContainsFunc(pod.Tolerations, func(tl corev1.Toleration) bool { return tl.Operator == corev1.TolerationOpExists && tl.Key == "" }) {
+		t.Error("agent must tolerate every taint to run on all nodes")
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "nftguard-agent"}, &crb); err != nil || crb.Subjects[0].Name != "nftguard-agent" {
+		t.Errorf("agent ClusterRoleBinding: %v %+v", err, crb.Subjects)
+	}
+
 	// The samples must pass admission as written.
 	for _, ns := range []string{"storefront", "backend", "payments"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {

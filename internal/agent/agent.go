@@ -1,0 +1,314 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dataplane"
+)
+
+// Programmer is what the agent needs from the dataplane: apply a desired
+// table as one transaction, and tell whether the kernel still holds what was
+// last applied.
+type Programmer interface {
+	Apply(desired *dataplane.Table) (dataplane.Stats, error)
+	// Verify lists the differences between the kernel table and the last
+	// applied one (a flushed chain, a deleted element or table); the next
+	// Apply repairs them.
+	Verify() (dataplane.Drift, error)
+}
+
+// Counters reports the audit log's totals for the status.
+type Counters interface {
+	Totals() audit.Totals
+}
+
+// Reasons of the Programmed condition.
+const (
+	ReasonProgrammed          = "Programmed"
+	ReasonAddressGroupMissing = "AddressGroupMissing"
+	ReasonRenderFailed        = "RenderFailed"
+	ReasonProgramFailed       = "ProgramFailed"
+)
+
+var (
+	programDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "nftguard_agent_program_duration_seconds",
+		Help:    "Time to render and program the node's rule set (one netlink transaction).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	programFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftguard_agent_program_failures_total",
+		Help: "Rule sets the agent could not program, by reason.",
+	}, []string{"reason"})
+	driftRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftguard_agent_drift_repairs_total",
+		Help: "Times the periodic resync found the table changed behind the agent's back and restored it.",
+	})
+	programmedGeneration = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nftguard_agent_programmed_generation",
+		Help: "Generation of the NodeRuleSet the node's table holds.",
+	})
+)
+
+func init() {
+	metrics.Registry.MustRegister(programDuration, programFailures, driftRepairs, programmedGeneration)
+}
+
+// Reconciler programs the node's NodeRuleSet into nftables and reports the
+// outcome in the NodeRuleSet's status. It reads only its own NodeRuleSet and
+// the AddressGroups it references; when it cannot program a rule set the
+// previous one stays in force.
+type Reconciler struct {
+	Client client.Client
+	// APIReader reads around the cache: a group the cache has not seen yet
+	// is looked up before it is reported missing.
+	APIReader  client.Reader
+	NodeName   string
+	Programmer Programmer
+	Render     dataplane.Options
+	Resolver   *Resolver
+	Counters   Counters
+	// ResyncPeriod is how often the table is checked for drift and the
+	// status counters refreshed.
+	ResyncPeriod time.Duration
+	Now          func() time.Time
+
+	mu         sync.Mutex
+	programmed int64  // generation in the kernel, 0 if none yet
+	inputs     string // key of the rule set and groups in the kernel
+	lastApply  time.Time
+	lastTable  tableCounts
+}
+
+type tableCounts struct{ chains, rules, elements int }
+
+// +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=nftguard.io,resources=addressgroups,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list
+
+// Reconcile programs the rule set if it changed, repairs drift, and writes status.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	logger := log.FromContext(ctx)
+	if req.Name != r.NodeName {
+		return reconcile.Result{}, nil
+	}
+	rs := &v1alpha1.NodeRuleSet{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: r.NodeName}, rs); err != nil {
+		if apierrors.IsNotFound(err) {
+			// No rule set (yet, or any more): keep whatever the table holds.
+			logger.Info("No NodeRuleSet for this node; keeping the current table", "node", r.NodeName)
+			return reconcile.Result{RequeueAfter: r.resync()}, nil
+		}
+		return reconcile.Result{}, fmt.Errorf("reading NodeRuleSet %s: %w", r.NodeName, err)
+	}
+
+	groups, inputs, groupsErr := r.groups(ctx, rs)
+	r.mu.Lock()
+	upToDate := groupsErr == nil && r.inputs == inputs
+	r.mu.Unlock()
+	if upToDate {
+		drift, err := r.Programmer.Verify()
+		if err != nil {
+			logger.Error(err, "Checking the table for drift")
+			drift = dataplane.Drift{err.Error()}
+		}
+		if len(drift) > 0 {
+			logger.Info("Table changed behind the agent's back; restoring it", "generation", rs.Generation, "drift", drift)
+			driftRepairs.Inc()
+			upToDate = false
+		}
+	}
+	var cond metav1.Condition
+	switch {
+	case groupsErr != nil:
+		cond = r.fail(ctx, rs, ReasonAddressGroupMissing, groupsErr)
+	case !upToDate:
+		cond = r.program(ctx, rs, groups, inputs)
+	default:
+		cond = metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: ReasonProgrammed,
+			Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
+	}
+	if err := r.writeStatus(ctx, rs, cond); err != nil {
+		return reconcile.Result{}, err
+	}
+	if cond.Status != metav1.ConditionTrue {
+		// Retry: a missing group may appear, a transient kernel error may pass.
+		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
+	}
+	return reconcile.Result{RequeueAfter: r.resync()}, nil
+}
+
+// fail reports a rule set the agent did not program; the previous one stays.
+func (r *Reconciler) fail(ctx context.Context, rs *v1alpha1.NodeRuleSet, reason string, err error) metav1.Condition {
+	programFailures.WithLabelValues(reason).Inc()
+	log.FromContext(ctx).Error(err, "Not programming the rule set; the previous one stays in force", "generation", rs.Generation, "reason", reason)
+	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: reason,
+		Message: err.Error() + "; the previous rule set stays in force", ObservedGeneration: rs.Generation}
+}
+
+// program renders and applies the rule set; the condition says how it went.
+// inputs identifies the rule set and group generations programmed.
+func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, groups map[string]v1alpha1.AddressGroupSpec, inputs string) metav1.Condition {
+	logger := log.FromContext(ctx)
+	start := r.now()
+	table, err := dataplane.Render(rs.Spec, groups, r.Render)
+	if err != nil {
+		return r.fail(ctx, rs, ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
+	}
+	stats, err := r.Programmer.Apply(table)
+	if err != nil {
+		r.mu.Lock()
+		r.inputs = "" // the kernel may hold anything now: program again
+		r.mu.Unlock()
+		return r.fail(ctx, rs, ReasonProgramFailed, fmt.Errorf("programming generation %d: %w", rs.Generation, err))
+	}
+	programDuration.Observe(r.now().Sub(start).Seconds())
+	programmedGeneration.Set(float64(rs.Generation))
+	chains, rules, elements := stats.Chains, stats.Rules, stats.SetElements
+	r.mu.Lock()
+	r.programmed = rs.Generation
+	r.inputs = inputs
+	r.lastApply = r.now()
+	r.lastTable = tableCounts{chains, rules, elements}
+	r.mu.Unlock()
+	if r.Resolver != nil {
+		r.Resolver.SetRuleSet(&rs.Spec)
+	}
+	logger.Info("Programmed rule set", "generation", rs.Generation, "pods", len(rs.Spec.Pods), "rules", len(rs.Spec.Rules),
+		"chains", chains, "setElements", elements, "full", stats.Full, "transactions", stats.Transactions, "duration", r.now().Sub(start))
+	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: ReasonProgrammed,
+		Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
+}
+
+// groups reads every AddressGroup the rule set references, and returns with
+// them a key of the inputs (rule set and group generations): when it equals
+// the key last programmed, the kernel already holds this rule set.
+func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[string]v1alpha1.AddressGroupSpec, string, error) {
+	out := make(map[string]v1alpha1.AddressGroupSpec, len(rs.Spec.AddressGroups))
+	inputs := []string{string(rs.UID), strconv.FormatInt(rs.Generation, 10)}
+	var missing []string
+	for _, name := range rs.Spec.AddressGroups {
+		ag := &v1alpha1.AddressGroup{}
+		err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag)
+		if apierrors.IsNotFound(err) && r.APIReader != nil {
+			err = r.APIReader.Get(ctx, client.ObjectKey{Name: name}, ag)
+		}
+		if err != nil {
+			if apierrors.IsNotFound(err) {
+				missing = append(missing, name)
+				continue
+			}
+			return nil, "", fmt.Errorf("reading AddressGroup %s: %w", name, err)
+		}
+		out[name] = ag.Spec
+		inputs = append(inputs, name, string(ag.UID), strconv.FormatInt(ag.Generation, 10))
+	}
+	if len(missing) > 0 {
+		return nil, "", fmt.Errorf("address groups %v referenced by generation %d do not exist", missing, rs.Generation)
+	}
+	return out, strings.Join(inputs, "/"), nil
+}
+
+// writeStatus patches the node's NodeRuleSet status when it changed.
+func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, cond metav1.Condition) error {
+	want := rs.Status.DeepCopy()
+	r.mu.Lock()
+	programmed, lastApply, counts := r.programmed, r.lastApply, r.lastTable
+	r.mu.Unlock()
+	if cond.Status == metav1.ConditionTrue {
+		want.ObservedGeneration = programmed
+		want.Pods = int32(len(rs.Spec.Pods))
+		want.Rules = int32(len(rs.Spec.Rules))
+		want.Chains = int32(counts.chains)
+		want.SetElements = int32(counts.elements)
+		if !lastApply.IsZero() {
+			t := metav1.NewTime(lastApply.Truncate(time.Second))
+			want.LastProgrammedTime = &t
+		}
+	}
+	if r.Counters != nil {
+		tot := r.Counters.Totals()
+		want.Drops = int64(tot.Drops)
+		want.AuditEvents = int64(tot.AuditEvents)
+	}
+	meta.SetStatusCondition(&want.Conditions, cond)
+	if equality.Semantic.DeepEqual(rs.Status, *want) {
+		return nil
+	}
+	patch := client.MergeFrom(rs.DeepCopy())
+	rs.Status = *want
+	if err := r.Client.Status().Patch(ctx, rs, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("writing NodeRuleSet %s status: %w", rs.Name, err)
+	}
+	return nil
+}
+
+func (r *Reconciler) resync() time.Duration {
+	if r.ResyncPeriod > 0 {
+		return r.ResyncPeriod
+	}
+	return time.Minute
+}
+
+func (r *Reconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// SetupWithManager watches the node's NodeRuleSet (spec changes) and every
+// AddressGroup its current spec references.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.NodeName == "" {
+		return errors.New("agent needs a node name")
+	}
+	self := reconcile.Request{NamespacedName: types.NamespacedName{Name: r.NodeName}}
+	referenced := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		rs := &v1alpha1.NodeRuleSet{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: r.NodeName}, rs); err != nil {
+			return nil
+		}
+		if slices.Contains(rs.Spec.AddressGroups, o.GetName()) {
+			return []reconcile.Request{self}
+		}
+		return nil
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("agent").
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		For(&v1alpha1.NodeRuleSet{}, builder.WithPredicates(
+			predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName }),
+			predicate.GenerationChangedPredicate{})).
+		Watches(&v1alpha1.AddressGroup{}, referenced, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Complete(r)
+}

@@ -1,0 +1,154 @@
+package agent_test
+
+import (
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane"
+)
+
+// kernelTable is what the node's network namespace enforces, in nft syntax.
+func kernelTable(g Gomega) string {
+	t, err := dataplane.ReadTable(int(nodeNS))
+	g.Expect(err).NotTo(HaveOccurred())
+	if t == nil {
+		return ""
+	}
+	return t.String()
+}
+
+func programmed(g Gomega, name string) *metav1.Condition {
+	rs := &v1alpha1.NodeRuleSet{}
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Name: name}, rs)).To(Succeed())
+	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+	g.Expect(c).NotTo(BeNil(), "no Programmed condition yet")
+	return c
+}
+
+func group(name string, addrs ...string) *v1alpha1.AddressGroup {
+	return &v1alpha1.AddressGroup{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       v1alpha1.AddressGroupSpec{Namespace: "shop", Addresses: addrs},
+	}
+}
+
+var _ = Describe("Agent", Ordered, func() {
+	var rs *v1alpha1.NodeRuleSet
+	var goodTable string
+
+	BeforeAll(func() {
+		Expect(k8s.Create(ctx, group("ag-clients", "198.18.5.1"))).To(Succeed())
+		rs = &v1alpha1.NodeRuleSet{
+			ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+			Spec: v1alpha1.NodeRuleSetSpec{
+				Pods: []v1alpha1.LocalPod{{
+					Namespace: "shop", Name: "web", IPs: []string{"198.18.0.10", "fd00::10"},
+					Ingress: &v1alpha1.Isolation{
+						Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/shop/web"}, Rules: []string{"r-web"},
+					},
+				}},
+				Rules: []v1alpha1.Rule{{
+					ID: "r-web", Direction: v1alpha1.DirectionIngress,
+					Peers:    []v1alpha1.Peer{{AddressGroup: "ag-clients"}},
+					Ports:    []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}},
+					Policies: []string{"NetworkPolicy/shop/web"},
+				}},
+				AddressGroups: []string{"ag-clients"},
+			},
+		}
+		Expect(k8s.Create(ctx, rs)).To(Succeed())
+	})
+
+	It("programs its rule set and reports Programmed with the generation and counts", func() {
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(c.ObservedGeneration).To(Equal(int64(1)))
+			got := &v1alpha1.NodeRuleSet{}
+			g.Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, got)).To(Succeed())
+			g.Expect(got.Status.ObservedGeneration).To(Equal(int64(1)))
+			g.Expect(got.Status.Pods).To(BeEquivalentTo(1))
+			g.Expect(got.Status.Rules).To(BeEquivalentTo(1))
+			g.Expect(got.Status.Chains).To(BeNumerically(">", 0))
+			g.Expect(got.Status.SetElements).To(BeNumerically(">", 0))
+			g.Expect(got.Status.LastProgrammedTime).NotTo(BeNil())
+		}).Should(Succeed())
+		Eventually(func(g Gomega) {
+			t := kernelTable(g)
+			g.Expect(t).To(ContainSubstring("198.18.0.10"))
+			g.Expect(t).To(ContainSubstring("fd00::10"))
+			g.Expect(t).To(ContainSubstring("198.18.5.1"))
+			g.Expect(t).To(ContainSubstring("chain in-shop.web {"))
+			goodTable = t
+		}).Should(Succeed())
+	})
+
+	It("follows changes of the address groups it references", func() {
+		ag := &v1alpha1.AddressGroup{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: "ag-clients"}, ag)).To(Succeed())
+		ag.Spec.Addresses = []string{"198.18.5.1", "198.18.5.2"}
+		Expect(k8s.Update(ctx, ag)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.5.2"))
+		}).Should(Succeed())
+		goodTable = kernelTable(Default)
+	})
+
+	It("keeps the last good rules and says why when a referenced group is missing", func() {
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs)).To(Succeed())
+		rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-missing"})
+		rs.Spec.AddressGroups = []string{"ag-clients", "ag-missing"}
+		rs.Spec.Pods[0].IPs = []string{"198.18.0.11"}
+		Expect(k8s.Update(ctx, rs)).To(Succeed())
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(c.Reason).To(Equal("AddressGroupMissing"))
+			g.Expect(c.Message).To(ContainSubstring("ag-missing"))
+			g.Expect(c.Message).To(ContainSubstring("previous rule set stays in force"))
+			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
+		}).Should(Succeed())
+		Consistently(func(g Gomega) {
+			g.Expect(kernelTable(g)).To(Equal(goodTable))
+		}, "2s", "250ms").Should(Succeed())
+
+		By("programming it once the group exists")
+		Expect(k8s.Create(ctx, group("ag-missing", "198.18.6.1"))).To(Succeed())
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
+			t := kernelTable(g)
+			g.Expect(t).To(ContainSubstring("198.18.6.1"))
+			g.Expect(t).To(ContainSubstring("198.18.0.11"))
+			g.Expect(t).NotTo(ContainSubstring("198.18.0.10 "))
+		}).Should(Succeed())
+		goodTable = kernelTable(Default)
+	})
+
+	It("restores the table within a resync period after someone deletes it", func() {
+		other, err := dataplane.NewProgrammerInNetNS(int(nodeNS))
+		Expect(err).NotTo(HaveOccurred())
+		defer other.Close()
+		Expect(other.Delete()).To(Succeed())
+		Expect(kernelTable(Default)).To(BeEmpty())
+		Eventually(func(g Gomega) {
+			g.Expect(kernelTable(g)).To(Equal(goodTable))
+		}, 5*resyncPeriod).Should(Succeed())
+	})
+
+	It("never writes another node's rule set", func() {
+		otherRS := &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}
+		Expect(k8s.Create(ctx, otherRS)).To(Succeed())
+		Consistently(func(g Gomega) {
+			got := &v1alpha1.NodeRuleSet{}
+			g.Expect(k8s.Get(ctx, client.ObjectKey{Name: "node-b"}, got)).To(Succeed())
+			g.Expect(got.Status.Conditions).To(BeEmpty())
+			g.Expect(got.Status.ObservedGeneration).To(BeZero())
+		}, 3*resyncPeriod, "250ms").Should(Succeed())
+	})
+})

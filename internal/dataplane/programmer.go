@@ -1,0 +1,567 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// nftConn is the part of *nftables.Conn that writes: commands are queued
+// and Flush sends them as one netlink batch, which the kernel applies as
+// one transaction.
+type nftConn interface {
+	AddTable(*nftables.Table) *nftables.Table
+	DelTable(*nftables.Table)
+	FlushTable(*nftables.Table)
+	AddChain(*nftables.Chain) *nftables.Chain
+	DelChain(*nftables.Chain)
+	FlushChain(*nftables.Chain)
+	AddRule(*nftables.Rule) *nftables.Rule
+	InsertRule(*nftables.Rule) *nftables.Rule
+	DelRule(*nftables.Rule) error
+	AddSet(*nftables.Set, []nftables.SetElement) error
+	DelSet(*nftables.Set)
+	FlushSet(*nftables.Set)
+	SetAddElements(*nftables.Set, []nftables.SetElement) error
+	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
+	Flush() error
+	CloseLasting() error
+}
+
+var _ nftConn = (*nftables.Conn)(nil)
+
+// Limits of what is sent at once.
+const (
+	// maxMessageBytes bounds the element list of one netlink message: its
+	// attribute length is 16 bits, and a longer list is silently cut.
+	maxMessageBytes = 48 << 10
+	// defaultMaxBatchBytes bounds one transaction (about 1.3 million IPv4
+	// elements). The socket buffers are sized for it, so the kernel never
+	// answers EMSGSIZE or ENOBUFS.
+	defaultMaxBatchBytes = 32 << 20
+	// receiveBufferBytes holds the kernel's acknowledgements of a batch
+	// (one per message, sent when the batch is done): tens of thousands of
+	// rules. Were it ever too small, the kernel would have committed the
+	// batch before the ENOBUFS, and the full reconcile that follows any
+	// failure would find the table already current.
+	receiveBufferBytes = 64 << 20
+)
+
+// Stats describes the table after an Apply and what the Apply changed.
+type Stats struct {
+	// Chains, Rules and SetElements count the table as applied (an
+	// interval counts as one element).
+	Chains, Rules, SetElements int
+	// Changes counts what was sent.
+	Changes Changes
+	// Full is set when the Apply reconciled against the table read from
+	// the kernel (first Apply, or after a failure or detected drift)
+	// rather than against the last applied model.
+	Full bool
+	// Rebuild is set when objects of the wrong shape forced every rule to
+	// be rewritten (still in one transaction).
+	Rebuild bool
+	// Transactions is the number of netlink transactions sent: 0 when
+	// nothing changed, 1 normally (see Programmer).
+	Transactions int
+}
+
+// Programmer writes table inet nftguard in one network namespace, and
+// touches no other table.
+//
+// Every Apply is one netlink transaction: packets see the old table or the
+// new one, never a mix. The one exception is a delta bigger than the batch
+// budget (32 MiB, over a million elements) that rewrites no object of the
+// wrong shape: then additions to address and endpoint sets are committed
+// first, in as many transactions as needed, then one transaction carries
+// everything else (chains, rules, maps, interval and port sets, set
+// creation and deletion), then removals from address and endpoint sets
+// follow. Until the last one commits, those sets hold the union of the old
+// and new members; no chain, rule or verdict map is ever half updated.
+//
+// The first Apply adopts whatever table the kernel holds: it reads it and
+// sends only the difference, so a restarted agent never leaves pods
+// unprotected and never drops established flows. Later Applies diff against
+// the last applied model and read only the chains whose rules change (for
+// their handles). A failed Apply retries at once as a full reconcile
+// against the kernel; if that fails too, the next Apply starts from the
+// kernel again.
+type Programmer struct {
+	mu    sync.Mutex
+	netns int // our duplicate of the namespace fd; -1 once closed
+	conn  nftConn
+	rd    *reader
+	// newConn opens the write connection; replaced in unit tests.
+	newConn func() (nftConn, error)
+
+	applied       *Table
+	lastPlan      *plan
+	maxBatchBytes int
+	closed        bool
+}
+
+var errClosed = errors.New("dataplane: programmer is closed")
+
+// NewProgrammer returns a Programmer for the network namespace of the
+// calling thread.
+func NewProgrammer() (*Programmer, error) {
+	h, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("opening the current network namespace: %w", err)
+	}
+	defer h.Close()
+	return NewProgrammerInNetNS(int(h))
+}
+
+// NewProgrammerInNetNS returns a Programmer for the network namespace fd
+// refers to. The Programmer keeps its own duplicate of fd.
+func NewProgrammerInNetNS(fd int) (*Programmer, error) {
+	own, err := unix.Dup(fd)
+	if err != nil {
+		return nil, fmt.Errorf("duplicating network namespace fd: %w", err)
+	}
+	unix.CloseOnExec(own)
+	p := &Programmer{netns: own, rd: &reader{netns: own}, maxBatchBytes: defaultMaxBatchBytes}
+	p.newConn = func() (nftConn, error) {
+		return nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(own),
+			nftables.WithSockOptions(socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes)))
+	}
+	if p.conn, err = p.newConn(); err != nil {
+		unix.Close(own)
+		return nil, fmt.Errorf("opening nftables connection: %w", err)
+	}
+	return p, nil
+}
+
+// socketOptions sizes the socket buffers for whole batches (forcing past
+// the sysctl limits, which needs CAP_NET_ADMIN, as nft does) and asks the
+// kernel for short error acknowledgements with messages.
+func socketOptions(sndbuf, rcvbuf int) nftables.SockOption {
+	return func(c *netlink.Conn) error {
+		_ = c.SetOption(netlink.CapAcknowledge, true)
+		_ = c.SetOption(netlink.ExtendedAcknowledge, true)
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sndbuf)
+			if serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf)
+			}
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			// Without CAP_NET_ADMIN: take what the sysctls allow.
+			_ = c.SetWriteBuffer(sndbuf)
+			_ = c.SetReadBuffer(rcvbuf)
+		}
+		return nil
+	}
+}
+
+// Close releases the netlink sockets and the namespace fd.
+func (p *Programmer) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	p.rd.close()
+	var err error
+	if p.conn != nil {
+		err = p.conn.CloseLasting()
+		p.conn = nil
+	}
+	if p.netns > 0 {
+		unix.Close(p.netns)
+		p.netns = -1
+	}
+	return err
+}
+
+// resetConn replaces the write connection after a failure: a failed Flush
+// can leave unread acknowledgements on the socket.
+func (p *Programmer) resetConn() {
+	p.rd.close()
+	if p.closed {
+		return
+	}
+	if p.conn != nil {
+		_ = p.conn.CloseLasting()
+	}
+	c, err := p.newConn()
+	if err != nil {
+		p.conn = nil
+		return
+	}
+	p.conn = c
+}
+
+// Apply makes the kernel's table equal to desired, sending only the
+// difference. desired must not be modified afterwards (the Programmer keeps
+// it as the applied model).
+func (p *Programmer) Apply(desired *Table) (Stats, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return Stats{}, errClosed
+	}
+	if desired == nil {
+		return Stats{}, errors.New("nil table")
+	}
+	var firstErr error
+	if p.applied != nil {
+		st, err := p.apply(desired, false)
+		if err == nil {
+			return st, nil
+		}
+		firstErr = err
+	}
+	st, err := p.apply(desired, true)
+	if err != nil {
+		if firstErr != nil {
+			err = fmt.Errorf("%w (after incremental apply failed: %v)", err, firstErr)
+		}
+		return st, err
+	}
+	return st, nil
+}
+
+func (p *Programmer) apply(desired *Table, full bool) (Stats, error) {
+	if p.conn == nil {
+		p.resetConn()
+		if p.conn == nil {
+			return Stats{}, errors.New("no nftables connection")
+		}
+	}
+	var base *Table
+	var err error
+	if full {
+		base, err = p.rd.readTable()
+	} else {
+		base, err = p.withHandles(p.applied, desired)
+	}
+	if err != nil {
+		p.applied = nil
+		return Stats{Full: full}, err
+	}
+	pl := diff(base, desired)
+	p.lastPlan = pl
+	chains, rules, elems := desired.Counts()
+	st := Stats{Chains: chains, Rules: rules, SetElements: elems, Changes: pl.changes(), Full: full, Rebuild: pl.rebuild}
+	st.Transactions, err = p.execute(pl)
+	if err != nil {
+		p.applied = nil
+		p.resetConn()
+		return st, fmt.Errorf("programming table inet %s: %w", TableName, err)
+	}
+	p.applied = desired
+	return st, nil
+}
+
+// withHandles returns the applied model with, for every chain whose rules
+// change, the rules as the kernel holds them (with handles).
+func (p *Programmer) withHandles(applied, desired *Table) (*Table, error) {
+	out := &Table{Sets: applied.Sets, Chains: make([]*Chain, len(applied.Chains))}
+	copy(out.Chains, applied.Chains)
+	for i, c := range out.Chains {
+		want := desired.Chain(c.Name)
+		if want == nil || sameRules(c.Rules, want.Rules) {
+			continue
+		}
+		got, err := p.rd.rules(c.Name)
+		if err != nil {
+			return nil, fmt.Errorf("reading chain %s: %w", c.Name, err)
+		}
+		cc := *c
+		cc.Rules = got[c.Name]
+		out.Chains[i] = &cc
+	}
+	return out, nil
+}
+
+// Drift lists differences between the kernel's table and the last applied
+// model, as the changes that would repair them.
+type Drift []string
+
+// Verify compares the kernel's table with the last applied model. When they
+// differ (a flushed chain, a deleted element or table, an added rule) it
+// returns the differences, and the next Apply reconciles against the kernel
+// and repairs them.
+func (p *Programmer) Verify() (Drift, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errClosed
+	}
+	if p.applied == nil {
+		return Drift{"no table applied yet, or the last apply failed"}, nil
+	}
+	got, err := p.rd.readTable()
+	if err != nil {
+		return nil, err
+	}
+	pl := diff(got, p.applied)
+	if len(pl.ops) == 0 {
+		return nil, nil
+	}
+	p.applied = nil
+	const show = 20
+	var d Drift
+	for i, o := range pl.ops {
+		if i == show {
+			d = append(d, fmt.Sprintf("... and %d more changes", len(pl.ops)-show))
+			break
+		}
+		d = append(d, o.String())
+	}
+	return d, nil
+}
+
+// Delete removes table inet nftguard (for uninstall). The next Apply
+// creates it again.
+func (p *Programmer) Delete() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errClosed
+	}
+	p.applied = nil
+	ok, err := p.rd.tableExists()
+	if err != nil || !ok {
+		return err
+	}
+	if p.conn == nil {
+		p.resetConn()
+		if p.conn == nil {
+			return errors.New("no nftables connection")
+		}
+	}
+	p.conn.DelTable(nftTable())
+	if err := p.conn.Flush(); err != nil {
+		p.resetConn()
+		return fmt.Errorf("deleting table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// setIDs numbers the sets created in a batch (google/nftables' own counter
+// is not safe for concurrent connections).
+var setIDs atomic.Uint32
+
+// execute sends a plan, normally as one transaction.
+func (p *Programmer) execute(pl *plan) (int, error) {
+	if len(pl.ops) == 0 {
+		return 0, nil
+	}
+	batches := splitPlan(pl, p.maxBatchBytes)
+	for i, b := range batches {
+		for _, o := range b {
+			if err := queue(p.conn, o); err != nil {
+				return i, err
+			}
+		}
+		if err := p.conn.Flush(); err != nil {
+			if len(batches) > 1 {
+				err = fmt.Errorf("transaction %d of %d: %w", i+1, len(batches), err)
+			}
+			return i, err
+		}
+	}
+	return len(batches), nil
+}
+
+// queue adds the netlink messages of one change to the connection's batch.
+func queue(c nftConn, o op) error {
+	t := nftTable()
+	chain := &nftables.Chain{Name: o.name, Table: t}
+	switch o.kind {
+	case opAddTable:
+		c.AddTable(t)
+	case opFlushTable:
+		c.FlushTable(t)
+	case opAddChain:
+		c.AddChain(nftChain(o.chain))
+	case opFlushChain:
+		c.FlushChain(chain)
+	case opDelChain:
+		c.DelChain(chain)
+	case opAddSet:
+		s := nftSet(o.set)
+		s.ID = setIDs.Add(1)
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("set %s: %w", o.name, err)
+		}
+		return addElements(c, s, kernelElements(o.set.Kind, o.set.Elements))
+	case opFlushSet:
+		c.FlushSet(&nftables.Set{Table: t, Name: o.name})
+	case opDelSet:
+		c.DelSet(&nftables.Set{Table: t, Name: o.name})
+	case opAddElements:
+		return addElements(c, nftSet(o.set), kernelElements(o.set.Kind, o.elems))
+	case opDelElements:
+		s := nftSet(o.set)
+		for _, chunk := range chunkElements(kernelElements(o.set.Kind, o.elems)) {
+			if err := c.SetDeleteElements(s, chunk); err != nil {
+				return fmt.Errorf("set %s: %w", o.name, err)
+			}
+		}
+	case opAddRule, opInsertRule:
+		exprs, err := compileRule(o.rule)
+		if err != nil {
+			return err
+		}
+		r := &nftables.Rule{Table: t, Chain: chain, Exprs: exprs, UserData: ruleUserData(o.rule)}
+		if o.kind == opInsertRule {
+			r.Position = o.handle
+			c.InsertRule(r)
+		} else {
+			c.AddRule(r)
+		}
+	case opDelRule:
+		return c.DelRule(&nftables.Rule{Table: t, Chain: chain, Handle: o.handle})
+	default:
+		return fmt.Errorf("unknown change %d", o.kind)
+	}
+	return nil
+}
+
+func addElements(c nftConn, s *nftables.Set, elems []nftables.SetElement) error {
+	for _, chunk := range chunkElements(elems) {
+		if err := c.SetAddElements(s, chunk); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// chunkElements cuts an element list into messages of at most
+// maxMessageBytes.
+func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
+	var out [][]nftables.SetElement
+	start, size := 0, 0
+	for i, e := range elems {
+		n := elementBytes(e)
+		if size+n > maxMessageBytes && i > start {
+			out = append(out, elems[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(elems) {
+		out = append(out, elems[start:])
+	}
+	return out
+}
+
+// opBytes estimates the netlink size of a change.
+func opBytes(o op) int {
+	const header = 64
+	switch o.kind {
+	case opAddSet:
+		return header + elementsBytes(o.set.Kind, o.set.Elements)
+	case opAddElements, opDelElements:
+		return header + elementsBytes(o.set.Kind, o.elems)
+	case opAddRule, opInsertRule:
+		return header + 96*len(o.rule.stmts)
+	}
+	return header
+}
+
+func elementsBytes(k SetKind, es []Element) int {
+	n := 0
+	for _, e := range kernelElements(k, es) {
+		n += elementBytes(e)
+	}
+	return n
+}
+
+// splittable reports whether element changes of a set may be committed
+// apart from the rest of a plan: sets of single values, where adding early
+// or removing late only widens the set for a moment.
+func splittable(k SetKind) bool {
+	return k == SetIPv4 || k == SetIPv6 || k == SetEndpointIPv4 || k == SetEndpointIPv6
+}
+
+// splitPlan returns the plan as one batch when it fits maxBytes. Otherwise
+// (and unless the plan rebuilds) it moves additions to and removals from
+// splittable sets into batches of their own, before and after the one that
+// carries everything else; see Programmer.
+func splitPlan(pl *plan, maxBytes int) [][]op {
+	total := 0
+	for _, o := range pl.ops {
+		total += opBytes(o)
+	}
+	if total <= maxBytes || pl.rebuild {
+		return [][]op{pl.ops}
+	}
+	var early, main, late []op
+	for _, o := range pl.ops {
+		switch {
+		case o.kind == opAddTable:
+			early = append(early, o)
+		case o.kind == opAddSet && splittable(o.set.Kind):
+			def := *o.set
+			def.Elements = nil
+			early = append(early, op{kind: opAddSet, name: o.name, set: &def})
+			early = append(early, elementOps(opAddElements, o.name, o.set, o.set.Elements, maxBytes)...)
+		case o.kind == opAddElements && splittable(o.set.Kind):
+			early = append(early, elementOps(opAddElements, o.name, o.set, o.elems, maxBytes)...)
+		case o.kind == opDelElements && splittable(o.set.Kind):
+			late = append(late, elementOps(opDelElements, o.name, o.set, o.elems, maxBytes)...)
+		default:
+			main = append(main, o)
+		}
+	}
+	batches := packOps(early, maxBytes)
+	if len(main) > 0 {
+		batches = append(batches, main)
+	}
+	return append(batches, packOps(late, maxBytes)...)
+}
+
+// elementOps cuts one element change into changes of at most a quarter of
+// maxBytes each.
+func elementOps(kind opKind, name string, s *Set, elems []Element, maxBytes int) []op {
+	var out []op
+	start, size := 0, 0
+	for i, e := range elems {
+		n := elementsBytes(s.Kind, []Element{e})
+		if size+n > maxBytes/4 && i > start {
+			out = append(out, op{kind: kind, name: name, set: s, elems: elems[start:i]})
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(elems) {
+		out = append(out, op{kind: kind, name: name, set: s, elems: elems[start:]})
+	}
+	return out
+}
+
+// packOps groups changes, in order, into batches of at most maxBytes.
+func packOps(ops []op, maxBytes int) [][]op {
+	var out [][]op
+	var cur []op
+	size := 0
+	for _, o := range ops {
+		n := opBytes(o)
+		if size+n > maxBytes && len(cur) > 0 {
+			out = append(out, cur)
+			cur, size = nil, 0
+		}
+		cur = append(cur, o)
+		size += n
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}

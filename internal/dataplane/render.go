@@ -1,0 +1,521 @@
+package dataplane
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/prefix"
+)
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultLogGroup uint16 = 100
+	DefaultLogRate  uint32 = 10
+	DefaultLogBurst uint32 = 20
+)
+
+// ingressPriority orders ingress-forward after egress-forward (priority
+// filter). An accept in one base chain lets the packet on to the next base
+// chain of the same hook, so a forwarded packet between two local pods must
+// pass the source's egress chain and then the destination's ingress chain.
+const ingressPriority = 10
+
+// Options tune what Render produces. Zero fields take the defaults above.
+type Options struct {
+	// LogGroup is the NFLOG group of the drop and audit log rules.
+	LogGroup uint16
+	// LogRate is how many packets a second each isolated pod direction may
+	// log; the rest are dropped (or let through, in Audit mode) unlogged.
+	LogRate uint32
+	// LogBurst is the burst of the log rate limit, in packets.
+	LogBurst uint32
+}
+
+func (o Options) withDefaults() Options {
+	if o.LogGroup == 0 {
+		o.LogGroup = DefaultLogGroup
+	}
+	if o.LogRate == 0 {
+		o.LogRate = DefaultLogRate
+	}
+	if o.LogBurst == 0 {
+		o.LogBurst = DefaultLogBurst
+	}
+	return o
+}
+
+// Render builds the table for a node's rule set. It is pure: the same input
+// gives the same table, with the same names, whatever the order of maps.
+//
+// Layout (see testdata/*.golden):
+//   - Base chains egress-forward and egress-input (priority filter) and
+//     ingress-forward (priority filter + 10), policy accept, each starting
+//     with: ct state established,related accept; ICMPv6 neighbour discovery
+//     accept; ct state invalid drop. Output is not hooked: traffic from the
+//     node to its pods is never filtered, and its replies are established.
+//   - Dispatch by verdict maps keyed by local pod IP: in4/in6 on daddr,
+//     eg4/eg6 on saddr, to one chain per isolated pod direction
+//     (in-<namespace>.<name>, eg-...). A pod that is not isolated in a
+//     direction has no chain and no map element for it.
+//   - A pod chain jumps to the chain of each rule it references
+//     (rule-<id>); a rule chain accepts what the rule allows, or returns.
+//     The pod chain then logs (rate limited, NFLOG, prefix
+//     nftguard:<drop|audit>:<in|eg>:<podkey>) and drops (Enforce) or
+//     accepts (Audit).
+//   - Peers are named sets: ag4-/ag6-<group> (addresses of an
+//     AddressGroup; agn4-/agn6- when it holds CIDRs), ep4-/ep6-<group>
+//     (address . protocol . port of a named-port group, matched on the
+//     destination), rule-<id>-net4/-net6 (the rule's ipBlocks, CIDRs minus
+//     excepts, as intervals). A rule with several ports uses
+//     rule-<id>-ports (protocol . port ranges); one port is matched inline.
+//
+// A packet costs the prologue, one map lookup and, for an isolated pod, one
+// set lookup per peer of the rules that select the pod: nothing grows with
+// the number of pods, policies or peer addresses on the node.
+func Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec, opts Options) (*Table, error) {
+	r := &renderer{
+		opts:       opts.withDefaults(),
+		groups:     groups,
+		rules:      map[string]*v1alpha1.Rule{},
+		used:       map[string]bool{},
+		sets:       map[string]*Set{},
+		groupSets:  map[string][2]string{},
+		vmapOwners: map[string]bool{},
+	}
+	for i := range spec.Rules {
+		rule := &spec.Rules[i]
+		if rule.ID == "" {
+			return nil, fmt.Errorf("rule %d has no id", i)
+		}
+		if _, dup := r.rules[rule.ID]; dup {
+			return nil, fmt.Errorf("rule %q appears twice", rule.ID)
+		}
+		if rule.Direction != v1alpha1.DirectionIngress && rule.Direction != v1alpha1.DirectionEgress {
+			return nil, fmt.Errorf("rule %q: unknown direction %q", rule.ID, rule.Direction)
+		}
+		for _, peer := range rule.Peers {
+			if peer.AddressGroup != "" {
+				if _, ok := groups[peer.AddressGroup]; !ok {
+					return nil, fmt.Errorf("rule %q references address group %q, which was not given", rule.ID, peer.AddressGroup)
+				}
+			}
+		}
+		r.rules[rule.ID] = rule
+	}
+	for _, name := range []string{MapIngress4, MapIngress6, MapEgress4, MapEgress6} {
+		kind := MapIPv4Verdict
+		if name == MapIngress6 || name == MapEgress6 {
+			kind = MapIPv6Verdict
+		}
+		r.sets[name] = &Set{Name: name, Kind: kind}
+	}
+
+	pods := slices.Clone(spec.Pods)
+	slices.SortStableFunc(pods, func(a, b v1alpha1.LocalPod) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	var chains []*Chain
+	for _, pod := range pods {
+		cs, err := r.podChains(pod)
+		if err != nil {
+			return nil, err
+		}
+		chains = append(chains, cs...)
+	}
+	for id := range r.used {
+		c, err := r.ruleChain(r.rules[id])
+		if err != nil {
+			return nil, err
+		}
+		chains = append(chains, c)
+	}
+	slices.SortFunc(chains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
+
+	t := &Table{Chains: append(baseChains(), chains...)}
+	for _, s := range r.sets {
+		slices.SortFunc(s.Elements, func(a, b Element) int {
+			return cmp.Or(bytes.Compare(a.Key, b.Key), bytes.Compare(a.KeyEnd, b.KeyEnd))
+		})
+		t.Sets = append(t.Sets, s)
+	}
+	slices.SortFunc(t.Sets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
+	return t, nil
+}
+
+type renderer struct {
+	opts   Options
+	groups map[string]v1alpha1.AddressGroupSpec
+	rules  map[string]*v1alpha1.Rule
+	used   map[string]bool
+	sets   map[string]*Set
+	// groupSets caches the v4 and v6 set names of each rendered group.
+	groupSets map[string][2]string
+	// vmapOwners records map/address pairs already dispatched.
+	vmapOwners map[string]bool
+}
+
+func rule(stmts ...stmt) *Rule { return &Rule{stmts: stmts} }
+
+func baseChains() []*Chain {
+	prologue := func() []*Rule {
+		return []*Rule{
+			rule(ctState{ctEstablished | ctRelated}, verdict{Kind: VerdictAccept}),
+			// Neighbour discovery (router solicitation .. redirect) is never
+			// filtered: a pod's solicitations may carry its global address.
+			rule(icmpv6Types{133, 137}, verdict{Kind: VerdictAccept}),
+			rule(ctState{ctInvalid}, verdict{Kind: VerdictDrop}),
+		}
+	}
+	egress := func(name string, hook Hook) *Chain {
+		return &Chain{Name: name, Hook: hook, Priority: 0, Rules: append(prologue(),
+			rule(addrVmap{ipv4, saddr, MapEgress4}),
+			rule(addrVmap{ipv6, saddr, MapEgress6}),
+		)}
+	}
+	return []*Chain{
+		egress(ChainEgressForward, HookForward),
+		egress(ChainEgressInput, HookInput),
+		{Name: ChainIngressForward, Hook: HookForward, Priority: ingressPriority, Rules: append(prologue(),
+			rule(addrVmap{ipv4, daddr, MapIngress4}),
+			rule(addrVmap{ipv6, daddr, MapIngress6}),
+		)},
+	}
+}
+
+// podChains renders the chains of a pod's isolated directions and their
+// map elements.
+func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
+	var addrs []netip.Addr
+	for _, s := range pod.IPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("pod %s/%s: IP %q: %w", pod.Namespace, pod.Name, s, err)
+		}
+		addrs = append(addrs, a.Unmap())
+	}
+	if len(addrs) == 0 {
+		return nil, nil
+	}
+	podKey := prefix.PodKey(pod.Namespace, pod.Name)
+	var chains []*Chain
+	for _, d := range []struct {
+		iso        *v1alpha1.Isolation
+		direction  v1alpha1.Direction
+		short      string
+		dir        prefix.Direction
+		map4, map6 string
+	}{
+		{pod.Ingress, v1alpha1.DirectionIngress, "in", prefix.Ingress, MapIngress4, MapIngress6},
+		{pod.Egress, v1alpha1.DirectionEgress, "eg", prefix.Egress, MapEgress4, MapEgress6},
+	} {
+		if d.iso == nil {
+			continue
+		}
+		name := podChainName(d.short, pod.Namespace, pod.Name)
+		c := &Chain{Name: name}
+		seen := map[string]bool{}
+		for _, id := range d.iso.Rules {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			ru, ok := r.rules[id]
+			if !ok {
+				return nil, fmt.Errorf("pod %s/%s: %s isolation references rule %q, which is not in the rule set", pod.Namespace, pod.Name, d.direction, id)
+			}
+			if ru.Direction != d.direction {
+				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ru.Direction, id)
+			}
+			r.used[id] = true
+			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
+		}
+		action, final := prefix.ActionDrop, VerdictDrop
+		switch d.iso.Mode {
+		case v1alpha1.IsolationEnforce, "":
+		case v1alpha1.IsolationAudit:
+			action, final = prefix.ActionAudit, VerdictAccept
+		default:
+			return nil, fmt.Errorf("pod %s/%s: unknown %s isolation mode %q", pod.Namespace, pod.Name, d.direction, d.iso.Mode)
+		}
+		c.Rules = append(c.Rules,
+			rule(limitRate{r.opts.LogRate, r.opts.LogBurst}, nflog{prefix.Format(action, d.dir, podKey), r.opts.LogGroup}),
+			rule(verdict{Kind: final}),
+		)
+		chains = append(chains, c)
+		for _, a := range addrs {
+			m := d.map4
+			if a.Is6() {
+				m = d.map6
+			}
+			// Two pods claiming one address (a stale pod, say): the first
+			// pod isolated in this direction keeps it, so the address stays
+			// isolated.
+			if owner := m + "/" + a.String(); !r.vmapOwners[owner] {
+				r.vmapOwners[owner] = true
+				r.sets[m].Elements = append(r.sets[m].Elements, Element{Key: a.AsSlice(), Verdict: &Verdict{Kind: VerdictGoto, Chain: name}})
+			}
+		}
+	}
+	return chains, nil
+}
+
+// ruleChain renders a rule's chain and sets: one rule per peer set (and
+// family) that accepts matching packets.
+func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
+	name := ruleChainName(ru.ID)
+	c := &Chain{Name: name}
+	ports, err := r.portMatch(name, ru)
+	if err != nil {
+		return nil, err
+	}
+	accept := func(peer ...stmt) *Rule {
+		stmts := append(slices.Clone(peer), ports...)
+		return rule(append(stmts, verdict{Kind: VerdictAccept})...)
+	}
+	if len(ru.Peers) == 0 {
+		c.Rules = append(c.Rules, accept())
+		return c, nil
+	}
+	field := saddr
+	if ru.Direction == v1alpha1.DirectionEgress {
+		field = daddr
+	}
+	var blocks [2][]ipRange
+	blockAt := -1
+	seen := map[string]bool{}
+	for _, peer := range ru.Peers {
+		switch {
+		case peer.AddressGroup != "" && peer.IPBlock != nil:
+			return nil, fmt.Errorf("rule %q: a peer sets both addressGroup and ipBlock", ru.ID)
+		case peer.AddressGroup != "":
+			if seen[peer.AddressGroup] {
+				continue
+			}
+			seen[peer.AddressGroup] = true
+			g := r.groups[peer.AddressGroup]
+			names, err := r.groupSet(peer.AddressGroup, g)
+			if err != nil {
+				return nil, err
+			}
+			for i, fam := range []family{ipv4, ipv6} {
+				if g.NamedPort != nil {
+					c.Rules = append(c.Rules, accept(endpointInSet{fam, names[i]}))
+				} else {
+					c.Rules = append(c.Rules, accept(addrInSet{fam, field, names[i]}))
+				}
+			}
+		case peer.IPBlock != nil:
+			rs, err := blockRanges(peer.IPBlock.CIDR, peer.IPBlock.Except)
+			if err != nil {
+				return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
+			}
+			if len(rs) > 0 {
+				i := 0
+				if rs[0].from.Is6() {
+					i = 1
+				}
+				blocks[i] = append(blocks[i], rs...)
+			}
+			if blockAt < 0 {
+				blockAt = len(c.Rules)
+			}
+		default:
+			return nil, fmt.Errorf("rule %q: a peer sets neither addressGroup nor ipBlock", ru.ID)
+		}
+	}
+	var blockRules []*Rule
+	for i, fam := range []family{ipv4, ipv6} {
+		rs := normalizeRanges(blocks[i])
+		if len(rs) == 0 {
+			continue
+		}
+		kind, suffix := SetIPv4Interval, "-net4"
+		if fam == ipv6 {
+			kind, suffix = SetIPv6Interval, "-net6"
+		}
+		s := &Set{Name: name + suffix, Kind: kind}
+		for _, rg := range rs {
+			s.Elements = append(s.Elements, Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
+		}
+		r.sets[s.Name] = s
+		blockRules = append(blockRules, accept(addrInSet{fam, field, s.Name}))
+	}
+	if blockAt >= 0 {
+		c.Rules = slices.Insert(c.Rules, blockAt, blockRules...)
+	}
+	return c, nil
+}
+
+// groupSet renders the v4 and v6 sets of an address group (once) and returns
+// their names. Both always exist, possibly empty, so that membership changes
+// never change a rule.
+func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string, error) {
+	if names, ok := r.groupSets[name]; ok {
+		return names, nil
+	}
+	var names [2]string
+	if g.NamedPort != nil {
+		proto, err := protoNumber(g.NamedPort.Protocol)
+		if err != nil {
+			return names, fmt.Errorf("address group %q: %w", name, err)
+		}
+		v4 := &Set{Name: endpointSetName(ipv4, name), Kind: SetEndpointIPv4}
+		v6 := &Set{Name: endpointSetName(ipv6, name), Kind: SetEndpointIPv6}
+		seen := map[string]bool{}
+		for _, ep := range g.Endpoints {
+			a, err := netip.ParseAddr(ep.IP)
+			if err != nil {
+				return names, fmt.Errorf("address group %q: endpoint IP %q: %w", name, ep.IP, err)
+			}
+			if ep.Port < 1 || ep.Port > 65535 {
+				return names, fmt.Errorf("address group %q: endpoint %s port %d out of range", name, ep.IP, ep.Port)
+			}
+			a = a.Unmap()
+			key := append(a.AsSlice(), concatField(proto, uint16(ep.Port))...)
+			if seen[string(key)] {
+				continue
+			}
+			seen[string(key)] = true
+			s := v4
+			if a.Is6() {
+				s = v6
+			}
+			s.Elements = append(s.Elements, Element{Key: key})
+		}
+		r.sets[v4.Name], r.sets[v6.Name] = v4, v6
+		names = [2]string{v4.Name, v6.Name}
+	} else {
+		var hosts [2][]netip.Addr
+		var nets [2][]ipRange
+		interval := [2]bool{}
+		for _, s := range g.Addresses {
+			p, err := parsePrefix(s)
+			if err != nil {
+				return names, fmt.Errorf("address group %q: address %q: %w", name, s, err)
+			}
+			i := 0
+			if p.Addr().Is6() {
+				i = 1
+			}
+			if p.IsSingleIP() {
+				hosts[i] = append(hosts[i], p.Addr())
+			} else {
+				interval[i] = true
+			}
+			nets[i] = append(nets[i], prefixRange(p))
+		}
+		for i, fam := range []family{ipv4, ipv6} {
+			s := &Set{Name: groupSetName(fam, interval[i], name)}
+			switch {
+			case interval[i]:
+				s.Kind = SetIPv4Interval
+				if fam == ipv6 {
+					s.Kind = SetIPv6Interval
+				}
+				for _, rg := range normalizeRanges(nets[i]) {
+					s.Elements = append(s.Elements, Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
+				}
+			default:
+				s.Kind = SetIPv4
+				if fam == ipv6 {
+					s.Kind = SetIPv6
+				}
+				slices.SortFunc(hosts[i], netip.Addr.Compare)
+				for _, a := range slices.Compact(hosts[i]) {
+					s.Elements = append(s.Elements, Element{Key: a.AsSlice()})
+				}
+			}
+			r.sets[s.Name] = s
+			names[i] = s.Name
+		}
+	}
+	r.groupSets[name] = names
+	return names, nil
+}
+
+// portMatch returns the statements matching a rule's ports: none for every
+// port, one inline match for one protocol/port (range), or a lookup in the
+// rule's port set.
+func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, error) {
+	if len(ru.Ports) == 0 {
+		return nil, nil
+	}
+	type span struct {
+		proto    uint8
+		from, to uint16
+	}
+	var spans []span
+	for _, p := range ru.Ports {
+		proto, err := protoNumber(p.Protocol)
+		if err != nil {
+			return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
+		}
+		if p.Port < 0 || p.Port > 65535 || p.EndPort < 0 || p.EndPort > 65535 {
+			return nil, fmt.Errorf("rule %q: port %d-%d out of range", ru.ID, p.Port, p.EndPort)
+		}
+		s := span{proto, uint16(p.Port), uint16(p.Port)}
+		switch {
+		case p.Port == 0 && p.EndPort != 0:
+			return nil, fmt.Errorf("rule %q: endPort %d without a port", ru.ID, p.EndPort)
+		case p.Port == 0:
+			s.to = 65535
+		case p.EndPort != 0:
+			if p.EndPort < p.Port {
+				return nil, fmt.Errorf("rule %q: endPort %d is below port %d", ru.ID, p.EndPort, p.Port)
+			}
+			s.to = uint16(p.EndPort)
+		}
+		spans = append(spans, s)
+	}
+	slices.SortFunc(spans, func(a, b span) int {
+		return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.from, b.from), cmp.Compare(a.to, b.to))
+	})
+	merged := []span{spans[0]}
+	for _, s := range spans[1:] {
+		last := &merged[len(merged)-1]
+		if s.proto == last.proto && uint32(s.from) <= uint32(last.to)+1 {
+			last.to = max(last.to, s.to)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	if len(merged) == 1 {
+		s := merged[0]
+		if s.from == 0 && s.to == 65535 {
+			return []stmt{protoIs{s.proto}}, nil
+		}
+		return []stmt{dportIn{s.proto, s.from, s.to}}, nil
+	}
+	set := &Set{Name: chain + "-ports", Kind: SetPorts}
+	for _, s := range merged {
+		set.Elements = append(set.Elements, Element{Key: concatField(s.proto, s.from), KeyEnd: concatField(s.proto, s.to)})
+	}
+	r.sets[set.Name] = set
+	return []stmt{portsInSet{set.Name}}, nil
+}
+
+// concatField encodes protocol . port as the kernel lays them out in a
+// concatenation: each field padded to 4 bytes, the port in network order.
+func concatField(proto uint8, port uint16) []byte {
+	b := make([]byte, 8)
+	b[0] = proto
+	binary.BigEndian.PutUint16(b[4:], port)
+	return b
+}
+
+func protoNumber(p v1alpha1.Protocol) (uint8, error) {
+	switch p {
+	case v1alpha1.ProtocolTCP, "":
+		return protoTCP, nil
+	case v1alpha1.ProtocolUDP:
+		return protoUDP, nil
+	case v1alpha1.ProtocolSCTP:
+		return protoSCTP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q", p)
+}

@@ -1,0 +1,194 @@
+package dataplane
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/prefix"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func proto(p v1alpha1.Protocol) v1alpha1.Protocol { return p }
+
+// sampleSpec is a node with three pods: web (ingress isolated by two rules,
+// dual-stack), client (egress isolated, named port and ipBlock), and idle
+// (not isolated), plus an audit-mode pod.
+func sampleSpec() (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+	spec := v1alpha1.NodeRuleSetSpec{
+		Pods: []v1alpha1.LocalPod{
+			{Namespace: "shop", Name: "web-0", IPs: []string{"198.18.0.10", "fd00::10"},
+				Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/shop/web"}, Rules: []string{"r-frontend", "r-monitoring"}}},
+			{Namespace: "shop", Name: "client", IPs: []string{"198.18.0.11"},
+				Egress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"DefaultDeny/baseline"}, Rules: []string{"r-dns", "r-http-named", "r-external"}}},
+			{Namespace: "shop", Name: "idle", IPs: []string{"198.18.0.12"}},
+			{Namespace: "lab", Name: "probe", IPs: []string{"198.18.0.13"},
+				Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationAudit, Policies: []string{"DefaultDeny/audit"}},
+				Egress:  &v1alpha1.Isolation{Mode: v1alpha1.IsolationAudit, Policies: []string{"DefaultDeny/audit"}}},
+		},
+		Rules: []v1alpha1.Rule{
+			{ID: "r-dns", Direction: v1alpha1.DirectionEgress, Ports: []v1alpha1.Port{{Protocol: v1alpha1.ProtocolUDP, Port: 53}, {Protocol: v1alpha1.ProtocolTCP, Port: 53}}, Policies: []string{"DefaultDeny/baseline"}},
+			{ID: "r-external", Direction: v1alpha1.DirectionEgress,
+				Peers: []v1alpha1.Peer{{IPBlock: &v1alpha1.IPBlock{CIDR: "198.19.0.0/16", Except: []string{"198.19.1.0/24", "198.19.1.128/25", "198.19.2.0/24"}}},
+					{IPBlock: &v1alpha1.IPBlock{CIDR: "fd00:1::/64", Except: []string{"fd00:1::/80"}}}},
+				Ports:    []v1alpha1.Port{{Protocol: v1alpha1.ProtocolSCTP, Port: 9000, EndPort: 9100}},
+				Policies: []string{"NetworkPolicy/shop/client"}},
+			{ID: "r-frontend", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "shop-frontend"}},
+				Ports:    []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}, {Protocol: v1alpha1.ProtocolTCP, Port: 81}, {Protocol: v1alpha1.ProtocolTCP, Port: 8000, EndPort: 8080}, {Protocol: v1alpha1.ProtocolUDP}},
+				Policies: []string{"NetworkPolicy/shop/web"}},
+			{ID: "r-http-named", Direction: v1alpha1.DirectionEgress, Peers: []v1alpha1.Peer{{AddressGroup: "shop-http"}}, Policies: []string{"NetworkPolicy/shop/client"}},
+			{ID: "r-monitoring", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "monitoring"}, {IPBlock: &v1alpha1.IPBlock{CIDR: "198.18.255.0/24"}}}, Policies: []string{"NetworkPolicy/shop/web"}},
+		},
+		AddressGroups: []string{"monitoring", "shop-frontend", "shop-http"},
+	}
+	groups := map[string]v1alpha1.AddressGroupSpec{
+		"shop-frontend": {Namespace: "shop", Addresses: []string{"198.18.1.2", "198.18.1.1", "fd00::1:1"}},
+		"monitoring":    {Addresses: []string{"198.18.2.0/28", "198.18.2.16/28", "198.18.3.1"}},
+		"shop-http": {NamedPort: &v1alpha1.NamedPort{Name: "http", Protocol: v1alpha1.ProtocolTCP},
+			Endpoints: []v1alpha1.Endpoint{{IP: "198.18.1.1", Port: 8080}, {IP: "198.18.1.2", Port: 80}, {IP: "fd00::1:1", Port: 8080}}},
+	}
+	return spec, groups
+}
+
+func TestRenderGolden(t *testing.T) {
+	long := strings.Repeat("very-long-name-", 10)
+	longSpec := v1alpha1.NodeRuleSetSpec{
+		Pods: []v1alpha1.LocalPod{{Namespace: "default", Name: long + "pod", IPs: []string{"198.18.0.20"},
+			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: []string{"Rule_" + long}}}},
+		Rules: []v1alpha1.Rule{{ID: "Rule_" + long, Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: long + "group"}}}},
+	}
+	longGroups := map[string]v1alpha1.AddressGroupSpec{long + "group": {Addresses: []string{"198.18.0.21"}}}
+
+	spec, groups := sampleSpec()
+	cases := []struct {
+		name   string
+		spec   v1alpha1.NodeRuleSetSpec
+		groups map[string]v1alpha1.AddressGroupSpec
+		opts   Options
+	}{
+		{name: "empty"},
+		{name: "sample", spec: spec, groups: groups, opts: Options{LogGroup: 7, LogRate: 5, LogBurst: 10}},
+		{name: "long-names", spec: longSpec, groups: longGroups},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tab, err := Render(tc.spec, tc.groups, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := tab.String()
+			for _, c := range tab.Chains {
+				if len(c.Name) > maxNameLen {
+					t.Errorf("chain name %q longer than %d", c.Name, maxNameLen)
+				}
+			}
+			for _, s := range tab.Sets {
+				if len(s.Name) > maxNameLen {
+					t.Errorf("set name %q longer than %d", s.Name, maxNameLen)
+				}
+			}
+			path := filepath.Join("testdata", tc.name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -run TestRenderGolden -update)", err)
+			}
+			if got != string(want) {
+				t.Errorf("Render(%s) differs from %s (rerun with -update to accept):\n%s", tc.name, path, got)
+			}
+			// Rendering is deterministic.
+			again, _ := Render(tc.spec, tc.groups, tc.opts)
+			if again.String() != got {
+				t.Error("second Render differs")
+			}
+		})
+	}
+}
+
+func TestRenderErrors(t *testing.T) {
+	spec, groups := sampleSpec()
+	delete(groups, "monitoring")
+	if _, err := Render(spec, groups, Options{}); err == nil || !strings.Contains(err.Error(), `address group "monitoring", which was not given`) {
+		t.Fatalf("missing group: err = %v", err)
+	}
+
+	spec, groups = sampleSpec()
+	spec.Pods[0].Ingress.Rules = append(spec.Pods[0].Ingress.Rules, "r-nope")
+	if _, err := Render(spec, groups, Options{}); err == nil || !strings.Contains(err.Error(), `rule "r-nope"`) {
+		t.Fatalf("missing rule: err = %v", err)
+	}
+
+	spec, groups = sampleSpec()
+	spec.Pods[0].Ingress.Rules = []string{"r-dns"}
+	if _, err := Render(spec, groups, Options{}); err == nil || !strings.Contains(err.Error(), "Egress rule") {
+		t.Fatalf("direction mismatch: err = %v", err)
+	}
+
+	spec, groups = sampleSpec()
+	spec.Pods[0].IPs = []string{"not-an-ip"}
+	if _, err := Render(spec, groups, Options{}); err == nil {
+		t.Fatal("bad pod IP accepted")
+	}
+
+	spec, groups = sampleSpec()
+	spec.Rules[1].Peers[0].IPBlock.Except = []string{"fd00::/64"}
+	if _, err := Render(spec, groups, Options{}); err == nil {
+		t.Fatal("except of the other family accepted")
+	}
+}
+
+func TestRenderLogPrefix(t *testing.T) {
+	spec, groups := sampleSpec()
+	tab, err := Render(spec, groups, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tab.Chain("in-shop.web-0")
+	if c == nil {
+		t.Fatal("no chain in-shop.web-0")
+	}
+	want := `log prefix "` + prefix.Format(prefix.ActionDrop, prefix.Ingress, prefix.PodKey("shop", "web-0")) + `" group 100`
+	if got := c.Rules[len(c.Rules)-2].String(); !strings.Contains(got, want) {
+		t.Fatalf("log rule %q lacks %q", got, want)
+	}
+	if got := c.Rules[len(c.Rules)-1].String(); got != "drop" {
+		t.Fatalf("last rule %q, want drop", got)
+	}
+	a := tab.Chain("eg-lab.probe")
+	if got := a.Rules[len(a.Rules)-1].String(); got != "accept" {
+		t.Fatalf("audit chain ends with %q", got)
+	}
+	if !strings.Contains(a.Rules[0].String(), `"nftguard:audit:eg:`) {
+		t.Fatalf("audit log rule %q", a.Rules[0].String())
+	}
+	if tab.Chain("in-shop.idle") != nil || tab.Chain("eg-shop.idle") != nil {
+		t.Fatal("a pod that is not isolated got a chain")
+	}
+}
+
+// TestRenderSharedAddress: when two pods claim one address, the first pod
+// isolated in the direction keeps it.
+func TestRenderSharedAddress(t *testing.T) {
+	spec := v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{
+		{Namespace: "a", Name: "old", IPs: []string{"198.18.0.1"}},
+		{Namespace: "b", Name: "new", IPs: []string{"198.18.0.1"}, Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce}},
+		{Namespace: "c", Name: "newer", IPs: []string{"198.18.0.1"}, Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationAudit}},
+	}}
+	tab, err := Render(spec, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tab.Set(MapIngress4)
+	if len(m.Elements) != 1 || m.Elements[0].Verdict.Chain != "in-b.new" {
+		t.Fatalf("in4 = %v", m.Elements)
+	}
+}
