@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/internal/testenv"
@@ -61,22 +64,33 @@ func apply(t *testing.T, ctx context.Context, c client.Client, objs []*unstructu
 	}
 }
 
-func TestDefaultAndSamplesInstall(t *testing.T) {
+var (
+	adminCfg *rest.Config
+	ctx      = context.Background()
+)
+
+// TestMain starts one API server for the package's tests.
+func TestMain(m *testing.M) {
 	env, err := testenv.New()
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	cfg, err := env.Start()
+	adminCfg, err = env.Start()
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	t.Cleanup(func() { _ = env.Stop() })
-	ctx := context.Background()
-	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
 
+func TestDefaultAndSamplesInstall(t *testing.T) {
+	c, err := client.New(adminCfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
 	apply(t, ctx, c, render(t, "default"))
 
 	var dep appsv1.Deployment
@@ -131,6 +145,10 @@ func TestDefaultAndSamplesInstall(t *testing.T) {
 	}
 
 	// The samples must pass admission as written.
+	t.Run("samples", func(t *testing.T) { applySamples(t, c) })
+}
+
+func applySamples(t *testing.T, c client.Client) {
 	for _, ns := range []string{"storefront", "backend", "payments"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			t.Fatal(err)
