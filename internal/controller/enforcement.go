@@ -23,7 +23,8 @@ type NodeState struct {
 	// Failed: the agent reports Programmed=False; Message says why.
 	Failed  bool
 	Message string
-	// TooLarge: the compiled rule set exceeds the object size limit and was not written.
+	// TooLarge: the compiled rule set, or a group it references, exceeds the
+	// object size limit and was not written.
 	TooLarge bool
 }
 
@@ -103,7 +104,7 @@ func enforcedCondition(e Enforcement, generation int64) metav1.Condition {
 	switch {
 	case len(e.TooLarge) > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonRuleSetTooLarge
-		c.Message = fmt.Sprintf("Rule set exceeds the object size limit on %s; those nodes keep their previous rules", list(e.TooLarge))
+		c.Message = fmt.Sprintf("Rule set or one of its address groups exceeds the object size limit on %s; those nodes keep their previous rules", list(e.TooLarge))
 	case len(e.Failed) > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonProgramFailed
 		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))

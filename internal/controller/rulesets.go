@@ -228,6 +228,7 @@ func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[s
 		if size := specSize(spec); size > r.maxBytes() {
 			r.oversized["AddressGroup/"+name] = size
 			logger.Error(nil, "Address group exceeds the object size limit; not written", "addressGroup", name, "bytes", size, "limit", r.maxBytes())
+			r.reportOversizedGroup(ctx, name, size)
 			continue
 		}
 		cur, err := r.getGroup(ctx, name)
@@ -332,6 +333,23 @@ func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[s
 		return fmt.Errorf("converging rule sets: %d writes failed, first: %w", len(errs), errs[0])
 	}
 	return nil
+}
+
+// reportOversizedGroup records a warning on every node whose rule set
+// references a group too large to write: those nodes keep the group's last
+// written members, or cannot program the rule set if it was never written.
+func (r *RuleSetReconciler) reportOversizedGroup(ctx context.Context, group string, size int) {
+	for name, spec := range r.desiredRS {
+		if !slices.Contains(spec.AddressGroups, group) {
+			continue
+		}
+		node := &corev1.Node{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+			continue
+		}
+		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "AddressGroupTooLarge", "Compile",
+			"Address group %s is %d bytes, above the %d-byte object limit; its membership is not updated", group, size, r.maxBytes())
+	}
 }
 
 // largestKnown is the largest desired rule set recorded as oversized.

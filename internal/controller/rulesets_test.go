@@ -1,6 +1,7 @@
 package controller_test
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -366,6 +367,52 @@ var _ = Describe("Rule sets", func() {
 		Eventually(func(g Gomega) {
 			g.Expect(ruleSet(g, node.Name).Spec.Pods).To(HaveLen(11))
 		}, 20*time.Second).Should(Succeed())
+	})
+})
+
+var _ = Describe("Oversized address groups", func() {
+	It("are not written, and the nodes and policies that need them say so", func() {
+		node := makeNode(name("n"))
+		ns := makeNamespace(name("huge"), nil)
+		makePod(ns.Name, "target", node.Name, map[string]string{"app": "target"})
+		// A selector this long makes the group's spec pass the test's size limit.
+		values := make([]string, 900)
+		for i := range values {
+			values[i] = fmt.Sprintf("%s-%04d", strings.Repeat("v", 50), i)
+		}
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "from-many"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{
+						MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: metav1.LabelSelectorOpIn, Values: values}},
+					}}},
+				}},
+			},
+		}
+		Expect(admin.Create(ctx, np)).To(Succeed())
+		var group string
+		Eventually(func(g Gomega) {
+			rs := ruleSet(g, node.Name)
+			g.Expect(rs.Spec.AddressGroups).To(HaveLen(1))
+			group = rs.Spec.AddressGroups[0]
+		}).Should(Succeed())
+		Expect(isNotFound(admin.Get(ctx, client.ObjectKey{Name: group}, &v1alpha1.AddressGroup{}))).To(BeTrue())
+		Eventually(func(g Gomega) {
+			var evs eventsv1.EventList
+			g.Expect(admin.List(ctx, &evs)).To(Succeed())
+			g.Expect(evs.Items).To(ContainElement(And(
+				HaveField("Reason", "AddressGroupTooLarge"),
+				HaveField("Regarding.Name", node.Name),
+				HaveField("Note", ContainSubstring(group)))))
+		}).Should(Succeed())
+		By("the agent reporting the group missing, the policy reports why it is not enforced")
+		Eventually(func(g Gomega) { reportProgrammed(g, node.Name, false, "address groups ["+group+"] do not exist") }).Should(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(policyEvents(g, np)).To(ContainElement(And(
+				HaveField("Reason", "RuleSetTooLarge"), HaveField("Type", corev1.EventTypeWarning))))
+		}).Should(Succeed())
 	})
 })
 

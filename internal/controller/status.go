@@ -93,6 +93,11 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	nodes := make(map[string]NodeState, len(r.State.desired))
 	for name, spec := range r.State.desired {
 		_, tooLarge := r.State.oversized["NodeRuleSet/"+name]
+		for _, g := range spec.AddressGroups {
+			if _, over := r.State.oversized["AddressGroup/"+g]; over {
+				tooLarge = true
+			}
+		}
 		nodes[name] = nodeStateOf(present[name], spec, tooLarge)
 	}
 
@@ -155,7 +160,7 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 		switch {
 		case len(e.TooLarge) > 0:
 			typ, reason = corev1.EventTypeWarning, ReasonRuleSetTooLarge
-			note = fmt.Sprintf("Not enforced on %s: the node's rule set exceeds the object size limit", list(e.TooLarge))
+			note = fmt.Sprintf("Not enforced on %s: the node's rule set or one of its address groups exceeds the object size limit", list(e.TooLarge))
 		case len(e.Failed) > 0:
 			typ, reason = corev1.EventTypeWarning, ReasonProgramFailed
 			note = fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
