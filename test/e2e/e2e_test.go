@@ -1,0 +1,318 @@
+// Package e2e runs nftguard end to end on the local cluster: a real
+// kube-apiserver and etcd, nodes and pods as network namespaces, the
+// controller and one agent per node as processes, and real packets. It
+// reproduces the upstream Kubernetes NetworkPolicy e2e scenarios and adds
+// DefaultDeny, drop-log and chaos scenarios.
+package e2e
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/test/localcluster"
+)
+
+var (
+	cl *localcluster.Cluster
+	// binDir holds the controller and agent built for this run.
+	binDir string
+	keep   = flag.Bool("e2e.keep", false, "leave the cluster running after the suite (remove it with nftguard-dev down)")
+)
+
+// conformanceTopology is the upstream layout: namespaces x, y, z (labelled
+// ns=<name>) with pods a, b, c (labelled pod=<name>), each serving ports 80
+// and 81 over TCP, UDP and SCTP with ports named serve-80-tcp and so on,
+// spread over two nodes; plus a DNS pod in kube-system.
+func conformanceTopology() *localcluster.Topology {
+	t := &localcluster.Topology{Nodes: []localcluster.NodeSpec{{Name: "node-1"}, {Name: "node-2"}}}
+	var ports []localcluster.PortSpec
+	for _, port := range []int32{80, 81} {
+		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+			ports = append(ports, localcluster.PortSpec{
+				Name: fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto))), Port: port, Protocol: proto,
+			})
+		}
+	}
+	i := 0
+	for _, ns := range namespaces {
+		t.Namespaces = append(t.Namespaces, localcluster.NamespaceSpec{Name: ns, Labels: map[string]string{"ns": ns}})
+		for _, p := range podNames {
+			t.Pods = append(t.Pods, localcluster.PodSpec{
+				Namespace: ns, Name: p, Node: t.Nodes[i%2].Name, Labels: map[string]string{"pod": p}, Ports: ports,
+			})
+			i++
+		}
+	}
+	t.Namespaces = append(t.Namespaces, localcluster.NamespaceSpec{Name: "kube-system"})
+	t.Pods = append(t.Pods, localcluster.PodSpec{
+		Namespace: "kube-system", Name: "dns", Node: "node-2", Labels: map[string]string{"k8s-app": "kube-dns"},
+		Ports: []localcluster.PortSpec{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP}},
+	})
+	return t
+}
+
+func TestMain(m *testing.M) {
+	localcluster.MaybeRunChild()
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped: the local cluster needs root (network namespaces)")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root := localcluster.RepoRoot()
+	var err error
+	if binDir, err = os.MkdirTemp("", "nftguard-e2e-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	for _, cmd := range []string{"controller", "agent"} {
+		b := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "./cmd/"+cmd)
+		b.Dir, b.Stdout, b.Stderr = root, os.Stderr, os.Stderr
+		if err := b.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", cmd, err)
+			return 1
+		}
+	}
+	stateDir, err := os.MkdirTemp("", "nftguard-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cl, err = localcluster.Up(ctx, localcluster.Config{
+		Name:       "e2e",
+		StateDir:   stateDir,
+		Topology:   conformanceTopology(),
+		Controller: filepath.Join(binDir, "controller"),
+		Agent:      filepath.Join(binDir, "agent"),
+		// A short resync so that drift and restarts converge quickly.
+		AgentArgs: []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"},
+		Owned:     !*keep,
+		Logf:      func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting the local cluster: %v\n", err)
+		return 1
+	}
+	code := m.Run()
+	if *keep {
+		fmt.Fprintf(os.Stderr, "e2e: cluster left running; export KUBECONFIG=%s\n", cl.Kubeconfig())
+		return code
+	}
+	if err := cl.Down(); err != nil {
+		fmt.Fprintf(os.Stderr, "removing the local cluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	_ = os.RemoveAll(stateDir)
+	return code
+}
+
+// waitConverged waits until what the agents enforce is exactly what the
+// policies in the API compile to: every NodeRuleSet equals the pure
+// compiler's output for the current objects and its agent has programmed
+// that generation, and every AddressGroup holds the compiled members.
+func waitConverged(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	why := ""
+	for {
+		var err error
+		if why, err = notConverged(ctx); err == nil && why == "" {
+			return
+		}
+		if err != nil {
+			why = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the cluster did not converge: %s", why)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func notConverged(ctx context.Context) (string, error) {
+	c := cl.Client()
+	var (
+		pods  corev1.PodList
+		nss   corev1.NamespaceList
+		nodes corev1.NodeList
+		nps   networkingv1.NetworkPolicyList
+		dds   v1alpha1.DefaultDenyList
+		rss   v1alpha1.NodeRuleSetList
+		ags   v1alpha1.AddressGroupList
+	)
+	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &nps, &dds, &rss, &ags} {
+		if err := c.List(ctx, l); err != nil {
+			return "", err
+		}
+	}
+	snap := &compiler.Snapshot{}
+	for i := range pods.Items {
+		snap.Pods = append(snap.Pods, &pods.Items[i])
+	}
+	for i := range nss.Items {
+		snap.Namespaces = append(snap.Namespaces, &nss.Items[i])
+	}
+	for i := range nodes.Items {
+		snap.Nodes = append(snap.Nodes, &nodes.Items[i])
+	}
+	for i := range nps.Items {
+		snap.NetworkPolicies = append(snap.NetworkPolicies, &nps.Items[i])
+	}
+	for i := range dds.Items {
+		snap.DefaultDenies = append(snap.DefaultDenies, &dds.Items[i])
+	}
+	want := compiler.Compile(snap)
+	have := map[string]*v1alpha1.NodeRuleSet{}
+	for i := range rss.Items {
+		have[rss.Items[i].Name] = &rss.Items[i]
+	}
+	for node, spec := range want.NodeRuleSets {
+		rs := have[node]
+		if rs == nil {
+			return "no NodeRuleSet for " + node, nil
+		}
+		if !equality.Semantic.DeepEqual(rs.Spec, spec) {
+			return "NodeRuleSet " + node + " is not the compiled one yet", nil
+		}
+		cond := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+		if cond == nil || cond.Status != metav1.ConditionTrue || rs.Status.ObservedGeneration != rs.Generation {
+			return fmt.Sprintf("NodeRuleSet %s generation %d is not programmed yet", node, rs.Generation), nil
+		}
+	}
+	groups := map[string]v1alpha1.AddressGroupSpec{}
+	for _, ag := range ags.Items {
+		groups[ag.Name] = ag.Spec
+	}
+	for name, spec := range want.AddressGroups {
+		got, ok := groups[name]
+		if !ok || !equality.Semantic.DeepEqual(got, spec) {
+			return "AddressGroup " + name + " is not the compiled one yet", nil
+		}
+	}
+	return "", nil
+}
+
+// create creates objects as a user would (kubectl apply).
+func create(t *testing.T, objs ...client.Object) {
+	t.Helper()
+	for _, o := range objs {
+		if err := cl.Client().Create(context.Background(), o); err != nil {
+			t.Fatalf("creating %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+// resetPolicies deletes every NetworkPolicy and DefaultDeny and waits until
+// the agents enforce nothing.
+func resetPolicies(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	c := cl.Client()
+	var nps networkingv1.NetworkPolicyList
+	if err := c.List(ctx, &nps); err != nil {
+		t.Fatal(err)
+	}
+	for i := range nps.Items {
+		if err := c.Delete(ctx, &nps.Items[i]); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	var dds v1alpha1.DefaultDenyList
+	if err := c.List(ctx, &dds); err != nil {
+		t.Fatal(err)
+	}
+	for i := range dds.Items {
+		if err := c.Delete(ctx, &dds.Items[i]); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	waitConverged(t)
+}
+
+// probe describes one matrix: a port and protocol over one IP family.
+type probe struct {
+	port   int32
+	proto  corev1.Protocol
+	family localcluster.Family
+}
+
+var (
+	tcp80   = probe{80, corev1.ProtocolTCP, localcluster.IPv4}
+	tcp81   = probe{81, corev1.ProtocolTCP, localcluster.IPv4}
+	udp80   = probe{80, corev1.ProtocolUDP, localcluster.IPv4}
+	udp81   = probe{81, corev1.ProtocolUDP, localcluster.IPv4}
+	sctp80  = probe{80, corev1.ProtocolSCTP, localcluster.IPv4}
+	sctp81  = probe{81, corev1.ProtocolSCTP, localcluster.IPv4}
+	tcp80v6 = probe{80, corev1.ProtocolTCP, localcluster.IPv6}
+)
+
+// observe runs the full 9x9 matrix for one probe.
+func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m := cl.Matrix(ctx, localcluster.MatrixRequest{
+		Port: intstr.FromInt32(p.port), Protocol: p.proto, Family: p.family,
+		From: allPods(), To: allPods(), Parallel: 12,
+	})
+	got := map[[2]string]bool{}
+	for i, f := range m.From {
+		for j, to := range m.To {
+			r := m.Results[i][j]
+			if r.Err != nil {
+				t.Fatalf("probe %s: %v", r, r.Err)
+			}
+			got[[2]string{f, to}] = r.Reachable()
+		}
+	}
+	return got, m
+}
+
+// expect checks the full matrix for each probe against the model.
+func expect(t *testing.T, r *Reachability, probes ...probe) {
+	t.Helper()
+	for _, p := range probes {
+		got, m := observe(t, p)
+		table, wrong := r.Table(got)
+		if wrong > 0 {
+			var details []string
+			for i, f := range m.From {
+				for j, to := range m.To {
+					if got[[2]string{f, to}] != r.Expected(f, to) {
+						details = append(details, m.Results[i][j].String())
+					}
+				}
+			}
+			t.Errorf("port %d/%s %s: %d cells differ from the expectation (* marks them; . reachable, X blocked):\n%s%s",
+				p.port, p.proto, p.family, wrong, table, strings.Join(details, "\n"))
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// The upstream NetworkPolicy e2e layout: namespaces x, y, z with pods a, b, c.
+var (
+	namespaces = []string{"x", "y", "z"}
+	podNames   = []string{"a", "b", "c"}
+)
+
+// allPods lists "ns/pod" for the nine conformance pods.
+func allPods() []string {
+	var out []string
+	for _, ns := range namespaces {
+		for _, p := range podNames {
+			out = append(out, ns+"/"+p)
+		}
+	}
+	return out
+}
+
+// Reachability is the expected outcome of every probe of a matrix, as in
+// the upstream suite's model: start from "all allowed" and carve out.
+type Reachability struct {
+	pods     []string
+	expected map[[2]string]bool
+}
+
+// NewReachability expects every pair to be allowed (or denied).
+func NewReachability(allowed bool) *Reachability {
+	r := &Reachability{pods: allPods(), expected: map[[2]string]bool{}}
+	for _, f := range r.pods {
+		for _, t := range r.pods {
+			r.expected[[2]string{f, t}] = allowed
+		}
+	}
+	return r
+}
+
+// match reports whether a pod key matches a pattern: "x/a", "x/*", "*/a", "*/*".
+func match(pattern, pod string) bool {
+	pns, pname, _ := strings.Cut(pattern, "/")
+	ns, name, _ := strings.Cut(pod, "/")
+	return (pns == "*" || pns == ns) && (pname == "*" || pname == name)
+}
+
+// Set sets every pair from a pod matching from to a pod matching to.
+func (r *Reachability) Set(from, to string, allowed bool) *Reachability {
+	for _, f := range r.pods {
+		for _, t := range r.pods {
+			if match(from, f) && match(to, t) {
+				r.expected[[2]string{f, t}] = allowed
+			}
+		}
+	}
+	return r
+}
+
+// Expected reports the expectation of one pair. A pod always reaches itself:
+// traffic to one's own address never leaves the pod's namespace.
+func (r *Reachability) Expected(from, to string) bool {
+	if from == to {
+		return true
+	}
+	return r.expected[[2]string{from, to}]
+}
+
+// Table prints a matrix of "." (reachable) and "X" (blocked), marking
+// cells that differ from the expectation with "*".
+func (r *Reachability) Table(got map[[2]string]bool) (string, int) {
+	var b strings.Builder
+	b.WriteString("from\\to")
+	for _, t := range r.pods {
+		fmt.Fprintf(&b, " %4s", t)
+	}
+	b.WriteString("\n")
+	wrong := 0
+	for _, f := range r.pods {
+		fmt.Fprintf(&b, "%7s", f)
+		for _, t := range r.pods {
+			g, ok := got[[2]string{f, t}]
+			cell := "."
+			if !g {
+				cell = "X"
+			}
+			if !ok {
+				cell = "?"
+			}
+			if ok && g != r.Expected(f, t) {
+				cell += "*"
+				wrong++
+			}
+			fmt.Fprintf(&b, " %4s", cell)
+		}
+		b.WriteString("\n")
+	}
+	return b.String(), wrong
+}
+
+// denied lists the pairs expected to be blocked, sorted.
+func (r *Reachability) denied() [][2]string {
+	var out [][2]string
+	for k, v := range r.expected {
+		if !v && k[0] != k[1] {
+			out = append(out, k)
+		}
+	}
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0]+a[1], b[0]+b[1]) })
+	return out
+}
