@@ -5,6 +5,7 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
@@ -99,11 +100,16 @@ var _ = Describe("Agent", Ordered, func() {
 	})
 
 	It("keeps the last good rules and says why when a referenced group is missing", func() {
-		Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs)).To(Succeed())
-		rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-missing"})
-		rs.Spec.AddressGroups = []string{"ag-clients", "ag-missing"}
-		rs.Spec.Pods[0].IPs = []string{"198.18.0.11"}
-		Expect(k8s.Update(ctx, rs)).To(Succeed())
+		// The agent writes status concurrently: retry on conflicts.
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
+				return err
+			}
+			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-missing"})
+			rs.Spec.AddressGroups = []string{"ag-clients", "ag-missing"}
+			rs.Spec.Pods[0].IPs = []string{"198.18.0.11"}
+			return k8s.Update(ctx, rs)
+		})).To(Succeed())
 		Eventually(func(g Gomega) {
 			c := programmed(g, nodeName)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))

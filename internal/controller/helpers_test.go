@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
@@ -121,3 +122,15 @@ func denyAllIngress(ns, n string) *networkingv1.NetworkPolicy {
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
+
+// update reads obj, applies mutate and writes it, retrying when the
+// controller wrote the object (its status, say) in between.
+func update(obj client.Object, mutate func()) {
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		mutate()
+		return admin.Update(ctx, obj)
+	})).To(Succeed())
+}

@@ -151,11 +151,11 @@ var _ = Describe("Rule sets", func() {
 		}).Should(Succeed())
 
 		By("opening the named port")
-		Expect(admin.Get(ctx, client.ObjectKeyFromObject(np), np)).To(Succeed())
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
-			Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromString("http"))}},
-		}}
-		Expect(admin.Update(ctx, np)).To(Succeed())
+		update(np, func() {
+			np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromString("http"))}},
+			}}
+		})
 		Eventually(func(g Gomega) {
 			rs := ruleSet(g, node.Name)
 			p := localPod(rs, ns.Name, "p")
@@ -202,9 +202,7 @@ var _ = Describe("Rule sets", func() {
 		}).Should(Succeed())
 
 		By("switching it to Audit")
-		Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), dd)).To(Succeed())
-		dd.Spec.Mode = v1alpha1.ModeAudit
-		Expect(admin.Update(ctx, dd)).To(Succeed())
+		update(dd, func() { dd.Spec.Mode = v1alpha1.ModeAudit })
 		Eventually(func(g Gomega) {
 			p := localPod(ruleSet(g, node.Name), ns.Name, "p")
 			g.Expect(p.Ingress).NotTo(BeNil())
@@ -243,19 +241,15 @@ var _ = Describe("Rule sets", func() {
 		}).Should(Succeed())
 
 		By("editing the rule set by hand")
-		rs := &v1alpha1.NodeRuleSet{}
-		Expect(admin.Get(ctx, client.ObjectKey{Name: node.Name}, rs)).To(Succeed())
-		rs.Spec.Pods = nil
-		Expect(admin.Update(ctx, rs)).To(Succeed())
+		rs := &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}
+		update(rs, func() { rs.Spec.Pods = nil })
 		Eventually(func(g Gomega) {
 			g.Expect(ruleSet(g, node.Name).Spec).To(Equal(want))
 		}).Should(Succeed())
 
 		By("editing the address group by hand")
-		ag := &v1alpha1.AddressGroup{}
-		Expect(admin.Get(ctx, client.ObjectKey{Name: group}, ag)).To(Succeed())
-		ag.Spec.Addresses = []string{"198.19.255.254"}
-		Expect(admin.Update(ctx, ag)).To(Succeed())
+		ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: group}}
+		update(ag, func() { ag.Spec.Addresses = []string{"198.19.255.254"} })
 		Eventually(func(g Gomega) {
 			g.Expect(addressGroup(g, group).Spec.Addresses).To(ConsistOf(a.Status.PodIP))
 		}).Should(Succeed())
