@@ -103,7 +103,8 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cl, err = localcluster.Up(ctx, localcluster.Config{
-		Name:       "e2e",
+		// Unique per run: two runs on one machine must not share namespaces.
+		Name:       fmt.Sprintf("e2e%d", os.Getpid()%1000000),
 		StateDir:   stateDir,
 		Topology:   conformanceTopology(),
 		Controller: filepath.Join(binDir, "controller"),
