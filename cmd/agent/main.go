@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -43,6 +44,8 @@ func run() int {
 		auditMaxFiles int
 		nflogGroup    uint
 		resync        time.Duration
+		dropsAddr     string
+		dropsCertDir  string
 	)
 	flag.StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "Name of the node whose NodeRuleSet this agent programs (default: $NODE_NAME).")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":9090", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
@@ -54,6 +57,8 @@ func run() int {
 	flag.IntVar(&auditMaxFiles, "audit-max-files", 5, "Rotated drop log files kept.")
 	flag.UintVar(&nflogGroup, "nflog-group", uint(dataplane.DefaultLogGroup), "NFLOG group the drop log rules use.")
 	flag.DurationVar(&resync, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed.")
+	flag.StringVar(&dropsAddr, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
+	flag.StringVar(&dropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
 	zapOpts := zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -108,6 +113,7 @@ func run() int {
 		Output:     auditLog,
 		MaxSize:    auditMaxSize,
 		MaxFiles:   auditMaxFiles,
+		RecentSize: 4096, // lines the drops endpoint can summarize
 		Resolver:   resolver,
 		Registerer: metrics.Registry,
 		Log:        logger.WithName("audit"),
@@ -119,6 +125,22 @@ func run() int {
 	if err := mgr.Add(manager.RunnableFunc(drops.Run)); err != nil {
 		setupLog.Error(err, "Adding the drop log")
 		return 1
+	}
+	if dropsAddr != "0" {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			setupLog.Error(err, "Creating the drops endpoint's client")
+			return 1
+		}
+		if err := mgr.Add(&agent.DropsServer{
+			BindAddress: dropsAddr, NodeName: nodeName, Lines: drops, CertDir: dropsCertDir,
+			TokenReviews:         cs.AuthenticationV1().TokenReviews(),
+			SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
+			Log:                  logger.WithName("drops"),
+		}); err != nil {
+			setupLog.Error(err, "Adding the drops endpoint")
+			return 1
+		}
 	}
 	r := &agent.Reconciler{
 		Client:       mgr.GetClient(),

@@ -40,6 +40,8 @@ type Programmer interface {
 	// applied one (a flushed chain, a deleted element or table); the next
 	// Apply repairs them.
 	Verify() (dataplane.Drift, error)
+	// Delete removes the table (uninstall).
+	Delete() error
 }
 
 // Counters reports the audit log's totals for the status.
@@ -53,7 +55,12 @@ const (
 	ReasonAddressGroupMissing = "AddressGroupMissing"
 	ReasonRenderFailed        = "RenderFailed"
 	ReasonProgramFailed       = "ProgramFailed"
+	ReasonUninstalled         = "Uninstalled"
 )
+
+// UninstallAnnotation on a NodeRuleSet asks its agent to delete the node's
+// nftables table and stop programming it (see uninstall).
+const UninstallAnnotation = "nftguard.io/uninstall"
 
 var (
 	programDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -127,6 +134,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		return reconcile.Result{}, fmt.Errorf("reading NodeRuleSet %s: %w", r.NodeName, err)
 	}
+	if _, ok := rs.Annotations[UninstallAnnotation]; ok {
+		return r.uninstall(ctx, rs)
+	}
 
 	groups, inputs, groupsErr := r.groups(ctx, rs)
 	r.mu.Lock()
@@ -159,6 +169,32 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	if cond.Status != metav1.ConditionTrue {
 		// Retry: a missing group may appear, a transient kernel error may pass.
+		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
+	}
+	return reconcile.Result{RequeueAfter: r.resync()}, nil
+}
+
+// uninstall deletes the node's table and reports Programmed=False with
+// reason Uninstalled, for as long as the NodeRuleSet carries the uninstall
+// annotation: traffic on the node is then not filtered at all. Removing the
+// annotation programs the rule set again.
+func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (reconcile.Result, error) {
+	r.mu.Lock()
+	had := r.inputs != "" || r.programmed != 0
+	r.inputs, r.programmed = "", 0 // the next Apply after uninstall starts afresh
+	r.mu.Unlock()
+	cond := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: ReasonUninstalled,
+		Message: "Table inet nftguard deleted for uninstall; this node filters no traffic", ObservedGeneration: rs.Generation}
+	if err := r.Programmer.Delete(); err != nil {
+		cond = r.fail(ctx, rs, ReasonProgramFailed, fmt.Errorf("deleting the table for uninstall: %w", err))
+	} else if had {
+		log.FromContext(ctx).Info("Deleted the table for uninstall", "generation", rs.Generation)
+		programmedGeneration.Set(0)
+	}
+	if err := r.writeStatus(ctx, rs, cond); err != nil {
+		return reconcile.Result{}, err
+	}
+	if cond.Reason != ReasonUninstalled {
 		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
 	}
 	return reconcile.Result{RequeueAfter: r.resync()}, nil
@@ -308,7 +344,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		For(&v1alpha1.NodeRuleSet{}, builder.WithPredicates(
 			predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName }),
-			predicate.GenerationChangedPredicate{})).
+			predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&v1alpha1.AddressGroup{}, referenced, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
 }

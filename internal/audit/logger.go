@@ -283,6 +283,10 @@ func (l *Logger) Recent() []Event {
 	return out
 }
 
+// RecentCapacity is the number of lines Recent returns at most: when Recent
+// returns that many, older lines have been forgotten.
+func (l *Logger) RecentCapacity() int { return l.cfg.RecentSize }
+
 // Totals returns what has been written since the Logger started.
 func (l *Logger) Totals() Totals {
 	l.mu.Lock()

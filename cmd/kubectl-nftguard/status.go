@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+)
+
+// PolicyStatus is where one policy is enforced.
+type PolicyStatus struct {
+	// Policy is "NetworkPolicy/<namespace>/<name>" or "DefaultDeny/<name>".
+	Policy     string `json:"policy"`
+	Mode       string `json:"mode"`
+	Generation int64  `json:"generation"`
+	// Pods are the pods it isolates, with the directions.
+	Pods []PodIsolation `json:"pods"`
+	// Nodes are the nodes hosting those pods and how far their agent is.
+	Nodes []NodeProgress `json:"nodes"`
+	// Enforced is programmed/needed nodes.
+	Enforced string `json:"enforced"`
+	// State sums it up: Enforced, Programming, Failed, NoSelectedPods.
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+}
+
+// PodIsolation is a pod a policy isolates.
+type PodIsolation struct {
+	Namespace  string   `json:"namespace"`
+	Name       string   `json:"name"`
+	Node       string   `json:"node"`
+	Directions []string `json:"directions"`
+}
+
+// NodeProgress is one node's agent's report on its rule set.
+type NodeProgress struct {
+	Node string `json:"node"`
+	// State is Programmed, Pending, Failed or Uninstalled.
+	State string `json:"state"`
+	// Generation is the rule set's generation; ProgrammedGeneration the one
+	// the agent last programmed.
+	Generation           int64  `json:"generation"`
+	ProgrammedGeneration int64  `json:"programmedGeneration"`
+	Message              string `json:"message,omitempty"`
+}
+
+func newStatus(o *options) *cobra.Command {
+	var watch, all bool
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:   "status [NETWORKPOLICY | dd/NAME]",
+		Short: "Show, per policy, the pods it isolates and the nodes that programmed it",
+		Long: `Show, for each NetworkPolicy of the namespace (or all namespaces with -A) and each
+DefaultDeny, the pods it isolates, the nodes that need it, which of them have
+programmed it at which generation, and which failed with what message.
+The data comes from the NodeRuleSets the agents report on.`,
+		Example: `  kubectl nftguard status
+  kubectl nftguard status -n shop api
+  kubectl nftguard status dd/shop-baseline -o json
+  kubectl nftguard status -A --watch`,
+		Args: args(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if err := o.checkOutput(); err != nil {
+				return err
+			}
+			var name string
+			if len(a) == 1 {
+				name = a[0]
+			}
+			want, err := o.policyKey(name)
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			ns := o.namespace()
+			if all {
+				ns = ""
+			}
+			var last []byte
+			for {
+				s, err := read(cmd.Context(), c, ns, false)
+				if err != nil {
+					return err
+				}
+				sts := statuses(s, want)
+				if want != "" && len(sts) == 0 {
+					return fmt.Errorf("%s not found", want)
+				}
+				var buf bytes.Buffer
+				if err := o.writeStatus(&buf, sts, want != ""); err != nil {
+					return err
+				}
+				if !bytes.Equal(buf.Bytes(), last) {
+					if watch && last != nil && o.output == "table" {
+						fmt.Fprintf(o.streams.Out, "\n--- %s\n", time.Now().Format(time.TimeOnly))
+					}
+					if _, err := o.streams.Out.Write(buf.Bytes()); err != nil {
+						return err
+					}
+					last = buf.Bytes()
+				}
+				if !watch {
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(interval):
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "Keep watching and print again when something changes.")
+	cmd.Flags().DurationVar(&interval, "watch-interval", 2*time.Second, "How often --watch reads the state.")
+	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "NetworkPolicies of every namespace.")
+	return cmd
+}
+
+// policyKey turns NAME, networkpolicy/NAME, dd/NAME or defaultdeny/NAME into
+// a policy key; empty stays empty (every policy).
+func (o *options) policyKey(arg string) (string, error) {
+	if arg == "" {
+		return "", nil
+	}
+	kind, name, ok := strings.Cut(arg, "/")
+	if !ok {
+		kind, name = "networkpolicy", arg
+	}
+	if name == "" {
+		return "", usagef("%q names no policy", arg)
+	}
+	switch strings.ToLower(kind) {
+	case "dd", "defaultdeny", "defaultdenies", "defaultdeny.nftguard.io":
+		return "DefaultDeny/" + name, nil
+	case "networkpolicy", "networkpolicies", "netpol", "networkpolicy.networking.k8s.io":
+		return "NetworkPolicy/" + o.namespace() + "/" + name, nil
+	}
+	return "", usagef("%q is neither a NetworkPolicy nor dd/NAME", arg)
+}
+
+// statuses computes every policy's status (or only want's).
+func statuses(s *snapshot, want string) []PolicyStatus {
+	type acc struct {
+		pods  []PodIsolation
+		nodes map[string]bool
+	}
+	by := map[string]*acc{}
+	node := map[string]NodeProgress{}
+	for _, rs := range s.ruleSets.Items {
+		node[rs.Name] = progress(&rs)
+		for _, p := range rs.Spec.Pods {
+			dirs := map[string][]string{}
+			if p.Ingress != nil {
+				for _, pol := range p.Ingress.Policies {
+					dirs[pol] = append(dirs[pol], "Ingress")
+				}
+			}
+			if p.Egress != nil {
+				for _, pol := range p.Egress.Policies {
+					dirs[pol] = append(dirs[pol], "Egress")
+				}
+			}
+			for pol, d := range dirs {
+				a := by[pol]
+				if a == nil {
+					a = &acc{nodes: map[string]bool{}}
+					by[pol] = a
+				}
+				a.pods = append(a.pods, PodIsolation{Namespace: p.Namespace, Name: p.Name, Node: rs.Name, Directions: d})
+				a.nodes[rs.Name] = true
+			}
+		}
+	}
+	var out []PolicyStatus
+	add := func(key, mode string, gen int64, dd *v1alpha1.DefaultDeny) {
+		if want != "" && key != want {
+			return
+		}
+		st := PolicyStatus{Policy: key, Mode: mode, Generation: gen, Pods: []PodIsolation{}, Nodes: []NodeProgress{}}
+		if a := by[key]; a != nil {
+			st.Pods = a.pods
+			slices.SortFunc(st.Pods, func(x, y PodIsolation) int {
+				return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+			})
+			for n := range a.nodes {
+				st.Nodes = append(st.Nodes, node[n])
+			}
+			slices.SortFunc(st.Nodes, func(x, y NodeProgress) int { return cmp.Compare(x.Node, y.Node) })
+		}
+		summarize(&st)
+		if dd != nil {
+			if c := meta.FindStatusCondition(dd.Status.Conditions, v1alpha1.ConditionEnforced); c != nil && c.Status != metav1.ConditionTrue && st.Message == "" {
+				st.Message = c.Message
+			}
+		}
+		out = append(out, st)
+	}
+	for i := range s.dds.Items {
+		dd := &s.dds.Items[i]
+		add("DefaultDeny/"+dd.Name, string(cmp.Or(dd.Spec.Mode, v1alpha1.ModeEnforce)), dd.Generation, dd)
+	}
+	for _, np := range s.nps.Items {
+		add("NetworkPolicy/"+np.Namespace+"/"+np.Name, "Enforce", np.Generation, nil)
+	}
+	slices.SortFunc(out, func(a, b PolicyStatus) int { return cmp.Compare(a.Policy, b.Policy) })
+	return out
+}
+
+func progress(rs *v1alpha1.NodeRuleSet) NodeProgress {
+	p := NodeProgress{Node: rs.Name, State: "Pending", Generation: rs.Generation, ProgrammedGeneration: rs.Status.ObservedGeneration}
+	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+	switch {
+	case c == nil:
+		p.Message = "no report from the node's agent yet"
+	case c.Status == metav1.ConditionTrue && c.ObservedGeneration == rs.Generation && rs.Status.ObservedGeneration == rs.Generation:
+		p.State = "Programmed"
+	case c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled:
+		p.State, p.Message = "Uninstalled", c.Message
+	case c.Status == metav1.ConditionFalse:
+		p.State, p.Message = "Failed", c.Reason+": "+c.Message
+	default:
+		p.Message = fmt.Sprintf("programmed generation %d, waiting for %d", rs.Status.ObservedGeneration, rs.Generation)
+	}
+	return p
+}
+
+func summarize(st *PolicyStatus) {
+	done := 0
+	var failed, pending []string
+	for _, n := range st.Nodes {
+		switch n.State {
+		case "Programmed":
+			done++
+		case "Failed", "Uninstalled":
+			failed = append(failed, n.Node+": "+n.Message)
+		default:
+			pending = append(pending, n.Node)
+		}
+	}
+	st.Enforced = fmt.Sprintf("%d/%d", done, len(st.Nodes))
+	switch {
+	case len(st.Nodes) == 0:
+		st.State, st.Message = "NoSelectedPods", "isolates no pod (no scheduled pod with an IP matches)"
+	case len(failed) > 0:
+		st.State, st.Message = "Failed", strings.Join(failed, "; ")
+	case len(pending) > 0:
+		st.State, st.Message = "Programming", "waiting for "+strings.Join(pending, ", ")
+	default:
+		st.State = "Enforced"
+	}
+}
+
+func (o *options) writeStatus(w io.Writer, sts []PolicyStatus, detail bool) error {
+	if o.output != "table" {
+		return o.print(map[string]any{"policies": sts})
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POLICY\tMODE\tPODS\tNODES\tENFORCED\tSTATE\tMESSAGE")
+	for _, st := range sts {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", st.Policy, st.Mode, len(st.Pods), len(st.Nodes), st.Enforced, st.State, st.Message)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if !detail {
+		return nil
+	}
+	for _, st := range sts {
+		fmt.Fprintf(w, "\nPods isolated by %s:\n", st.Policy)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  POD\tNODE\tDIRECTIONS")
+		for _, p := range st.Pods {
+			fmt.Fprintf(tw, "  %s/%s\t%s\t%s\n", p.Namespace, p.Name, p.Node, strings.Join(p.Directions, ","))
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(w, "\nNodes:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  NODE\tSTATE\tGENERATION\tPROGRAMMED\tMESSAGE")
+		for _, n := range st.Nodes {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", n.Node, n.State, n.Generation, n.ProgrammedGeneration, n.Message)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
