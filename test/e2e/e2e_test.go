@@ -27,6 +27,7 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/explain"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
@@ -297,11 +298,70 @@ func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
 	return got, m
 }
 
-// expect checks the full matrix for each probe against the model.
+// explainInput reads what `kubectl nftguard explain` reads: the live
+// NodeRuleSets and AddressGroups the agents program, and the objects its
+// hints look at.
+func explainInput(t *testing.T) explain.Input {
+	t.Helper()
+	ctx := context.Background()
+	c := cl.Client()
+	var (
+		rss  v1alpha1.NodeRuleSetList
+		ags  v1alpha1.AddressGroupList
+		pods corev1.PodList
+		nss  corev1.NamespaceList
+		nps  networkingv1.NetworkPolicyList
+		dds  v1alpha1.DefaultDenyList
+	)
+	for _, l := range []client.ObjectList{&rss, &ags, &pods, &nss, &nps, &dds} {
+		if err := c.List(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := explain.Input{RuleSets: rss.Items, Groups: map[string]v1alpha1.AddressGroupSpec{}, Pods: pods.Items,
+		Namespaces: nss.Items, NetworkPolicies: nps.Items, DefaultDenies: dds.Items}
+	for _, ag := range ags.Items {
+		in.Groups[ag.Name] = ag.Spec
+	}
+	return in
+}
+
+// checkExplain asserts that explain's verdict, computed from the live rule
+// sets, agrees with the probed reachability of every cell.
+func checkExplain(t *testing.T, p probe, got map[[2]string]bool) {
+	t.Helper()
+	in := explainInput(t)
+	var wrong []string
+	for cell, reachable := range got {
+		if cell[0] == cell[1] {
+			continue
+		}
+		fns, fpod, _ := strings.Cut(cell[0], "/")
+		tns, tpod, _ := strings.Cut(cell[1], "/")
+		v, err := explain.Explain(in, explain.Query{FromNamespace: fns, FromPod: fpod, ToNamespace: tns, ToPod: tpod,
+			Port: p.port, Protocol: v1alpha1.Protocol(p.proto)})
+		if err != nil {
+			t.Fatalf("explain %s -> %s: %v", cell[0], cell[1], err)
+		}
+		if v.Allowed != reachable {
+			wrong = append(wrong, fmt.Sprintf("%s -> %s: explain says allowed=%v (egress: %s; ingress: %s), the probe says reachable=%v",
+				cell[0], cell[1], v.Allowed, v.Egress.Reason, v.Ingress.Reason, reachable))
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("explain disagrees with the probes on %d cells of %d/%s:\n%s", len(wrong), p.port, p.proto, strings.Join(wrong, "\n"))
+	}
+}
+
+// expect checks the full matrix for each probe against the model, and
+// explain's verdict for every cell against the probes.
 func expect(t *testing.T, r *Reachability, probes ...probe) {
 	t.Helper()
 	for _, p := range probes {
 		got, m := observe(t, p)
+		if p.family == localcluster.IPv4 {
+			checkExplain(t, p, got)
+		}
 		table, wrong := r.Table(got)
 		if wrong > 0 {
 			var details []string
