@@ -7,35 +7,27 @@ DEMO_NAME ?= demo
 DEMO_NODES ?= 2
 NFTGUARD_DEV ?= $(BIN)/nftguard-dev
 DEMO_KUBECTL = $(KUBECTL) --kubeconfig $(DEMO_DIR)/kubeconfig
-# The agent runs once cmd/agent exists; until then the demo shows the
-# cluster and the controller's output without enforcement.
-DEMO_AGENT = $(if $(wildcard cmd/agent/*.go),$(BIN)/agent,none)
 
 .PHONY: nftguard-dev
 nftguard-dev: ## Build bin/nftguard-dev, the local cluster's command.
 	$(GO) build -o $(NFTGUARD_DEV) ./cmd/nftguard-dev
 
 .PHONY: demo-build
-demo-build: test-binaries nftguard-dev ## Build everything the demo runs.
-	$(GO) build -o $(BIN)/controller ./cmd/controller
-	$(if $(filter none,$(DEMO_AGENT)),@echo "cmd/agent does not exist yet: the demo runs without agents",$(GO) build -o $(BIN)/agent ./cmd/agent)
+demo-build: test-binaries nftguard-dev build plugin ## Build everything the demo runs.
 
 .PHONY: demo
 demo: demo-build ## Run nftguard on a 2-node local cluster with the shop of config/samples (root).
 	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root: its nodes and pods are network namespaces"; exit 1; }
 	@echo "==> Starting a $(DEMO_NODES)-node local cluster (nodes and pods are network namespaces)"
 	$(NFTGUARD_DEV) up --state-dir $(DEMO_DIR) --name $(DEMO_NAME) --nodes $(DEMO_NODES) --recreate \
-		--bin-dir $(BIN) --controller $(BIN)/controller --agent $(DEMO_AGENT)
+		--bin-dir $(BIN) --controller $(BIN)/controller --agent $(BIN)/agent
 	@echo
 	@echo "==> Reachability before any policy: every pod reaches every pod"
 	@$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR)
 	@echo
 	@echo "==> Applying config/samples: the shop-baseline DefaultDeny and the shop's NetworkPolicies"
 	$(DEMO_KUBECTL) apply -k config/samples
-	@if [ "$(DEMO_AGENT)" = none ]; then \
-		echo; echo "==> No agent runs yet, so nothing enforces the policies; the controller compiled them:"; \
-		$(DEMO_KUBECTL) get nftguard; exit 0; fi; \
-	set -x; \
+	@set -x; \
 	$(DEMO_KUBECTL) wait --for=condition=Enforced defaultdeny/shop-baseline --timeout=90s; \
 	$(NFTGUARD_DEV) wait --state-dir $(DEMO_DIR) --timeout 90s; \
 	{ set +x; } 2>/dev/null; \
@@ -45,12 +37,18 @@ demo: demo-build ## Run nftguard on a 2-node local cluster with the shop of conf
 	$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR); \
 	echo; echo "==> An allowed connection, then a denied one and the drop-log lines it produced"; \
 	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) storefront/web backend/api http; \
-	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) --expect blocked --drops storefront/web payments/payments https
+	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) --expect blocked --drops storefront/web payments/payments https; \
+	echo; echo "==> Why it was denied, from the rule sets the agents program"; \
+	echo "$$ kubectl nftguard explain --from storefront/web --to payments/payments --port https"; \
+	$(BIN)/kubectl-nftguard --kubeconfig $(DEMO_DIR)/kubeconfig explain --from storefront/web --to payments/payments --port https || true
 	@echo
 	@echo "==> The cluster keeps running. From this directory:"
 	@echo "  export KUBECONFIG=$(DEMO_DIR)/kubeconfig"
-	@echo "  bin/kubectl get nftguard"
-	@echo "  bin/kubectl apply -f config/samples/defaultdeny_audit.yaml"
+	@echo "  export PATH=$(BIN):\$$PATH                                    # kubectl nftguard: the plugin"
+	@echo "  kubectl get nftguard"
+	@echo "  kubectl nftguard status"
+	@echo "  kubectl nftguard explain --from backend/api --to payments/payments --port https"
+	@echo "  kubectl apply -f config/samples/defaultdeny_audit.yaml"
 	@echo "  bin/nftguard-dev probe storefront/web backend/cache redis    # FROM TO PORT[/PROTO], -6 for IPv6"
 	@echo "  bin/nftguard-dev matrix --port 53/UDP"
 	@echo "  bin/nftguard-dev drops                                      # the agents' drop logs"
