@@ -4,11 +4,13 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"os"
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -85,6 +87,20 @@ func run() int {
 		setupLog.Error(err, "Loading kubeconfig")
 		return 1
 	}
+	// Seed the cache filter with the groups the node references now, so the
+	// first list of AddressGroups keeps only those in memory.
+	groups := &agent.GroupFilter{}
+	direct, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		setupLog.Error(err, "Creating API client")
+		return 1
+	}
+	var current v1alpha1.NodeRuleSet
+	if err := direct.Get(context.Background(), client.ObjectKey{Name: nodeName}, &current); err == nil {
+		groups.SetReferenced(current.Spec.AddressGroups)
+	} else if !apierrors.IsNotFound(err) {
+		setupLog.Error(err, "Reading this node's NodeRuleSet; caching every AddressGroup until it is known")
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
@@ -92,6 +108,8 @@ func run() int {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only this node's rule set is watched.
 			&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+			// Every group is watched, but only referenced ones keep members.
+			&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
 		}},
 	})
 	if err != nil {
@@ -150,6 +168,7 @@ func run() int {
 		Render:       dataplane.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst)},
 		Resolver:     resolver,
 		Counters:     drops,
+		Groups:       groups,
 		ResyncPeriod: resync,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

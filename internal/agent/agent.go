@@ -100,12 +100,18 @@ type Reconciler struct {
 	Render     dataplane.Options
 	Resolver   *Resolver
 	Counters   Counters
+	// Groups, when set, is the cache transform's view of the groups this
+	// node references; the reconciler keeps it current.
+	Groups *GroupFilter
 	// ResyncPeriod is how often the table is checked for drift and the
 	// status counters refreshed.
 	ResyncPeriod time.Duration
 	Now          func() time.Time
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// fetched holds groups read from the API because the cache had stripped
+	// them (only the single worker running Reconcile touches it).
+	fetched    map[string]*v1alpha1.AddressGroup
 	programmed int64  // generation in the kernel, 0 if none yet
 	inputs     string // key of the rule set and groups in the kernel
 	lastApply  time.Time
@@ -138,6 +144,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return r.uninstall(ctx, rs)
 	}
 
+	if r.Groups != nil {
+		r.Groups.SetReferenced(rs.Spec.AddressGroups)
+	}
 	groups, inputs, groupsErr := r.groups(ctx, rs)
 	r.mu.Lock()
 	upToDate := groupsErr == nil && r.inputs == inputs
@@ -248,12 +257,27 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[string]v1alpha1.AddressGroupSpec, string, error) {
 	out := make(map[string]v1alpha1.AddressGroupSpec, len(rs.Spec.AddressGroups))
 	inputs := []string{string(rs.UID), strconv.FormatInt(rs.Generation, 10)}
+	if r.fetched == nil {
+		r.fetched = map[string]*v1alpha1.AddressGroup{}
+	}
 	var missing []string
 	for _, name := range rs.Spec.AddressGroups {
 		ag := &v1alpha1.AddressGroup{}
 		err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag)
-		if apierrors.IsNotFound(err) && r.APIReader != nil {
-			err = r.APIReader.Get(ctx, client.ObjectKey{Name: name}, ag)
+		stripped := err == nil && ag.Annotations[StrippedAnnotation] != ""
+		if stripped {
+			// Cached before this node referenced it: use the copy read from
+			// the API for this version, or read one.
+			if f := r.fetched[name]; f != nil && f.ResourceVersion == ag.ResourceVersion {
+				ag = f
+				stripped = false
+			}
+		}
+		if (apierrors.IsNotFound(err) || stripped) && r.APIReader != nil {
+			ag = &v1alpha1.AddressGroup{}
+			if err = r.APIReader.Get(ctx, client.ObjectKey{Name: name}, ag); err == nil {
+				r.fetched[name] = ag
+			}
 		}
 		if err != nil {
 			if apierrors.IsNotFound(err) {
@@ -264,6 +288,11 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 		}
 		out[name] = ag.Spec
 		inputs = append(inputs, name, string(ag.UID), strconv.FormatInt(ag.Generation, 10))
+	}
+	for name := range r.fetched {
+		if !slices.Contains(rs.Spec.AddressGroups, name) {
+			delete(r.fetched, name)
+		}
 	}
 	if len(missing) > 0 {
 		return nil, "", fmt.Errorf("address groups %v referenced by generation %d do not exist", missing, rs.Generation)

@@ -1,6 +1,8 @@
 package agent_test
 
 import (
+	"time"
+
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -132,6 +134,28 @@ var _ = Describe("Agent", Ordered, func() {
 			g.Expect(t).To(ContainSubstring("198.18.6.1"))
 			g.Expect(t).To(ContainSubstring("198.18.0.11"))
 			g.Expect(t).NotTo(ContainSubstring("198.18.0.10 "))
+		}).Should(Succeed())
+		goodTable = kernelTable(Default)
+	})
+
+	It("programs a group that existed before the node referenced it", func() {
+		// Cached while unreferenced, so the cache holds no members for it.
+		Expect(k8s.Create(ctx, group("ag-late", "198.18.7.1"))).To(Succeed())
+		Eventually(func() bool { return !groupFilter.Referenced("ag-late") }).Should(BeTrue())
+		time.Sleep(500 * time.Millisecond) // let the watch deliver it to the cache, stripped
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
+				return err
+			}
+			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-late"})
+			rs.Spec.AddressGroups = append(rs.Spec.AddressGroups, "ag-late")
+			return k8s.Update(ctx, rs)
+		})).To(Succeed())
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
+			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.7.1"))
 		}).Should(Succeed())
 		goodTable = kernelTable(Default)
 	})

@@ -38,6 +38,8 @@ var (
 	cancel context.CancelFunc
 	// nodeNS is the throwaway network namespace the agent programs.
 	nodeNS netns.NsHandle
+	// groupFilter is the agent's AddressGroup cache transform.
+	groupFilter = &agent.GroupFilter{}
 )
 
 func TestAgent(t *testing.T) {
@@ -85,7 +87,8 @@ var _ = BeforeSuite(func() {
 		Scheme:  scheme.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+			&v1alpha1.NodeRuleSet{}:  {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+			&v1alpha1.AddressGroup{}: {Transform: groupFilter.Transform},
 		}},
 	})
 	Expect(err).NotTo(HaveOccurred())
@@ -96,6 +99,7 @@ var _ = BeforeSuite(func() {
 		Programmer:   programmer,
 		Resolver:     &agent.Resolver{Reader: mgr.GetAPIReader()},
 		ResyncPeriod: resyncPeriod,
+		Groups:       groupFilter,
 	}
 	Expect(r.SetupWithManager(mgr)).To(Succeed())
 	go func() {
