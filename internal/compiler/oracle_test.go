@@ -142,13 +142,13 @@ func (o *oracle) policiesFor(local *corev1.Pod) []oraclePolicy {
 			p.rules[0] = append(p.rules[0], struct {
 				ports []networkingv1.NetworkPolicyPort
 				peers []networkingv1.NetworkPolicyPeer
-			}{fromDDPorts(r.Ports), fromDDPeers(r.From)})
+			}{v1alpha1.NetworkingPorts(r.Ports), v1alpha1.NetworkingPeers(r.From)})
 		}
 		for _, r := range dd.Spec.AllowedEgress {
 			p.rules[1] = append(p.rules[1], struct {
 				ports []networkingv1.NetworkPolicyPort
 				peers []networkingv1.NetworkPolicyPeer
-			}{fromDDPorts(r.Ports), fromDDPeers(r.To)})
+			}{v1alpha1.NetworkingPorts(r.Ports), v1alpha1.NetworkingPeers(r.To)})
 		}
 		out = append(out, p)
 	}
@@ -156,31 +156,6 @@ func (o *oracle) policiesFor(local *corev1.Pod) []oraclePolicy {
 }
 
 func toMeta(s *v1alpha1.LabelSelector) *metav1.LabelSelector { return s.ToMeta() }
-
-func fromDDPorts(in []v1alpha1.NetworkPolicyPort) []networkingv1.NetworkPolicyPort {
-	var out []networkingv1.NetworkPolicyPort
-	for _, p := range in {
-		o := networkingv1.NetworkPolicyPort{Port: p.Port, EndPort: p.EndPort}
-		if p.Protocol != nil {
-			proto := corev1.Protocol(*p.Protocol)
-			o.Protocol = &proto
-		}
-		out = append(out, o)
-	}
-	return out
-}
-
-func fromDDPeers(in []v1alpha1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer {
-	var out []networkingv1.NetworkPolicyPeer
-	for _, p := range in {
-		o := networkingv1.NetworkPolicyPeer{PodSelector: p.PodSelector.ToMeta(), NamespaceSelector: p.NamespaceSelector.ToMeta()}
-		if p.IPBlock != nil {
-			o.IPBlock = &networkingv1.IPBlock{CIDR: p.IPBlock.CIDR, Except: p.IPBlock.Except}
-		}
-		out = append(out, o)
-	}
-	return out
-}
 
 // verdict decides a connection of local (ingress: to it, egress: from it)
 // with remote on proto/port.

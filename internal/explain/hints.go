@@ -307,41 +307,16 @@ func (x *index) policyRules(names []string, dir v1alpha1.Direction, local *corev
 				pr := policyRules{name: name, namespace: local.Namespace}
 				if dir == v1alpha1.DirectionIngress {
 					for _, r := range dd.Spec.AllowedIngress {
-						pr.rules = append(pr.rules, ruleView{peers: convertPeers(r.From), ports: convertPorts(r.Ports)})
+						pr.rules = append(pr.rules, ruleView{peers: v1alpha1.NetworkingPeers(r.From), ports: v1alpha1.NetworkingPorts(r.Ports)})
 					}
 				} else {
 					for _, r := range dd.Spec.AllowedEgress {
-						pr.rules = append(pr.rules, ruleView{peers: convertPeers(r.To), ports: convertPorts(r.Ports)})
+						pr.rules = append(pr.rules, ruleView{peers: v1alpha1.NetworkingPeers(r.To), ports: v1alpha1.NetworkingPorts(r.Ports)})
 					}
 				}
 				out = append(out, pr)
 			}
 		}
-	}
-	return out
-}
-
-func convertPeers(ps []v1alpha1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer {
-	var out []networkingv1.NetworkPolicyPeer
-	for _, p := range ps {
-		o := networkingv1.NetworkPolicyPeer{PodSelector: p.PodSelector.ToMeta(), NamespaceSelector: p.NamespaceSelector.ToMeta()}
-		if p.IPBlock != nil {
-			o.IPBlock = &networkingv1.IPBlock{CIDR: p.IPBlock.CIDR, Except: p.IPBlock.Except}
-		}
-		out = append(out, o)
-	}
-	return out
-}
-
-func convertPorts(ps []v1alpha1.NetworkPolicyPort) []networkingv1.NetworkPolicyPort {
-	var out []networkingv1.NetworkPolicyPort
-	for _, p := range ps {
-		o := networkingv1.NetworkPolicyPort{Port: p.Port, EndPort: p.EndPort}
-		if p.Protocol != nil {
-			proto := corev1.Protocol(*p.Protocol)
-			o.Protocol = &proto
-		}
-		out = append(out, o)
 	}
 	return out
 }
