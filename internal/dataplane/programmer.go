@@ -271,8 +271,14 @@ func (p *Programmer) apply(desired *Table, full bool) (Stats, error) {
 func (p *Programmer) withHandles(applied, desired *Table) (*Table, error) {
 	out := &Table{Sets: applied.Sets, Chains: make([]*Chain, len(applied.Chains))}
 	copy(out.Chains, applied.Chains)
+	// Index the desired chains once: Table.Chain is a linear search, and
+	// calling it per chain made every Apply quadratic in the chains.
+	wanted := make(map[string]*Chain, len(desired.Chains))
+	for _, c := range desired.Chains {
+		wanted[c.Name] = c
+	}
 	for i, c := range out.Chains {
-		want := desired.Chain(c.Name)
+		want := wanted[c.Name]
 		if want == nil || sameRules(c.Rules, want.Rules) {
 			continue
 		}

@@ -1,0 +1,92 @@
+package bench
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/dataplane"
+)
+
+// rss is the process's resident memory in bytes.
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// BenchmarkAgentMemory measures what the agent keeps per remote pod in its
+// address sets: -bench.mem.pods peers in groups of 100 referenced by the
+// rules of 110 local pods, held as the agent holds them (the AddressGroup
+// specs it watches, the rendered table and the Programmer's applied model;
+// with root the table is also programmed into a throwaway namespace).
+// heap-B/pod is the growth of the live heap, rss-B/pod the growth of the
+// process's resident memory (Go runtime overhead included).
+func BenchmarkAgentMemory(b *testing.B) {
+	groups := max(*memPods/100, 1)
+	shape := nodeShape{localPods: 110, rules: groups, groups: groups, groupSize: *memPods / groups}
+	for b.Loop() {
+		heap0, rss0 := liveHeap(), rss()
+		n := shape.build()
+		t, err := dataplane.Render(n.spec, n.groups, dataplane.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var prog *dataplane.Programmer
+		if os.Geteuid() == 0 {
+			ns := newNetNS(b)
+			if prog, err = dataplane.NewProgrammerInNetNS(int(ns)); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := prog.Apply(t); err != nil {
+				b.Fatal(err)
+			}
+		}
+		heap1, rss1 := liveHeap(), rss()
+		pods := float64(n.elements())
+		b.ReportMetric(float64(heap1-heap0)/pods, "heap-B/pod")
+		b.ReportMetric(float64(rss1-rss0)/pods, "rss-B/pod")
+		runtime.KeepAlive(n)
+		if prog != nil {
+			prog.Close()
+		}
+	}
+}
+
+// BenchmarkControllerMemory measures the controller's compiled state per
+// pod: the incremental engine loaded with a synthetic cluster of the
+// -bench.tier size (engine-B/pod), and the synthetic snapshot (pods,
+// namespaces and policies, per pod) as the generator makes it
+// (snapshot-B/pod, a lower bound of what the informer cache holds: real
+// pods carry more fields).
+func BenchmarkControllerMemory(b *testing.B) {
+	p, err := tierParams(*compileTier)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run(tierName(p), func(b *testing.B) {
+		for b.Loop() {
+			heap0 := liveHeap()
+			s := compiler.Synthetic(p)
+			heap1 := liveHeap()
+			e := loadEngine(s)
+			heap2 := liveHeap()
+			pods := float64(len(s.Pods))
+			b.ReportMetric(float64(heap2-heap1)/pods, "engine-B/pod")
+			b.ReportMetric(float64(heap1-heap0)/pods, "snapshot-B/pod")
+			runtime.KeepAlive(e)
+			runtime.KeepAlive(s)
+		}
+	})
+}

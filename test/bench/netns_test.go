@@ -1,0 +1,156 @@
+package bench
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// newNetNS creates a network namespace, closed when the benchmark ends
+// (the kernel removes it with its last reference). It never changes the
+// calling namespace.
+func newNetNS(b testing.TB) netns.NsHandle {
+	b.Helper()
+	needRoot(b)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		b.Skipf("no network namespaces: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		b.Skipf("cannot create a network namespace: %v", err)
+	}
+	var sysctlErr error
+	for _, f := range []string{"/proc/sys/net/ipv6/conf/default/accept_dad", "/proc/sys/net/ipv6/conf/all/accept_dad"} {
+		if err := os.WriteFile(f, []byte("0"), 0o644); err != nil && sysctlErr == nil {
+			sysctlErr = err
+		}
+	}
+	if err := netns.Set(orig); err != nil {
+		b.Fatalf("restoring network namespace: %v", err) // the thread stays locked and is discarded
+	}
+	runtime.UnlockOSThread()
+	b.Cleanup(func() { ns.Close() })
+	if sysctlErr != nil {
+		b.Fatalf("disabling DAD: %v", sysctlErr)
+	}
+	return ns
+}
+
+// nsPath names ns for other processes while this process holds it.
+func nsPath(ns netns.NsHandle) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns)) }
+
+// nftIn runs nft with the script on standard input inside ns.
+func nftIn(ns netns.NsHandle, script string, args ...string) error {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + nsPath(ns), "nft"}, args...)...)
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// pair is a node namespace with two pod namespaces joined to it by veth
+// pairs and host routes (like the ptp CNI plugin): packets between the pods
+// are forwarded by the node, through its nftables hooks.
+type pair struct {
+	node, client, server netns.NsHandle
+}
+
+func newPair(b testing.TB) *pair {
+	b.Helper()
+	p := &pair{node: newNetNS(b), client: newNetNS(b), server: newNetNS(b)}
+	nh, err := netlink.NewHandleAt(p.node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nh.Close()
+	must := func(err error, what string) {
+		b.Helper()
+		if err != nil {
+			b.Fatalf("%s: %v", what, err)
+		}
+	}
+	lo, err := nh.LinkByName("lo")
+	must(err, "node lo")
+	must(nh.LinkSetUp(lo), "node lo up")
+	must(inNS(p.node, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}), "enabling forwarding")
+	for i, pod := range []struct {
+		ns netns.NsHandle
+		ip netip.Addr
+	}{{p.client, clientAddr}, {p.server, serverAddr}} {
+		hostIf := fmt.Sprintf("vb%d", i)
+		la := netlink.NewLinkAttrs()
+		la.Name = hostIf
+		must(nh.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(pod.ns))}), "veth")
+		host, err := nh.LinkByName(hostIf)
+		must(err, "host veth")
+		must(nh.LinkSetUp(host), "host veth up")
+		must(nh.AddrAdd(host, &netlink.Addr{IPNet: hostNet(nodeAddr)}), "node address")
+		must(nh.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: hostNet(pod.ip), Scope: netlink.SCOPE_LINK}), "node route")
+
+		ph, err := netlink.NewHandleAt(pod.ns)
+		must(err, "pod handle")
+		plo, err := ph.LinkByName("lo")
+		must(err, "pod lo")
+		must(ph.LinkSetUp(plo), "pod lo up")
+		eth, err := ph.LinkByName("eth0")
+		must(err, "pod eth0")
+		must(ph.LinkSetUp(eth), "pod eth0 up")
+		must(ph.AddrAdd(eth, &netlink.Addr{IPNet: hostNet(pod.ip)}), "pod address")
+		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: hostNet(nodeAddr), Scope: netlink.SCOPE_LINK}), "pod gateway route")
+		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: nodeAddr.AsSlice()}), "pod default route")
+		ph.Close()
+	}
+	// Wait until both directions work (veths come up asynchronously).
+	deadline := time.Now().Add(10 * time.Second)
+	for !p.reachable() {
+		if time.Now().After(deadline) {
+			b.Fatal("pods cannot reach each other through the node")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p
+}
+
+// reachable reports whether a TCP connection from client to server's
+// discard port is refused or accepted (either proves the path works).
+func (p *pair) reachable() bool {
+	ok := false
+	_ = inNS(p.client, func() error {
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(serverAddr, 9).String(), 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			ok = true
+		} else if strings.Contains(err.Error(), "refused") {
+			ok = true
+		}
+		return nil
+	})
+	return ok
+}
+
+func hostNet(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// writeSysctl writes a sysctl of the calling thread's network namespace.
+func writeSysctl(name, value string) error {
+	return os.WriteFile("/proc/sys/"+name, []byte(value), 0o644)
+}

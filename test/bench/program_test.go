@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane"
+)
+
+// programShape sizes the programming benchmark's node: 110 local pods,
+// enough rules (one chain each) to reach the requested chains, and the
+// peers spread over the given number of address groups (0: one per rule).
+func programShape(groups int) nodeShape {
+	const pods = 110
+	rules := max(*progChains-pods, 1)
+	if groups <= 0 || groups > rules {
+		groups = rules
+	}
+	return nodeShape{localPods: pods, rules: rules, groups: groups, groupSize: max(*progElements/groups, 1)}
+}
+
+// countENOBUFS counts an Apply error caused by a full netlink buffer.
+func countENOBUFS(err error) int {
+	if errors.Is(err, unix.ENOBUFS) {
+		return 1
+	}
+	return 0
+}
+
+// BenchmarkProgram programs nftables in a throwaway namespace with the
+// dataplane's Programmer, as the agent does: cold start of the whole table
+// (elements/s over the set and map elements), then deltas that swap 1 and
+// 1,000 peer addresses, each measured from the changed AddressGroups to the
+// committed transaction (Render of the whole node plus Apply, the agent's
+// work for one event; ns/op is per delta) with p50/p99 of both and the
+// Apply alone. enobufs counts Applies the kernel refused for a full buffer.
+// It runs for each -bench.prog.groups: the same chains and elements held in
+// fewer, larger address groups or in one group per rule (each group is a
+// named set per family, and the kernel looks sets up by name in a list).
+func BenchmarkProgram(b *testing.B) {
+	ns := newNetNS(b)
+	for _, groups := range intList(b, *progGroups) {
+		shape := programShape(groups)
+		b.Run(fmt.Sprintf("groups=%d", shape.groups), func(b *testing.B) { benchProgram(b, ns, shape) })
+	}
+}
+
+func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
+	n := shape.build()
+	b.Run("cold", func(b *testing.B) {
+		p, err := dataplane.NewProgrammerInNetNS(int(ns))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		var st dataplane.Stats
+		var total, apply time.Duration
+		enobufs := 0
+		for b.Loop() {
+			b.StopTimer()
+			if err := p.Delete(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			start := time.Now()
+			t, err := dataplane.Render(n.spec, n.groups, dataplane.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			mid := time.Now()
+			st, err = p.Apply(t)
+			enobufs += countENOBUFS(err)
+			if err != nil {
+				b.Fatal(err)
+			}
+			apply += time.Since(mid)
+			total += time.Since(start)
+		}
+		b.ReportMetric(float64(st.SetElements), "elements")
+		b.ReportMetric(float64(st.Chains), "chains")
+		b.ReportMetric(float64(st.Rules), "rules")
+		b.ReportMetric(float64(st.Transactions), "transactions")
+		b.ReportMetric(float64(st.SetElements)*float64(b.N)/total.Seconds(), "elements/s")
+		b.ReportMetric(float64(st.SetElements)*float64(b.N)/apply.Seconds(), "apply-elements/s")
+		b.ReportMetric(float64(enobufs), "enobufs")
+	})
+	for _, d := range []int{1, 1000} {
+		b.Run("delta-"+strconv.Itoa(d), func(b *testing.B) {
+			p, err := dataplane.NewProgrammerInNetNS(int(ns))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			versions := [2]map[string]v1alpha1.AddressGroupSpec{n.groups, n.withDelta(d)}
+			first, err := dataplane.Render(n.spec, versions[0], dataplane.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := p.Apply(first); err != nil {
+				b.Fatal(err)
+			}
+			var total, apply []time.Duration
+			enobufs, full := 0, 0
+			i := 0
+			for b.Loop() {
+				for range *progSamples {
+					i++
+					start := time.Now()
+					t, err := dataplane.Render(n.spec, versions[i%2], dataplane.Options{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					mid := time.Now()
+					st, err := p.Apply(t)
+					end := time.Now()
+					enobufs += countENOBUFS(err)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if st.Full {
+						full++
+					}
+					if st.Changes.ElementsAdded != d || st.Changes.ElementsDeleted != d {
+						b.Fatalf("delta of %d sent %+v", d, st.Changes)
+					}
+					total = append(total, end.Sub(start))
+					apply = append(apply, end.Sub(mid))
+				}
+			}
+			b.ReportMetric(float64(sum(total).Nanoseconds())/float64(len(total)), "ns/op")
+			b.ReportMetric(ms(percentile(total, 50)), "p50-ms")
+			b.ReportMetric(ms(percentile(total, 99)), "p99-ms")
+			b.ReportMetric(ms(percentile(apply, 50)), "apply-p50-ms")
+			b.ReportMetric(ms(percentile(apply, 99)), "apply-p99-ms")
+			b.ReportMetric(float64(enobufs), "enobufs")
+			b.ReportMetric(float64(full), "full-reconciles")
+		})
+	}
+}

@@ -1,0 +1,130 @@
+// Command summary reads `go test -bench` output of the nftguard benchmarks
+// on standard input, copies it to standard output, and then prints a table
+// of each target: the measured value, the target, whether it is met and
+// the published figure it is compared with.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// target is one row of the table: the metric of the benchmarks whose name
+// matches, shown scaled, and how it compares with the goal.
+type target struct {
+	what   string
+	bench  *regexp.Regexp
+	metric string
+	scale  float64 // shown = value * scale
+	unit   string
+	// goal and atMost: met when shown <= goal (atMost) or >= goal; a goal
+	// of 0 with atMost false means there is no numeric goal (report only).
+	goal   float64
+	atMost bool
+	target string
+	anchor string
+}
+
+var targets = []target{
+	{"full compile", re(`^Compile/`), "ns/op", 1e-9, "s", 3, true, "≤ 3 s (100k pods/25k ns/75k policies)", "Antrea ~6 s"},
+	{"full compile peak heap", re(`^Compile/`), "peak-heap-MiB", 1.0 / 1024, "GiB", 1, true, "≤ 1 GiB", "Antrea ~1.6 GB"},
+	{"pod event (relabel) p99", re(`^EnginePodEvent/.*/relabel`), "p99-ms", 1, "ms", 10, true, "≤ 10 ms", "Cilium policy p99 ~300 ms"},
+	{"pod event (replace) p99", re(`^EnginePodEvent/.*/replace`), "p99-ms", 1, "ms", 10, true, "≤ 10 ms", "Cilium policy p99 ~300 ms"},
+	{"cold start", re(`^Program/.*/cold`), "elements/s", 1e-3, "k elem/s", 250, false, "≥ 250k elements/s", "google/nftables ~220k rules/s"},
+	{"1-element delta p99", re(`^Program/.*/delta-1$`), "p99-ms", 1, "ms", 0, false, "(reported)", "Calico nftables ~17 ms per IP-set member"},
+	{"1k-element delta p99", re(`^Program/.*/delta-1000$`), "p99-ms", 1, "ms", 50, true, "≤ 50 ms", "kube-proxy nftables ~141 ms"},
+	{"ENOBUFS", re(`^Program/`), "enobufs", 1, "", 0, true, "0", ""},
+	{"connection rate vs baseline", re(`^Datapath/.*/nftguard`), "crr-ratio", 1, "×", 0.97, false, "≥ 0.97, flat 0→10k policies", "linear iptables −75% at 15k rules"},
+	{"bulk throughput vs baseline", re(`^Datapath/.*/nftguard`), "bulk-ratio", 1, "×", 0.97, false, "≥ 0.97", ""},
+	{"linear layout connection rate", re(`^Datapath/.*/linear`), "crr-ratio", 1, "×", 0, false, "shown degrading", "linear iptables −75% at 15k rules"},
+	{"drops logged", re(`^AuditLog`), "logged-drops/s", 1e-3, "k/s", 10, false, "≥ 10k/s", ""},
+	{"agent CPU per 10k drops/s", re(`^AuditLog`), "cores-per-10k/s", 1, "cores", 0.5, true, "≤ 0.5 core", ""},
+	{"drop records lost, unaccounted", re(`^AuditLog`), "unaccounted", 1, "", 0, true, "0 (losses accounted)", ""},
+	{"agent memory per remote pod", re(`^AgentMemory`), "rss-B/pod", 1.0 / 1024, "KiB", 5, true, "≤ 5 KiB", ""},
+	{"controller heap per pod", re(`^ControllerMemory/`), "engine-B/pod", 1.0 / 1024, "KiB", 0, false, "(reported)", ""},
+	{"time to converge", re(`^ControlPlane/`), "converge-s", 1, "s", 0, false, "(reported)", ""},
+	{"largest NodeRuleSet", re(`^ControlPlane/`), "largest-nrs-bytes", 1.0 / 1024, "KiB", 512, true, "≤ 512 KiB", ""},
+	{"API writes per pod event", re(`^ControlPlane/`), "writes/event", 1, "", 25, true, "O(1), not one per node", ""},
+	{"API bytes per pod event", re(`^ControlPlane/`), "bytes/event", 1.0 / 1024, "KiB", 0, false, "(reported)", ""},
+}
+
+func re(s string) *regexp.Regexp { return regexp.MustCompile(s) }
+
+// result is one benchmark line.
+type result struct {
+	name    string
+	metrics map[string]float64
+}
+
+var procSuffix = regexp.MustCompile(`-\d+$`)
+
+func parse(line string) (result, bool) {
+	f := strings.Fields(line)
+	if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+		return result{}, false
+	}
+	if _, err := strconv.Atoi(f[1]); err != nil {
+		return result{}, false
+	}
+	r := result{name: procSuffix.ReplaceAllString(strings.TrimPrefix(f[0], "Benchmark"), ""), metrics: map[string]float64{}}
+	for i := 2; i+1 < len(f); i += 2 {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			return result{}, false
+		}
+		r.metrics[f[i+1]] = v
+	}
+	return r, true
+}
+
+func main() {
+	var results []result
+	sc := bufio.NewScanner(io.TeeReader(os.Stdin, os.Stdout))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if r, ok := parse(sc.Text()); ok {
+			results = append(results, r)
+		}
+	}
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "TARGET\tBENCHMARK\tMEASURED\tTARGET\tMET\tANCHOR")
+	for _, t := range targets {
+		for _, r := range results {
+			v, ok := r.metrics[t.metric]
+			if !ok || !t.bench.MatchString(r.name) {
+				continue
+			}
+			shown := v * t.scale
+			met := "-"
+			switch {
+			case t.goal == 0 && !t.atMost:
+			case t.atMost && shown <= t.goal, !t.atMost && shown >= t.goal:
+				met = "yes"
+			default:
+				met = "NO"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s %s\t%s\t%s\t%s\n", t.what, r.name, format(shown), t.unit, t.target, met, t.anchor)
+		}
+	}
+	w.Flush()
+}
+
+func format(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 1:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	default:
+		return strconv.FormatFloat(v, 'g', 3, 64)
+	}
+}
