@@ -14,6 +14,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/test/localcluster"
@@ -265,7 +266,16 @@ func TestPodLifecycle(t *testing.T) {
 		}
 		ready := time.Now()
 		deadline := ready.Add(30 * time.Second)
-		for !probeOne(t, key, "x/a", tcp80) {
+		// Short probes: the figure's resolution is the probe timeout.
+		for {
+			r := cl.ProbeWith(ctx, localcluster.ProbeRequest{From: key, To: "x/a", Port: intstr.FromInt32(80),
+				Protocol: tcp80.proto, Timeout: 50 * time.Millisecond})
+			if r.Err != nil {
+				t.Fatalf("probe %s", r)
+			}
+			if r.Reachable() {
+				break
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("%s never reached x/a", key)
 			}
