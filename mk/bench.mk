@@ -17,7 +17,7 @@ BENCH_OUT ?= $(BIN)/bench.txt
 BENCH_TEST := $(BIN)/bench.test
 BENCH_RUN = (cd test/bench && $(BENCH_TEST) -test.run '^$$' -test.benchtime 1x -test.count $(BENCH_COUNT)
 BENCH_TIERED := ^Benchmark(Compile|EnginePodEvent|ControllerMemory)$$
-BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane)$$
+BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd)$$
 
 .PHONY: bench
 bench: test-binaries ## Run the benchmarks and print the table of targets (BENCH, BENCH_TIERS, BENCH_ARGS).

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/nftguard/nftguard/test/localcluster"
 )
 
 // Scale parameters. Defaults fit a 2-core machine with 24 GiB of memory;
@@ -42,6 +44,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The local cluster's pod servers and API forwarders run as this binary.
+	localcluster.MaybeRunChild()
 	if spec := os.Getenv(roleEnv); spec != "" {
 		os.Exit(runRole(spec))
 	}
