@@ -163,6 +163,102 @@ func TestIncrementalApply(t *testing.T) {
 	})
 }
 
+// TestFamilyAppears: a group's set of a family, and the rule line matching
+// it, come with the family's first member and go with its last, in the one
+// transaction of the membership change, and nothing else is sent.
+func TestFamilyAppears(t *testing.T) {
+	topo := newTopology(t, "a", "b", "c")
+	a, b, c := topo.pods["a"], topo.pods["b"], topo.pods["c"]
+	p := programmer(t, topo.node)
+	only4 := func(pods ...string) v1alpha1.AddressGroupSpec {
+		var g v1alpha1.AddressGroupSpec
+		for _, name := range pods {
+			g.Addresses = append(g.Addresses, topo.pods[name].ip4.String())
+		}
+		return g
+	}
+	pol := basePolicy(topo)
+	pol.groups["pods-a"] = only4("a")
+	topo.apply(t, p, pol)
+	if got := p.applied.Set("ag6-pods-a"); got != nil {
+		t.Fatalf("IPv4-only group has an IPv6 set: %v", got)
+	}
+	check(t,
+		tcpProbe("a->b", a.ns, b.ip4, 80, true),
+		tcpProbe("a->b6", a.ns, b.ip6, 80, false),
+		tcpProbe("c->b", c.ns, b.ip4, 80, false),
+	)
+
+	t.Run("first IPv6 member", func(t *testing.T) {
+		pol.groups["pods-a"] = topo.addrs("a")
+		st := topo.apply(t, p, pol)
+		assertPlan(t, p, st,
+			"add set ag6-pods-a { type ipv6_addr; } { fd00::1 }",
+			"add rule rule-from-a ip6 saddr @ag6-pods-a tcp dport 80 accept",
+		)
+		if st.Transactions != 1 || st.Changes != (Changes{SetsAdded: 1, ElementsAdded: 1, RulesAdded: 1}) {
+			t.Fatalf("stats %+v", st)
+		}
+		check(t,
+			tcpProbe("a->b", a.ns, b.ip4, 80, true),
+			tcpProbe("a->b6", a.ns, b.ip6, 80, true),
+			tcpProbe("c->b6", c.ns, b.ip6, 80, false),
+			tcpProbe("a->b6:81", a.ns, b.ip6, 81, false),
+		)
+	})
+
+	t.Run("IPv6 member change", func(t *testing.T) {
+		g := topo.addrs("a")
+		g.Addresses = append(g.Addresses, c.ip6.String())
+		pol.groups["pods-a"] = g
+		st := topo.apply(t, p, pol)
+		assertPlan(t, p, st, "add element ag6-pods-a { fd00::3 }")
+		check(t, tcpProbe("c->b6", c.ns, b.ip6, 80, true), tcpProbe("c->b", c.ns, b.ip4, 80, false))
+	})
+
+	t.Run("last IPv6 member", func(t *testing.T) {
+		pol.groups["pods-a"] = only4("a")
+		st := topo.apply(t, p, pol)
+		lines := planLines(p.lastPlan)
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set ag6-pods-a" {
+			t.Fatalf("batch:\n%s", strings.Join(lines, "\n"))
+		}
+		if st.Transactions != 1 || st.Changes != (Changes{SetsDeleted: 1, RulesDeleted: 1}) {
+			t.Fatalf("stats %+v", st)
+		}
+		check(t,
+			tcpProbe("a->b", a.ns, b.ip4, 80, true),
+			tcpProbe("a->b6", a.ns, b.ip6, 80, false),
+			tcpProbe("c->b6", c.ns, b.ip6, 80, false),
+		)
+	})
+
+	t.Run("no member left", func(t *testing.T) {
+		pol.groups["pods-a"] = v1alpha1.AddressGroupSpec{}
+		st := topo.apply(t, p, pol)
+		lines := planLines(p.lastPlan)
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set ag4-pods-a" {
+			t.Fatalf("batch:\n%s", strings.Join(lines, "\n"))
+		}
+		if st.Transactions != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+		check(t, tcpProbe("a->b", a.ns, b.ip4, 80, false), tcpProbe("a->b6", a.ns, b.ip6, 80, false))
+	})
+
+	t.Run("dual-stack at once", func(t *testing.T) {
+		pol.groups["pods-a"] = topo.addrs("a")
+		st := topo.apply(t, p, pol)
+		assertPlan(t, p, st,
+			"add set ag4-pods-a { type ipv4_addr; } { 198.18.0.1 }",
+			"add set ag6-pods-a { type ipv6_addr; } { fd00::1 }",
+			"add rule rule-from-a ip saddr @ag4-pods-a tcp dport 80 accept",
+			"add rule rule-from-a ip6 saddr @ag6-pods-a tcp dport 80 accept",
+		)
+		check(t, tcpProbe("a->b", a.ns, b.ip4, 80, true), tcpProbe("a->b6", a.ns, b.ip6, 80, true))
+	})
+}
+
 // TestAdoption simulates an agent restart: a new Programmer adopts the
 // table the old one left, sending nothing when it is current and only the
 // difference otherwise, while an established connection keeps working and

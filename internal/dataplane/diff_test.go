@@ -130,6 +130,30 @@ func TestDiffIncremental(t *testing.T) {
 			},
 		},
 		{
+			name: "first member of a family",
+			change: func(_ *v1alpha1.NodeRuleSetSpec, g map[string]v1alpha1.AddressGroupSpec) {
+				m := g["monitoring"]
+				m.Addresses = append(slices.Clone(m.Addresses), "fd00::2:1")
+				g["monitoring"] = m
+			},
+			want: []string{
+				"add set ag6-monitoring { type ipv6_addr; } { fd00::2:1 }",
+				"insert rule rule-r-monitoring position 37 ip6 saddr @ag6-monitoring accept",
+			},
+		},
+		{
+			name: "last endpoint of a family",
+			change: func(_ *v1alpha1.NodeRuleSetSpec, g map[string]v1alpha1.AddressGroupSpec) {
+				h := g["shop-http"]
+				h.Endpoints = h.Endpoints[:2]
+				g["shop-http"] = h
+			},
+			want: []string{
+				"delete rule rule-r-http-named handle 35",
+				"delete set ep6-shop-http",
+			},
+		},
+		{
 			name: "add a pod",
 			change: func(s *v1alpha1.NodeRuleSetSpec, _ map[string]v1alpha1.AddressGroupSpec) {
 				s.Pods = append(s.Pods, v1alpha1.LocalPod{Namespace: "shop", Name: "web-1", IPs: []string{"198.18.0.14"},
@@ -151,7 +175,6 @@ func TestDiffIncremental(t *testing.T) {
 			want: []string{
 				"delete rule in-shop.web-0 handle 26",
 				"flush chain rule-r-monitoring",
-				"delete set ag6-monitoring",
 				"delete set agn4-monitoring",
 				"delete set rule-r-monitoring-net4",
 				"delete chain rule-r-monitoring",
@@ -418,6 +441,56 @@ func TestSplitPlan(t *testing.T) {
 	p.rebuild = true
 	if b := splitPlan(p, 16<<10); len(b) != 1 {
 		t.Fatal("rebuild split")
+	}
+}
+
+// TestSplitPlanFamily: when a split delta gives a group its first member of
+// a family, the new set is created (with its elements) before the batch that
+// adds the rule line matching it; when it removes the last, the set is
+// deleted after the rule line, in the same batch.
+func TestSplitPlanFamily(t *testing.T) {
+	var v4, v6 []string
+	for i := range 3000 {
+		v4 = append(v4, netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}).String())
+		v6 = append(v6, netip.AddrFrom16([16]byte{0: 0xfd, 14: byte(i >> 8), 15: byte(i)}).String())
+	}
+	spec := v1alpha1.NodeRuleSetSpec{
+		Pods: []v1alpha1.LocalPod{{Namespace: "a", Name: "b", IPs: []string{"198.18.0.1"},
+			Ingress: &v1alpha1.Isolation{Rules: []string{"r"}}}},
+		Rules: []v1alpha1.Rule{{ID: "r", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "big"}}}},
+	}
+	// Both directions also swap 1000 IPv4 members, so that the plans split.
+	only4 := mustRender(t, spec, map[string]v1alpha1.AddressGroupSpec{"big": {Addresses: v4[:2000]}})
+	dual := mustRender(t, spec, map[string]v1alpha1.AddressGroupSpec{"big": {Addresses: append(slices.Clone(v4[1000:]), v6[:2000]...)}})
+
+	// index returns the batch holding the op printed with prefix.
+	index := func(batches [][]op, prefix string) int {
+		t.Helper()
+		for i, b := range batches {
+			for _, o := range b {
+				if strings.HasPrefix(o.String(), prefix) {
+					return i
+				}
+			}
+		}
+		t.Fatalf("no %q in the batches", prefix)
+		return -1
+	}
+
+	up := splitPlan(diff(asKernel(only4), dual), 16<<10)
+	set, elems, rule := index(up, "add set ag6-big"), index(up, "add element ag6-big"), index(up, "add rule rule-r ip6 saddr @ag6-big accept")
+	if len(up) < 3 || set > elems || elems >= rule {
+		t.Fatalf("first IPv6 members: set in batch %d, elements from %d, rule in %d of %d", set, elems, rule, len(up))
+	}
+
+	down := splitPlan(diff(asKernel(dual), only4), 16<<10)
+	del, drop := index(down, "delete rule rule-r handle"), index(down, "delete set ag6-big")
+	if len(down) < 3 || del != drop {
+		t.Fatalf("last IPv6 members: rule deleted in batch %d, set in %d of %d", del, drop, len(down))
+	}
+	ops := down[del]
+	if slices.IndexFunc(ops, func(o op) bool { return o.kind == opDelRule }) > slices.IndexFunc(ops, func(o op) bool { return o.kind == opDelSet }) {
+		t.Fatalf("set deleted before the rule that references it:\n%s", (&plan{ops: ops}).String())
 	}
 }
 

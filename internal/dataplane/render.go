@@ -71,7 +71,9 @@ func (o Options) withDefaults() Options {
 //     AddressGroup; agn4-/agn6- when it holds CIDRs), ep4-/ep6-<group>
 //     (address . protocol . port of a named-port group, matched on the
 //     destination), rule-<id>-net4/-net6 (the rule's ipBlocks, CIDRs minus
-//     excepts, as intervals). A rule with several ports uses
+//     excepts, as intervals). A group's set of a family, and the rule
+//     lines matching it, exist only when the group has members of that
+//     family (see groupSet). A rule with several ports uses
 //     rule-<id>-ports (protocol . port ranges); one port is matched inline.
 //
 // A packet costs the prologue, one map lookup and, for an isolated pod, one
@@ -303,6 +305,10 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 				return nil, err
 			}
 			for i, fam := range []family{ipv4, ipv6} {
+				if names[i] == "" {
+					// No member of this family: nothing to match.
+					continue
+				}
 				if g.NamedPort != nil {
 					c.Rules = append(c.Rules, accept(endpointInSet{fam, names[i]}))
 				} else {
@@ -352,8 +358,17 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 }
 
 // groupSet renders the v4 and v6 sets of an address group (once) and returns
-// their names. Both always exist, possibly empty, so that membership changes
-// never change a rule.
+// their names. A family with no member gets no set and an empty name, and the
+// rule chains referencing the group get no rule line for it: a group with no
+// member at all matches nothing. This keeps the number of sets down: the
+// kernel finds sets by name in a list, so building a table costs the square
+// of its sets (see docs/benchmarks.md), and in a single-stack cluster every
+// group would otherwise add an empty set. The price is that a membership
+// change that gives a family its first member, or removes its last, adds or
+// removes that set and its rule lines; the Programmer's delta carries them in
+// the same transaction as the elements (a set is created before the rules
+// that reference it and deleted after them). Other membership changes only
+// change elements.
 func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string, error) {
 	if names, ok := r.groupSets[name]; ok {
 		return names, nil
@@ -387,8 +402,12 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 			}
 			s.Elements = append(s.Elements, Element{Key: key})
 		}
-		r.sets[v4.Name], r.sets[v6.Name] = v4, v6
-		names = [2]string{v4.Name, v6.Name}
+		for i, s := range []*Set{v4, v6} {
+			if len(s.Elements) > 0 {
+				r.sets[s.Name] = s
+				names[i] = s.Name
+			}
+		}
 	} else {
 		var hosts [2][]netip.Addr
 		var nets [2][]ipRange
@@ -410,6 +429,9 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 			nets[i] = append(nets[i], prefixRange(p))
 		}
 		for i, fam := range []family{ipv4, ipv6} {
+			if len(nets[i]) == 0 {
+				continue
+			}
 			s := &Set{Name: groupSetName(fam, interval[i], name)}
 			switch {
 			case interval[i]:

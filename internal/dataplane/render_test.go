@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -190,5 +191,67 @@ func TestRenderSharedAddress(t *testing.T) {
 	m := tab.Set(MapIngress4)
 	if len(m.Elements) != 1 || m.Elements[0].Verdict.Chain != "in-b.new" {
 		t.Fatalf("in4 = %v", m.Elements)
+	}
+}
+
+// TestRenderFamilies: a group gets a set, and the rules matching it a line,
+// only for a family it has members of; a group with no member matches
+// nothing.
+func TestRenderFamilies(t *testing.T) {
+	spec := v1alpha1.NodeRuleSetSpec{
+		Pods: []v1alpha1.LocalPod{{Namespace: "x", Name: "a", IPs: []string{"198.18.0.1", "fd00::1"},
+			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: []string{"r-in", "r-none"}},
+			Egress:  &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: []string{"r-eg"}}}},
+		Rules: []v1alpha1.Rule{
+			{ID: "r-in", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{
+				{AddressGroup: "only4"}, {AddressGroup: "empty"}, {AddressGroup: "only6-nets"}, {IPBlock: &v1alpha1.IPBlock{CIDR: "198.19.0.0/24"}}}},
+			{ID: "r-none", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "empty"}}, Ports: []v1alpha1.Port{tcpPort(80)}},
+			{ID: "r-eg", Direction: v1alpha1.DirectionEgress, Peers: []v1alpha1.Peer{{AddressGroup: "http6"}, {AddressGroup: "http-none"}}},
+		},
+	}
+	named := &v1alpha1.NamedPort{Name: "http", Protocol: v1alpha1.ProtocolTCP}
+	groups := map[string]v1alpha1.AddressGroupSpec{
+		"only4":      {Addresses: []string{"198.18.1.1"}},
+		"empty":      {},
+		"only6-nets": {Addresses: []string{"fd00:2::/64"}},
+		"http6":      {NamedPort: named, Endpoints: []v1alpha1.Endpoint{{IP: "fd00::1:1", Port: 8080}}},
+		"http-none":  {NamedPort: named},
+	}
+	tab, err := Render(spec, groups, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sets []string
+	for _, s := range tab.Sets {
+		sets = append(sets, s.Name)
+	}
+	if want := []string{"ag4-only4", "agn6-only6-nets", MapEgress4, MapEgress6, "ep6-http6", MapIngress4, MapIngress6, "rule-r-in-net4"}; !slices.Equal(sets, want) {
+		t.Errorf("sets %q, want %q", sets, want)
+	}
+	for chain, want := range map[string][]string{
+		"rule-r-in": {
+			"ip saddr @ag4-only4 accept",
+			"ip6 saddr @agn6-only6-nets accept",
+			"ip saddr @rule-r-in-net4 accept",
+		},
+		"rule-r-none": nil,
+		"rule-r-eg":   {"ip6 daddr . meta l4proto . th dport @ep6-http6 accept"},
+	} {
+		c := tab.Chain(chain)
+		if c == nil {
+			t.Errorf("no chain %s", chain)
+			continue
+		}
+		var got []string
+		for _, r := range c.Rules {
+			got = append(got, r.String())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("chain %s:\n%s\nwant:\n%s", chain, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	// The pod chain still jumps to the rule that matches nothing.
+	if c := tab.Chain("in-x.a"); c == nil || c.Rules[1].String() != "jump rule-r-none" {
+		t.Errorf("in-x.a: %v", c)
 	}
 }
