@@ -19,8 +19,14 @@ BENCH_RUN = (cd test/bench && $(BENCH_TEST) -test.run '^$$' -test.benchtime 1x -
 BENCH_TIERED := ^Benchmark(Compile|EnginePodEvent|ControllerMemory)$$
 BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd)$$
 
+# The data path benchmark loads its iptables-style comparison table with nft.
+.PHONY: bench-tools
+bench-tools:
+	@command -v nft >/dev/null 2>&1 || { echo "Installing nftables (nft) for the data path comparison"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables; }
+
 .PHONY: bench
-bench: test-binaries ## Run the benchmarks and print the table of targets (BENCH, BENCH_TIERS, BENCH_ARGS).
+bench: test-binaries bench-tools ## Run the benchmarks and print the table of targets (BENCH, BENCH_TIERS, BENCH_ARGS).
 	$(GO) test -c -o $(BENCH_TEST) ./test/bench
 	$(GO) build -o $(BIN)/bench-summary ./test/bench/summary
 	@{ \

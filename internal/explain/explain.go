@@ -15,6 +15,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
@@ -285,6 +287,11 @@ func (x *index) side(p *corev1.Pod, dir v1alpha1.Direction, pkt packet) Side {
 		return s
 	}
 	s.Node = ref.node
+	if uninstalled(ref.rs) {
+		s.Allowed = true
+		s.Reason = fmt.Sprintf("node %s deleted its nftguard table for uninstall (annotation %s): it filters no traffic", ref.node, uninstallAnnotation)
+		return s
+	}
 	s.Notes = programNotes(ref.rs)
 	iso := ref.pod.Ingress
 	if dir == v1alpha1.DirectionEgress {
@@ -463,6 +470,22 @@ func blockContains(b *v1alpha1.IPBlock, ip netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// The agent's side of uninstall (agent.UninstallAnnotation and
+// agent.ReasonUninstalled; this package does not import the agent, which
+// only builds on Linux).
+const (
+	uninstallAnnotation = "nftguard.io/uninstall"
+	reasonUninstalled   = "Uninstalled"
+)
+
+// uninstalled reports whether the node's agent has deleted its table for
+// uninstall: it then enforces nothing, whatever its rule set says, until it
+// programs the rule set again (and reports Programmed=True).
+func uninstalled(rs *v1alpha1.NodeRuleSet) bool {
+	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+	return c != nil && c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled
 }
 
 func programNotes(rs *v1alpha1.NodeRuleSet) []string {

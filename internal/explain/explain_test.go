@@ -396,6 +396,48 @@ func TestExplainNotes(t *testing.T) {
 	}
 }
 
+// TestExplainUninstalled: a node whose agent deleted its table for
+// uninstall enforces nothing, whatever its rule set says; the other nodes
+// still do.
+func TestExplainUninstalled(t *testing.T) {
+	c := newCluster()
+	c.NetworkPolicies = append(c.NetworkPolicies,
+		np("x", "deny", ingressOnly, nil, nil, sel()),
+		np("y", "no-egress", egressOnly, nil, nil, sel("app", "b")))
+	in := c.compile(t)
+	for i := range in.RuleSets {
+		if in.RuleSets[i].Name != "n1" {
+			continue
+		}
+		in.RuleSets[i].Annotations = map[string]string{"nftguard.io/uninstall": "true"}
+		in.RuleSets[i].Status.Conditions[0].Status = metav1.ConditionFalse
+		in.RuleSets[i].Status.Conditions[0].Reason = "Uninstalled"
+	}
+	// x/a is on n1: its ingress isolation is gone with the table.
+	v, err := explain.Explain(in, explain.Query{FromNamespace: "x", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.Allowed || !v.Ingress.Allowed || !strings.Contains(v.Ingress.Reason, "uninstall") {
+		t.Errorf("to a pod of an uninstalled node: %s", dump(v))
+	}
+	// x/b is on n2, which still enforces; so does y/b's egress there.
+	v, err = explain.Explain(in, explain.Query{FromNamespace: "x", FromPod: "a", ToNamespace: "x", ToPod: "b", Port: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed || v.Ingress.Allowed {
+		t.Errorf("to a pod of an enforcing node: %s", dump(v))
+	}
+	v, err = explain.Explain(in, explain.Query{FromNamespace: "y", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed || v.Egress.Allowed || !v.Ingress.Allowed {
+		t.Errorf("from an egress-isolated pod of an enforcing node: %s", dump(v))
+	}
+}
+
 func dump(v *explain.Verdict) string {
 	var b strings.Builder
 	for _, s := range []explain.Side{v.Egress, v.Ingress} {
