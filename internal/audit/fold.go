@@ -24,6 +24,15 @@ type flowKey struct {
 type flow struct {
 	ev     Event
 	podKey string
+	// local is the local pod and the policies isolating it as they were
+	// when the packet was read: the rule set may change before the line is
+	// written, and the line must name the policies that dropped it.
+	local *localPod
+}
+
+type localPod struct {
+	namespace, name string
+	policies        []string
 }
 
 type pendingFlow struct {

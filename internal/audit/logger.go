@@ -321,7 +321,14 @@ func (l *Logger) decode(rec record) (flow, error) {
 	if pkt.HasPorts {
 		ev.Src.Port, ev.Dst.Port = pkt.SrcPort, pkt.DstPort
 	}
-	return flow{ev: ev, podKey: p.PodKey}, nil
+	fl := flow{ev: ev, podKey: p.PodKey}
+	if r := l.cfg.Resolver; r != nil {
+		// An in-memory lookup: the policies in force when the packet was read.
+		if ns, name, policies, ok := r.LocalPod(p.PodKey, p.Direction); ok {
+			fl.local = &localPod{namespace: ns, name: name, policies: policies}
+		}
+	}
+	return fl, nil
 }
 
 // lostFlows turns the losses counted since the last call into lost lines.
@@ -405,9 +412,9 @@ func (l *Logger) enrich(fl *flow, peers map[netip.Addr]peerName) Event {
 	if ev.Direction == Egress {
 		local, remote = &ev.Src, &ev.Dst
 	}
-	if ns, name, policies, ok := r.LocalPod(fl.podKey, ev.Direction); ok {
-		local.Namespace, local.Pod = ns, name
-		ev.Policies = slices.Clone(policies)
+	if fl.local != nil {
+		local.Namespace, local.Pod = fl.local.namespace, fl.local.name
+		ev.Policies = slices.Clone(fl.local.policies)
 	} else {
 		l.peer(local, peers)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -302,5 +303,67 @@ func TestRunFailsOnUnwritableOutput(t *testing.T) {
 	l, _, _ := newTestLogger(t, Config{Output: filepath.Join(t.TempDir(), "missing", "audit.log")}, func(*intake) {})
 	if err := l.Run(context.Background()); err == nil {
 		t.Error("Run succeeded with an output in a missing directory")
+	}
+}
+
+// switchingResolver names a pod's policies from whatever rule set is current.
+type switchingResolver struct {
+	mu       sync.Mutex
+	policies []string
+	calls    int
+}
+
+func (r *switchingResolver) lookups() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls
+}
+
+func (r *switchingResolver) set(p ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.policies = p
+}
+
+func (r *switchingResolver) LocalPod(string, Direction) (string, string, []string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	return "x", "b", r.policies, true
+}
+
+func (r *switchingResolver) Peer(netip.Addr) (string, string, bool) { return "", "", false }
+
+// TestLoggerAttributesPoliciesWhenRead: a line names the policies that were
+// in force when its packets were dropped, even when the rule set changes
+// before the line is written (its window closes later).
+func TestLoggerAttributesPoliciesWhenRead(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	resolver := &switchingResolver{}
+	resolver.set("NetworkPolicy/x/old")
+	inX := Prefix{ActionDrop, Ingress, PodKey("x", "b")}.String()
+	var seq uint32
+	l, src, _ := newTestLogger(t, Config{Clock: clock, Resolver: resolver, Window: time.Second}, func(in *intake) {
+		in.deliver(rec(clock, inX, ipv4(6, v4a, v4b, tcp(40100, 80))), &seq)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	<-src.done
+	// The pod is looked up as the packet is read, before its window closes.
+	waitFor(t, "the record to be read", func() bool { return resolver.lookups() > 0 })
+	if n := len(readEvents(t, l.cfg.Output)); n != 0 {
+		t.Fatalf("%d lines before the window closed", n)
+	}
+	resolver.set("NetworkPolicy/x/new")
+	clock.Advance(time.Second)
+	waitFor(t, "the line", func() bool { return l.Totals().Drops == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got := readEvents(t, l.cfg.Output)
+	if len(got) != 1 || !slices.Equal(got[0].Policies, []string{"NetworkPolicy/x/old"}) {
+		t.Fatalf("lines %+v, want one naming NetworkPolicy/x/old, in force when the packet was dropped", got)
 	}
 }

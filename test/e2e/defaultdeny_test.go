@@ -85,7 +85,7 @@ func TestDefaultDeny(t *testing.T) {
 		resetPolicies(t)
 		create(t, defaultDeny("audit-ingress", v1alpha1.ModeAudit, v1alpha1.PolicyTypeIngress))
 		waitConverged(t)
-		mark := cl.MarkAuditLogs()
+		mark := markAudit()
 		expect(t, NewReachability(true), tcp80)
 		// Every cross-pod probe above was an audit event on the destination's node.
 		for _, pair := range [][2]string{{"y/b", "x/a"}, {"x/c", "z/b"}} {
@@ -128,14 +128,31 @@ type logLine struct {
 	Count    int      `json:"count"`
 }
 
-// waitLine waits for the drop-log line of a probe from one pod to another.
-func waitLine(t *testing.T, mark localcluster.AuditMark, from, to string, p probe) logLine {
+// auditMark is a position in the drop logs and the time it was taken. Lines
+// are written when their fold window closes, so lines about packets of an
+// earlier scenario can follow the position: the time tells them apart.
+type auditMark struct {
+	logs localcluster.AuditMark
+	at   time.Time
+}
+
+func markAudit() auditMark { return auditMark{cl.MarkAuditLogs(), time.Now()} }
+
+// waitLine waits for the drop-log line of a probe from one pod to another,
+// about packets read after the mark.
+func waitLine(t *testing.T, mark auditMark, from, to string, p probe) logLine {
 	t.Helper()
 	src, _ := cl.Pod(from)
 	dst, _ := cl.Pod(to)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	lines := cl.WaitAuditLines(ctx, mark, localcluster.MatchFlow(src.IP(p.family), dst.IP(p.family), uint16(p.port), p.proto))
+	flow := localcluster.MatchFlow(src.IP(p.family), dst.IP(p.family), uint16(p.port), p.proto)
+	lines := cl.WaitAuditLines(ctx, mark.logs, func(line string) bool {
+		var l struct {
+			Time time.Time `json:"time"`
+		}
+		return flow(line) && json.Unmarshal([]byte(line), &l) == nil && !l.Time.Before(mark.at)
+	})
 	if len(lines) == 0 {
 		t.Fatalf("no drop-log line for %s -> %s %d/%s", from, to, p.port, p.proto)
 	}
@@ -160,7 +177,7 @@ func TestDropLogAttribution(t *testing.T) {
 	)
 	// The DefaultDeny isolates x, y and z; y and z allow all ingress back.
 	waitConverged(t)
-	mark := cl.MarkAuditLogs()
+	mark := markAudit()
 	r := NewReachability(true).Set("*/*", "x/*", false).Set("y/c", "*/*", false)
 	expect(t, r, tcp80)
 
