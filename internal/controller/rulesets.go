@@ -423,9 +423,11 @@ func (r *RuleSetReconciler) writeGroup(ctx context.Context, name string, spec v1
 	if equality.Semantic.DeepEqual(cur.Spec, spec) {
 		return nil
 	}
+	// A merge patch without a resource version: the controller is the only
+	// writer of specs, and its own status writes must not make it retry.
 	ag := cur.DeepCopy()
 	ag.Spec = spec
-	if err := r.Client.Update(ctx, ag); err != nil {
+	if err := r.Client.Patch(ctx, ag, client.MergeFrom(cur)); err != nil {
 		writeErrors.WithLabelValues("AddressGroup").Inc()
 		return fmt.Errorf("updating AddressGroup %s: %w", name, err)
 	}
@@ -484,7 +486,10 @@ func (r *RuleSetReconciler) writeRuleSet(ctx context.Context, node *corev1.Node,
 		// A node deleted and re-created under the same name gets a new UID.
 		rs.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr.To(true)}}
 	}
-	if err := r.Client.Update(ctx, rs); err != nil {
+	// A merge patch without a resource version: the controller is the only
+	// writer of specs, and the agent writes status all the time, so an
+	// optimistic update from the cache would keep conflicting.
+	if err := r.Client.Patch(ctx, rs, client.MergeFrom(cur)); err != nil {
 		writeErrors.WithLabelValues("NodeRuleSet").Inc()
 		return fmt.Errorf("updating NodeRuleSet %s: %w", node.Name, err)
 	}

@@ -364,6 +364,44 @@ var _ = Describe("Rule sets", func() {
 	})
 })
 
+var _ = Describe("Concurrent agent status writes", func() {
+	It("never make the controller's spec writes fail", func() {
+		node := makeNode(name("busy"))
+		ns := makeNamespace(name("busy"), nil)
+		Eventually(func(g Gomega) { ruleSet(g, node.Name) }).Should(Succeed())
+		// The node's agent reports status as often as it can.
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer GinkgoRecover()
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				rs := &v1alpha1.NodeRuleSet{}
+				if err := admin.Get(ctx, client.ObjectKey{Name: node.Name}, rs); err != nil {
+					continue
+				}
+				rs.Status.Drops = int64(i)
+				_ = admin.Status().Update(ctx, rs)
+			}
+		}()
+		failuresBefore := writeFailures("NodeRuleSet")
+		for i := 0; i < 15; i++ {
+			makePod(ns.Name, name("p"), node.Name, nil)
+		}
+		Eventually(func(g Gomega) {
+			g.Expect(ruleSet(g, node.Name).Spec.Pods).To(HaveLen(15))
+		}).Should(Succeed())
+		close(stop)
+		<-done
+		Expect(writeFailures("NodeRuleSet") - failuresBefore).To(BeZero(), "spec writes conflicted with status writes")
+	})
+})
+
 var _ = Describe("Oversized address groups", func() {
 	It("are not written, and the nodes and policies that need them say so", func() {
 		node := makeNode(name("n"))
@@ -488,12 +526,18 @@ var _ = Describe("Status aggregation", func() {
 })
 
 // ruleSetWrites reads the controller's count of NodeRuleSet writes.
-func ruleSetWrites() float64 {
+func ruleSetWrites() float64 { return counter("nftguard_controller_object_writes_total", "NodeRuleSet") }
+
+// writeFailures reads the controller's count of failed writes of a kind.
+func writeFailures(kind string) float64 { return counter("nftguard_controller_write_errors_total", kind) }
+
+// counter sums a controller counter over the series of one kind.
+func counter(metric, wantKind string) float64 {
 	families, err := metrics.Registry.Gather()
 	Expect(err).NotTo(HaveOccurred())
 	total := 0.0
 	for _, f := range families {
-		if f.GetName() != "nftguard_controller_object_writes_total" {
+		if f.GetName() != metric {
 			continue
 		}
 		for _, m := range f.GetMetric() {
@@ -503,7 +547,7 @@ func ruleSetWrites() float64 {
 					kind = l.GetValue()
 				}
 			}
-			if kind == "NodeRuleSet" {
+			if kind == wantKind {
 				total += m.GetCounter().GetValue()
 			}
 		}
