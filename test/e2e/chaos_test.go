@@ -257,6 +257,17 @@ func TestPodLifecycle(t *testing.T) {
 
 	// Pod-ready to reachable, from the pod's own side: the rule sets of both
 	// nodes (the client's egress, x/a's ingress) must include it.
+	// Remove the pods this test adds even when it fails, so later tests see
+	// the topology they expect.
+	t.Cleanup(func() {
+		for _, k := range []string{"y/client-0", "y/client-1", "y/client-2", "y/stranger"} {
+			if _, ok := cl.Pod(k); ok {
+				if err := cl.DeletePod(ctx, k); err != nil {
+					t.Errorf("removing %s: %v", k, err)
+				}
+			}
+		}
+	})
 	var durations []time.Duration
 	for i := 0; i < 3; i++ {
 		key := fmt.Sprintf("y/client-%d", i)
@@ -304,10 +315,5 @@ func TestPodLifecycle(t *testing.T) {
 	}
 	if !probeOne(t, "y/client-1", "x/a", tcp80) {
 		t.Error("y/client-1 lost access")
-	}
-	for _, k := range []string{"y/client-1", "y/client-2", "y/stranger"} {
-		if err := cl.DeletePod(ctx, k); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
