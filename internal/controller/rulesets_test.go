@@ -398,7 +398,7 @@ var _ = Describe("Concurrent agent status writes", func() {
 		}).Should(Succeed())
 		close(stop)
 		<-done
-		Expect(writeFailures("NodeRuleSet") - failuresBefore).To(BeZero(), "spec writes conflicted with status writes")
+		Expect(writeFailures("NodeRuleSet")-failuresBefore).To(BeZero(), "spec writes conflicted with status writes")
 	})
 })
 
@@ -526,10 +526,14 @@ var _ = Describe("Status aggregation", func() {
 })
 
 // ruleSetWrites reads the controller's count of NodeRuleSet writes.
-func ruleSetWrites() float64 { return counter("nftguard_controller_object_writes_total", "NodeRuleSet") }
+func ruleSetWrites() float64 {
+	return counter("nftguard_controller_object_writes_total", "NodeRuleSet")
+}
 
 // writeFailures reads the controller's count of failed writes of a kind.
-func writeFailures(kind string) float64 { return counter("nftguard_controller_write_errors_total", kind) }
+func writeFailures(kind string) float64 {
+	return counter("nftguard_controller_write_errors_total", kind)
+}
 
 // counter sums a controller counter over the series of one kind.
 func counter(metric, wantKind string) float64 {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -19,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftguard/nftguard/internal/netnstest"
 )
 
 // Kernel tests build a "node" network namespace with "pod" namespaces
@@ -48,67 +49,6 @@ func probeTimeout(want bool) time.Duration {
 
 // Ports the pods serve TCP and UDP on.
 var servedPorts = []int{80, 81, 8080}
-
-// newNetNS creates a network namespace and closes it when the test ends.
-// It skips the test when the process cannot create namespaces.
-func newNetNS(t testing.TB) netns.NsHandle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel tests need root")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Skipf("no network namespaces: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	// No duplicate address detection: addresses are usable at once.
-	var sysctlErr error
-	for _, f := range []string{"/proc/sys/net/ipv6/conf/default/accept_dad", "/proc/sys/net/ipv6/conf/all/accept_dad",
-		"/proc/sys/net/ipv6/conf/default/dad_transmits"} {
-		if err := os.WriteFile(f, []byte("0"), 0o644); err != nil && sysctlErr == nil {
-			sysctlErr = err
-		}
-	}
-	if err := netns.Set(orig); err != nil {
-		// The thread is stuck in the new namespace: leave it locked so
-		// that the runtime discards it with this goroutine.
-		t.Fatalf("restoring network namespace: %v", err)
-	}
-	runtime.UnlockOSThread()
-	t.Cleanup(func() { ns.Close() })
-	if sysctlErr != nil {
-		t.Fatalf("disabling DAD: %v", sysctlErr)
-	}
-	return ns
-}
-
-// inNS runs fn on a thread switched to ns, and switches back.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer func() {
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	return fn()
-}
 
 type testPod struct {
 	name     string
@@ -510,3 +450,7 @@ func programmer(t testing.TB, ns netns.NsHandle) *Programmer {
 	t.Cleanup(func() { p.Close() })
 	return p
 }
+
+func newNetNS(t testing.TB) netns.NsHandle { return netnstest.New(t) }
+
+func inNS(ns netns.NsHandle, fn func() error) error { return netnstest.Do(ns, fn) }

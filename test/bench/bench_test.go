@@ -3,7 +3,6 @@ package bench
 import (
 	"flag"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/nftguard/nftguard/internal/netnstest"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
@@ -61,28 +61,6 @@ func needRoot(b testing.TB) {
 	}
 }
 
-// inNS runs fn on a thread switched to ns, and switches back. If switching
-// back fails the thread stays locked, so the runtime discards it.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer func() {
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	return fn()
-}
-
 // percentile returns the p-th percentile (0..100) of ds, nearest rank.
 func percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
@@ -116,3 +94,5 @@ func intList(b testing.TB, s string) []int {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func inNS(ns netns.NsHandle, fn func() error) error { return netnstest.Do(ns, fn) }

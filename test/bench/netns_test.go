@@ -6,49 +6,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-)
 
-// newNetNS creates a network namespace, closed when the benchmark ends
-// (the kernel removes it with its last reference). It never changes the
-// calling namespace.
-func newNetNS(b testing.TB) netns.NsHandle {
-	b.Helper()
-	needRoot(b)
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		b.Skipf("no network namespaces: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		b.Skipf("cannot create a network namespace: %v", err)
-	}
-	var sysctlErr error
-	for _, f := range []string{"/proc/sys/net/ipv6/conf/default/accept_dad", "/proc/sys/net/ipv6/conf/all/accept_dad"} {
-		if err := os.WriteFile(f, []byte("0"), 0o644); err != nil && sysctlErr == nil {
-			sysctlErr = err
-		}
-	}
-	if err := netns.Set(orig); err != nil {
-		b.Fatalf("restoring network namespace: %v", err) // the thread stays locked and is discarded
-	}
-	runtime.UnlockOSThread()
-	b.Cleanup(func() { ns.Close() })
-	if sysctlErr != nil {
-		b.Fatalf("disabling DAD: %v", sysctlErr)
-	}
-	return ns
-}
+	"github.com/nftguard/nftguard/internal/netnstest"
+)
 
 // nsPath names ns for other processes while this process holds it.
 func nsPath(ns netns.NsHandle) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns)) }
@@ -154,3 +120,5 @@ func hostNet(a netip.Addr) *net.IPNet {
 func writeSysctl(name, value string) error {
 	return os.WriteFile("/proc/sys/"+name, []byte(value), 0o644)
 }
+
+func newNetNS(b testing.TB) netns.NsHandle { return netnstest.New(b) }
