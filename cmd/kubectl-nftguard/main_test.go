@@ -426,7 +426,7 @@ func TestUninstall(t *testing.T) {
 		t.Fatalf("exit %d:\n%s%s", code, out, errOut)
 	}
 	code, out, _ = plugin(t, adminCfg, "status", "-A")
-	if code != exitOK || !strings.Contains(out, "n1: deleted") {
+	if code != exitOK || !strings.Contains(out, "Uninstalled  not enforced: uninstalled on n1") {
 		t.Errorf("status after uninstall:\n%s", out)
 	}
 	cancel()

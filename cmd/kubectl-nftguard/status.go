@@ -29,7 +29,7 @@ type PolicyStatus struct {
 	Nodes []NodeProgress `json:"nodes"`
 	// Enforced is programmed/needed nodes.
 	Enforced string `json:"enforced"`
-	// State sums it up: Enforced, Programming, Failed, NoSelectedPods.
+	// State sums it up: Enforced, Programming, Failed, Uninstalled, NoSelectedPods.
 	State   string `json:"state"`
 	Message string `json:"message,omitempty"`
 }
@@ -239,13 +239,15 @@ func progress(rs *v1alpha1.NodeRuleSet) NodeProgress {
 
 func summarize(st *PolicyStatus) {
 	done := 0
-	var failed, pending []string
+	var failed, uninstalled, pending []string
 	for _, n := range st.Nodes {
 		switch n.State {
 		case "Programmed":
 			done++
-		case "Failed", "Uninstalled":
+		case "Failed":
 			failed = append(failed, n.Node+": "+n.Message)
+		case "Uninstalled":
+			uninstalled = append(uninstalled, n.Node)
 		default:
 			pending = append(pending, n.Node)
 		}
@@ -256,6 +258,8 @@ func summarize(st *PolicyStatus) {
 		st.State, st.Message = "NoSelectedPods", "isolates no pod (no scheduled pod with an IP matches)"
 	case len(failed) > 0:
 		st.State, st.Message = "Failed", strings.Join(failed, "; ")
+	case len(uninstalled) > 0:
+		st.State, st.Message = "Uninstalled", "not enforced: uninstalled on "+strings.Join(uninstalled, ", ")
 	case len(pending) > 0:
 		st.State, st.Message = "Programming", "waiting for "+strings.Join(pending, ", ")
 	default:

@@ -865,8 +865,8 @@ func TestUninstall(t *testing.T) {
 		}
 	}
 	st := decodeStatus(t, mustPlugin(t, "", kc, "status", "dd/plugin-uninstall", "-o", "json"))
-	if len(st.Policies) != 1 || len(st.Policies[0].Nodes) != nodes {
-		t.Fatalf("status during the uninstall: %+v", st)
+	if len(st.Policies) != 1 || len(st.Policies[0].Nodes) != nodes || st.Policies[0].State != "Uninstalled" {
+		t.Fatalf("status during the uninstall: %+v; want the policy Uninstalled on %d nodes", st, nodes)
 	}
 	for _, n := range st.Policies[0].Nodes {
 		if n.State != "Uninstalled" {
