@@ -52,12 +52,14 @@ filters no traffic at all.
 			if err := c.List(ctx, &list); err != nil {
 				return fmt.Errorf("listing NodeRuleSets: %w", err)
 			}
+			changed := 0
 			for i := range list.Items {
 				rs := &list.Items[i]
 				_, marked := rs.Annotations[uninstallAnnotation]
 				if marked != cancel {
 					continue
 				}
+				changed++
 				patch := client.MergeFrom(rs.DeepCopy())
 				if cancel {
 					delete(rs.Annotations, uninstallAnnotation)
@@ -69,10 +71,10 @@ filters no traffic at all.
 				}
 			}
 			if cancel {
-				fmt.Fprintf(o.streams.Out, "Unmarked %d NodeRuleSets: their agents program them again.\n", len(list.Items))
+				fmt.Fprintf(o.streams.Out, "Unmarked %d of %d NodeRuleSets: their agents program them again.\n", changed, len(list.Items))
 				return nil
 			}
-			fmt.Fprintf(o.streams.Out, "Marked %d NodeRuleSets; waiting for their agents to delete their tables...\n", len(list.Items))
+			fmt.Fprintf(o.streams.Out, "Marked %d of %d NodeRuleSets; waiting for their agents to delete their tables...\n", changed, len(list.Items))
 			deadline := time.Now().Add(timeout)
 			var pending []string
 			for {

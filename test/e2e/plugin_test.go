@@ -845,7 +845,7 @@ func TestUninstall(t *testing.T) {
 
 	r := mustPlugin(t, "", kc, "uninstall", "--timeout=60s")
 	nodes := len(cl.Nodes())
-	if !strings.Contains(r.stdout, fmt.Sprintf("Marked %d NodeRuleSets", nodes)) ||
+	if !strings.Contains(r.stdout, fmt.Sprintf("Marked %d of %d NodeRuleSets", nodes, nodes)) ||
 		!strings.Contains(r.stdout, fmt.Sprintf("Every node (%d) deleted its nftguard table", nodes)) {
 		t.Errorf("uninstall output: %s", r)
 	}
@@ -881,7 +881,7 @@ func TestUninstall(t *testing.T) {
 	}
 
 	r = mustPlugin(t, "", kc, "uninstall", "--cancel")
-	if !strings.Contains(r.stdout, "Unmarked") {
+	if !strings.Contains(r.stdout, fmt.Sprintf("Unmarked %d of %d NodeRuleSets", nodes, nodes)) {
 		t.Errorf("uninstall --cancel output: %s", r)
 	}
 	waitConverged(t)
