@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 )
@@ -293,6 +294,14 @@ func diff(cur, want *Table) *plan {
 // elementDelta returns the elements of cur missing from want and those of
 // want missing from cur. A map element whose verdict changes is in both.
 func elementDelta(cur, want []Element) (removed, added []Element) {
+	// Most sets are unchanged by an update and are rendered in the same
+	// order every time: compare them in place before building any index.
+	if sameElements(cur, want) {
+		return nil, nil
+	}
+	if sortedElements(cur) && sortedElements(want) {
+		return mergeDelta(cur, want)
+	}
 	have := make(map[string]struct{}, len(cur))
 	for _, e := range cur {
 		have[e.elementKey()] = struct{}{}
@@ -310,6 +319,73 @@ func elementDelta(cur, want []Element) (removed, added []Element) {
 			removed = append(removed, e)
 		}
 	}
+	return removed, added
+}
+
+// sameElements reports whether two element lists are equal in order,
+// without allocating.
+func sameElements(a, b []Element) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := &a[i], &b[i]
+		if !bytes.Equal(x.Key, y.Key) || !bytes.Equal(x.KeyEnd, y.KeyEnd) || (x.Verdict == nil) != (y.Verdict == nil) ||
+			(x.Verdict != nil && *x.Verdict != *y.Verdict) {
+			return false
+		}
+	}
+	return true
+}
+
+// compareElements orders elements by key, then key end, then verdict.
+func compareElements(x, y *Element) int {
+	if c := bytes.Compare(x.Key, y.Key); c != 0 {
+		return c
+	}
+	if c := bytes.Compare(x.KeyEnd, y.KeyEnd); c != 0 {
+		return c
+	}
+	switch {
+	case x.Verdict == nil && y.Verdict == nil:
+		return 0
+	case x.Verdict == nil:
+		return -1
+	case y.Verdict == nil:
+		return 1
+	}
+	return strings.Compare(x.Verdict.String(), y.Verdict.String())
+}
+
+// sortedElements reports whether elements are in strictly increasing order
+// (the renderer's order, so the usual case).
+func sortedElements(es []Element) bool {
+	for i := 1; i < len(es); i++ {
+		if compareElements(&es[i-1], &es[i]) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeDelta is elementDelta for two sorted lists, in one pass.
+func mergeDelta(cur, want []Element) (removed, added []Element) {
+	i, j := 0, 0
+	for i < len(cur) && j < len(want) {
+		switch c := compareElements(&cur[i], &want[j]); {
+		case c == 0:
+			i++
+			j++
+		case c < 0:
+			removed = append(removed, cur[i])
+			i++
+		default:
+			added = append(added, want[j])
+			j++
+		}
+	}
+	removed = append(removed, cur[i:]...)
+	added = append(added, want[j:]...)
 	return removed, added
 }
 
