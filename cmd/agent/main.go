@@ -12,9 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -73,13 +71,9 @@ func run() int {
 		return 2
 	}
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		setupLog.Error(err, "Registering Kubernetes types")
-		return 1
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		setupLog.Error(err, "Registering nftguard types")
+	scheme, err := v1alpha1.NewScheme()
+	if err != nil {
+		setupLog.Error(err, "Building the scheme")
 		return 1
 	}
 	cfg, err := ctrl.GetConfig()

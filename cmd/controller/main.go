@@ -8,8 +8,6 @@ import (
 	"os"
 
 	"go.uber.org/zap/zapcore"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -44,13 +42,9 @@ func run() int {
 	ctrl.SetLogger(logger)
 	setupLog := logger.WithName("setup")
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		setupLog.Error(err, "Registering Kubernetes types")
-		return 1
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		setupLog.Error(err, "Registering nftguard types")
+	scheme, err := v1alpha1.NewScheme()
+	if err != nil {
+		setupLog.Error(err, "Building the scheme")
 		return 1
 	}
 	cfg, err := ctrl.GetConfig()

@@ -16,9 +16,7 @@ import (
 	"sync"
 	"time"
 
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -373,11 +371,8 @@ func (c *Cluster) connect() error {
 		return err
 	}
 	c.clientset = cs
-	scheme := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := v1alpha1.NewScheme()
+	if err != nil {
 		return err
 	}
 	cl, err := client.New(c.restCfg, client.Options{Scheme: scheme})
