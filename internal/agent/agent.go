@@ -111,7 +111,10 @@ type Reconciler struct {
 	mu sync.Mutex
 	// fetched holds groups read from the API because the cache had stripped
 	// them (only the single worker running Reconcile touches it).
-	fetched    map[string]*v1alpha1.AddressGroup
+	fetched map[string]*v1alpha1.AddressGroup
+	// renderer renders with the Render options, reusing what did not change
+	// since the last rule set (only the worker running Reconcile uses it).
+	renderer   *dataplane.Renderer
 	programmed int64  // generation in the kernel, 0 if none yet
 	inputs     string // key of the rule set and groups in the kernel
 	lastApply  time.Time
@@ -222,7 +225,10 @@ func (r *Reconciler) fail(ctx context.Context, rs *v1alpha1.NodeRuleSet, reason 
 func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, groups map[string]v1alpha1.AddressGroupSpec, inputs string) metav1.Condition {
 	logger := log.FromContext(ctx)
 	start := r.now()
-	table, err := dataplane.Render(rs.Spec, groups, r.Render)
+	if r.renderer == nil {
+		r.renderer = dataplane.NewRenderer(r.Render)
+	}
+	table, err := r.renderer.Render(rs.Spec, groups)
 	if err != nil {
 		return r.fail(ctx, rs, ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
 	}

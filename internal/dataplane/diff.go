@@ -173,19 +173,19 @@ func diff(cur, want *Table) *plan {
 		p.ops = append(p.ops, op{kind: opAddTable})
 		cur = &Table{}
 	}
-	curChains := map[string]*Chain{}
+	curChains := make(map[string]*Chain, len(cur.Chains))
 	for _, c := range cur.Chains {
 		curChains[c.Name] = c
 	}
-	curSets := map[string]*Set{}
+	curSets := make(map[string]*Set, len(cur.Sets))
 	for _, s := range cur.Sets {
 		curSets[s.Name] = s
 	}
-	wantChains := map[string]*Chain{}
+	wantChains := make(map[string]*Chain, len(want.Chains))
 	for _, c := range want.Chains {
 		wantChains[c.Name] = c
 	}
-	wantSets := map[string]*Set{}
+	wantSets := make(map[string]*Set, len(want.Sets))
 	for _, s := range want.Sets {
 		wantSets[s.Name] = s
 	}
@@ -239,7 +239,9 @@ func diff(cur, want *Table) *plan {
 	var dels, refills, adds []op
 	for _, s := range want.Sets {
 		k := curSets[s.Name]
-		if k == nil {
+		if k == nil || k == s {
+			// New, or the very set applied last time (a Renderer reuses
+			// the sets of unchanged groups).
 			continue
 		}
 		removed, added := elementDelta(k.Elements, s.Elements)
@@ -268,6 +270,9 @@ func diff(cur, want *Table) *plan {
 	for _, c := range want.Chains {
 		var rules []*Rule
 		if k := curChains[c.Name]; k != nil {
+			if k == c {
+				continue
+			}
 			rules = k.Rules
 		}
 		p.ops = append(p.ops, ruleOps(c.Name, rules, c.Rules)...)
@@ -450,7 +455,7 @@ func sameRules(a, b []*Rule) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].ID() != b[i].ID() {
+		if a[i] != b[i] && a[i].ID() != b[i].ID() {
 			return false
 		}
 	}

@@ -279,7 +279,7 @@ func (p *Programmer) withHandles(applied, desired *Table) (*Table, error) {
 	}
 	for i, c := range out.Chains {
 		want := wanted[c.Name]
-		if want == nil || sameRules(c.Rules, want.Rules) {
+		if want == nil || want == c || sameRules(c.Rules, want.Rules) {
 			continue
 		}
 		got, err := p.rd.rules(c.Name)

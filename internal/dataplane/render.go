@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/prefix"
@@ -80,15 +81,108 @@ func (o Options) withDefaults() Options {
 // set lookup per peer of the rules that select the pod: nothing grows with
 // the number of pods, policies or peer addresses on the node.
 func Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec, opts Options) (*Table, error) {
-	r := &renderer{
-		opts:       opts.withDefaults(),
+	return newRenderer(opts.withDefaults(), nil, groups).render(spec)
+}
+
+// Renderer renders rule sets like Render, reusing the chains and sets it
+// rendered for earlier calls where their inputs did not change: an agent
+// re-renders its node on every event, and most events change one pod or a
+// few address groups. A rule's chain is reused while the rule and the set
+// names of its groups are the same; a group's sets while its addresses or
+// endpoints are the same (compared by value: callers may pass new or reused
+// specs alike); a pod's chains while the pod is the same. What the last call
+// did not use is forgotten.
+//
+// The tables returned share those chains and sets, which nobody may modify
+// (the Programmer does not). The result is always equal to Render's.
+// A Renderer is safe for concurrent use.
+type Renderer struct {
+	mu     sync.Mutex
+	opts   Options
+	groups map[string]*groupMemo
+	rules  map[string]*ruleMemo
+	pods   map[string]*podMemo
+}
+
+// NewRenderer returns a Renderer with the given options.
+func NewRenderer(opts Options) *Renderer {
+	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, pods: map[string]*podMemo{}}
+}
+
+// Render renders the rule set as Render does.
+func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) (*Table, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := newRenderer(m.opts, m, groups)
+	t, err := r.render(spec)
+	if err != nil {
+		return nil, err
+	}
+	// Forget what this rule set no longer uses.
+	for name := range m.groups {
+		if _, ok := r.groupSets[name]; !ok {
+			delete(m.groups, name)
+		}
+	}
+	for id := range m.rules {
+		if !r.used[id] {
+			delete(m.rules, id)
+		}
+	}
+	for key := range m.pods {
+		if !r.pods[key] {
+			delete(m.pods, key)
+		}
+	}
+	return t, nil
+}
+
+// groupMemo is a group's rendered sets and the spec they came from.
+type groupMemo struct {
+	spec  v1alpha1.AddressGroupSpec // a copy
+	names [2]string
+	sets  []*Set
+}
+
+// ruleMemo is a rule's rendered chain and sets, and the inputs they came
+// from: the rule, and the set names of each group it references.
+type ruleMemo struct {
+	rule   v1alpha1.Rule // a copy
+	groups [][2]string   // per distinct group peer, in order
+	chain  *Chain
+	sets   []*Set
+}
+
+// podMemo is a pod's rendered chains and the pod they came from.
+type podMemo struct {
+	pod    v1alpha1.LocalPod // a copy
+	addrs  []netip.Addr
+	chains []podChain
+}
+
+// podChain is one isolated direction of a pod: its chain and the verdict
+// maps its addresses go in.
+type podChain struct {
+	chain      *Chain
+	map4, map6 string
+}
+
+func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.AddressGroupSpec) *renderer {
+	return &renderer{
+		opts:       opts,
+		memo:       memo,
 		groups:     groups,
-		rules:      map[string]*v1alpha1.Rule{},
-		used:       map[string]bool{},
-		sets:       map[string]*Set{},
+		pods:       map[string]bool{},
 		groupSets:  map[string][2]string{},
 		vmapOwners: map[string]bool{},
 	}
+}
+
+func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
+	groups := r.groups
+	r.rules = make(map[string]*v1alpha1.Rule, len(spec.Rules))
+	r.used = make(map[string]bool, len(spec.Rules))
+	r.sets = make(map[string]*Set, len(spec.Rules)+len(groups))
 	for i := range spec.Rules {
 		rule := &spec.Rules[i]
 		if rule.ID == "" {
@@ -140,21 +234,36 @@ func Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGro
 
 	t := &Table{Chains: append(baseChains(), chains...)}
 	for _, s := range r.sets {
-		slices.SortFunc(s.Elements, func(a, b Element) int {
-			return cmp.Or(bytes.Compare(a.Key, b.Key), bytes.Compare(a.KeyEnd, b.KeyEnd))
-		})
 		t.Sets = append(t.Sets, s)
+	}
+	for _, name := range []string{MapIngress4, MapIngress6, MapEgress4, MapEgress6} {
+		sortElements(r.sets[name])
 	}
 	slices.SortFunc(t.Sets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
 	return t, nil
 }
 
+// sortElements sorts a set's elements as diff expects them (by key, then
+// range end); rendered sets are sorted when they are built.
+func sortElements(s *Set) {
+	cmpElem := func(a, b Element) int {
+		return cmp.Or(bytes.Compare(a.Key, b.Key), bytes.Compare(a.KeyEnd, b.KeyEnd))
+	}
+	if !slices.IsSortedFunc(s.Elements, cmpElem) {
+		slices.SortFunc(s.Elements, cmpElem)
+	}
+}
+
 type renderer struct {
-	opts   Options
+	opts Options
+	// memo holds what earlier renders produced; nil for a one-off Render.
+	memo   *Renderer
 	groups map[string]v1alpha1.AddressGroupSpec
 	rules  map[string]*v1alpha1.Rule
 	used   map[string]bool
-	sets   map[string]*Set
+	// pods records the pods rendered (namespace/name).
+	pods map[string]bool
+	sets map[string]*Set
 	// groupSets caches the v4 and v6 set names of each rendered group.
 	groupSets map[string][2]string
 	// vmapOwners records map/address pairs already dispatched.
@@ -189,22 +298,87 @@ func baseChains() []*Chain {
 	}
 }
 
-// podChains renders the chains of a pod's isolated directions and their
-// map elements.
+// podChains returns the chains of a pod's isolated directions and adds
+// their map elements, reusing the pod's chains from the last render when
+// the pod did not change. The rules the pod references are checked every
+// time: the rule set may have changed around an unchanged pod.
 func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
-	var addrs []netip.Addr
+	key := pod.Namespace + "/" + pod.Name
+	// A second pod of the same name (invalid input) is rendered, not
+	// remembered.
+	remember := r.memo != nil && !r.pods[key]
+	r.pods[key] = true
+	var pm *podMemo
+	if remember {
+		if m := r.memo.pods[key]; m != nil && equalPod(&m.pod, &pod) {
+			pm = m
+		}
+	}
+	if pm == nil {
+		var err error
+		if pm, err = r.buildPod(pod); err != nil {
+			return nil, err
+		}
+		if remember {
+			pm.pod = copyPod(pod)
+			r.memo.pods[key] = pm
+		}
+	}
+	if len(pm.addrs) == 0 {
+		return nil, nil
+	}
+	for _, d := range []struct {
+		iso       *v1alpha1.Isolation
+		direction v1alpha1.Direction
+	}{{pod.Ingress, v1alpha1.DirectionIngress}, {pod.Egress, v1alpha1.DirectionEgress}} {
+		if d.iso == nil {
+			continue
+		}
+		for _, id := range d.iso.Rules {
+			ru, ok := r.rules[id]
+			if !ok {
+				return nil, fmt.Errorf("pod %s/%s: %s isolation references rule %q, which is not in the rule set", pod.Namespace, pod.Name, d.direction, id)
+			}
+			if ru.Direction != d.direction {
+				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ru.Direction, id)
+			}
+			r.used[id] = true
+		}
+	}
+	chains := make([]*Chain, 0, len(pm.chains))
+	for _, pc := range pm.chains {
+		chains = append(chains, pc.chain)
+		for _, a := range pm.addrs {
+			m := pc.map4
+			if a.Is6() {
+				m = pc.map6
+			}
+			// Two pods claiming one address (a stale pod, say): the first
+			// pod isolated in this direction keeps it, so the address stays
+			// isolated.
+			if owner := m + "/" + a.String(); !r.vmapOwners[owner] {
+				r.vmapOwners[owner] = true
+				r.sets[m].Elements = append(r.sets[m].Elements, Element{Key: a.AsSlice(), Verdict: &Verdict{Kind: VerdictGoto, Chain: pc.chain.Name}})
+			}
+		}
+	}
+	return chains, nil
+}
+
+// buildPod renders the chains of a pod's isolated directions.
+func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
+	pm := &podMemo{}
 	for _, s := range pod.IPs {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			return nil, fmt.Errorf("pod %s/%s: IP %q: %w", pod.Namespace, pod.Name, s, err)
 		}
-		addrs = append(addrs, a.Unmap())
+		pm.addrs = append(pm.addrs, a.Unmap())
 	}
-	if len(addrs) == 0 {
-		return nil, nil
+	if len(pm.addrs) == 0 {
+		return pm, nil
 	}
 	podKey := prefix.PodKey(pod.Namespace, pod.Name)
-	var chains []*Chain
 	for _, d := range []struct {
 		iso        *v1alpha1.Isolation
 		direction  v1alpha1.Direction
@@ -218,24 +392,6 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 		if d.iso == nil {
 			continue
 		}
-		name := podChainName(d.short, pod.Namespace, pod.Name)
-		c := &Chain{Name: name}
-		seen := map[string]bool{}
-		for _, id := range d.iso.Rules {
-			if seen[id] {
-				continue
-			}
-			seen[id] = true
-			ru, ok := r.rules[id]
-			if !ok {
-				return nil, fmt.Errorf("pod %s/%s: %s isolation references rule %q, which is not in the rule set", pod.Namespace, pod.Name, d.direction, id)
-			}
-			if ru.Direction != d.direction {
-				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ru.Direction, id)
-			}
-			r.used[id] = true
-			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
-		}
 		action, final := prefix.ActionDrop, VerdictDrop
 		switch d.iso.Mode {
 		case v1alpha1.IsolationEnforce, "":
@@ -244,36 +400,94 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 		default:
 			return nil, fmt.Errorf("pod %s/%s: unknown %s isolation mode %q", pod.Namespace, pod.Name, d.direction, d.iso.Mode)
 		}
+		c := &Chain{Name: podChainName(d.short, pod.Namespace, pod.Name)}
+		seen := make(map[string]bool, len(d.iso.Rules))
+		for _, id := range d.iso.Rules {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
+		}
 		c.Rules = append(c.Rules,
 			rule(limitRate{r.opts.LogRate, r.opts.LogBurst}, nflog{prefix.Format(action, d.dir, podKey), r.opts.LogGroup}),
 			rule(verdict{Kind: final}),
 		)
-		chains = append(chains, c)
-		for _, a := range addrs {
-			m := d.map4
-			if a.Is6() {
-				m = d.map6
-			}
-			// Two pods claiming one address (a stale pod, say): the first
-			// pod isolated in this direction keeps it, so the address stays
-			// isolated.
-			if owner := m + "/" + a.String(); !r.vmapOwners[owner] {
-				r.vmapOwners[owner] = true
-				r.sets[m].Elements = append(r.sets[m].Elements, Element{Key: a.AsSlice(), Verdict: &Verdict{Kind: VerdictGoto, Chain: name}})
-			}
-		}
+		r.identify(c)
+		pm.chains = append(pm.chains, podChain{chain: c, map4: d.map4, map6: d.map6})
 	}
-	return chains, nil
+	return pm, nil
 }
 
-// ruleChain renders a rule's chain and sets: one rule per peer set (and
-// family) that accepts matching packets.
+// identify computes the ids of a remembered chain's rules now, so that the
+// tables sharing it only ever read them.
+func (r *renderer) identify(c *Chain) {
+	if r.memo == nil {
+		return
+	}
+	for _, ru := range c.Rules {
+		ru.ID()
+	}
+}
+
+// ruleChain returns a rule's chain and adds its sets, reusing them from the
+// last render when the rule and the set names of its groups are the same.
 func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
-	name := ruleChainName(ru.ID)
-	c := &Chain{Name: name}
-	ports, err := r.portMatch(name, ru)
+	if r.memo != nil {
+		if m := r.memo.rules[ru.ID]; m != nil && equalRule(&m.rule, ru) && r.sameGroupSets(ru, m.groups) {
+			for _, s := range m.sets {
+				r.sets[s.Name] = s
+			}
+			return m.chain, nil
+		}
+	}
+	m, err := r.buildRuleChain(ru)
 	if err != nil {
 		return nil, err
+	}
+	for _, s := range m.sets {
+		sortElements(s)
+		r.sets[s.Name] = s
+	}
+	if r.memo != nil {
+		r.identify(m.chain)
+		m.rule = copyRule(ru)
+		r.memo.rules[ru.ID] = m
+	}
+	return m.chain, nil
+}
+
+// sameGroupSets reports whether the rule's group peers render to the set
+// names a remembered chain was built with.
+func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]string) bool {
+	var seen []string
+	i := 0
+	for _, peer := range ru.Peers {
+		if peer.AddressGroup == "" || peer.IPBlock != nil || slices.Contains(seen, peer.AddressGroup) {
+			continue
+		}
+		seen = append(seen, peer.AddressGroup)
+		names, err := r.groupSet(peer.AddressGroup, r.groups[peer.AddressGroup])
+		if err != nil || i >= len(want) || names != want[i] {
+			return false
+		}
+		i++
+	}
+	return i == len(want)
+}
+
+// buildRuleChain renders a rule's chain and sets: one rule per peer set
+// (and family) that accepts matching packets.
+func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
+	name := ruleChainName(ru.ID)
+	m := &ruleMemo{chain: &Chain{Name: name}}
+	c := m.chain
+	ports, portSet, err := portMatch(name, ru)
+	if err != nil {
+		return nil, err
+	}
+	if portSet != nil {
+		m.sets = append(m.sets, portSet)
 	}
 	accept := func(peer ...stmt) *Rule {
 		stmts := append(slices.Clone(peer), ports...)
@@ -281,7 +495,7 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 	}
 	if len(ru.Peers) == 0 {
 		c.Rules = append(c.Rules, accept())
-		return c, nil
+		return m, nil
 	}
 	field := saddr
 	if ru.Direction == v1alpha1.DirectionEgress {
@@ -289,21 +503,22 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 	}
 	var blocks [2][]ipRange
 	blockAt := -1
-	seen := map[string]bool{}
+	var seen []string
 	for _, peer := range ru.Peers {
 		switch {
 		case peer.AddressGroup != "" && peer.IPBlock != nil:
 			return nil, fmt.Errorf("rule %q: a peer sets both addressGroup and ipBlock", ru.ID)
 		case peer.AddressGroup != "":
-			if seen[peer.AddressGroup] {
+			if slices.Contains(seen, peer.AddressGroup) {
 				continue
 			}
-			seen[peer.AddressGroup] = true
+			seen = append(seen, peer.AddressGroup)
 			g := r.groups[peer.AddressGroup]
 			names, err := r.groupSet(peer.AddressGroup, g)
 			if err != nil {
 				return nil, err
 			}
+			m.groups = append(m.groups, names)
 			for i, fam := range []family{ipv4, ipv6} {
 				if names[i] == "" {
 					// No member of this family: nothing to match.
@@ -348,13 +563,13 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 		for _, rg := range rs {
 			s.Elements = append(s.Elements, Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
 		}
-		r.sets[s.Name] = s
+		m.sets = append(m.sets, s)
 		blockRules = append(blockRules, accept(addrInSet{fam, field, s.Name}))
 	}
 	if blockAt >= 0 {
 		c.Rules = slices.Insert(c.Rules, blockAt, blockRules...)
 	}
-	return c, nil
+	return m, nil
 }
 
 // groupSet renders the v4 and v6 sets of an address group (once) and returns
@@ -373,11 +588,43 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 	if names, ok := r.groupSets[name]; ok {
 		return names, nil
 	}
+	m := r.memo.group(name, g)
+	if m == nil {
+		var err error
+		if m, err = buildGroupSets(name, g); err != nil {
+			return [2]string{}, err
+		}
+		if r.memo != nil {
+			m.spec = copyGroup(g)
+			r.memo.groups[name] = m
+		}
+	}
+	for _, s := range m.sets {
+		r.sets[s.Name] = s
+	}
+	r.groupSets[name] = m.names
+	return m.names, nil
+}
+
+// group returns the remembered sets of a group whose spec is unchanged.
+func (m *Renderer) group(name string, g v1alpha1.AddressGroupSpec) *groupMemo {
+	if m == nil {
+		return nil
+	}
+	if gm := m.groups[name]; gm != nil && equalGroup(&gm.spec, &g) {
+		return gm
+	}
+	return nil
+}
+
+// buildGroupSets renders the sets of an address group.
+func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error) {
+	m := &groupMemo{}
 	var names [2]string
 	if g.NamedPort != nil {
 		proto, err := protoNumber(g.NamedPort.Protocol)
 		if err != nil {
-			return names, fmt.Errorf("address group %q: %w", name, err)
+			return nil, fmt.Errorf("address group %q: %w", name, err)
 		}
 		v4 := &Set{Name: endpointSetName(ipv4, name), Kind: SetEndpointIPv4}
 		v6 := &Set{Name: endpointSetName(ipv6, name), Kind: SetEndpointIPv6}
@@ -385,10 +632,10 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 		for _, ep := range g.Endpoints {
 			a, err := netip.ParseAddr(ep.IP)
 			if err != nil {
-				return names, fmt.Errorf("address group %q: endpoint IP %q: %w", name, ep.IP, err)
+				return nil, fmt.Errorf("address group %q: endpoint IP %q: %w", name, ep.IP, err)
 			}
 			if ep.Port < 1 || ep.Port > 65535 {
-				return names, fmt.Errorf("address group %q: endpoint %s port %d out of range", name, ep.IP, ep.Port)
+				return nil, fmt.Errorf("address group %q: endpoint %s port %d out of range", name, ep.IP, ep.Port)
 			}
 			a = a.Unmap()
 			key := append(a.AsSlice(), concatField(proto, uint16(ep.Port))...)
@@ -404,7 +651,8 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 		}
 		for i, s := range []*Set{v4, v6} {
 			if len(s.Elements) > 0 {
-				r.sets[s.Name] = s
+				sortElements(s)
+				m.sets = append(m.sets, s)
 				names[i] = s.Name
 			}
 		}
@@ -415,7 +663,7 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 		for _, s := range g.Addresses {
 			p, err := parsePrefix(s)
 			if err != nil {
-				return names, fmt.Errorf("address group %q: address %q: %w", name, s, err)
+				return nil, fmt.Errorf("address group %q: address %q: %w", name, s, err)
 			}
 			i := 0
 			if p.Addr().Is6() {
@@ -452,20 +700,21 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 					s.Elements = append(s.Elements, Element{Key: a.AsSlice()})
 				}
 			}
-			r.sets[s.Name] = s
+			sortElements(s)
+			m.sets = append(m.sets, s)
 			names[i] = s.Name
 		}
 	}
-	r.groupSets[name] = names
-	return names, nil
+	m.names = names
+	return m, nil
 }
 
 // portMatch returns the statements matching a rule's ports: none for every
 // port, one inline match for one protocol/port (range), or a lookup in the
-// rule's port set.
-func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, error) {
+// rule's port set, which it returns too.
+func portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, *Set, error) {
 	if len(ru.Ports) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	type span struct {
 		proto    uint8
@@ -475,20 +724,20 @@ func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, error) {
 	for _, p := range ru.Ports {
 		proto, err := protoNumber(p.Protocol)
 		if err != nil {
-			return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
+			return nil, nil, fmt.Errorf("rule %q: %w", ru.ID, err)
 		}
 		if p.Port < 0 || p.Port > 65535 || p.EndPort < 0 || p.EndPort > 65535 {
-			return nil, fmt.Errorf("rule %q: port %d-%d out of range", ru.ID, p.Port, p.EndPort)
+			return nil, nil, fmt.Errorf("rule %q: port %d-%d out of range", ru.ID, p.Port, p.EndPort)
 		}
 		s := span{proto, uint16(p.Port), uint16(p.Port)}
 		switch {
 		case p.Port == 0 && p.EndPort != 0:
-			return nil, fmt.Errorf("rule %q: endPort %d without a port", ru.ID, p.EndPort)
+			return nil, nil, fmt.Errorf("rule %q: endPort %d without a port", ru.ID, p.EndPort)
 		case p.Port == 0:
 			s.to = 65535
 		case p.EndPort != 0:
 			if p.EndPort < p.Port {
-				return nil, fmt.Errorf("rule %q: endPort %d is below port %d", ru.ID, p.EndPort, p.Port)
+				return nil, nil, fmt.Errorf("rule %q: endPort %d is below port %d", ru.ID, p.EndPort, p.Port)
 			}
 			s.to = uint16(p.EndPort)
 		}
@@ -509,16 +758,15 @@ func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, error) {
 	if len(merged) == 1 {
 		s := merged[0]
 		if s.from == 0 && s.to == 65535 {
-			return []stmt{protoIs{s.proto}}, nil
+			return []stmt{protoIs{s.proto}}, nil, nil
 		}
-		return []stmt{dportIn{s.proto, s.from, s.to}}, nil
+		return []stmt{dportIn{s.proto, s.from, s.to}}, nil, nil
 	}
 	set := &Set{Name: chain + "-ports", Kind: SetPorts}
 	for _, s := range merged {
 		set.Elements = append(set.Elements, Element{Key: concatField(s.proto, s.from), KeyEnd: concatField(s.proto, s.to)})
 	}
-	r.sets[set.Name] = set
-	return []stmt{portsInSet{set.Name}}, nil
+	return []stmt{portsInSet{set.Name}}, set, nil
 }
 
 // concatField encodes protocol . port as the kernel lays them out in a

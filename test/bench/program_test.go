@@ -38,8 +38,9 @@ func countENOBUFS(err error) int {
 // dataplane's Programmer, as the agent does: cold start of the whole table
 // (elements/s over the set and map elements), then deltas that swap 1 and
 // 1,000 peer addresses, each measured from the changed AddressGroups to the
-// committed transaction (Render of the whole node plus Apply, the agent's
-// work for one event; ns/op is per delta) with p50/p99 of both and the
+// committed transaction (the agent's work for one event: a Renderer that
+// rendered the previous version renders the node again, reusing what did
+// not change, then Apply; ns/op is per delta) with p50/p99 of both and the
 // Apply alone. enobufs counts Applies the kernel refused for a full buffer.
 // It runs for each -bench.prog.groups: the same chains and elements held in
 // fewer, larger address groups or in one group per rule (each group is a
@@ -70,7 +71,7 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 			}
 			b.StartTimer()
 			start := time.Now()
-			t, err := dataplane.Render(n.spec, n.groups, dataplane.Options{})
+			t, err := dataplane.NewRenderer(dataplane.Options{}).Render(n.spec, n.groups)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -99,7 +100,8 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 			}
 			defer p.Close()
 			versions := [2]map[string]v1alpha1.AddressGroupSpec{n.groups, n.withDelta(d)}
-			first, err := dataplane.Render(n.spec, versions[0], dataplane.Options{})
+			renderer := dataplane.NewRenderer(dataplane.Options{})
+			first, err := renderer.Render(n.spec, versions[0])
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -113,7 +115,7 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 				for range *progSamples {
 					i++
 					start := time.Now()
-					t, err := dataplane.Render(n.spec, versions[i%2], dataplane.Options{})
+					t, err := renderer.Render(n.spec, versions[i%2])
 					if err != nil {
 						b.Fatal(err)
 					}
