@@ -231,6 +231,20 @@ func matchFamily(exprs []expr.Any) (stmt, int) {
 		}
 		return nil, 0
 	}
+	if imm, ok := at[*expr.Immediate](exprs, 2); ok {
+		// 0x0012abcd . ip saddr @ag4
+		p, ok := at[*expr.Payload](exprs, 3)
+		if !ok || regSlot(imm.Register) != regSlot(reg1) || len(imm.Data) != 4 || p.OperationType != expr.PayloadLoad ||
+			regSlot(p.DestRegister) != regSlot(nextReg(reg1, 4)) {
+			return nil, 0
+		}
+		field, ok := addrFieldOf(f, p)
+		l, ok2 := isLookup(exprs, 4)
+		if !ok || !ok2 || l.IsDestRegSet {
+			return nil, 0
+		}
+		return taggedAddrInSet{f, field, binary.NativeEndian.Uint32(imm.Data), l.SetName}, 5
+	}
 	p, ok := at[*expr.Payload](exprs, 2)
 	if !ok || p.OperationType != expr.PayloadLoad || p.DestRegister != reg1 {
 		return nil, 0

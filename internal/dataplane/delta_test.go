@@ -2,6 +2,8 @@ package dataplane
 
 import (
 	"bufio"
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,6 +28,16 @@ func basePolicy(topo *topology, members ...string) policy {
 		groups:  map[string]v1alpha1.AddressGroupSpec{"pods-a": topo.addrs(members...)},
 	}
 }
+
+// tag is a group's tag as rules and elements print it.
+func tag(group string) string { return fmt.Sprintf("0x%08x", groupTag(group)) }
+
+// shared4 and shared6 name the shared set holding a group.
+func shared4(group string) string { return sharedSetName(ipv4, groupTag(group)) }
+func shared6(group string) string { return sharedSetName(ipv6, groupTag(group)) }
+
+// tagged is an element of a shared set as it prints.
+func tagged(group, addr string) string { return tag(group) + " . " + addr }
 
 // assertInSync checks that the kernel holds exactly the applied table.
 func assertInSync(t testing.TB, p *Programmer) {
@@ -78,7 +90,7 @@ func TestIncrementalApply(t *testing.T) {
 	t.Run("add a group member", func(t *testing.T) {
 		pol.groups["pods-a"] = topo.addrs("a", "c")
 		st := topo.apply(t, p, pol)
-		assertPlan(t, p, st, "add element ag4-pods-a { 198.18.0.3 }", "add element ag6-pods-a { fd00::3 }")
+		assertPlan(t, p, st, "add element "+shared4("pods-a")+" { "+tagged("pods-a", "198.18.0.3")+" }", "add element "+shared6("pods-a")+" { "+tagged("pods-a", "fd00::3")+" }")
 		if st.Transactions != 1 || st.Changes.ElementsAdded != 2 || st.Changes.ElementsDeleted != 0 {
 			t.Fatalf("stats %+v", st)
 		}
@@ -89,7 +101,7 @@ func TestIncrementalApply(t *testing.T) {
 	t.Run("remove a group member", func(t *testing.T) {
 		pol.groups["pods-a"] = topo.addrs("c")
 		st := topo.apply(t, p, pol)
-		assertPlan(t, p, st, "delete element ag4-pods-a { 198.18.0.1 }", "delete element ag6-pods-a { fd00::1 }")
+		assertPlan(t, p, st, "delete element "+shared4("pods-a")+" { "+tagged("pods-a", "198.18.0.1")+" }", "delete element "+shared6("pods-a")+" { "+tagged("pods-a", "fd00::1")+" }")
 		assertInSync(t, p)
 		check(t, tcpProbe("a->b", a.ns, b.ip4, 80, false), tcpProbe("c->b", c.ns, b.ip4, 80, true))
 	})
@@ -153,8 +165,8 @@ func TestIncrementalApply(t *testing.T) {
 			"delete element in6 { fd00::1 : goto in-x.a }",
 			"flush chain in-x.a",
 			"flush chain rule-from-a",
-			"delete set ag4-pods-a",
-			"delete set ag6-pods-a",
+			"delete set "+shared4("pods-a"),
+			"delete set "+shared6("pods-a"),
 			"delete chain in-x.a",
 			"delete chain rule-from-a",
 		)
@@ -180,7 +192,7 @@ func TestFamilyAppears(t *testing.T) {
 	pol := basePolicy(topo)
 	pol.groups["pods-a"] = only4("a")
 	topo.apply(t, p, pol)
-	if got := p.applied.Set("ag6-pods-a"); got != nil {
+	if got := p.applied.Set(shared6("pods-a")); got != nil {
 		t.Fatalf("IPv4-only group has an IPv6 set: %v", got)
 	}
 	check(t,
@@ -193,8 +205,8 @@ func TestFamilyAppears(t *testing.T) {
 		pol.groups["pods-a"] = topo.addrs("a")
 		st := topo.apply(t, p, pol)
 		assertPlan(t, p, st,
-			"add set ag6-pods-a { type ipv6_addr; } { fd00::1 }",
-			"add rule rule-from-a ip6 saddr @ag6-pods-a tcp dport 80 accept",
+			"add set "+shared6("pods-a")+" { type mark . ipv6_addr; } { "+tagged("pods-a", "fd00::1")+" }",
+			"add rule rule-from-a "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" tcp dport 80 accept",
 		)
 		if st.Transactions != 1 || st.Changes != (Changes{SetsAdded: 1, ElementsAdded: 1, RulesAdded: 1}) {
 			t.Fatalf("stats %+v", st)
@@ -212,7 +224,7 @@ func TestFamilyAppears(t *testing.T) {
 		g.Addresses = append(g.Addresses, c.ip6.String())
 		pol.groups["pods-a"] = g
 		st := topo.apply(t, p, pol)
-		assertPlan(t, p, st, "add element ag6-pods-a { fd00::3 }")
+		assertPlan(t, p, st, "add element "+shared6("pods-a")+" { "+tagged("pods-a", "fd00::3")+" }")
 		check(t, tcpProbe("c->b6", c.ns, b.ip6, 80, true), tcpProbe("c->b", c.ns, b.ip4, 80, false))
 	})
 
@@ -220,7 +232,7 @@ func TestFamilyAppears(t *testing.T) {
 		pol.groups["pods-a"] = only4("a")
 		st := topo.apply(t, p, pol)
 		lines := planLines(p.lastPlan)
-		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set ag6-pods-a" {
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set "+shared6("pods-a") {
 			t.Fatalf("batch:\n%s", strings.Join(lines, "\n"))
 		}
 		if st.Transactions != 1 || st.Changes != (Changes{SetsDeleted: 1, RulesDeleted: 1}) {
@@ -237,7 +249,7 @@ func TestFamilyAppears(t *testing.T) {
 		pol.groups["pods-a"] = v1alpha1.AddressGroupSpec{}
 		st := topo.apply(t, p, pol)
 		lines := planLines(p.lastPlan)
-		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set ag4-pods-a" {
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "delete rule rule-from-a handle ") || lines[1] != "delete set "+shared4("pods-a") {
 			t.Fatalf("batch:\n%s", strings.Join(lines, "\n"))
 		}
 		if st.Transactions != 1 {
@@ -250,10 +262,10 @@ func TestFamilyAppears(t *testing.T) {
 		pol.groups["pods-a"] = topo.addrs("a")
 		st := topo.apply(t, p, pol)
 		assertPlan(t, p, st,
-			"add set ag4-pods-a { type ipv4_addr; } { 198.18.0.1 }",
-			"add set ag6-pods-a { type ipv6_addr; } { fd00::1 }",
-			"add rule rule-from-a ip saddr @ag4-pods-a tcp dport 80 accept",
-			"add rule rule-from-a ip6 saddr @ag6-pods-a tcp dport 80 accept",
+			"add set "+shared4("pods-a")+" { type mark . ipv4_addr; } { "+tagged("pods-a", "198.18.0.1")+" }",
+			"add set "+shared6("pods-a")+" { type mark . ipv6_addr; } { "+tagged("pods-a", "fd00::1")+" }",
+			"add rule rule-from-a "+tag("pods-a")+" . ip saddr @"+shared4("pods-a")+" tcp dport 80 accept",
+			"add rule rule-from-a "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" tcp dport 80 accept",
 		)
 		check(t, tcpProbe("a->b", a.ns, b.ip4, 80, true), tcpProbe("a->b6", a.ns, b.ip6, 80, true))
 	})
@@ -422,15 +434,16 @@ func TestDriftRepair(t *testing.T) {
 	})
 
 	t.Run("deleted element", func(t *testing.T) {
-		if err := tamper.SetDeleteElements(&nftables.Set{Table: tab, Name: "ag4-pods-a"},
-			[]nftables.SetElement{{Key: a.ip4.AsSlice()}}); err != nil {
+		key := binary.NativeEndian.AppendUint32(nil, groupTag("pods-a"))
+		if err := tamper.SetDeleteElements(&nftables.Set{Table: tab, Name: shared4("pods-a"), KeyType: typeTagged4, Concatenation: true},
+			[]nftables.SetElement{{Key: append(key, a.ip4.AsSlice()...)}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := tamper.Flush(); err != nil {
 			t.Fatal(err)
 		}
 		check(t, tcpProbe("a->b (tampered)", a.ns, b.ip4, 80, false))
-		st := repair(t, "add element ag4-pods-a { 198.18.0.1 }")
+		st := repair(t, "add element "+shared4("pods-a")+" { "+tagged("pods-a", "198.18.0.1")+" }")
 		if st.Changes != (Changes{ElementsAdded: 1}) {
 			t.Errorf("repair sent %+v", st.Changes)
 		}
@@ -464,7 +477,7 @@ func TestDriftRepair(t *testing.T) {
 	t.Run("drift found by the next apply", func(t *testing.T) {
 		// Without Verify, an incremental apply that meets a missing
 		// object fails and retries at once as a full reconcile.
-		tamper.FlushSet(&nftables.Set{Table: tab, Name: "ag4-pods-a"})
+		tamper.FlushSet(&nftables.Set{Table: tab, Name: shared4("pods-a")})
 		if err := tamper.Flush(); err != nil {
 			t.Fatal(err)
 		}
@@ -484,16 +497,16 @@ func TestDriftRepair(t *testing.T) {
 	})
 
 	t.Run("set of the wrong type", func(t *testing.T) {
-		// An older agent (or a person) left ag6-pods-a as an interval
-		// set: it is replaced in one rebuilding transaction.
+		// Someone left the shared IPv6 set as an interval set of addresses: it is
+		// replaced in one rebuilding transaction.
 		st, err := p.Apply(desired)
 		if err != nil {
 			t.Fatal(err)
 		}
 		_ = st
 		tamper.FlushTable(tab)
-		tamper.DelSet(&nftables.Set{Table: tab, Name: "ag6-pods-a"})
-		if err := tamper.AddSet(&nftables.Set{Table: tab, Name: "ag6-pods-a", KeyType: nftables.TypeIP6Addr, Interval: true}, nil); err != nil {
+		tamper.DelSet(&nftables.Set{Table: tab, Name: shared6("pods-a")})
+		if err := tamper.AddSet(&nftables.Set{Table: tab, Name: shared6("pods-a"), KeyType: nftables.TypeIP6Addr, Interval: true}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := tamper.Flush(); err != nil {

@@ -106,7 +106,7 @@ func TestDiffIncremental(t *testing.T) {
 				fe.Addresses = append(slices.Clone(fe.Addresses), "198.18.1.3")
 				g["shop-frontend"] = fe
 			},
-			want: []string{"add element ag4-shop-frontend { 198.18.1.3 }"},
+			want: []string{"add element " + shared4("shop-frontend") + " { " + tagged("shop-frontend", "198.18.1.3") + " }"},
 		},
 		{
 			name: "remove a group member",
@@ -115,7 +115,7 @@ func TestDiffIncremental(t *testing.T) {
 				fe.Addresses = []string{"198.18.1.1", "fd00::1:1"}
 				g["shop-frontend"] = fe
 			},
-			want: []string{"delete element ag4-shop-frontend { 198.18.1.2 }"},
+			want: []string{"delete element " + shared4("shop-frontend") + " { " + tagged("shop-frontend", "198.18.1.2") + " }"},
 		},
 		{
 			name: "change a named-port endpoint",
@@ -137,8 +137,9 @@ func TestDiffIncremental(t *testing.T) {
 				g["monitoring"] = m
 			},
 			want: []string{
-				"add set ag6-monitoring { type ipv6_addr; } { fd00::2:1 }",
-				"insert rule rule-r-monitoring position 37 ip6 saddr @ag6-monitoring accept",
+				// The shared IPv6 set exists already (shop-frontend).
+				"add element " + shared6("monitoring") + " { " + tagged("monitoring", "fd00::2:1") + " }",
+				"insert rule rule-r-monitoring position 37 " + tag("monitoring") + " . ip6 saddr @" + shared6("monitoring") + " accept",
 			},
 		},
 		{
@@ -190,8 +191,8 @@ func TestDiffIncremental(t *testing.T) {
 			want: []string{
 				"add chain rule-r-frontend-eg",
 				"insert rule eg-shop.client position 20 jump rule-r-frontend-eg",
-				"add rule rule-r-frontend-eg ip daddr @ag4-shop-frontend accept",
-				"add rule rule-r-frontend-eg ip6 daddr @ag6-shop-frontend accept",
+				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip daddr @" + shared4("shop-frontend") + " accept",
+				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip6 daddr @" + shared6("shop-frontend") + " accept",
 			},
 		},
 		{
@@ -318,11 +319,11 @@ func TestDiffRebuild(t *testing.T) {
 	spec, groups := sampleSpec()
 	want := mustRender(t, spec, groups)
 	cur := asKernel(want)
-	// ag4-shop-frontend is an interval set in the kernel; a chain nftguard
+	// The shared IPv4 set is an interval set of addresses in the kernel; a chain nftguard
 	// no longer has is hooked with another priority.
 	var sets []*Set
 	for _, s := range cur.Sets {
-		if s.Name == "ag4-shop-frontend" {
+		if s.Name == shared4("shop-frontend") {
 			s = &Set{Name: s.Name, Kind: SetIPv4Interval}
 		}
 		sets = append(sets, s)
@@ -339,8 +340,8 @@ func TestDiffRebuild(t *testing.T) {
 	}
 	for _, l := range []string{
 		"flush set eg4", "flush set in4", "flush set in6",
-		"delete set ag4-shop-frontend", "delete chain stale",
-		"add set ag4-shop-frontend { type ipv4_addr; } { 198.18.1.1, 198.18.1.2 }",
+		"delete set " + shared4("shop-frontend"), "delete chain stale",
+		"add set " + shared4("shop-frontend") + " { type mark . ipv4_addr; } { " + tagged("shop-frontend", "198.18.1.1") + ", " + tagged("shop-frontend", "198.18.1.2") + " }",
 	} {
 		if !slices.Contains(lines, l) {
 			t.Errorf("plan lacks %q:\n%s", l, p)
@@ -478,13 +479,13 @@ func TestSplitPlanFamily(t *testing.T) {
 	}
 
 	up := splitPlan(diff(asKernel(only4), dual), 16<<10)
-	set, elems, rule := index(up, "add set ag6-big"), index(up, "add element ag6-big"), index(up, "add rule rule-r ip6 saddr @ag6-big accept")
+	set, elems, rule := index(up, "add set "+shared6("big")+" "), index(up, "add element "+shared6("big")+" "), index(up, "add rule rule-r "+tag("big")+" . ip6 saddr @"+shared6("big")+" accept")
 	if len(up) < 3 || set > elems || elems >= rule {
 		t.Fatalf("first IPv6 members: set in batch %d, elements from %d, rule in %d of %d", set, elems, rule, len(up))
 	}
 
 	down := splitPlan(diff(asKernel(dual), only4), 16<<10)
-	del, drop := index(down, "delete rule rule-r handle"), index(down, "delete set ag6-big")
+	del, drop := index(down, "delete rule rule-r handle"), index(down, "delete set "+shared6("big"))
 	if len(down) < 3 || del != drop {
 		t.Fatalf("last IPv6 members: rule deleted in batch %d, set in %d of %d", del, drop, len(down))
 	}
@@ -565,15 +566,15 @@ func TestQueue(t *testing.T) {
 	for _, c := range f.calls {
 		var name string
 		var k int
-		if _, err := fmt.Sscanf(c, "elements %s %d", &name, &k); err == nil && name == "ag4-big" {
+		if _, err := fmt.Sscanf(c, "elements %s %d", &name, &k); err == nil && name == shared4("big") {
 			elems += k
 			msgs++
 		}
 	}
 	if elems != 5000 || msgs < 2 {
-		t.Fatalf("ag4-big: %d elements in %d messages", elems, msgs)
+		t.Fatalf("%s: %d elements in %d messages", shared4("big"), elems, msgs)
 	}
-	if !slices.Contains(f.calls, "set ag4-big id>0=true") {
+	if !slices.Contains(f.calls, "set "+shared4("big")+" id>0=true") {
 		t.Fatalf("calls: %v", f.calls)
 	}
 	// Rules carry their id and compile to expressions.

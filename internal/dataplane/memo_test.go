@@ -168,6 +168,11 @@ func TestRendererMatchesRender(t *testing.T) {
 						}
 					}
 				}
+				for _, set := range got.Sets {
+					if !sortedElements(set.Elements) {
+						t.Fatalf("seed %d step %d: set %s is not in order: %s", seed, step, set.Name, elemsString(set.Kind, set.Elements))
+					}
+				}
 				earlier = append(earlier, kept{got, got.String()})
 			}
 			for _, k := range earlier {
@@ -211,13 +216,18 @@ func TestRendererReuses(t *testing.T) {
 		t.Fatalf("Renderer gave\n%s\nRender gave\n%s", second, want)
 	}
 	sameChain := func(name string) bool { return first.Chain(name) == second.Chain(name) }
-	sameSet := func(name string) bool { return first.Set(name) == second.Set(name) }
+	sameSet := func(name string) bool {
+		if first.Set(name) == nil {
+			t.Fatalf("no set %s in the first table", name)
+		}
+		return first.Set(name) == second.Set(name)
+	}
 	for _, name := range []string{"rule-r-frontend", "rule-r-dns", "in-shop.web-0"} {
 		if !sameChain(name) {
 			t.Errorf("chain %s was rendered again though nothing it depends on changed", name)
 		}
 	}
-	for _, name := range []string{"ag4-shop-frontend", "ep4-shop-http", "rule-r-dns-ports"} {
+	for _, name := range []string{shared4("shop-frontend"), shared6("shop-frontend"), "ep4-shop-http", "rule-r-dns-ports"} {
 		if !sameSet(name) {
 			t.Errorf("set %s was rendered again though its group did not change", name)
 		}
@@ -234,5 +244,18 @@ func TestRendererReuses(t *testing.T) {
 	// A diff between the two tables compares only what changed.
 	if pl := diff(first, second); len(pl.ops) == 0 {
 		t.Error("no change planned between the two tables")
+	}
+	// A member of a group in the shared sets rebuilds the shared set of
+	// its family only.
+	groups["shop-frontend"] = v1alpha1.AddressGroupSpec{Addresses: []string{"198.18.1.1", "198.18.1.9", "fd00::1:1"}}
+	third, err := m.Render(spec, groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s4, s6 := shared4("shop-frontend"), shared6("shop-frontend"); third.Set(s4) == second.Set(s4) || third.Set(s6) != second.Set(s6) {
+		t.Error("a new IPv4 member must rebuild its shared IPv4 set and leave the IPv6 one as it was")
+	}
+	if want, _ := Render(spec, groups, Options{}); third.String() != want.String() {
+		t.Errorf("Renderer gave\n%s\nRender gave\n%s", third, want)
 	}
 }

@@ -87,6 +87,11 @@ const (
 	MapIPv4Verdict
 	// MapIPv6Verdict is a verdict map keyed by IPv6 address.
 	MapIPv6Verdict
+	// SetTaggedIPv4 is a hash set of group tag . IPv4 address (type
+	// mark . ipv4_addr).
+	SetTaggedIPv4
+	// SetTaggedIPv6 is a hash set of group tag . IPv6 address.
+	SetTaggedIPv6
 )
 
 // Set is a named set or verdict map with its elements.
@@ -233,6 +238,10 @@ func (k SetKind) String() string {
 		return "ipv4_addr : verdict"
 	case MapIPv6Verdict:
 		return "ipv6_addr : verdict"
+	case SetTaggedIPv4:
+		return "mark . ipv4_addr"
+	case SetTaggedIPv6:
+		return "mark . ipv6_addr"
 	}
 	return "unknown"
 }
@@ -260,8 +269,10 @@ func (k SetKind) keyLen() int {
 		return 12
 	case SetEndpointIPv6:
 		return 24
-	case SetPorts:
+	case SetPorts, SetTaggedIPv4:
 		return 8
+	case SetTaggedIPv6:
+		return 20
 	}
 	return 0
 }
@@ -269,7 +280,7 @@ func (k SetKind) keyLen() int {
 // declaration is the type line(s) of the set in nft syntax.
 func (k SetKind) declaration() []string {
 	switch k {
-	case SetIPv4, SetIPv6, SetEndpointIPv4, SetEndpointIPv6:
+	case SetIPv4, SetIPv6, SetEndpointIPv4, SetEndpointIPv6, SetTaggedIPv4, SetTaggedIPv6:
 		return []string{"type " + k.String()}
 	case SetIPv4Interval:
 		return []string{"type ipv4_addr", "flags interval"}
@@ -325,6 +336,11 @@ func (k SetKind) format(e Element) string {
 			proto += "-" + protoName(e.KeyEnd[0])
 		}
 		return proto + " . " + ports
+	case SetTaggedIPv4, SetTaggedIPv6:
+		if len(e.Key) != 4+4 && len(e.Key) != 4+16 {
+			return fmt.Sprintf("0x%x", e.Key)
+		}
+		return fmt.Sprintf("0x%08x . %s", binary.NativeEndian.Uint32(e.Key), addrString(e.Key[4:]))
 	case MapIPv4Verdict, MapIPv6Verdict:
 		v := "?"
 		if e.Verdict != nil {

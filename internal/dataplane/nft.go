@@ -111,6 +111,16 @@ func compileStmt(s stmt) ([]expr.Any, error) {
 			&expr.Lookup{SourceRegister: reg1, SetName: s.set},
 		), nil
 
+	case taggedAddrInSet:
+		// 0x0012abcd . ip saddr @ag4  (meta nfproto ipv4, then the tag
+		// and the address side by side in the registers)
+		p, _ := addrPayload(s.fam, s.field, nextReg(reg1, 4))
+		return append(familyCheck(s.fam),
+			&expr.Immediate{Register: reg1, Data: binaryutil.NativeEndian.PutUint32(s.tag)},
+			p,
+			&expr.Lookup{SourceRegister: reg1, SetName: s.set},
+		), nil
+
 	case addrVmap:
 		// ip daddr vmap @in4  (meta nfproto ipv4 ip daddr vmap @in4)
 		p, _ := addrPayload(s.fam, s.field, reg1)
@@ -228,6 +238,8 @@ var (
 	typeEndpoint4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	typeEndpoint6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	typePorts     = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	typeTagged4   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIPAddr)
+	typeTagged6   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIP6Addr)
 )
 
 // nftSet returns the definition of a set (without elements).
@@ -248,6 +260,10 @@ func nftSet(s *Set) *nftables.Set {
 		ns.KeyType, ns.Concatenation = typeEndpoint6, true
 	case SetPorts:
 		ns.KeyType, ns.Concatenation, ns.Interval = typePorts, true, true
+	case SetTaggedIPv4:
+		ns.KeyType, ns.Concatenation = typeTagged4, true
+	case SetTaggedIPv6:
+		ns.KeyType, ns.Concatenation = typeTagged6, true
 	case MapIPv4Verdict:
 		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIPAddr, true, nftables.TypeVerdict
 	case MapIPv6Verdict:

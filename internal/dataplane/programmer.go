@@ -129,8 +129,7 @@ func NewProgrammerInNetNS(fd int) (*Programmer, error) {
 	unix.CloseOnExec(own)
 	p := &Programmer{netns: own, rd: &reader{netns: own}, maxBatchBytes: defaultMaxBatchBytes}
 	p.newConn = func() (nftConn, error) {
-		return nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(own),
-			nftables.WithSockOptions(socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes)))
+		return dialBatchConn(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes))
 	}
 	if p.conn, err = p.newConn(); err != nil {
 		unix.Close(own)
@@ -493,7 +492,7 @@ func elementsBytes(k SetKind, es []Element) int {
 // apart from the rest of a plan: sets of single values, where adding early
 // or removing late only widens the set for a moment.
 func splittable(k SetKind) bool {
-	return k == SetIPv4 || k == SetIPv6 || k == SetEndpointIPv4 || k == SetEndpointIPv6
+	return k == SetIPv4 || k == SetIPv6 || k == SetEndpointIPv4 || k == SetEndpointIPv6 || k == SetTaggedIPv4 || k == SetTaggedIPv6
 }
 
 // splitPlan returns the plan as one batch when it fits maxBytes. Otherwise

@@ -102,6 +102,17 @@ type Renderer struct {
 	groups map[string]*groupMemo
 	rules  map[string]*ruleMemo
 	pods   map[string]*podMemo
+	// tags are the group tags of the last render, assigned among the
+	// groups in tagged.
+	tags   map[string]uint32
+	tagged map[string]struct{}
+	shared [2][shards]sharedMemo
+}
+
+// sharedMemo is a shared set and the groups it was built from, in order.
+type sharedMemo struct {
+	parts []*groupMemo
+	set   *Set
 }
 
 // NewRenderer returns a Renderer with the given options.
@@ -137,18 +148,63 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 	return t, nil
 }
 
+// groupTags returns the tags of the groups, reusing the last render's when
+// the same groups are given (which groups take a tag depends only on their
+// names and whether they are named-port groups).
+func (m *Renderer) groupTags(groups map[string]v1alpha1.AddressGroupSpec) map[string]uint32 {
+	if m == nil {
+		return assignTags(groups)
+	}
+	same := m.tags != nil
+	n := 0
+	for name, g := range groups {
+		if g.NamedPort != nil {
+			continue
+		}
+		n++
+		if _, ok := m.tagged[name]; !ok {
+			same = false
+			break
+		}
+	}
+	if !same || n != len(m.tagged) {
+		m.tags = assignTags(groups)
+		m.tagged = make(map[string]struct{}, len(groups))
+		for name, g := range groups {
+			if g.NamedPort == nil {
+				m.tagged[name] = struct{}{}
+			}
+		}
+	}
+	return m.tags
+}
+
 // groupMemo is a group's rendered sets and the spec they came from.
 type groupMemo struct {
-	spec  v1alpha1.AddressGroupSpec // a copy
-	names [2]string
-	sets  []*Set
+	spec   v1alpha1.AddressGroupSpec // a copy
+	tag    uint32
+	hasTag bool
+	names  [2]setRef
+	sets   []*Set
+	// tagged holds, per family, the group's elements of the shared set
+	// (tag . address), sorted.
+	tagged [2][]Element
+}
+
+// setRef is how rules match one family of a group: in a set of the
+// group's own, or in the shared set with the group's tag. The zero setRef
+// (no member of the family) matches nothing.
+type setRef struct {
+	name   string
+	tag    uint32
+	tagged bool
 }
 
 // ruleMemo is a rule's rendered chain and sets, and the inputs they came
 // from: the rule, and the set names of each group it references.
 type ruleMemo struct {
 	rule   v1alpha1.Rule // a copy
-	groups [][2]string   // per distinct group peer, in order
+	groups [][2]setRef   // per distinct group peer, in order
 	chain  *Chain
 	sets   []*Set
 }
@@ -173,13 +229,14 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 		memo:       memo,
 		groups:     groups,
 		pods:       map[string]bool{},
-		groupSets:  map[string][2]string{},
+		groupSets:  map[string][2]setRef{},
 		vmapOwners: map[string]bool{},
 	}
 }
 
 func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	groups := r.groups
+	r.tags = r.memo.groupTags(groups)
 	r.rules = make(map[string]*v1alpha1.Rule, len(spec.Rules))
 	r.used = make(map[string]bool, len(spec.Rules))
 	r.sets = make(map[string]*Set, len(spec.Rules)+len(groups))
@@ -223,8 +280,14 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 		}
 		chains = append(chains, cs...)
 	}
-	for id := range r.used {
-		c, err := r.ruleChain(r.rules[id])
+	// In rule set order, so that of two bad inputs the same one is
+	// always reported.
+	for i := range spec.Rules {
+		ru := &spec.Rules[i]
+		if !r.used[ru.ID] {
+			continue
+		}
+		c, err := r.ruleChain(ru)
 		if err != nil {
 			return nil, err
 		}
@@ -232,6 +295,7 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	}
 	slices.SortFunc(chains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
 
+	r.sharedSets()
 	t := &Table{Chains: append(baseChains(), chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
@@ -264,8 +328,14 @@ type renderer struct {
 	// pods records the pods rendered (namespace/name).
 	pods map[string]bool
 	sets map[string]*Set
-	// groupSets caches the v4 and v6 set names of each rendered group.
-	groupSets map[string][2]string
+	// groupSets caches the v4 and v6 set references of each rendered group.
+	groupSets map[string][2]setRef
+	// tags are the tags of the groups whose single addresses go in the
+	// shared sets; a group without one has sets of its own.
+	tags map[string]uint32
+	// tagged lists, per family and shard, the groups rendered into the
+	// shared sets.
+	tagged [2][shards][]*groupMemo
 	// vmapOwners records map/address pairs already dispatched.
 	vmapOwners map[string]bool
 }
@@ -459,7 +529,7 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 
 // sameGroupSets reports whether the rule's group peers render to the set
 // names a remembered chain was built with.
-func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]string) bool {
+func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]setRef) bool {
 	var seen []string
 	i := 0
 	for _, peer := range ru.Peers {
@@ -520,14 +590,16 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 			}
 			m.groups = append(m.groups, names)
 			for i, fam := range []family{ipv4, ipv6} {
-				if names[i] == "" {
+				ref := names[i]
+				switch {
+				case ref.name == "":
 					// No member of this family: nothing to match.
-					continue
-				}
-				if g.NamedPort != nil {
-					c.Rules = append(c.Rules, accept(endpointInSet{fam, names[i]}))
-				} else {
-					c.Rules = append(c.Rules, accept(addrInSet{fam, field, names[i]}))
+				case g.NamedPort != nil:
+					c.Rules = append(c.Rules, accept(endpointInSet{fam, ref.name}))
+				case ref.tagged:
+					c.Rules = append(c.Rules, accept(taggedAddrInSet{fam, field, ref.tag, ref.name}))
+				default:
+					c.Rules = append(c.Rules, accept(addrInSet{fam, field, ref.name}))
 				}
 			}
 		case peer.IPBlock != nil:
@@ -584,15 +656,16 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 // the same transaction as the elements (a set is created before the rules
 // that reference it and deleted after them). Other membership changes only
 // change elements.
-func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string, error) {
+func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]setRef, error) {
 	if names, ok := r.groupSets[name]; ok {
 		return names, nil
 	}
-	m := r.memo.group(name, g)
+	tag, tagged := r.tags[name]
+	m := r.memo.group(name, g, tag, tagged)
 	if m == nil {
 		var err error
-		if m, err = buildGroupSets(name, g); err != nil {
-			return [2]string{}, err
+		if m, err = buildGroupSets(name, g, tag, tagged); err != nil {
+			return [2]setRef{}, err
 		}
 		if r.memo != nil {
 			m.spec = copyGroup(g)
@@ -602,25 +675,31 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]string
 	for _, s := range m.sets {
 		r.sets[s.Name] = s
 	}
+	for i := range m.tagged {
+		if len(m.tagged[i]) > 0 {
+			k := shard(m.tag)
+			r.tagged[i][k] = append(r.tagged[i][k], m)
+		}
+	}
 	r.groupSets[name] = m.names
 	return m.names, nil
 }
 
 // group returns the remembered sets of a group whose spec is unchanged.
-func (m *Renderer) group(name string, g v1alpha1.AddressGroupSpec) *groupMemo {
+func (m *Renderer) group(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged bool) *groupMemo {
 	if m == nil {
 		return nil
 	}
-	if gm := m.groups[name]; gm != nil && equalGroup(&gm.spec, &g) {
+	if gm := m.groups[name]; gm != nil && equalGroup(&gm.spec, &g) && gm.tag == tag && gm.hasTag == tagged {
 		return gm
 	}
 	return nil
 }
 
 // buildGroupSets renders the sets of an address group.
-func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error) {
-	m := &groupMemo{}
-	var names [2]string
+func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged bool) (*groupMemo, error) {
+	m := &groupMemo{tag: tag, hasTag: tagged}
+	var names [2]setRef
 	if g.NamedPort != nil {
 		proto, err := protoNumber(g.NamedPort.Protocol)
 		if err != nil {
@@ -653,13 +732,12 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error
 			if len(s.Elements) > 0 {
 				sortElements(s)
 				m.sets = append(m.sets, s)
-				names[i] = s.Name
+				names[i] = setRef{name: s.Name}
 			}
 		}
 	} else {
 		var hosts [2][]netip.Addr
-		var nets [2][]ipRange
-		interval := [2]bool{}
+		var prefixes [2][]netip.Prefix
 		for _, s := range g.Addresses {
 			p, err := parsePrefix(s)
 			if err != nil {
@@ -672,12 +750,27 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error
 			if p.IsSingleIP() {
 				hosts[i] = append(hosts[i], p.Addr())
 			} else {
-				interval[i] = true
+				prefixes[i] = append(prefixes[i], p)
 			}
-			nets[i] = append(nets[i], prefixRange(p))
+		}
+		var interval [2]bool
+		var nets [2][]ipRange
+		for i := range nets {
+			if len(prefixes[i]) == 0 {
+				continue
+			}
+			// A family with a CIDR is an interval set of ranges.
+			interval[i] = true
+			nets[i] = make([]ipRange, 0, len(hosts[i])+len(prefixes[i]))
+			for _, a := range hosts[i] {
+				nets[i] = append(nets[i], ipRange{from: a, to: a})
+			}
+			for _, p := range prefixes[i] {
+				nets[i] = append(nets[i], prefixRange(p))
+			}
 		}
 		for i, fam := range []family{ipv4, ipv6} {
-			if len(nets[i]) == 0 {
+			if len(hosts[i]) == 0 && len(prefixes[i]) == 0 {
 				continue
 			}
 			s := &Set{Name: groupSetName(fam, interval[i], name)}
@@ -690,6 +783,28 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error
 				for _, rg := range normalizeRanges(nets[i]) {
 					s.Elements = append(s.Elements, Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
 				}
+			case tagged:
+				// tag . address in the shared set, sorted by address.
+				slices.SortFunc(hosts[i], netip.Addr.Compare)
+				hosts[i] = slices.Compact(hosts[i])
+				elems := make([]Element, len(hosts[i]))
+				n := 4 + hosts[i][0].BitLen()/8
+				keys := make([]byte, n*len(hosts[i]))
+				for j, a := range hosts[i] {
+					key := keys[j*n : (j+1)*n : (j+1)*n]
+					binary.NativeEndian.PutUint32(key, tag)
+					if a.Is4() {
+						b := a.As4()
+						copy(key[4:], b[:])
+					} else {
+						b := a.As16()
+						copy(key[4:], b[:])
+					}
+					elems[j] = Element{Key: key}
+				}
+				m.tagged[i] = elems
+				names[i] = setRef{name: sharedSetName(fam, tag), tag: tag, tagged: true}
+				continue
 			default:
 				s.Kind = SetIPv4
 				if fam == ipv6 {
@@ -702,11 +817,113 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec) (*groupMemo, error
 			}
 			sortElements(s)
 			m.sets = append(m.sets, s)
-			names[i] = s.Name
+			names[i] = setRef{name: s.Name}
 		}
 	}
 	m.names = names
 	return m, nil
+}
+
+// shards is the number of shared sets per family. A group's shard is the
+// top bits of its tag: a membership change rebuilds and compares the
+// elements of one shard, a sixteenth of them, while the sets stay few.
+const shards = 16
+
+func shard(tag uint32) int { return int(tag >> 28) }
+
+// sharedSetName names the shared set of a family holding a tag: ag4.0 to
+// ag4.f, ag6.0 to ag6.f. (A group's own sets are ag4-<group>.)
+func sharedSetName(f family, tag uint32) string {
+	return fmt.Sprintf("ag%d.%x", f, shard(tag))
+}
+
+// groupTag is the tag of a group in the shared sets: a hash of its name,
+// so that it is the same on every render, node and agent version.
+func groupTag(name string) uint32 {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// assignTags gives every address group (not named-port groups) its tag,
+// in name order; a group whose tag an earlier one took gets none, and sets
+// of its own.
+func assignTags(groups map[string]v1alpha1.AddressGroupSpec) map[string]uint32 {
+	names := make([]string, 0, len(groups))
+	for name, g := range groups {
+		if g.NamedPort == nil {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	tags := make(map[string]uint32, len(names))
+	taken := make(map[uint32]bool, len(names))
+	for _, name := range names {
+		t := groupTag(name)
+		if !taken[t] {
+			taken[t] = true
+			tags[name] = t
+		}
+	}
+	return tags
+}
+
+// sharedSets builds the shared sets from the groups rendered into them:
+// the groups' elements in tag order, which keeps each set sorted. A set of
+// the last render is reused when its groups hold the same members.
+func (r *renderer) sharedSets() {
+	for i, fam := range []family{ipv4, ipv6} {
+		for k := range shards {
+			r.sharedSet(i, fam, k)
+		}
+	}
+}
+
+// sharedSet builds shard k of a family's shared sets.
+func (r *renderer) sharedSet(i int, fam family, k int) {
+	parts := r.tagged[i][k]
+	if len(parts) == 0 {
+		if r.memo != nil {
+			r.memo.shared[i][k] = sharedMemo{}
+		}
+		return
+	}
+	// Keys start with the tag in host byte order (as nft prints a mark).
+	slices.SortFunc(parts, func(a, b *groupMemo) int {
+		return bytes.Compare(binary.NativeEndian.AppendUint32(nil, a.tag), binary.NativeEndian.AppendUint32(nil, b.tag))
+	})
+	if r.memo != nil {
+		prev := r.memo.shared[i][k]
+		if prev.set != nil && slices.EqualFunc(prev.parts, parts, func(a, b *groupMemo) bool {
+			// A group rendered anew may hold the same members of this
+			// family.
+			return a == b || (a.tag == b.tag && sameElements(a.tagged[i], b.tagged[i]))
+		}) {
+			r.sets[prev.set.Name] = prev.set
+			// Remember the groups as they are now.
+			r.memo.shared[i][k].parts = parts
+			return
+		}
+	}
+	kind := SetTaggedIPv4
+	if fam == ipv6 {
+		kind = SetTaggedIPv6
+	}
+	n := 0
+	for _, m := range parts {
+		n += len(m.tagged[i])
+	}
+	s := &Set{Name: sharedSetName(fam, parts[0].tag), Kind: kind, Elements: make([]Element, 0, n)}
+	for _, m := range parts {
+		s.Elements = append(s.Elements, m.tagged[i]...)
+	}
+	r.sets[s.Name] = s
+	if r.memo != nil {
+		r.memo.shared[i][k] = sharedMemo{parts: parts, set: s}
+	}
 }
 
 // portMatch returns the statements matching a rule's ports: none for every

@@ -225,12 +225,12 @@ func TestRenderFamilies(t *testing.T) {
 	for _, s := range tab.Sets {
 		sets = append(sets, s.Name)
 	}
-	if want := []string{"ag4-only4", "agn6-only6-nets", MapEgress4, MapEgress6, "ep6-http6", MapIngress4, MapIngress6, "rule-r-in-net4"}; !slices.Equal(sets, want) {
+	if want := []string{shared4("only4"), "agn6-only6-nets", MapEgress4, MapEgress6, "ep6-http6", MapIngress4, MapIngress6, "rule-r-in-net4"}; !slices.Equal(sets, want) {
 		t.Errorf("sets %q, want %q", sets, want)
 	}
 	for chain, want := range map[string][]string{
 		"rule-r-in": {
-			"ip saddr @ag4-only4 accept",
+			tag("only4") + " . ip saddr @" + shared4("only4") + " accept",
 			"ip6 saddr @agn6-only6-nets accept",
 			"ip saddr @rule-r-in-net4 accept",
 		},

@@ -99,6 +99,19 @@ func (s addrInSet) text() string {
 	return fmt.Sprintf("%s %s @%s", s.fam, s.field, s.set)
 }
 
+// taggedAddrInSet matches an address, with an address group's tag before
+// it, against a set shared by many groups: "0x0012abcd . ip saddr @ag4".
+type taggedAddrInSet struct {
+	fam   family
+	field addrField
+	tag   uint32
+	set   string
+}
+
+func (s taggedAddrInSet) text() string {
+	return fmt.Sprintf("0x%08x . %s %s @%s", s.tag, s.fam, s.field, s.set)
+}
+
 // addrVmap dispatches on an address through a verdict map: "ip daddr vmap @in4".
 type addrVmap struct {
 	fam   family
