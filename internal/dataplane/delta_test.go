@@ -206,7 +206,7 @@ func TestFamilyAppears(t *testing.T) {
 		st := topo.apply(t, p, pol)
 		assertPlan(t, p, st,
 			"add set "+shared6("pods-a")+" { type mark . ipv6_addr; } { "+tagged("pods-a", "fd00::1")+" }",
-			"add rule rule-from-a "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" tcp dport 80 accept",
+			"add rule rule-from-a tcp dport 80 "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" accept",
 		)
 		if st.Transactions != 1 || st.Changes != (Changes{SetsAdded: 1, ElementsAdded: 1, RulesAdded: 1}) {
 			t.Fatalf("stats %+v", st)
@@ -264,8 +264,8 @@ func TestFamilyAppears(t *testing.T) {
 		assertPlan(t, p, st,
 			"add set "+shared4("pods-a")+" { type mark . ipv4_addr; } { "+tagged("pods-a", "198.18.0.1")+" }",
 			"add set "+shared6("pods-a")+" { type mark . ipv6_addr; } { "+tagged("pods-a", "fd00::1")+" }",
-			"add rule rule-from-a "+tag("pods-a")+" . ip saddr @"+shared4("pods-a")+" tcp dport 80 accept",
-			"add rule rule-from-a "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" tcp dport 80 accept",
+			"add rule rule-from-a tcp dport 80 "+tag("pods-a")+" . ip saddr @"+shared4("pods-a")+" accept",
+			"add rule rule-from-a tcp dport 80 "+tag("pods-a")+" . ip6 saddr @"+shared6("pods-a")+" accept",
 		)
 		check(t, tcpProbe("a->b", a.ns, b.ip4, 80, true), tcpProbe("a->b6", a.ns, b.ip6, 80, true))
 	})

@@ -559,8 +559,12 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 	if portSet != nil {
 		m.sets = append(m.sets, portSet)
 	}
+	// Ports are matched before peers: a protocol and port compare is
+	// cheaper than a set lookup, and a packet to another port skips the
+	// lookup (a pod selected by many rules walks them all for each new
+	// connection).
 	accept := func(peer ...stmt) *Rule {
-		stmts := append(slices.Clone(peer), ports...)
+		stmts := append(slices.Clone(ports), peer...)
 		return rule(append(stmts, verdict{Kind: VerdictAccept})...)
 	}
 	if len(ru.Peers) == 0 {

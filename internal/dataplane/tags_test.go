@@ -51,10 +51,10 @@ func TestTagCollision(t *testing.T) {
 			t.Errorf("sets %q lack %s", sets, want)
 		}
 	}
-	if got, want := tab.Chain(ruleChainName("from-first")).Rules[0].String(), tag(first)+" . ip saddr @"+shared4(first)+" tcp dport 80 accept"; got != want {
+	if got, want := tab.Chain(ruleChainName("from-first")).Rules[0].String(), "tcp dport 80 "+tag(first)+" . ip saddr @"+shared4(first)+" accept"; got != want {
 		t.Errorf("first group's rule %q, want %q", got, want)
 	}
-	if got, want := tab.Chain(ruleChainName("from-second")).Rules[0].String(), "ip saddr @"+own4+" tcp dport 81 accept"; got != want {
+	if got, want := tab.Chain(ruleChainName("from-second")).Rules[0].String(), "tcp dport 81 ip saddr @"+own4+" accept"; got != want {
 		t.Errorf("second group's rule %q, want %q", got, want)
 	}
 	if n := len(tab.Set(shared4(first)).Elements); n != 1 {
