@@ -42,7 +42,8 @@ type PolicySpan struct {
 
 // Compile compiles a snapshot into the rule set of every node, the address
 // groups they reference and the span of every policy. The result does not
-// depend on the order of the snapshot's slices and shares no memory with it.
+// depend on the order of the snapshot's slices and shares no memory with it
+// but strings, which cannot be modified.
 func Compile(s *Snapshot) *Result {
 	ix := newIndex()
 	if s != nil {
@@ -53,7 +54,7 @@ func Compile(s *Snapshot) *Result {
 		AddressGroups: map[string]v1alpha1.AddressGroupSpec{},
 		Policies:      make(map[string]PolicySpan, len(ix.nps)+len(ix.dds)),
 	}
-	counts := map[string]map[string]int{} // policy key -> node -> selected pods
+	spans := map[string]*PolicySpan{}
 	groups := map[string]*groupDef{}
 	for node := range ix.nodes {
 		out := ix.compileNode(node)
@@ -62,20 +63,34 @@ func Compile(s *Snapshot) *Result {
 			groups[g.name] = g
 		}
 		for key, n := range out.counts {
-			if counts[key] == nil {
-				counts[key] = map[string]int{}
+			if n <= 0 {
+				continue
 			}
-			counts[key][node] = n
+			sp := spans[key]
+			if sp == nil {
+				sp = &PolicySpan{}
+				spans[key] = sp
+			}
+			sp.SelectedPods += n
+			sp.Nodes = append(sp.Nodes, node)
 		}
 	}
 	for name, g := range groups {
-		res.AddressGroups[name] = g.spec(ix.scanMembers(g))
+		res.AddressGroups[name] = ix.groupSpec(g)
+	}
+	span := func(key string) PolicySpan {
+		sp := spans[key]
+		if sp == nil {
+			return PolicySpan{}
+		}
+		slices.Sort(sp.Nodes)
+		return *sp
 	}
 	for _, p := range ix.nps {
-		res.Policies[p.key] = spanOf(counts[p.key])
+		res.Policies[p.key] = span(p.key)
 	}
 	for _, p := range ix.dds {
-		res.Policies[p.key] = spanOf(counts[p.key])
+		res.Policies[p.key] = span(p.key)
 	}
 	return res
 }

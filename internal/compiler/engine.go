@@ -1,12 +1,16 @@
 package compiler
 
 import (
+	"cmp"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
+	"sort"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
@@ -23,67 +27,209 @@ type Engine struct {
 	npSpecs map[nsName]*networkingv1.NetworkPolicySpec
 	ddSpecs map[string]*v1alpha1.DefaultDenySpec
 
-	nodes     map[string]*nodeResult            // compiled nodes
-	groups    map[string]*groupState            // groups some node references
-	nsGroups  map[string]map[string]*groupState // fixed namespace -> its groups
-	selGroups map[string]*groupState            // groups with a namespace selector
-	spans     map[string]map[string]int         // policy key -> node -> selected pods
-	policies  map[string]struct{}               // keys of the policies present
+	nodes  map[string]*nodeResult // compiled nodes
+	groups map[string]*groupState // groups some node references
+	// The referenced groups by the namespaces whose pods they can hold:
+	// nsGroups by their fixed namespace, pinnedGroups (namespace selectors
+	// naming their namespaces) by each name, and otherGroups (every other
+	// namespace selector), which can hold pods of any namespace.
+	nsGroups     map[string]map[string]*groupState
+	pinnedGroups map[string]map[string]*groupState
+	otherGroups  map[string]*groupState
+	spans        map[string]map[string]int // policy key -> node -> selected pods
+	policies     map[string]struct{}       // keys of the policies present
 
 	dirtyNodes    map[string]struct{}
 	dirtyGroups   map[string]struct{}
 	dirtyPolicies map[string]struct{}
 
-	// Current output, and the names changed since Changes last ran.
-	outNodes        map[string]v1alpha1.NodeRuleSetSpec
-	outGroups       map[string]v1alpha1.AddressGroupSpec
-	outPolicies     map[string]PolicySpan
+	// Current output, and the names changed since Changes last ran. The
+	// specs are never modified once stored: a change stores a new one, so
+	// that they can be handed out without copies.
+	outNodes        map[string]*v1alpha1.NodeRuleSetSpec
+	outGroups       map[string]*v1alpha1.AddressGroupSpec
+	outPolicies     map[string]*PolicySpan
 	changedNodes    map[string]struct{}
 	changedGroups   map[string]struct{}
 	changedPolicies map[string]struct{}
 }
 
-// groupState is a referenced group and its members, whose addresses it
-// keeps sorted so that a membership change costs no sort.
+// groupState is a referenced group. Its members are the pods matching its
+// definition, found through the index; the state keeps the group's last
+// built spec and the entries whose presence changed since, so that a
+// membership change costs neither a scan nor a sort.
 type groupState struct {
-	def     *groupDef
-	refs    int
-	members map[nsName]*podInfo
-	entries []memberEntry // sorted by compareEntries
+	def  *groupDef
+	refs int
+	// spec is the group as of the last recompute (nil until the first one,
+	// which scans the members). It is shared with the output and never
+	// modified.
+	spec *v1alpha1.AddressGroupSpec
+	// pending maps each entry that may have been added or removed since
+	// spec was built to whether a member gives it now.
+	pending map[entryKey]pendingEntry
 }
 
-func newGroupState(g *groupDef, members []*podInfo) *groupState {
-	st := &groupState{def: g, members: make(map[nsName]*podInfo, len(members))}
-	for _, p := range members {
-		st.members[p.key] = p
-		st.entries = g.appendEntries(st.entries, p)
-	}
-	slices.SortFunc(st.entries, compareEntries)
-	return st
+// entryKey is an entry of a group: an address, with a port in an endpoint
+// group.
+type entryKey struct {
+	addr netip.Addr
+	port int32
 }
 
-// set makes p (nil: nobody) the member of the group under key.
-func (st *groupState) set(key nsName, p *podInfo) {
-	if old, ok := st.members[key]; ok {
-		for _, e := range st.def.appendEntries(nil, old) {
-			if i, found := slices.BinarySearchFunc(st.entries, e, compareEntries); found {
-				st.entries = slices.Delete(st.entries, i, i+1)
-			}
-		}
-		delete(st.members, key)
-	}
-	if p == nil {
+func compareEntryKeys(a, b entryKey) int {
+	return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.port, b.port))
+}
+
+type pendingEntry struct {
+	present bool
+	str     string // addr.String()
+}
+
+// touch records that the entries member p gives the group may have changed.
+// It does nothing before the group's first spec, which scans the members.
+func (e *Engine) touch(st *groupState, p *podInfo) {
+	if st.spec == nil {
 		return
 	}
-	st.members[key] = p
-	for _, e := range st.def.appendEntries(nil, p) {
-		i, _ := slices.BinarySearchFunc(st.entries, e, compareEntries)
-		st.entries = slices.Insert(st.entries, i, e)
+	var port int32
+	if g := st.def; g.namedPort != nil {
+		n, ok := p.namedPort(g.namedPort.Name, g.namedPort.Protocol)
+		if !ok {
+			return
+		}
+		port = n
 	}
+	if st.pending == nil {
+		st.pending = map[entryKey]pendingEntry{}
+	}
+	for i, a := range p.ips {
+		k := entryKey{a, port}
+		st.pending[k] = pendingEntry{present: e.gives(st.def, k), str: p.ipStrs[i]}
+	}
+}
+
+// gives reports whether a member of the group gives it entry k now.
+func (e *Engine) gives(g *groupDef, k entryKey) bool {
+	for _, q := range e.ix.podsByIP[k.addr] {
+		if !g.matches(e.ix, q) {
+			continue
+		}
+		if g.namedPort == nil {
+			return true
+		}
+		if n, ok := q.namedPort(g.namedPort.Name, g.namedPort.Protocol); ok && n == k.port {
+			return true
+		}
+	}
+	return false
+}
+
+// update returns the group's spec with its pending entries applied: the
+// same spec when none changed, else a new one that shares nothing mutable
+// with it (the entries are copied once, whatever the number of changes).
+func (st *groupState) update() *v1alpha1.AddressGroupSpec {
+	changes := make([]entryKey, 0, len(st.pending))
+	for k := range st.pending {
+		changes = append(changes, k)
+	}
+	slices.SortFunc(changes, compareEntryKeys)
+	old := st.spec
+	endpoints := st.def.namedPort != nil
+	n := len(old.Addresses)
+	if endpoints {
+		n = len(old.Endpoints)
+	}
+	at := func(i int) entryKey {
+		var s string
+		var port int32
+		if endpoints {
+			s, port = old.Endpoints[i].IP, old.Endpoints[i].Port
+		} else {
+			s = old.Addresses[i]
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			panic("compiler: unparsable address in a group: " + s)
+		}
+		return entryKey{a, port}
+	}
+	// Find the changes that alter the list, and where; then copy the list
+	// once, with them.
+	type edit struct {
+		i   int  // position in old
+		add bool // insert before i; else delete i
+		k   entryKey
+		str string
+	}
+	var edits []edit
+	lo := 0
+	for _, k := range changes {
+		i, found := sort.Find(n-lo, func(j int) int { return compareEntryKeys(k, at(lo+j)) })
+		i += lo
+		pe := st.pending[k]
+		if pe.present != found {
+			edits = append(edits, edit{i: i, add: pe.present, k: k, str: pe.str})
+		}
+		lo = i
+	}
+	if len(edits) == 0 {
+		return old
+	}
+	spec := *old // the selectors and named port are never modified: share them
+	size := n
+	for _, ed := range edits {
+		if ed.add {
+			size++
+		} else {
+			size--
+		}
+	}
+	if endpoints {
+		spec.Endpoints = nil
+		if size > 0 {
+			spec.Endpoints = make([]v1alpha1.Endpoint, 0, size)
+		}
+	} else {
+		spec.Addresses = nil
+		if size > 0 {
+			spec.Addresses = make([]string, 0, size)
+		}
+	}
+	prev := 0
+	for _, ed := range edits {
+		if endpoints {
+			spec.Endpoints = append(spec.Endpoints, old.Endpoints[prev:ed.i]...)
+		} else {
+			spec.Addresses = append(spec.Addresses, old.Addresses[prev:ed.i]...)
+		}
+		prev = ed.i
+		switch {
+		case !ed.add:
+			prev++
+		case endpoints:
+			spec.Endpoints = append(spec.Endpoints, v1alpha1.Endpoint{IP: ed.str, Port: ed.k.port})
+		default:
+			spec.Addresses = append(spec.Addresses, ed.str)
+		}
+	}
+	if endpoints {
+		spec.Endpoints = append(spec.Endpoints, old.Endpoints[prev:]...)
+	} else {
+		spec.Addresses = append(spec.Addresses, old.Addresses[prev:]...)
+	}
+	return &spec
 }
 
 // Delta is what changed since the previous call to Changes. A nil value
 // means the object is gone.
+//
+// The specs and spans are not copies: they are shared with the Engine and
+// with the Deltas handed out before and after. Callers must not modify them,
+// nor anything they point to (copy a spec before giving it to code that
+// might, such as a client decoding a response into the object it sent). The
+// Engine does not modify them either: a later change comes as a new value,
+// and a value handed out keeps its content.
 type Delta struct {
 	NodeRuleSets  map[string]*v1alpha1.NodeRuleSetSpec
 	AddressGroups map[string]*v1alpha1.AddressGroupSpec
@@ -97,22 +243,25 @@ func (d *Delta) Empty() bool {
 
 // NewEngine returns an Engine for an empty cluster.
 func NewEngine() *Engine {
+	ix := newIndex()
+	ix.podsByIP = map[netip.Addr][]*podInfo{}
 	return &Engine{
-		ix:              newIndex(),
+		ix:              ix,
 		npSpecs:         map[nsName]*networkingv1.NetworkPolicySpec{},
 		ddSpecs:         map[string]*v1alpha1.DefaultDenySpec{},
 		nodes:           map[string]*nodeResult{},
 		groups:          map[string]*groupState{},
 		nsGroups:        map[string]map[string]*groupState{},
-		selGroups:       map[string]*groupState{},
+		pinnedGroups:    map[string]map[string]*groupState{},
+		otherGroups:     map[string]*groupState{},
 		spans:           map[string]map[string]int{},
 		policies:        map[string]struct{}{},
 		dirtyNodes:      map[string]struct{}{},
 		dirtyGroups:     map[string]struct{}{},
 		dirtyPolicies:   map[string]struct{}{},
-		outNodes:        map[string]v1alpha1.NodeRuleSetSpec{},
-		outGroups:       map[string]v1alpha1.AddressGroupSpec{},
-		outPolicies:     map[string]PolicySpan{},
+		outNodes:        map[string]*v1alpha1.NodeRuleSetSpec{},
+		outGroups:       map[string]*v1alpha1.AddressGroupSpec{},
+		outPolicies:     map[string]*PolicySpan{},
 		changedNodes:    map[string]struct{}{},
 		changedGroups:   map[string]struct{}{},
 		changedPolicies: map[string]struct{}{},
@@ -121,7 +270,7 @@ func NewEngine() *Engine {
 
 // UpsertPod adds or updates a pod.
 func (e *Engine) UpsertPod(p *corev1.Pod) {
-	e.setPod(nsName{p.Namespace, p.Name}, newPodInfo(p))
+	e.setPod(nsName{p.Namespace, p.Name}, newPodInfo(p, true))
 }
 
 // DeletePod removes a pod.
@@ -144,20 +293,24 @@ func (e *Engine) setPod(key nsName, info *podInfo) {
 	if info != nil {
 		e.dirtyNodes[info.node] = struct{}{}
 	}
+	// A group holds the pods matching it: the old version was a member if
+	// it matched (the namespace's labels are the same), the new one is if
+	// it matches.
 	nsLabels := e.ix.nsLabels(key.ns)
 	e.forCandidateGroups(key.ns, func(st *groupState) {
-		_, was := st.members[key]
-		is := info != nil && st.def.matchesNamespace(key.ns, nsLabels) && st.def.matchesPod(info)
-		switch {
-		case was && !is:
-			st.set(key, nil)
-		case is && was && sameContribution(st.def, old, info):
-			st.members[key] = info
+		if !st.def.matchesNamespace(key.ns, nsLabels) {
 			return
-		case is:
-			st.set(key, info)
-		default:
+		}
+		was := old != nil && st.def.matchesPod(old)
+		is := info != nil && st.def.matchesPod(info)
+		if !was && !is || was && is && sameContribution(st.def, old, info) {
 			return
+		}
+		if was {
+			e.touch(st, old)
+		}
+		if is {
+			e.touch(st, info)
 		}
 		e.dirtyGroups[st.def.name] = struct{}{}
 	})
@@ -183,7 +336,10 @@ func (e *Engine) forCandidateGroups(ns string, f func(*groupState)) {
 	for _, st := range e.nsGroups[ns] {
 		f(st)
 	}
-	for _, st := range e.selGroups {
+	for _, st := range e.pinnedGroups[ns] {
+		f(st)
+	}
+	for _, st := range e.otherGroups {
 		f(st)
 	}
 }
@@ -213,20 +369,18 @@ func (e *Engine) setNamespace(name string, ns *corev1.Namespace) {
 			e.dirtyNodes[p.node] = struct{}{}
 		}
 	}
-	for _, st := range e.selGroups {
-		if !st.def.nsSel.Matches(before) && !st.def.nsSel.Matches(after) {
-			continue
+	e.forCandidateGroups(name, func(st *groupState) {
+		if st.def.nsSel == nil || st.def.nsSel.Matches(before) == st.def.nsSel.Matches(after) {
+			return
 		}
-		in := st.def.nsSel.Matches(after)
-		for key, p := range pods {
-			if in && st.def.matchesPod(p) {
-				st.set(key, p)
-			} else {
-				st.set(key, nil)
+		// The namespace's matching pods join or leave the group.
+		for _, p := range pods {
+			if st.def.matchesPod(p) {
+				e.touch(st, p)
+				e.dirtyGroups[st.def.name] = struct{}{}
 			}
 		}
-		e.dirtyGroups[st.def.name] = struct{}{}
-	}
+	})
 }
 
 // UpsertNode adds a node (its labels and status do not matter).
@@ -253,7 +407,8 @@ func (e *Engine) UpsertNetworkPolicy(np *networkingv1.NetworkPolicy) {
 	if old, ok := e.npSpecs[key]; ok && reflect.DeepEqual(*old, np.Spec) {
 		return
 	}
-	np = np.DeepCopy()
+	// Keep a copy of the spec only: the metadata does not matter.
+	np = &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: np.Namespace, Name: np.Name}, Spec: *np.Spec.DeepCopy()}
 	e.npSpecs[key] = &np.Spec
 	e.markSelected(e.ix.nps[key])
 	p := e.ix.newNetworkPolicy(np)
@@ -282,7 +437,7 @@ func (e *Engine) UpsertDefaultDeny(dd *v1alpha1.DefaultDeny) {
 	if old, ok := e.ddSpecs[dd.Name]; ok && reflect.DeepEqual(*old, dd.Spec) {
 		return
 	}
-	dd = dd.DeepCopy()
+	dd = &v1alpha1.DefaultDeny{ObjectMeta: metav1.ObjectMeta{Name: dd.Name}, Spec: *dd.Spec.DeepCopy()}
 	e.ddSpecs[dd.Name] = &dd.Spec
 	e.markSelected(e.ix.dds[dd.Name])
 	p := e.ix.newDefaultDeny(dd)
@@ -322,35 +477,22 @@ func (e *Engine) markSelected(p *policy) {
 }
 
 // Changes brings the output up to date and returns what changed since the
-// previous call.
+// previous call. The specs it returns are shared, not copies: see Delta.
 func (e *Engine) Changes() *Delta {
 	e.recompute()
 	d := &Delta{
-		NodeRuleSets:  map[string]*v1alpha1.NodeRuleSetSpec{},
-		AddressGroups: map[string]*v1alpha1.AddressGroupSpec{},
-		Policies:      map[string]*PolicySpan{},
+		NodeRuleSets:  make(map[string]*v1alpha1.NodeRuleSetSpec, len(e.changedNodes)),
+		AddressGroups: make(map[string]*v1alpha1.AddressGroupSpec, len(e.changedGroups)),
+		Policies:      make(map[string]*PolicySpan, len(e.changedPolicies)),
 	}
 	for name := range e.changedNodes {
-		if spec, ok := e.outNodes[name]; ok {
-			d.NodeRuleSets[name] = spec.DeepCopy()
-		} else {
-			d.NodeRuleSets[name] = nil
-		}
+		d.NodeRuleSets[name] = e.outNodes[name] // nil when gone
 	}
 	for name := range e.changedGroups {
-		if spec, ok := e.outGroups[name]; ok {
-			d.AddressGroups[name] = spec.DeepCopy()
-		} else {
-			d.AddressGroups[name] = nil
-		}
+		d.AddressGroups[name] = e.outGroups[name]
 	}
 	for key := range e.changedPolicies {
-		if span, ok := e.outPolicies[key]; ok {
-			s := PolicySpan{SelectedPods: span.SelectedPods, Nodes: slices.Clone(span.Nodes)}
-			d.Policies[key] = &s
-		} else {
-			d.Policies[key] = nil
-		}
+		d.Policies[key] = e.outPolicies[key]
 	}
 	clear(e.changedNodes)
 	clear(e.changedGroups)
@@ -360,6 +502,7 @@ func (e *Engine) Changes() *Delta {
 
 // Result brings the output up to date and returns all of it, as Compile
 // would for the current objects. It does not consume the pending Changes.
+// Unlike the specs of a Delta, the Result is a copy the caller owns.
 func (e *Engine) Result() *Result {
 	e.recompute()
 	res := &Result{
@@ -385,19 +528,7 @@ func (e *Engine) recompute() {
 	}
 	clear(e.dirtyNodes)
 	for name := range e.dirtyGroups {
-		st := e.groups[name]
-		old, had := e.outGroups[name]
-		switch {
-		case st != nil:
-			spec := st.def.specOf(st.entries)
-			if !had || !reflect.DeepEqual(old, spec) {
-				e.outGroups[name] = spec
-				e.changedGroups[name] = struct{}{}
-			}
-		case had:
-			delete(e.outGroups, name)
-			e.changedGroups[name] = struct{}{}
-		}
+		e.recomputeGroup(name)
 	}
 	clear(e.dirtyGroups)
 	for key := range e.dirtyPolicies {
@@ -411,12 +542,45 @@ func (e *Engine) recompute() {
 			continue
 		}
 		span := spanOf(e.spans[key])
-		if !had || !reflect.DeepEqual(old, span) {
-			e.outPolicies[key] = span
+		if !had || old.SelectedPods != span.SelectedPods || !slices.Equal(old.Nodes, span.Nodes) {
+			e.outPolicies[key] = &span
 			e.changedPolicies[key] = struct{}{}
 		}
 	}
 	clear(e.dirtyPolicies)
+}
+
+func (e *Engine) recomputeGroup(name string) {
+	st := e.groups[name]
+	old, had := e.outGroups[name]
+	if st == nil {
+		if had {
+			delete(e.outGroups, name)
+			e.changedGroups[name] = struct{}{}
+		}
+		return
+	}
+	switch {
+	case st.spec == nil:
+		spec := e.ix.groupSpec(st.def)
+		st.spec = &spec
+		if had && equalGroupSpecs(old, st.spec) {
+			st.spec = old
+		}
+	case len(st.pending) > 0:
+		st.spec = st.update()
+	}
+	st.pending = nil
+	if st.spec != old {
+		e.outGroups[name] = st.spec
+		e.changedGroups[name] = struct{}{}
+	}
+}
+
+// equalGroupSpecs reports whether two specs of one group are equal. Their
+// definition parts are equal, being made from one definition.
+func equalGroupSpecs(a, b *v1alpha1.AddressGroupSpec) bool {
+	return slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Endpoints, b.Endpoints)
 }
 
 func (e *Engine) recomputeNode(node string) {
@@ -464,8 +628,8 @@ func (e *Engine) recomputeNode(node string) {
 		return
 	}
 	e.nodes[node] = cur
-	if !had || !reflect.DeepEqual(spec, cur.spec) {
-		e.outNodes[node] = cur.spec
+	if !had || !equalNodeSpecs(spec, &cur.spec) {
+		e.outNodes[node] = &cur.spec
 		e.changedNodes[node] = struct{}{}
 	}
 }
@@ -487,16 +651,17 @@ func (e *Engine) ref(g *groupDef) {
 		st.refs++
 		return
 	}
-	st := newGroupState(g, e.ix.scanMembers(g))
-	st.refs = 1
+	st := &groupState{def: g, refs: 1} // recompute scans its members
 	e.groups[g.name] = st
-	if g.nsSel == nil {
-		if e.nsGroups[g.namespace] == nil {
-			e.nsGroups[g.namespace] = map[string]*groupState{}
+	switch names, pinned := pinnedNamespaces(g); {
+	case g.nsSel == nil:
+		addGroup(e.nsGroups, g.namespace, st)
+	case pinned:
+		for _, ns := range names {
+			addGroup(e.pinnedGroups, ns, st)
 		}
-		e.nsGroups[g.namespace][g.name] = st
-	} else {
-		e.selGroups[g.name] = st
+	default:
+		e.otherGroups[g.name] = st
 	}
 	e.dirtyGroups[g.name] = struct{}{}
 }
@@ -508,13 +673,30 @@ func (e *Engine) unref(name string) {
 		return
 	}
 	delete(e.groups, name)
-	if st.def.nsSel == nil {
-		delete(e.nsGroups[st.def.namespace], name)
-		if len(e.nsGroups[st.def.namespace]) == 0 {
-			delete(e.nsGroups, st.def.namespace)
+	g := st.def
+	switch names, pinned := pinnedNamespaces(g); {
+	case g.nsSel == nil:
+		removeGroup(e.nsGroups, g.namespace, name)
+	case pinned:
+		for _, ns := range names {
+			removeGroup(e.pinnedGroups, ns, name)
 		}
-	} else {
-		delete(e.selGroups, name)
+	default:
+		delete(e.otherGroups, name)
 	}
 	e.dirtyGroups[name] = struct{}{}
+}
+
+func addGroup(m map[string]map[string]*groupState, ns string, st *groupState) {
+	if m[ns] == nil {
+		m[ns] = map[string]*groupState{}
+	}
+	m[ns][st.def.name] = st
+}
+
+func removeGroup(m map[string]map[string]*groupState, ns, name string) {
+	delete(m[ns], name)
+	if len(m[ns]) == 0 {
+		delete(m, ns)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
@@ -77,9 +78,45 @@ func remove(e *Engine, o any) {
 }
 
 // mirror is what a consumer of Changes holds after applying every delta.
-type mirror struct{ res *Result }
+// It also keeps every spec a delta handed out, with a copy of its content
+// then, to check that the engine does not modify what it shares.
+type mirror struct {
+	res    *Result
+	handed []handedOut
+}
+
+type handedOut struct {
+	what      string
+	got, copy any // a pointer from a Delta, and a deep copy of its target
+}
+
+// unchanged reports the first spec handed out earlier whose content changed.
+func (m *mirror) unchanged(t *testing.T) {
+	t.Helper()
+	for _, h := range m.handed {
+		if diff := cmp.Diff(h.copy, h.got); diff != "" {
+			t.Fatalf("%s handed out by Changes was modified later (-then +now):\n%s", h.what, diff)
+		}
+	}
+}
 
 func (m *mirror) apply(d *Delta) {
+	for k, v := range d.NodeRuleSets {
+		if v != nil {
+			m.handed = append(m.handed, handedOut{"NodeRuleSet " + k, v, v.DeepCopy()})
+		}
+	}
+	for k, v := range d.AddressGroups {
+		if v != nil {
+			m.handed = append(m.handed, handedOut{"AddressGroup " + k, v, v.DeepCopy()})
+		}
+	}
+	for k, v := range d.Policies {
+		if v != nil {
+			c := PolicySpan{SelectedPods: v.SelectedPods, Nodes: slices.Clone(v.Nodes)}
+			m.handed = append(m.handed, handedOut{"span " + k, v, &c})
+		}
+	}
 	for k, v := range d.NodeRuleSets {
 		if v == nil {
 			delete(m.res.NodeRuleSets, k)
@@ -145,6 +182,7 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps int) {
 		if diff := cmp.Diff(want, e.Result()); diff != "" {
 			t.Fatalf("after %v\nengine result differs from Compile (-compile +engine):\n%s", log, diff)
 		}
+		m.unchanged(t)
 		d := e.Changes()
 		m.apply(d)
 		if diff := cmp.Diff(want, m.res); diff != "" {
@@ -202,7 +240,8 @@ func TestEngineSynthetic(t *testing.T) {
 	if diff := cmp.Diff(Compile(s), e.Result()); diff != "" {
 		t.Fatalf("after loading (-compile +engine):\n%s", diff)
 	}
-	e.Changes()
+	m := &mirror{res: e.Result()}
+	m.apply(e.Changes())
 
 	rng := rand.New(rand.NewPCG(1, 1))
 	for i := range 40 {
@@ -232,12 +271,18 @@ func TestEngineSynthetic(t *testing.T) {
 			upsert(e, np)
 			w[objectKey(np)] = np
 		}
+		m.unchanged(t)
 		d := e.Changes()
+		m.apply(d)
 		if len(d.NodeRuleSets) > 2 && i%4 == 0 {
 			t.Errorf("relabelling one pod rewrote %d rule sets", len(d.NodeRuleSets))
 		}
-		if diff := cmp.Diff(Compile(w.snapshot()), e.Result()); diff != "" {
+		want := Compile(w.snapshot())
+		if diff := cmp.Diff(want, e.Result()); diff != "" {
 			t.Fatalf("step %d (-compile +engine):\n%s", i, diff)
+		}
+		if diff := cmp.Diff(want, m.res); diff != "" {
+			t.Fatalf("step %d: state rebuilt from deltas differs from Compile (-compile +deltas):\n%s", i, diff)
 		}
 	}
 }
@@ -302,4 +347,65 @@ func BenchmarkEnginePodEvent(b *testing.B) {
 			e.Changes()
 		}
 	})
+}
+
+// TestEnginePinnedGroups covers groups whose namespace selector names their
+// namespaces, which the engine indexes by those names: pods of each named
+// namespace join and leave them, pods of other namespaces never do, and
+// namespace label changes that flip the selector move the pods in and out.
+func TestEnginePinnedGroups(t *testing.T) {
+	inXY := expr(corev1.LabelMetadataName, in, "x", "y")
+	objs := []any{
+		mkNode("n1"), mkNS("x", "team", "a"), mkNS("y", "team", "b"), mkNS("z", "team", "a"),
+		mkNP("x", "by-name", all(), ingressRule(nil, nsPeer(inXY))),
+		mkNP("y", "by-name-and-team", all(), ingressRule(nil, nsPeer(&metav1.LabelSelector{
+			MatchLabels:      map[string]string{"team": "a"},
+			MatchExpressions: inXY.MatchExpressions,
+		}))),
+		mkNP("z", "one-name", all(), egressRule(ports(tcp("http")), nsPeer(sel(corev1.LabelMetadataName, "y")))),
+	}
+	e := NewEngine()
+	w := world{}
+	step := func(what string, o any, del bool) {
+		t.Helper()
+		if del {
+			remove(e, o)
+			delete(w, objectKey(o))
+		} else {
+			upsert(e, o)
+			w[objectKey(o)] = o
+		}
+		e.Changes()
+		if diff := cmp.Diff(Compile(w.snapshot()), e.Result()); diff != "" {
+			t.Fatalf("%s (-compile +engine):\n%s", what, diff)
+		}
+	}
+	for _, o := range objs {
+		step("load "+objectKey(o), o, false)
+	}
+	pods := []*corev1.Pod{
+		mkPod("x", "a", "n1", "198.18.0.1"),
+		mkPod("y", "b", "n1", "198.18.0.2", containerPorts(cport("http", 80, ""))),
+		mkPod("z", "c", "n1", "198.18.0.3"),
+		mkPod("y", "d", "n1", "198.18.0.4,fd00::4", containerPorts(cport("http", 8080, ""))),
+	}
+	for _, p := range pods {
+		step("add "+objectKey(p), p, false)
+	}
+	groups := 0
+	for _, g := range e.Result().AddressGroups {
+		if len(g.Addresses)+len(g.Endpoints) > 0 {
+			groups++
+		}
+	}
+	if groups < 2 {
+		t.Fatalf("the test cluster has %d non-empty groups, want the pinned ones filled", groups)
+	}
+	step("relabel y into team a", mkNS("y", "team", "a"), false)
+	step("relabel x out of team a", mkNS("x", "team", "c"), false)
+	step("pod of y changes port", mkPod("y", "b", "n1", "198.18.0.2", containerPorts(cport("http", 81, ""))), false)
+	step("pod of y takes the address of z's", mkPod("y", "d", "n1", "198.18.0.3"), false)
+	step("delete namespace y", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "y"}}, true)
+	step("delete pod of x", pods[0], true)
+	step("re-create namespace y", mkNS("y", "team", "b"), false)
 }

@@ -47,7 +47,7 @@ type fuzzCluster struct {
 }
 
 func (r *fuzzReader) selector(allowNil bool) *metav1.LabelSelector {
-	switch r.intn(6) {
+	switch r.intn(7) {
 	case 0:
 		if allowNil {
 			return nil
@@ -66,6 +66,9 @@ func (r *fuzzReader) selector(allowNil bool) *metav1.LabelSelector {
 		return expr(pick(r, "app", "tier", "team"), op, values...)
 	case 4:
 		return sel(corev1.LabelMetadataName, pick(r, "x", "y", "z"))
+	case 5:
+		// Namespaces by name, the engine's pinned groups when In.
+		return expr(corev1.LabelMetadataName, pick(r, in, nin), pick(r, "x", "y", "z"), pick(r, "x", "y", "z"))
 	default:
 		s := sel("app", pick(r, "a", "b"))
 		s.MatchExpressions = expr("tier", pick(r, ex, dnex)).MatchExpressions

@@ -1,11 +1,8 @@
 package compiler
 
 import (
-	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"net/netip"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +15,7 @@ import (
 // groupDef is a pod peer selector: the definition of an AddressGroup.
 type groupDef struct {
 	name      string
+	peerKey   string                // "g:" + name, the group's key in rule hashes
 	namespace string                // fixed namespace; "" when nsSpec is set
 	nsSpec    *metav1.LabelSelector // canonical; nil when the namespace is fixed
 	podSpec   *metav1.LabelSelector // canonical; nil: every pod
@@ -38,6 +36,12 @@ type groupKey struct {
 // namespace ns, or, when nsSel is set, in the namespaces it matches; with a
 // named port, only the pods declaring it. Equal selectors give one group.
 func (ix *index) group(ns string, nsSel, podSel *metav1.LabelSelector, port *v1alpha1.NamedPort) *groupDef {
+	ix.buf = appendGroupKeyJSON(ix.buf[:0], ns, nsSel, podSel, port)
+	sum := sha256.Sum256(ix.buf)
+	id := [8]byte(sum[:8])
+	if g, ok := ix.groups[id]; ok {
+		return g
+	}
 	k := groupKey{Namespace: ns, NamespaceSelector: canonicalSelector(nsSel), PodSelector: canonicalSelector(podSel), NamedPort: port}
 	if k.NamespaceSelector != nil {
 		k.Namespace = ""
@@ -45,16 +49,8 @@ func (ix *index) group(ns string, nsSel, podSel *metav1.LabelSelector, port *v1a
 	if emptySelector(k.PodSelector) {
 		k.PodSelector = nil
 	}
-	b, err := json.Marshal(k)
-	if err != nil {
-		panic(err) // only strings inside
-	}
-	sum := sha256.Sum256(b)
-	name := "ag-" + hex.EncodeToString(sum[:8])
-	if g, ok := ix.groups[name]; ok {
-		return g
-	}
-	g := &groupDef{name: name, namespace: k.Namespace, nsSpec: k.NamespaceSelector, podSpec: k.PodSelector}
+	name := "ag-" + hex.EncodeToString(id[:])
+	g := &groupDef{name: name, peerKey: "g:" + name, namespace: k.Namespace, nsSpec: k.NamespaceSelector, podSpec: k.PodSelector}
 	if port != nil {
 		p := *port
 		g.namedPort = &p
@@ -65,7 +61,7 @@ func (ix *index) group(ns string, nsSel, podSel *metav1.LabelSelector, port *v1a
 	if g.podSpec != nil {
 		g.podSel = ix.selector(g.podSpec)
 	}
-	ix.groups[name] = g
+	ix.groups[id] = g
 	return g
 }
 
@@ -94,38 +90,13 @@ func (g *groupDef) matches(ix *index, p *podInfo) bool {
 	return g.matchesNamespace(p.key.ns, ix.nsLabels(p.key.ns)) && g.matchesPod(p)
 }
 
-// scanMembers returns the group's members among every eligible pod.
-func (ix *index) scanMembers(g *groupDef) []*podInfo {
-	var out []*podInfo
-	for _, ns := range ix.candidateNamespaces(g) {
-		for _, p := range ix.podsByNs[ns] {
-			if g.matchesPod(p) {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
-}
-
 // candidateNamespaces returns the namespaces with pods whose pods the group
 // can hold.
 func (ix *index) candidateNamespaces(g *groupDef) []string {
 	if g.nsSel == nil {
 		return []string{g.namespace}
 	}
-	// Selecting namespaces by name is common: look them up.
-	var names []string
-	if v, ok := g.nsSpec.MatchLabels[corev1.LabelMetadataName]; ok {
-		names = []string{v}
-	} else {
-		for _, e := range g.nsSpec.MatchExpressions {
-			if e.Key == corev1.LabelMetadataName && e.Operator == metav1.LabelSelectorOpIn {
-				names = e.Values
-				break
-			}
-		}
-	}
-	if names != nil {
+	if names, ok := pinnedNamespaces(g); ok {
 		var out []string
 		for _, ns := range names {
 			if _, ok := ix.podsByNs[ns]; ok && g.nsSel.Matches(ix.nsLabels(ns)) {
@@ -134,78 +105,99 @@ func (ix *index) candidateNamespaces(g *groupDef) []string {
 		}
 		return out
 	}
-	key := selectorKey(g.nsSpec)
-	if out, ok := ix.nsMatches[key]; ok {
+	ix.buf = appendCanonicalSelectorJSON(ix.buf[:0], g.nsSpec)
+	if out, ok := ix.nsMatches[string(ix.buf)]; ok {
 		return out
 	}
+	key := string(ix.buf)
 	out := []string{}
-	for ns := range ix.podsByNs {
-		if g.nsSel.Matches(ix.nsLabels(ns)) {
-			out = append(out, ns)
+	for _, ns := range ix.namespacesWithPods() {
+		if g.nsSel.Matches(ns.labels) {
+			out = append(out, ns.name)
 		}
 	}
 	ix.nsMatches[key] = out
 	return out
 }
 
-// memberEntry is one address (or address and port) a member gives a group.
-type memberEntry struct {
-	addr netip.Addr
-	port int32
-	key  nsName
-	str  string // addr.String()
-}
-
-func compareEntries(a, b memberEntry) int {
-	return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.port, b.port), compareNsNames(a.key, b.key))
-}
-
-// appendEntries appends what member p gives the group.
-func (g *groupDef) appendEntries(out []memberEntry, p *podInfo) []memberEntry {
-	var port int32
-	if g.namedPort != nil {
-		n, ok := p.namedPort(g.namedPort.Name, g.namedPort.Protocol)
-		if !ok {
-			return out
+// pinnedNamespaces returns, for a group with a namespace selector that
+// requires the namespace name label to have one of a list of values, those
+// names: the group can hold pods of these namespaces only. Selecting
+// namespaces by name is common.
+func pinnedNamespaces(g *groupDef) ([]string, bool) {
+	if g.nsSpec == nil {
+		return nil, false
+	}
+	if v, ok := g.nsSpec.MatchLabels[corev1.LabelMetadataName]; ok {
+		return []string{v}, true
+	}
+	for _, e := range g.nsSpec.MatchExpressions {
+		if e.Key == corev1.LabelMetadataName && e.Operator == metav1.LabelSelectorOpIn {
+			return e.Values, true
 		}
-		port = n
 	}
-	for i, a := range p.ips {
-		out = append(out, memberEntry{addr: a, port: port, key: p.key, str: p.ipStrs[i]})
-	}
-	return out
+	return nil, false
 }
 
-// spec renders the group with the given members, in any order.
-func (g *groupDef) spec(members []*podInfo) v1alpha1.AddressGroupSpec {
-	var entries []memberEntry
-	for _, p := range members {
-		entries = g.appendEntries(entries, p)
-	}
-	slices.SortFunc(entries, compareEntries)
-	return g.specOf(entries)
+// groupEntry is an entry a member gives a group, with its address in text.
+type groupEntry struct {
+	key entryKey
+	str string // key.addr.String()
 }
 
-// specOf renders the group from its members' entries, sorted.
-func (g *groupDef) specOf(entries []memberEntry) v1alpha1.AddressGroupSpec {
+// groupSpec renders the group from its members among every eligible pod.
+func (ix *index) groupSpec(g *groupDef) v1alpha1.AddressGroupSpec {
+	entries := ix.entries[:0]
+	var port int32
+	for _, ns := range ix.candidateNamespaces(g) {
+		for _, p := range ix.podsByNs[ns] {
+			if g.podSel != nil && !g.podSel.Matches(p.labels) {
+				continue
+			}
+			if g.namedPort != nil {
+				n, ok := p.namedPort(g.namedPort.Name, g.namedPort.Protocol)
+				if !ok {
+					continue
+				}
+				port = n
+			}
+			for i, a := range p.ips {
+				entries = append(entries, groupEntry{entryKey{a, port}, p.ipStrs[i]})
+			}
+		}
+	}
+	slices.SortFunc(entries, func(a, b groupEntry) int { return compareEntryKeys(a.key, b.key) })
+	distinct := 0
+	for i := range entries {
+		if i == 0 || entries[i].key != entries[i-1].key {
+			distinct++
+		}
+	}
+	// The definition's parts are never modified: share them.
 	s := v1alpha1.AddressGroupSpec{
 		Namespace:         g.namespace,
-		NamespaceSelector: g.nsSpec.DeepCopy(),
-		PodSelector:       g.podSpec.DeepCopy(),
+		NamespaceSelector: g.nsSpec,
+		PodSelector:       g.podSpec,
+		NamedPort:         g.namedPort,
 	}
-	if g.namedPort != nil {
-		np := *g.namedPort
-		s.NamedPort = &np
+	if distinct > 0 {
+		if g.namedPort == nil {
+			s.Addresses = make([]string, 0, distinct)
+		} else {
+			s.Endpoints = make([]v1alpha1.Endpoint, 0, distinct)
+		}
 	}
 	for i, e := range entries {
-		if i > 0 && e.addr == entries[i-1].addr && e.port == entries[i-1].port {
+		if i > 0 && e.key == entries[i-1].key {
 			continue
 		}
 		if g.namedPort == nil {
 			s.Addresses = append(s.Addresses, e.str)
 		} else {
-			s.Endpoints = append(s.Endpoints, v1alpha1.Endpoint{IP: e.str, Port: e.port})
+			s.Endpoints = append(s.Endpoints, v1alpha1.Endpoint{IP: e.str, Port: e.key.port})
 		}
 	}
+	clear(entries) // hold no strings
+	ix.entries = entries[:0]
 	return s
 }

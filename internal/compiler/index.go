@@ -42,6 +42,9 @@ type podInfo struct {
 	ips    []netip.Addr // normalised, unique, in the pod's order
 	ipStrs []string
 	ports  []containerPort // named container ports, in resolution order
+	// Room for the addresses of most pods, saving two allocations.
+	addrBuf [2]netip.Addr
+	strBuf  [2]string
 }
 
 // containerPort is a named container port.
@@ -52,8 +55,9 @@ type containerPort struct {
 }
 
 // newPodInfo returns nil for a pod that is neither a target nor a peer: not
-// scheduled, hostNetwork, terminated, or without a valid IP.
-func newPodInfo(p *corev1.Pod) *podInfo {
+// scheduled, hostNetwork, terminated, or without a valid IP. The podInfo
+// shares the pod's labels unless copyLabels is set.
+func newPodInfo(p *corev1.Pod, copyLabels bool) *podInfo {
 	if p == nil || p.Spec.NodeName == "" || p.Spec.HostNetwork {
 		return nil
 	}
@@ -70,7 +74,41 @@ func newPodInfo(p *corev1.Pod) *podInfo {
 	info := &podInfo{
 		key:    nsName{p.Namespace, p.Name},
 		node:   p.Spec.NodeName,
-		labels: labels.Set(maps.Clone(p.Labels)),
+		labels: labels.Set(p.Labels),
+	}
+	info.ips, info.ipStrs = info.addrBuf[:0], info.strBuf[:0]
+	for _, s := range raw {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		a = a.WithZone("")
+		if slices.Contains(info.ips, a) {
+			continue
+		}
+		info.ips = append(info.ips, a)
+		// Strings are immutable: keep the pod's when it is the canonical
+		// form already.
+		var buf [64]byte
+		if t := a.AppendTo(buf[:0]); string(t) != s {
+			s = string(t)
+		}
+		info.ipStrs = append(info.ipStrs, s)
+	}
+	if len(info.ips) == 0 {
+		return nil
+	}
+	if copyLabels {
+		info.labels = maps.Clone(info.labels)
+	}
+	n := 0
+	for _, list := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+		for i := range list {
+			n += len(list[i].Ports)
+		}
+	}
+	if n > 0 {
+		info.ports = make([]containerPort, 0, n)
 	}
 	for _, list := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
 		for i := range list {
@@ -85,21 +123,6 @@ func newPodInfo(p *corev1.Pod) *podInfo {
 				info.ports = append(info.ports, containerPort{cp.Name, proto, cp.ContainerPort})
 			}
 		}
-	}
-	for _, s := range raw {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			continue
-		}
-		a = a.WithZone("")
-		if slices.Contains(info.ips, a) {
-			continue
-		}
-		info.ips = append(info.ips, a)
-		info.ipStrs = append(info.ipStrs, a.String())
-	}
-	if len(info.ips) == 0 {
-		return nil
 	}
 	return info
 }
@@ -154,7 +177,10 @@ type policy struct {
 	podSel labels.Selector // nil: every pod
 	types  [2]bool
 	rules  [2][]ruleSpec // only for the directions in types
-	tmpl   map[string]*policyTemplate
+	// The compiled rules: a NetworkPolicy's, and a DefaultDeny's per
+	// namespace.
+	tmpl   *policyTemplate
+	nsTmpl map[string]*policyTemplate
 }
 
 func (p *policy) selects(ix *index, pod *podInfo) bool {
@@ -171,13 +197,16 @@ func (p *policy) selects(ix *index, pod *podInfo) bool {
 // template returns the policy's rules compiled for pods of namespace ns.
 func (p *policy) template(ix *index, ns string) *policyTemplate {
 	if !p.dd {
-		ns = p.ns
+		if p.tmpl == nil {
+			p.tmpl = ix.compileTemplate(p, p.ns)
+		}
+		return p.tmpl
 	}
-	if t, ok := p.tmpl[ns]; ok {
+	if t, ok := p.nsTmpl[ns]; ok {
 		return t
 	}
 	t := ix.compileTemplate(p, ns)
-	p.tmpl[ns] = t
+	p.nsTmpl[ns] = t
 	return t
 }
 
@@ -189,7 +218,6 @@ func (ix *index) newNetworkPolicy(np *networkingv1.NetworkPolicy) *policy {
 		key:    npKey(np.Namespace, np.Name),
 		ns:     np.Namespace,
 		podSel: ix.selector(&np.Spec.PodSelector),
-		tmpl:   map[string]*policyTemplate{},
 	}
 	if len(np.Spec.PolicyTypes) == 0 {
 		p.types[ingress] = true
@@ -218,11 +246,11 @@ func (ix *index) newNetworkPolicy(np *networkingv1.NetworkPolicy) *policy {
 
 func (ix *index) newDefaultDeny(dd *v1alpha1.DefaultDeny) *policy {
 	p := &policy{
-		key:   ddKey(dd.Name),
-		dd:    true,
-		audit: dd.Spec.Mode == v1alpha1.ModeAudit,
-		nsSel: ix.selector(dd.Spec.NamespaceSelector.ToMeta()),
-		tmpl:  map[string]*policyTemplate{},
+		key:    ddKey(dd.Name),
+		dd:     true,
+		audit:  dd.Spec.Mode == v1alpha1.ModeAudit,
+		nsSel:  ix.selector(dd.Spec.NamespaceSelector.ToMeta()),
+		nsTmpl: map[string]*policyTemplate{},
 	}
 	if dd.Spec.PodSelector != nil {
 		p.podSel = ix.selector(dd.Spec.PodSelector.ToMeta())
@@ -296,15 +324,26 @@ type index struct {
 	pods       map[nsName]*podInfo
 	podsByNs   map[string]map[nsName]*podInfo
 	podsByNode map[string]map[nsName]*podInfo
+	podsByIP   map[netip.Addr][]*podInfo // nil unless an Engine asks for it
 	nps        map[nsName]*policy
 	npsByNs    map[string]map[string]*policy // namespace -> name -> policy
 	dds        map[string]*policy
-	groups     map[string]*groupDef // every group definition a template uses
+	groups     map[[8]byte]*groupDef // every group definition a template uses, by name
 	selectors  map[string]labels.Selector
 	// nsMatches caches, per namespace selector, the namespaces with pods it
 	// matches; any change of namespace labels or of the set of namespaces
 	// with pods clears it.
 	nsMatches map[string][]string
+	nsList    []namespaceLabels // the namespaces with pods; nil when not computed
+	// The policies by key, cached for selecting: a namespace's
+	// NetworkPolicies (dropped when they change) and the DefaultDenies (nil
+	// when not computed).
+	npsSorted map[string][]*policy
+	ddsSorted []*policy
+	buf       []byte          // scratch space for keys
+	ports     []v1alpha1.Port // scratch space for a pod's resolved ports
+	entries   []groupEntry    // scratch space for a group's entries
+	nb        *nodeBuilder    // scratch space for compileNode
 }
 
 func newIndex() *index {
@@ -317,9 +356,10 @@ func newIndex() *index {
 		nps:        map[nsName]*policy{},
 		npsByNs:    map[string]map[string]*policy{},
 		dds:        map[string]*policy{},
-		groups:     map[string]*groupDef{},
+		groups:     map[[8]byte]*groupDef{},
 		selectors:  map[string]labels.Selector{},
 		nsMatches:  map[string][]string{},
+		npsSorted:  map[string][]*policy{},
 	}
 }
 
@@ -327,6 +367,7 @@ func newIndex() *index {
 // resolved the same way whatever the input order: the one sorting last by
 // UID and resourceVersion wins.
 func (ix *index) load(s *Snapshot) {
+	ix.pods = make(map[nsName]*podInfo, len(s.Pods))
 	for _, n := range s.Nodes {
 		if n != nil && n.Name != "" {
 			ix.nodes[n.Name] = struct{}{}
@@ -336,7 +377,7 @@ func (ix *index) load(s *Snapshot) {
 		ix.setNamespace(ns)
 	}
 	for _, p := range sortedObjects(s.Pods) {
-		ix.setPod(nsName{p.Namespace, p.Name}, newPodInfo(p))
+		ix.setPod(nsName{p.Namespace, p.Name}, newPodInfo(p, false))
 	}
 	for _, np := range sortedObjects(s.NetworkPolicies) {
 		ix.setNetworkPolicy(nsName{np.Namespace, np.Name}, ix.newNetworkPolicy(np))
@@ -384,12 +425,12 @@ func (ix *index) setNamespace(ns *corev1.Namespace) {
 	// hand may lack it.
 	l[corev1.LabelMetadataName] = ns.Name
 	ix.namespaces[ns.Name] = l
-	clear(ix.nsMatches)
+	ix.namespacesChanged()
 }
 
 func (ix *index) deleteNamespace(name string) {
 	delete(ix.namespaces, name)
-	clear(ix.nsMatches)
+	ix.namespacesChanged()
 }
 
 // nsLabels returns a namespace's labels; a namespace missing from the
@@ -408,11 +449,22 @@ func (ix *index) setPod(key nsName, info *podInfo) {
 		delete(ix.podsByNs[key.ns], key)
 		if len(ix.podsByNs[key.ns]) == 0 {
 			delete(ix.podsByNs, key.ns)
-			clear(ix.nsMatches)
+			delete(ix.npsSorted, key.ns)
+			ix.namespacesChanged()
 		}
 		delete(ix.podsByNode[old.node], key)
 		if len(ix.podsByNode[old.node]) == 0 {
 			delete(ix.podsByNode, old.node)
+		}
+		if ix.podsByIP != nil {
+			for _, a := range old.ips {
+				pods := slices.DeleteFunc(ix.podsByIP[a], func(p *podInfo) bool { return p == old })
+				if len(pods) == 0 {
+					delete(ix.podsByIP, a)
+				} else {
+					ix.podsByIP[a] = pods
+				}
+			}
 		}
 	}
 	if info == nil {
@@ -421,17 +473,23 @@ func (ix *index) setPod(key nsName, info *podInfo) {
 	ix.pods[key] = info
 	if ix.podsByNs[key.ns] == nil {
 		ix.podsByNs[key.ns] = map[nsName]*podInfo{}
-		clear(ix.nsMatches)
+		ix.namespacesChanged()
 	}
 	ix.podsByNs[key.ns][key] = info
 	if ix.podsByNode[info.node] == nil {
 		ix.podsByNode[info.node] = map[nsName]*podInfo{}
 	}
 	ix.podsByNode[info.node][key] = info
+	if ix.podsByIP != nil {
+		for _, a := range info.ips {
+			ix.podsByIP[a] = append(ix.podsByIP[a], info)
+		}
+	}
 }
 
 // setNetworkPolicy stores, replaces or (p nil) removes a NetworkPolicy.
 func (ix *index) setNetworkPolicy(key nsName, p *policy) {
+	delete(ix.npsSorted, key.ns)
 	if ix.nps[key] != nil {
 		delete(ix.nps, key)
 		delete(ix.npsByNs[key.ns], key.name)
@@ -451,6 +509,7 @@ func (ix *index) setNetworkPolicy(key nsName, p *policy) {
 
 // setDefaultDeny stores, replaces or (p nil) removes a DefaultDeny.
 func (ix *index) setDefaultDeny(name string, p *policy) {
+	ix.ddsSorted = nil
 	if p == nil {
 		delete(ix.dds, name)
 		return
@@ -458,18 +517,60 @@ func (ix *index) setDefaultDeny(name string, p *policy) {
 	ix.dds[name] = p
 }
 
-// selecting returns the policies that select a pod, sorted by key.
-func (ix *index) selecting(pod *podInfo) []*policy {
-	var out []*policy
-	for _, p := range ix.npsByNs[pod.key.ns] {
+// namespaceLabels is a namespace and its labels.
+type namespaceLabels struct {
+	name   string
+	labels labels.Set
+}
+
+// namespacesChanged drops what is cached about the namespaces: their
+// labels or the set of namespaces with pods changed.
+func (ix *index) namespacesChanged() {
+	clear(ix.nsMatches)
+	ix.nsList = nil
+}
+
+// namespacesWithPods returns the namespaces with pods and their labels.
+func (ix *index) namespacesWithPods() []namespaceLabels {
+	if ix.nsList == nil {
+		ix.nsList = make([]namespaceLabels, 0, len(ix.podsByNs))
+		for ns := range ix.podsByNs {
+			ix.nsList = append(ix.nsList, namespaceLabels{ns, ix.nsLabels(ns)})
+		}
+	}
+	return ix.nsList
+}
+
+// selecting appends to out the policies that select a pod, sorted by key.
+func (ix *index) selecting(out []*policy, pod *podInfo) []*policy {
+	nps, ok := ix.npsSorted[pod.key.ns]
+	if !ok {
+		nps = sortedPolicies(ix.npsByNs[pod.key.ns])
+		ix.npsSorted[pod.key.ns] = nps
+	}
+	if ix.ddsSorted == nil {
+		ix.ddsSorted = sortedPolicies(ix.dds)
+	}
+	dds := ix.ddsSorted
+	for len(nps) > 0 || len(dds) > 0 {
+		var p *policy
+		if len(dds) == 0 || len(nps) > 0 && nps[0].key < dds[0].key {
+			p, nps = nps[0], nps[1:]
+		} else {
+			p, dds = dds[0], dds[1:]
+		}
 		if p.selects(ix, pod) {
 			out = append(out, p)
 		}
 	}
-	for _, p := range ix.dds {
-		if p.selects(ix, pod) {
-			out = append(out, p)
-		}
+	return out
+}
+
+// sortedPolicies returns the policies of m sorted by key (not nil).
+func sortedPolicies(m map[string]*policy) []*policy {
+	out := make([]*policy, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b *policy) int { return cmp.Compare(a.key, b.key) })
 	return out

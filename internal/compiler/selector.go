@@ -2,7 +2,6 @@ package compiler
 
 import (
 	"cmp"
-	"encoding/json"
 	"maps"
 	"slices"
 
@@ -66,29 +65,15 @@ func emptySelector(s *metav1.LabelSelector) bool {
 	return s != nil && len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0
 }
 
-// selectorKey is the text form of a canonical selector used in cache keys
-// and group hashes.
-func selectorKey(s *metav1.LabelSelector) string {
-	if s == nil {
-		return "null"
-	}
-	b, err := json.Marshal(s)
-	if err != nil {
-		// A LabelSelector holds only strings; this cannot happen.
-		panic(err)
-	}
-	return string(b)
-}
-
 // selector returns the labels.Selector of s (which must not be nil). An
 // invalid selector selects nothing.
 func (ix *index) selector(s *metav1.LabelSelector) labels.Selector {
-	c := canonicalSelector(s)
-	key := selectorKey(c)
-	if sel, ok := ix.selectors[key]; ok {
+	ix.buf = appendCanonicalSelectorJSON(ix.buf[:0], s)
+	if sel, ok := ix.selectors[string(ix.buf)]; ok {
 		return sel
 	}
-	sel, err := metav1.LabelSelectorAsSelector(c)
+	key := string(ix.buf)
+	sel, err := metav1.LabelSelectorAsSelector(canonicalSelector(s))
 	if err != nil {
 		sel = labels.Nothing()
 	}

@@ -26,13 +26,17 @@ type compiledRule struct {
 	id     string
 	rule   v1alpha1.Rule
 	groups []*groupDef
+	// Room for the common single peer, saving two allocations.
+	peerBuf  [1]v1alpha1.Peer
+	groupBuf [1]*groupDef
 }
 
 // ruleTemplate is one rule of a policy. Most rules compile to the same
 // rules for every pod (fixed); an ingress rule with named ports resolves them
 // on each local pod.
 type ruleTemplate struct {
-	fixed []*compiledRule
+	fixed    []*compiledRule
+	fixedBuf [1]*compiledRule
 
 	perPod   bool
 	peers    []peer
@@ -49,26 +53,28 @@ type peer struct {
 }
 
 // rulesFor returns the rules the template gives a local pod.
-func (rt *ruleTemplate) rulesFor(p *podInfo) []*compiledRule {
+func (rt *ruleTemplate) rulesFor(ix *index, p *podInfo) []*compiledRule {
 	if !rt.perPod {
 		return rt.fixed
 	}
-	ports := slices.Clone(rt.numeric)
+	ports := append(ix.ports[:0], rt.numeric...)
 	for _, np := range rt.named {
 		if n, ok := p.namedPort(np.Name, np.Protocol); ok {
 			ports = append(ports, v1alpha1.Port{Protocol: np.Protocol, Port: n})
 		}
 	}
+	ix.ports = ports
 	if len(ports) == 0 {
 		// The rule lists ports and none applies to this pod: it allows nothing.
 		return nil
 	}
 	ports = canonicalPorts(ports)
-	key := portsKey(ports)
-	if r, ok := rt.resolved[key]; ok {
+	ix.buf = appendPortsKey(ix.buf[:0], ports)
+	if r, ok := rt.resolved[string(ix.buf)]; ok {
 		return r
 	}
-	r := []*compiledRule{newRule(ingress, rt.peers, ports)}
+	key := string(ix.buf)
+	r := []*compiledRule{ix.newRule(ingress, rt.peers, slices.Clone(ports))}
 	rt.resolved[key] = r
 	return r
 }
@@ -89,7 +95,7 @@ func (ix *index) compileTemplate(p *policy, ns string) *policyTemplate {
 // It returns nil for a rule that allows nothing.
 func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 	allPeers := len(rs.peers) == 0
-	var pods []peerSpec
+	pods := make([]peerSpec, 0, len(rs.peers))
 	var blocks []peer
 	for _, p := range rs.peers {
 		switch {
@@ -107,7 +113,7 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 		return nil
 	}
 	allPorts := len(rs.ports) == 0
-	var numeric []v1alpha1.Port
+	numeric := make([]v1alpha1.Port, 0, len(rs.ports))
 	var named []v1alpha1.NamedPort
 	for _, pp := range rs.ports {
 		port, np, ok := parsePort(pp)
@@ -130,10 +136,10 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 	})
 
 	podPeers := func(port *v1alpha1.NamedPort) []peer {
-		out := make([]peer, 0, len(pods))
+		out := make([]peer, 0, len(pods)+len(blocks))
 		for _, p := range pods {
 			g := ix.group(ns, p.nsSel, p.podSel, port)
-			out = append(out, peer{key: "g:" + g.name, group: g})
+			out = append(out, peer{key: g.peerKey, group: g})
 		}
 		return out
 	}
@@ -141,7 +147,8 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 	if d == ingress {
 		peers := canonicalPeers(append(podPeers(nil), blocks...))
 		if len(named) == 0 {
-			rt.fixed = []*compiledRule{newRule(d, peers, numeric)}
+			rt.fixedBuf[0] = ix.newRule(d, peers, numeric)
+			rt.fixed = rt.fixedBuf[:]
 			return rt
 		}
 		rt.perPod = true
@@ -153,21 +160,22 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 	}
 	// Egress: the destination is the peer, so a named port becomes an
 	// endpoint group of the peer pods declaring it, in a rule of its own.
+	rt.fixed = rt.fixedBuf[:0]
 	if allPorts || len(numeric) > 0 {
-		rt.fixed = append(rt.fixed, newRule(d, canonicalPeers(append(podPeers(nil), blocks...)), numeric))
+		rt.fixed = append(rt.fixed, ix.newRule(d, canonicalPeers(append(podPeers(nil), blocks...)), numeric))
 	}
 	for _, np := range named {
 		var peers []peer
 		if allPeers {
 			g := ix.group("", &metav1.LabelSelector{}, nil, &np)
-			peers = []peer{{key: "g:" + g.name, group: g}}
+			peers = []peer{{key: g.peerKey, group: g}}
 		} else {
 			peers = podPeers(&np)
 		}
 		if len(peers) == 0 {
 			continue // only IP blocks: they never match a named port
 		}
-		rt.fixed = append(rt.fixed, newRule(d, canonicalPeers(peers), nil))
+		rt.fixed = append(rt.fixed, ix.newRule(d, canonicalPeers(peers), nil))
 	}
 	if len(rt.fixed) == 0 {
 		return nil
@@ -176,15 +184,18 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 }
 
 // newRule builds a rule from canonical peers and ports.
-func newRule(d int, peers []peer, ports []v1alpha1.Port) *compiledRule {
+func (ix *index) newRule(d int, peers []peer, ports []v1alpha1.Port) *compiledRule {
 	cr := &compiledRule{rule: v1alpha1.Rule{Direction: directions[d]}}
-	var b strings.Builder
-	b.WriteString("v1\x00")
-	b.WriteString(string(directions[d]))
-	b.WriteString("\x00")
+	cr.rule.Peers, cr.groups = cr.peerBuf[:0], cr.groupBuf[:0]
+	if len(peers) > len(cr.peerBuf) {
+		cr.rule.Peers = make([]v1alpha1.Peer, 0, len(peers))
+	}
+	b := append(ix.buf[:0], "v1\x00"...)
+	b = append(b, directions[d]...)
+	b = append(b, 0)
 	for _, p := range peers {
-		b.WriteString(p.key)
-		b.WriteString("\x00")
+		b = append(b, p.key...)
+		b = append(b, 0)
 		if p.group != nil {
 			cr.rule.Peers = append(cr.rule.Peers, v1alpha1.Peer{AddressGroup: p.group.name})
 			cr.groups = append(cr.groups, p.group)
@@ -192,12 +203,16 @@ func newRule(d int, peers []peer, ports []v1alpha1.Port) *compiledRule {
 			cr.rule.Peers = append(cr.rule.Peers, v1alpha1.Peer{IPBlock: p.block})
 		}
 	}
-	b.WriteString("|")
-	b.WriteString(portsKey(ports))
+	if len(peers) == 0 {
+		cr.rule.Peers, cr.groups = nil, nil
+	}
+	b = append(b, '|')
+	b = appendPortsKey(b, ports)
+	ix.buf = b
 	if len(ports) > 0 {
 		cr.rule.Ports = ports
 	}
-	sum := sha256.Sum256([]byte(b.String()))
+	sum := sha256.Sum256(b)
 	cr.id = "r-" + hex.EncodeToString(sum[:6])
 	cr.rule.ID = cr.id
 	return cr
@@ -317,17 +332,18 @@ func comparePorts(a, b v1alpha1.Port) int {
 	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.EndPort, b.EndPort))
 }
 
-func portsKey(ports []v1alpha1.Port) string {
-	var b strings.Builder
+// appendPortsKey appends the text form of canonical ports used in rule hashes
+// and cache keys.
+func appendPortsKey(b []byte, ports []v1alpha1.Port) []byte {
 	for _, p := range ports {
-		b.WriteString(string(p.Protocol))
-		b.WriteByte(':')
-		b.WriteString(strconv.Itoa(int(p.Port)))
+		b = append(b, p.Protocol...)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(p.Port), 10)
 		if p.EndPort != 0 {
-			b.WriteByte('-')
-			b.WriteString(strconv.Itoa(int(p.EndPort)))
+			b = append(b, '-')
+			b = strconv.AppendInt(b, int64(p.EndPort), 10)
 		}
-		b.WriteByte(',')
+		b = append(b, ',')
 	}
-	return b.String()
+	return b
 }

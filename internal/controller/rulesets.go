@@ -410,9 +410,13 @@ func specSize(spec any) int {
 	return len(b)
 }
 
+// writeGroup and writeRuleSet give the client a copy of the spec: the client
+// decodes the API server's response into the object it is given, reusing its
+// slices, maps and pointers, and the desired specs are shared with the
+// compiler.Engine, which must not see them change.
 func (r *RuleSetReconciler) writeGroup(ctx context.Context, name string, spec v1alpha1.AddressGroupSpec, cur *v1alpha1.AddressGroup) error {
 	if cur == nil {
-		ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, Spec: spec}
+		ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, Spec: *spec.DeepCopy()}
 		if err := r.Client.Create(ctx, ag); err != nil && !apierrors.IsAlreadyExists(err) {
 			writeErrors.WithLabelValues("AddressGroup").Inc()
 			return fmt.Errorf("creating AddressGroup %s: %w", name, err)
@@ -426,7 +430,7 @@ func (r *RuleSetReconciler) writeGroup(ctx context.Context, name string, spec v1
 	// A merge patch without a resource version: the controller is the only
 	// writer of specs, and its own status writes must not make it retry.
 	ag := cur.DeepCopy()
-	ag.Spec = spec
+	ag.Spec = *spec.DeepCopy()
 	if err := r.Client.Patch(ctx, ag, client.MergeFrom(cur)); err != nil {
 		writeErrors.WithLabelValues("AddressGroup").Inc()
 		return fmt.Errorf("updating AddressGroup %s: %w", name, err)
@@ -468,7 +472,7 @@ func (r *RuleSetReconciler) writeRuleSet(ctx context.Context, node *corev1.Node,
 					Controller: ptr.To(true),
 				}},
 			},
-			Spec: spec,
+			Spec: *spec.DeepCopy(),
 		}
 		if err := r.Client.Create(ctx, rs); err != nil && !apierrors.IsAlreadyExists(err) {
 			writeErrors.WithLabelValues("NodeRuleSet").Inc()
@@ -481,7 +485,7 @@ func (r *RuleSetReconciler) writeRuleSet(ctx context.Context, node *corev1.Node,
 		return nil
 	}
 	rs := cur.DeepCopy()
-	rs.Spec = spec
+	rs.Spec = *spec.DeepCopy()
 	if !ownedBy(cur, node) {
 		// A node deleted and re-created under the same name gets a new UID.
 		rs.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr.To(true)}}
