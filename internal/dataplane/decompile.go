@@ -173,6 +173,9 @@ func matchStmt(exprs []expr.Any) (stmt, int) {
 				if l, ok := isLookup(exprs, 2); ok && !l.IsDestRegSet {
 					return portsInSet{l.SetName}, 3
 				}
+				if l, ok := isLookup(exprs, 2); ok && l.IsDestRegSet && l.DestRegister == regVerdict {
+					return portsVmap{l.SetName}, 3
+				}
 				return nil, 0
 			}
 			proto, ok := cmpEq(exprs, 1)

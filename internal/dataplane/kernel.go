@@ -243,7 +243,7 @@ func setKind(flags, keyType, keyLen, dataType uint32) SetKind {
 	}
 	interval := flags&unix.NFT_SET_INTERVAL != 0
 	isMap := flags&unix.NFT_SET_MAP != 0
-	for _, k := range []SetKind{SetIPv4, SetIPv6, SetIPv4Interval, SetIPv6Interval, SetEndpointIPv4, SetEndpointIPv6, SetPorts, MapIPv4Verdict, MapIPv6Verdict, SetTaggedIPv4, SetTaggedIPv6} {
+	for _, k := range []SetKind{SetIPv4, SetIPv6, SetIPv4Interval, SetIPv6Interval, SetEndpointIPv4, SetEndpointIPv6, SetPorts, MapIPv4Verdict, MapIPv6Verdict, SetTaggedIPv4, SetTaggedIPv6, MapPortsVerdict} {
 		ns := nftSet(&Set{Kind: k})
 		if ns.Interval == interval && ns.IsMap == isMap && ns.KeyType.GetNFTMagic() == keyType && int(keyLen) == k.keyLen() &&
 			(!isMap || dataType == unix.NFT_DATA_VERDICT) {

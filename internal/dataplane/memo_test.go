@@ -66,7 +66,14 @@ func randomNode(rng *rand.Rand) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.A
 			}
 		}
 		for range pick(3) {
-			ru.Ports = append(ru.Ports, v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: int32(80 + pick(3))})
+			p := v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: int32(80 + pick(3))}
+			switch pick(4) {
+			case 0:
+				p.EndPort = p.Port + int32(pick(4))
+			case 1:
+				p.Protocol = v1alpha1.ProtocolUDP
+			}
+			ru.Ports = append(ru.Ports, p)
 		}
 		spec.Rules = append(spec.Rules, ru)
 		ids[d] = append(ids[d], ru.ID)
@@ -138,8 +145,12 @@ func mutate(rng *rand.Rand, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1a
 // Renderer and checks every table against a fresh Render, every error
 // against Render's, and that tables returned earlier never change.
 func TestRendererMatchesRender(t *testing.T) {
-	var rendered, failed int
+	// Pods here have a few rules: dispatch on ports from two of them, so
+	// that both layouts are exercised.
+	defer func(n int) { dispatchMin = n }(dispatchMin)
+	var rendered, failed, dispatched int
 	for seed := range uint64(200) {
+		dispatchMin = 2 + int(seed%2)*100
 		rng := rand.New(rand.NewPCG(seed, 7))
 		m := NewRenderer(Options{})
 		spec, groups := randomNode(rng)
@@ -158,6 +169,9 @@ func TestRendererMatchesRender(t *testing.T) {
 				failed++
 			} else {
 				rendered++
+				if slices.ContainsFunc(got.Sets, func(s *Set) bool { return s.Kind == MapPortsVerdict }) {
+					dispatched++
+				}
 				if got.String() != want.String() {
 					t.Fatalf("seed %d step %d: Renderer gave\n%s\nRender gave\n%s", seed, step, got, want)
 				}
@@ -184,10 +198,10 @@ func TestRendererMatchesRender(t *testing.T) {
 		}
 	}
 	// Both paths must be exercised for the comparison to mean anything.
-	if rendered < 1000 || failed < 50 {
-		t.Fatalf("%d tables rendered and %d rule sets refused: the generator no longer covers both", rendered, failed)
+	if rendered < 1000 || failed < 50 || dispatched < 200 {
+		t.Fatalf("%d tables rendered (%d with port dispatch) and %d rule sets refused: the generator no longer covers all", rendered, dispatched, failed)
 	}
-	t.Logf("%d tables rendered, %d rule sets refused", rendered, failed)
+	t.Logf("%d tables rendered (%d with port dispatch), %d rule sets refused", rendered, dispatched, failed)
 }
 
 // TestRendererReuses checks that a Renderer hands back the very chains and

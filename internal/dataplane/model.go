@@ -92,6 +92,9 @@ const (
 	SetTaggedIPv4
 	// SetTaggedIPv6 is a hash set of group tag . IPv6 address.
 	SetTaggedIPv6
+	// MapPortsVerdict is a verdict map keyed by protocol . port ranges
+	// (a pod direction's dispatch on the destination port).
+	MapPortsVerdict
 )
 
 // Set is a named set or verdict map with its elements.
@@ -242,16 +245,20 @@ func (k SetKind) String() string {
 		return "mark . ipv4_addr"
 	case SetTaggedIPv6:
 		return "mark . ipv6_addr"
+	case MapPortsVerdict:
+		return "inet_proto . inet_service : verdict"
 	}
 	return "unknown"
 }
 
 // IsMap reports whether the kind is a verdict map.
-func (k SetKind) IsMap() bool { return k == MapIPv4Verdict || k == MapIPv6Verdict }
+func (k SetKind) IsMap() bool {
+	return k == MapIPv4Verdict || k == MapIPv6Verdict || k == MapPortsVerdict
+}
 
 // IsInterval reports whether elements are ranges.
 func (k SetKind) IsInterval() bool {
-	return k == SetIPv4Interval || k == SetIPv6Interval || k == SetPorts
+	return k == SetIPv4Interval || k == SetIPv6Interval || k == SetPorts || k == MapPortsVerdict
 }
 
 // isRBTree reports whether the kernel stores the kind as start and end
@@ -269,7 +276,7 @@ func (k SetKind) keyLen() int {
 		return 12
 	case SetEndpointIPv6:
 		return 24
-	case SetPorts, SetTaggedIPv4:
+	case SetPorts, SetTaggedIPv4, MapPortsVerdict:
 		return 8
 	case SetTaggedIPv6:
 		return 20
@@ -288,6 +295,8 @@ func (k SetKind) declaration() []string {
 		return []string{"type ipv6_addr", "flags interval"}
 	case SetPorts:
 		return []string{"type inet_proto . inet_service", "flags interval"}
+	case MapPortsVerdict:
+		return []string{"type inet_proto . inet_service : verdict", "flags interval"}
 	case MapIPv4Verdict, MapIPv6Verdict:
 		return []string{"type " + k.String()}
 	}
@@ -321,7 +330,7 @@ func (k SetKind) format(e Element) string {
 		}
 		return addrString(e.Key[:n]) + " . " + protoName(e.Key[n]) + " . " +
 			strconv.Itoa(int(binary.BigEndian.Uint16(e.Key[n+4:])))
-	case SetPorts:
+	case SetPorts, MapPortsVerdict:
 		if len(e.Key) != 8 || len(e.KeyEnd) != 8 {
 			return fmt.Sprintf("0x%x", e.Key)
 		}
@@ -334,6 +343,13 @@ func (k SetKind) format(e Element) string {
 		proto := protoName(e.Key[0])
 		if e.KeyEnd[0] != e.Key[0] {
 			proto += "-" + protoName(e.KeyEnd[0])
+		}
+		if k == MapPortsVerdict {
+			v := "?"
+			if e.Verdict != nil {
+				v = e.Verdict.String()
+			}
+			return proto + " . " + ports + " : " + v
 		}
 		return proto + " . " + ports
 	case SetTaggedIPv4, SetTaggedIPv6:

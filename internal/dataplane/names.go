@@ -77,3 +77,16 @@ func endpointSetName(fam family, group string) string {
 	}
 	return objName("ep4-", group, 0)
 }
+
+// podPortMapName names a pod direction's port dispatch map (sets and chains
+// have separate names, but a distinct prefix reads better).
+func podPortMapName(dir, namespace, name string) string {
+	return objName(dir+"p-", namespace+"."+name, 0)
+}
+
+// segmentChainName names the chain of a port segment after the rules it
+// jumps to.
+func segmentChainName(ids []string) string {
+	sum := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	return "ports-" + hex.EncodeToString(sum[:8])
+}

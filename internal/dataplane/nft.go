@@ -139,6 +139,14 @@ func compileStmt(s stmt) ([]expr.Any, error) {
 			&expr.Lookup{SourceRegister: reg1, SetName: s.set},
 		), nil
 
+	case portsVmap:
+		// meta l4proto . th dport vmap @map
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Payload{DestRegister: nextReg(reg1, 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.vmap, DestRegister: regVerdict, IsDestRegSet: true},
+		}, nil
+
 	case portsInSet:
 		// meta l4proto . th dport @set
 		return []expr.Any{
@@ -260,6 +268,9 @@ func nftSet(s *Set) *nftables.Set {
 		ns.KeyType, ns.Concatenation = typeEndpoint6, true
 	case SetPorts:
 		ns.KeyType, ns.Concatenation, ns.Interval = typePorts, true, true
+	case MapPortsVerdict:
+		ns.KeyType, ns.Concatenation, ns.Interval = typePorts, true, true
+		ns.IsMap, ns.DataType = true, nftables.TypeVerdict
 	case SetTaggedIPv4:
 		ns.KeyType, ns.Concatenation = typeTagged4, true
 	case SetTaggedIPv6:
@@ -287,6 +298,14 @@ func kernelElements(kind SetKind, elems []Element) []nftables.SetElement {
 			}
 		case kind == SetPorts:
 			out = append(out, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
+		case kind == MapPortsVerdict:
+			v := &expr.Verdict{Kind: expr.VerdictDrop}
+			if e.Verdict != nil {
+				if nv, err := nftVerdict(*e.Verdict); err == nil {
+					v = nv
+				}
+			}
+			out = append(out, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, VerdictData: v})
 		case e.Verdict != nil:
 			v, err := nftVerdict(*e.Verdict)
 			if err != nil {
@@ -306,7 +325,7 @@ func modelElements(kind SetKind, elems []nftables.SetElement) []Element {
 		out := make([]Element, 0, len(elems))
 		for _, e := range elems {
 			m := Element{Key: e.Key}
-			if kind == SetPorts {
+			if kind == SetPorts || kind == MapPortsVerdict {
 				m.KeyEnd = e.KeyEnd
 				if m.KeyEnd == nil {
 					m.KeyEnd = e.Key

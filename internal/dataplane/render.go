@@ -102,6 +102,8 @@ type Renderer struct {
 	groups map[string]*groupMemo
 	rules  map[string]*ruleMemo
 	pods   map[string]*podMemo
+	spans  map[string]*spansMemo
+	gen    uint64 // renders so far
 	// tags are the group tags of the last render, assigned among the
 	// groups in tagged.
 	tags   map[string]uint32
@@ -117,13 +119,15 @@ type sharedMemo struct {
 
 // NewRenderer returns a Renderer with the given options.
 func NewRenderer(opts Options) *Renderer {
-	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, pods: map[string]*podMemo{}}
+	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, pods: map[string]*podMemo{},
+		spans: map[string]*spansMemo{}}
 }
 
 // Render renders the rule set as Render does.
 func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) (*Table, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.gen++
 	r := newRenderer(m.opts, m, groups)
 	t, err := r.render(spec)
 	if err != nil {
@@ -143,6 +147,11 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 	for key := range m.pods {
 		if !r.pods[key] {
 			delete(m.pods, key)
+		}
+	}
+	for id, sm := range m.spans {
+		if sm.gen != m.gen {
+			delete(m.spans, id)
 		}
 	}
 	return t, nil
@@ -214,6 +223,13 @@ type podMemo struct {
 	pod    v1alpha1.LocalPod // a copy
 	addrs  []netip.Addr
 	chains []podChain
+	// spans are the port spans of the rules the pod references, in the
+	// order of its ingress then egress rules: they decide its dispatch.
+	spans [][]portSpan
+	// dispatch holds the port maps and segment chains of the pod's
+	// directions that dispatch on the destination port.
+	maps     []*Set
+	segments []*Chain
 }
 
 // podChain is one isolated direction of a pod: its chain and the verdict
@@ -229,6 +245,8 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 		memo:       memo,
 		groups:     groups,
 		pods:       map[string]bool{},
+		spans:      map[string][]portSpan{},
+		segments:   map[string]bool{},
 		groupSets:  map[string][2]setRef{},
 		vmapOwners: map[string]bool{},
 	}
@@ -327,7 +345,11 @@ type renderer struct {
 	used   map[string]bool
 	// pods records the pods rendered (namespace/name).
 	pods map[string]bool
-	sets map[string]*Set
+	// spans caches the port spans of rules; segments records the segment
+	// chains added.
+	spans    map[string][]portSpan
+	segments map[string]bool
+	sets     map[string]*Set
 	// groupSets caches the v4 and v6 set references of each rendered group.
 	groupSets map[string][2]setRef
 	// tags are the tags of the groups whose single addresses go in the
@@ -380,7 +402,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 	r.pods[key] = true
 	var pm *podMemo
 	if remember {
-		if m := r.memo.pods[key]; m != nil && equalPod(&m.pod, &pod) {
+		if m := r.memo.pods[key]; m != nil && equalPod(&m.pod, &pod) && r.sameSpans(&pod, m.spans) {
 			pm = m
 		}
 	}
@@ -415,7 +437,18 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 			r.used[id] = true
 		}
 	}
-	chains := make([]*Chain, 0, len(pm.chains))
+	chains := make([]*Chain, 0, len(pm.chains)+len(pm.segments))
+	for _, s := range pm.maps {
+		r.sets[s.Name] = s
+	}
+	for _, c := range pm.segments {
+		// Segment chains are named by their content: pods with the same
+		// rules on the same ports share them.
+		if !r.segments[c.Name] {
+			r.segments[c.Name] = true
+			chains = append(chains, c)
+		}
+	}
 	for _, pc := range pm.chains {
 		chains = append(chains, pc.chain)
 		for _, a := range pm.addrs {
@@ -437,7 +470,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 
 // buildPod renders the chains of a pod's isolated directions.
 func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
-	pm := &podMemo{}
+	pm := &podMemo{spans: r.podSpans(&pod)}
 	for _, s := range pod.IPs {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -472,11 +505,27 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		}
 		c := &Chain{Name: podChainName(d.short, pod.Namespace, pod.Name)}
 		seen := make(map[string]bool, len(d.iso.Rules))
+		var ids, ported []string
 		for _, id := range d.iso.Rules {
 			if seen[id] {
 				continue
 			}
 			seen[id] = true
+			ids = append(ids, id)
+			if len(r.ruleSpans(id)) > 0 {
+				ported = append(ported, id)
+			}
+		}
+		if len(ported) >= dispatchMin {
+			// Dispatch on the destination port to the rules for that
+			// port, then walk the rules for every port.
+			m, segs := r.portDispatch(podPortMapName(d.short, pod.Namespace, pod.Name), ported)
+			pm.maps = append(pm.maps, m)
+			pm.segments = append(pm.segments, segs...)
+			c.Rules = append(c.Rules, rule(portsVmap{m.Name}))
+			ids = slices.DeleteFunc(ids, func(id string) bool { return len(r.ruleSpans(id)) > 0 })
+		}
+		for _, id := range ids {
 			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
 		}
 		c.Rules = append(c.Rules,
@@ -487,6 +536,146 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		pm.chains = append(pm.chains, podChain{chain: c, map4: d.map4, map6: d.map6})
 	}
 	return pm, nil
+}
+
+// dispatchMin is how many rules with ports a pod direction needs before it
+// dispatches on the destination port rather than walking its rules in
+// turn for every new connection.
+var dispatchMin = 8
+
+// ruleSpans returns the port spans of a rule (nil: every port, or a rule
+// that is not in the rule set or is invalid, which is reported elsewhere).
+func (r *renderer) ruleSpans(id string) []portSpan {
+	if r.memo == nil {
+		if s, ok := r.spans[id]; ok {
+			return s
+		}
+		var out []portSpan
+		if ru := r.rules[id]; ru != nil {
+			out, _ = portSpans(ru)
+		}
+		r.spans[id] = out
+		return out
+	}
+	// With a Renderer, its entries serve as this render's cache too.
+	sm := r.memo.spans[id]
+	if sm != nil && sm.gen == r.memo.gen {
+		return sm.spans
+	}
+	ru := r.rules[id]
+	if ru == nil {
+		return nil
+	}
+	if sm == nil || !slices.Equal(sm.ports, ru.Ports) {
+		spans, _ := portSpans(ru)
+		sm = &spansMemo{ports: slices.Clone(ru.Ports), spans: spans}
+		r.memo.spans[id] = sm
+	}
+	sm.gen = r.memo.gen
+	return sm.spans
+}
+
+// spansMemo is a rule's port spans and the ports they came from, with the
+// render that last used them.
+type spansMemo struct {
+	ports []v1alpha1.Port
+	spans []portSpan
+	gen   uint64
+}
+
+// podSpans returns the port spans of the rules a pod references.
+func (r *renderer) podSpans(pod *v1alpha1.LocalPod) [][]portSpan {
+	var out [][]portSpan
+	for _, iso := range []*v1alpha1.Isolation{pod.Ingress, pod.Egress} {
+		if iso == nil {
+			continue
+		}
+		for _, id := range iso.Rules {
+			out = append(out, r.ruleSpans(id))
+		}
+	}
+	return out
+}
+
+// sameSpans reports whether the pod's rules have the ports a remembered
+// pod was rendered with.
+func (r *renderer) sameSpans(pod *v1alpha1.LocalPod, want [][]portSpan) bool {
+	i := 0
+	for _, iso := range []*v1alpha1.Isolation{pod.Ingress, pod.Egress} {
+		if iso == nil {
+			continue
+		}
+		for _, id := range iso.Rules {
+			if i >= len(want) || !slices.Equal(r.ruleSpans(id), want[i]) {
+				return false
+			}
+			i++
+		}
+	}
+	return i == len(want)
+}
+
+// portDispatch builds a pod direction's port map: the destination ports of
+// its rules cut into disjoint segments, each mapped to a chain that jumps to
+// the rules allowing that segment, in their order. Chains are named by
+// their rules, so that pods with the same rules share them.
+func (r *renderer) portDispatch(name string, ids []string) (*Set, []*Chain) {
+	m := &Set{Name: name, Kind: MapPortsVerdict}
+	var chains []*Chain
+	made := map[string]bool{}
+	type segment struct {
+		proto    uint8
+		from, to int
+		ids      []string
+	}
+	var segs []segment
+	for _, proto := range []uint8{protoTCP, protoUDP, protoSCTP} {
+		var cuts []int
+		for _, id := range ids {
+			for _, s := range r.ruleSpans(id) {
+				if s.proto == proto {
+					cuts = append(cuts, int(s.from), int(s.to)+1)
+				}
+			}
+		}
+		slices.Sort(cuts)
+		cuts = slices.Compact(cuts)
+		for i := 0; i+1 < len(cuts); i++ {
+			from, to := cuts[i], cuts[i+1]-1
+			var in []string
+			for _, id := range ids {
+				if slices.ContainsFunc(r.ruleSpans(id), func(s portSpan) bool {
+					return s.proto == proto && int(s.from) <= from && to <= int(s.to)
+				}) {
+					in = append(in, id)
+				}
+			}
+			if len(in) == 0 {
+				continue
+			}
+			if n := len(segs); n > 0 && segs[n-1].proto == proto && segs[n-1].to+1 == from && slices.Equal(segs[n-1].ids, in) {
+				segs[n-1].to = to
+				continue
+			}
+			segs = append(segs, segment{proto, from, to, in})
+		}
+	}
+	for _, sg := range segs {
+		chain := segmentChainName(sg.ids)
+		if !made[chain] {
+			made[chain] = true
+			c := &Chain{Name: chain}
+			for _, id := range sg.ids {
+				c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
+			}
+			r.identify(c)
+			chains = append(chains, c)
+		}
+		m.Elements = append(m.Elements, Element{Key: concatField(sg.proto, uint16(sg.from)), KeyEnd: concatField(sg.proto, uint16(sg.to)),
+			Verdict: &Verdict{Kind: VerdictJump, Chain: chain}})
+	}
+	sortElements(m)
+	return m, chains
 }
 
 // identify computes the ids of a remembered chain's rules now, so that the
@@ -934,31 +1123,55 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 // port, one inline match for one protocol/port (range), or a lookup in the
 // rule's port set, which it returns too.
 func portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, *Set, error) {
+	merged, err := portSpans(ru)
+	if err != nil || len(merged) == 0 {
+		return nil, nil, err
+	}
+	if len(merged) == 1 {
+		s := merged[0]
+		if s.from == 0 && s.to == 65535 {
+			return []stmt{protoIs{s.proto}}, nil, nil
+		}
+		return []stmt{dportIn{s.proto, s.from, s.to}}, nil, nil
+	}
+	set := &Set{Name: chain + "-ports", Kind: SetPorts}
+	for _, s := range merged {
+		set.Elements = append(set.Elements, Element{Key: concatField(s.proto, s.from), KeyEnd: concatField(s.proto, s.to)})
+	}
+	return []stmt{portsInSet{set.Name}}, set, nil
+}
+
+// portSpan is a protocol and a range of destination ports.
+type portSpan struct {
+	proto    uint8
+	from, to uint16
+}
+
+// portSpans returns a rule's ports as sorted, merged spans; none when the
+// rule allows every protocol and port.
+func portSpans(ru *v1alpha1.Rule) ([]portSpan, error) {
 	if len(ru.Ports) == 0 {
-		return nil, nil, nil
+		return nil, nil
 	}
-	type span struct {
-		proto    uint8
-		from, to uint16
-	}
+	type span = portSpan
 	var spans []span
 	for _, p := range ru.Ports {
 		proto, err := protoNumber(p.Protocol)
 		if err != nil {
-			return nil, nil, fmt.Errorf("rule %q: %w", ru.ID, err)
+			return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
 		}
 		if p.Port < 0 || p.Port > 65535 || p.EndPort < 0 || p.EndPort > 65535 {
-			return nil, nil, fmt.Errorf("rule %q: port %d-%d out of range", ru.ID, p.Port, p.EndPort)
+			return nil, fmt.Errorf("rule %q: port %d-%d out of range", ru.ID, p.Port, p.EndPort)
 		}
 		s := span{proto, uint16(p.Port), uint16(p.Port)}
 		switch {
 		case p.Port == 0 && p.EndPort != 0:
-			return nil, nil, fmt.Errorf("rule %q: endPort %d without a port", ru.ID, p.EndPort)
+			return nil, fmt.Errorf("rule %q: endPort %d without a port", ru.ID, p.EndPort)
 		case p.Port == 0:
 			s.to = 65535
 		case p.EndPort != 0:
 			if p.EndPort < p.Port {
-				return nil, nil, fmt.Errorf("rule %q: endPort %d is below port %d", ru.ID, p.EndPort, p.Port)
+				return nil, fmt.Errorf("rule %q: endPort %d is below port %d", ru.ID, p.EndPort, p.Port)
 			}
 			s.to = uint16(p.EndPort)
 		}
@@ -976,18 +1189,7 @@ func portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, *Set, error) {
 		}
 		merged = append(merged, s)
 	}
-	if len(merged) == 1 {
-		s := merged[0]
-		if s.from == 0 && s.to == 65535 {
-			return []stmt{protoIs{s.proto}}, nil, nil
-		}
-		return []stmt{dportIn{s.proto, s.from, s.to}}, nil, nil
-	}
-	set := &Set{Name: chain + "-ports", Kind: SetPorts}
-	for _, s := range merged {
-		set.Elements = append(set.Elements, Element{Key: concatField(s.proto, s.from), KeyEnd: concatField(s.proto, s.to)})
-	}
-	return []stmt{portsInSet{set.Name}}, set, nil
+	return merged, nil
 }
 
 // concatField encodes protocol . port as the kernel lays them out in a

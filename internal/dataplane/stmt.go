@@ -140,6 +140,12 @@ type portsInSet struct{ set string }
 
 func (s portsInSet) text() string { return "meta l4proto . th dport @" + s.set }
 
+// portsVmap dispatches on protocol and destination port through a verdict
+// map of port ranges: "meta l4proto . th dport vmap @map".
+type portsVmap struct{ vmap string }
+
+func (s portsVmap) text() string { return "meta l4proto . th dport vmap @" + s.vmap }
+
 // protoIs matches a layer-4 protocol: "meta l4proto tcp".
 type protoIs struct{ proto uint8 }
 
