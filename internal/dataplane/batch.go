@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -78,6 +79,9 @@ type batchSocket struct {
 	stale bool
 	err   error
 }
+
+// batchTimeout bounds the wait for the kernel's answer to one batch.
+const batchTimeout = 2 * time.Minute
 
 // ack is what the library reads for each message it sent: the outcome is
 // reported by Flush, not through the library.
@@ -173,6 +177,12 @@ func (s *batchSocket) send(req []netlink.Message) (err error) {
 		return fmt.Errorf("sending batch: %w", err)
 	}
 	want := sent[last].Header.Sequence
+	// The kernel answers once it has committed or aborted the batch, in
+	// well under a second for a million elements; a socket that stays
+	// silent far longer is reported rather than waited on forever.
+	if err := nl.SetReadDeadline(time.Now().Add(batchTimeout)); err != nil {
+		return fmt.Errorf("setting a deadline on the netlink socket: %w", err)
+	}
 	for {
 		replies, err := nl.Receive()
 		if err != nil {
