@@ -82,8 +82,11 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	if !r.State.compiled {
 		return reconcile.Result{}, nil // the first compile notifies us
 	}
+	// Rule sets and NetworkPolicies are only read here: list them from the
+	// cache without the deep copy of every object (at 1,000 nodes and
+	// 75,000 policies, a copy per pass was tens of megabytes).
 	var rsList v1alpha1.NodeRuleSetList
-	if err := r.Client.List(ctx, &rsList); err != nil {
+	if err := r.Client.List(ctx, &rsList, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, fmt.Errorf("listing NodeRuleSets: %w", err)
 	}
 	present := map[string]*v1alpha1.NodeRuleSet{}
@@ -128,7 +131,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	}
 
 	var nps networkingv1.NetworkPolicyList
-	if err := r.Client.List(ctx, &nps); err != nil {
+	if err := r.Client.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, fmt.Errorf("listing NetworkPolicies: %w", err)
 	}
 	r.reportPolicies(ctx, nps.Items, nodes)
