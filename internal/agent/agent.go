@@ -269,7 +269,9 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 	var missing []string
 	for _, name := range rs.Spec.AddressGroups {
 		ag := &v1alpha1.AddressGroup{}
-		err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag)
+		// Groups are only read (the Renderer copies what it keeps): no deep
+		// copy of every member list on every event.
+		err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag, client.UnsafeDisableDeepCopy)
 		stripped := err == nil && ag.Annotations[StrippedAnnotation] != ""
 		if stripped {
 			// Cached before this node referenced it: use the copy read from
