@@ -14,6 +14,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
 	"github.com/nftguard/nftguard/internal/controller"
 )
 
@@ -28,12 +29,14 @@ func run() int {
 		leaderElect    bool
 		leaderElectNS  string
 		maxObjectBytes int
+		maxGroupSize   int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so that only one replica writes at a time.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.IntVar(&maxObjectBytes, "max-object-bytes", controller.DefaultMaxObjectBytes, "Largest NodeRuleSet or AddressGroup spec written, in bytes.")
+	flag.IntVar(&maxGroupSize, "max-group-entries", compiler.DefaultMaxGroupEntries, "Most addresses (or endpoints) in one AddressGroup object; a larger group is split into shards.")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -65,7 +68,7 @@ func run() int {
 		setupLog.Error(err, "Creating manager")
 		return 1
 	}
-	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes}); err != nil {
+	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes, MaxGroupEntries: maxGroupSize}); err != nil {
 		setupLog.Error(err, "Setting up controllers")
 		return 1
 	}

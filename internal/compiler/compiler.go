@@ -20,12 +20,17 @@ type Snapshot struct {
 }
 
 // Result is the desired state compiled from a Snapshot.
+//
+// A group holding more entries than Options.MaxGroupEntries is split into
+// shards (see ShardName): AddressGroups holds each shard under its own name,
+// and the rule sets reference every shard of the group where they would
+// reference the group.
 type Result struct {
 	// NodeRuleSets holds one spec per node of the snapshot, keyed by node
 	// name; a node without eligible pods has an empty spec.
 	NodeRuleSets map[string]v1alpha1.NodeRuleSetSpec `json:"nodeRuleSets"`
-	// AddressGroups holds every group some rule set references, and only those,
-	// keyed by group name.
+	// AddressGroups holds every group (or shard) some rule set references,
+	// and only those, keyed by name.
 	AddressGroups map[string]v1alpha1.AddressGroupSpec `json:"addressGroups"`
 	// Policies holds the span of every policy of the snapshot, keyed by
 	// "NetworkPolicy/<namespace>/<name>" or "DefaultDeny/<name>".
@@ -44,7 +49,10 @@ type PolicySpan struct {
 // groups they reference and the span of every policy. The result does not
 // depend on the order of the snapshot's slices and shares no memory with it
 // but strings, which cannot be modified.
-func Compile(s *Snapshot) *Result {
+func Compile(s *Snapshot) *Result { return CompileWith(s, Options{}) }
+
+// CompileWith is Compile with options.
+func CompileWith(s *Snapshot, o Options) *Result {
 	ix := newIndex()
 	if s != nil {
 		ix.load(s)
@@ -56,9 +64,10 @@ func Compile(s *Snapshot) *Result {
 	}
 	spans := map[string]*PolicySpan{}
 	groups := map[string]*groupDef{}
+	compiled := make(map[string]*nodeResult, len(ix.nodes))
 	for node := range ix.nodes {
 		out := ix.compileNode(node)
-		res.NodeRuleSets[node] = out.spec
+		compiled[node] = out
 		for _, g := range out.groups {
 			groups[g.name] = g
 		}
@@ -75,8 +84,18 @@ func Compile(s *Snapshot) *Result {
 			sp.Nodes = append(sp.Nodes, node)
 		}
 	}
+	levels := make(map[string]int, len(groups))
 	for name, g := range groups {
-		res.AddressGroups[name] = ix.groupSpec(g)
+		prev, hasPrev := o.ShardLevels[name]
+		level, shards := ix.groupShards(g, prev, hasPrev, o.maxEntries())
+		levels[name] = level
+		for i, sh := range shards {
+			res.AddressGroups[ShardName(name, level, i)] = *sh
+		}
+	}
+	level := func(g *groupDef) int { return levels[g.name] }
+	for node, out := range compiled {
+		res.NodeRuleSets[node] = *expandNode(&out.spec, out.groups, level)
 	}
 	span := func(key string) PolicySpan {
 		sp := spans[key]

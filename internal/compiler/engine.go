@@ -20,10 +20,15 @@ import (
 // recompiles the pod's node and updates the groups it belongs to; a policy
 // event recompiles the nodes of the pods the policy selects, before or after.
 // After any sequence of events, Result equals Compile of a snapshot of the
-// objects upserted and not deleted since. An Engine copies what it keeps of
-// the objects it is given, and is not safe for concurrent use.
+// objects upserted and not deleted since (CompileWith, given the Engine's
+// options and, for the groups split into shards, its ShardLevels). An Engine
+// copies what it keeps of the objects it is given, and is not safe for
+// concurrent use.
 type Engine struct {
-	ix      *index
+	ix         *index
+	maxEntries int            // Options.MaxGroupEntries
+	hints      map[string]int // Options.ShardLevels not used yet
+
 	npSpecs map[nsName]*networkingv1.NetworkPolicySpec
 	ddSpecs map[string]*v1alpha1.DefaultDenySpec
 
@@ -42,6 +47,9 @@ type Engine struct {
 	dirtyNodes    map[string]struct{}
 	dirtyGroups   map[string]struct{}
 	dirtyPolicies map[string]struct{}
+	// The compiled nodes whose output may differ from their compiled spec
+	// with the groups' current shards.
+	expandNodes map[string]struct{}
 
 	// Current output, and the names changed since Changes last ran. The
 	// specs are never modified once stored: a change stores a new one, so
@@ -49,6 +57,7 @@ type Engine struct {
 	outNodes        map[string]*v1alpha1.NodeRuleSetSpec
 	outGroups       map[string]*v1alpha1.AddressGroupSpec
 	outPolicies     map[string]*PolicySpan
+	outLevels       map[string]int // group name -> shard level of its output
 	changedNodes    map[string]struct{}
 	changedGroups   map[string]struct{}
 	changedPolicies map[string]struct{}
@@ -56,17 +65,19 @@ type Engine struct {
 
 // groupState is a referenced group. Its members are the pods matching its
 // definition, found through the index; the state keeps the group's last
-// built spec and the entries whose presence changed since, so that a
-// membership change costs neither a scan nor a sort.
+// built shards and the entries whose presence changed since, so that a
+// membership change costs neither a scan nor a sort, and rebuilds only the
+// shards of the entries that changed.
 type groupState struct {
 	def  *groupDef
-	refs int
-	// spec is the group as of the last recompute (nil until the first one,
-	// which scans the members). It is shared with the output and never
-	// modified.
-	spec *v1alpha1.AddressGroupSpec
+	refs int // compiled nodes referencing it
+	// shards are the group's 1<<level shards as of the last recompute (nil
+	// until the first one, which scans the members). They are shared with
+	// the output and never modified.
+	shards []*v1alpha1.AddressGroupSpec
+	level  int
 	// pending maps each entry that may have been added or removed since
-	// spec was built to whether a member gives it now.
+	// the shards were built to whether a member gives it now.
 	pending map[entryKey]pendingEntry
 }
 
@@ -87,9 +98,9 @@ type pendingEntry struct {
 }
 
 // touch records that the entries member p gives the group may have changed.
-// It does nothing before the group's first spec, which scans the members.
+// It does nothing before the group's first shards, which scan the members.
 func (e *Engine) touch(st *groupState, p *podInfo) {
-	if st.spec == nil {
+	if st.shards == nil {
 		return
 	}
 	var port int32
@@ -125,17 +136,56 @@ func (e *Engine) gives(g *groupDef, k entryKey) bool {
 	return false
 }
 
-// update returns the group's spec with its pending entries applied: the
-// same spec when none changed, else a new one that shares nothing mutable
-// with it (the entries are copied once, whatever the number of changes).
-func (st *groupState) update() *v1alpha1.AddressGroupSpec {
-	changes := make([]entryKey, 0, len(st.pending))
-	for k := range st.pending {
-		changes = append(changes, k)
+// update returns the group's shards with its pending entries applied, and
+// their level. A shard no entry of which changed is the same spec; a changed
+// one is a new spec that shares nothing mutable with the old. When the
+// level changes (see chooseLevel) the group is scanned again.
+func (e *Engine) update(st *groupState) (int, []*v1alpha1.AddressGroupSpec) {
+	type change struct {
+		shard int
+		k     entryKey
 	}
-	slices.SortFunc(changes, compareEntryKeys)
-	old := st.spec
-	endpoints := st.def.namedPort != nil
+	changes := make([]change, 0, len(st.pending))
+	for k := range st.pending {
+		c := change{k: k}
+		if st.level > 0 {
+			c.shard = shardOf(entryHash(k), st.level)
+		}
+		changes = append(changes, c)
+	}
+	slices.SortFunc(changes, func(a, b change) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), compareEntryKeys(a.k, b.k))
+	})
+	shards := slices.Clone(st.shards)
+	keys := make([]entryKey, 0, len(changes))
+	for i := 0; i < len(changes); {
+		j := i
+		keys = keys[:0]
+		for ; j < len(changes) && changes[j].shard == changes[i].shard; j++ {
+			keys = append(keys, changes[j].k)
+		}
+		sh := changes[i].shard
+		shards[sh] = updateSpec(st.shards[sh], st.def.namedPort != nil, keys, st.pending)
+		i = j
+	}
+	// Keep the level unless chooseLevel would change it: a shard
+	// overflows, or the group would shrink.
+	sizes, fits := make([]int, len(shards)), true
+	for i, sh := range shards {
+		sizes[i] = len(sh.Addresses) + len(sh.Endpoints)
+		fits = fits && sizes[i] <= e.maxEntries
+	}
+	if fits && (st.level == 0 || !shrinks(sizes, e.maxEntries)) {
+		return st.level, shards
+	}
+	return e.ix.groupShards(st.def, st.level, true, e.maxEntries)
+}
+
+// updateSpec returns the shard old with the changes (sorted) applied, each
+// present or not as pending says: old when none alters it, else a new spec
+// that shares nothing mutable with it (the entries are copied once,
+// whatever the number of changes).
+func updateSpec(old *v1alpha1.AddressGroupSpec, endpoints bool, changes []entryKey, pending map[entryKey]pendingEntry) *v1alpha1.AddressGroupSpec {
 	n := len(old.Addresses)
 	if endpoints {
 		n = len(old.Endpoints)
@@ -167,7 +217,7 @@ func (st *groupState) update() *v1alpha1.AddressGroupSpec {
 	for _, k := range changes {
 		i, found := sort.Find(n-lo, func(j int) int { return compareEntryKeys(k, at(lo+j)) })
 		i += lo
-		pe := st.pending[k]
+		pe := pending[k]
 		if pe.present != found {
 			edits = append(edits, edit{i: i, add: pe.present, k: k, str: pe.str})
 		}
@@ -242,11 +292,21 @@ func (d *Delta) Empty() bool {
 }
 
 // NewEngine returns an Engine for an empty cluster.
-func NewEngine() *Engine {
+func NewEngine() *Engine { return NewEngineWith(Options{}) }
+
+// NewEngineWith returns an Engine for an empty cluster, with options. The
+// shard levels of the options are used for the first output of each group
+// they name (a controller starting again can pass those of the groups it
+// wrote, so that groups between two levels keep theirs).
+func NewEngineWith(o Options) *Engine {
 	ix := newIndex()
 	ix.podsByIP = map[netip.Addr][]*podInfo{}
 	return &Engine{
 		ix:              ix,
+		maxEntries:      o.maxEntries(),
+		hints:           maps.Clone(o.ShardLevels),
+		expandNodes:     map[string]struct{}{},
+		outLevels:       map[string]int{},
 		npSpecs:         map[nsName]*networkingv1.NetworkPolicySpec{},
 		ddSpecs:         map[string]*v1alpha1.DefaultDenySpec{},
 		nodes:           map[string]*nodeResult{},
@@ -531,6 +591,10 @@ func (e *Engine) recompute() {
 		e.recomputeGroup(name)
 	}
 	clear(e.dirtyGroups)
+	for node := range e.expandNodes {
+		e.outputNode(node)
+	}
+	clear(e.expandNodes)
 	for key := range e.dirtyPolicies {
 		old, had := e.outPolicies[key]
 		if _, ok := e.policies[key]; !ok {
@@ -552,29 +616,94 @@ func (e *Engine) recompute() {
 
 func (e *Engine) recomputeGroup(name string) {
 	st := e.groups[name]
-	old, had := e.outGroups[name]
+	oldLevel, had := e.outLevels[name]
 	if st == nil {
 		if had {
-			delete(e.outGroups, name)
-			e.changedGroups[name] = struct{}{}
+			e.dropShards(name, oldLevel)
+			delete(e.outLevels, name)
 		}
 		return
 	}
+	var level int
+	var shards []*v1alpha1.AddressGroupSpec
 	switch {
-	case st.spec == nil:
-		spec := e.ix.groupSpec(st.def)
-		st.spec = &spec
-		if had && equalGroupSpecs(old, st.spec) {
-			st.spec = old
+	case st.shards == nil:
+		prev, hasPrev := oldLevel, had
+		if !had {
+			prev, hasPrev = e.hints[name]
+			delete(e.hints, name)
 		}
+		level, shards = e.ix.groupShards(st.def, prev, hasPrev, e.maxEntries)
 	case len(st.pending) > 0:
-		st.spec = st.update()
+		level, shards = e.update(st)
+	default:
+		return
 	}
 	st.pending = nil
-	if st.spec != old {
-		e.outGroups[name] = st.spec
-		e.changedGroups[name] = struct{}{}
+	if had && oldLevel != level {
+		e.dropShards(name, oldLevel)
 	}
+	if had && oldLevel != level {
+		// The rule sets referencing the group name other shards. Levels
+		// change rarely: look for them. (A group without output is new: the
+		// nodes referencing it were compiled in this pass.)
+		for node, nr := range e.nodes {
+			if hasGroup(nr.groups, name) {
+				e.expandNodes[node] = struct{}{}
+			}
+		}
+	}
+	for i, sh := range shards {
+		shard := ShardName(name, level, i)
+		old := e.outGroups[shard]
+		if old == sh {
+			continue
+		}
+		if old != nil && equalGroupSpecs(old, sh) {
+			shards[i] = old
+			continue
+		}
+		e.outGroups[shard] = sh
+		e.changedGroups[shard] = struct{}{}
+	}
+	st.shards, st.level = shards, level
+	e.outLevels[name] = level
+}
+
+// dropShards removes the output shards of a group at a level.
+func (e *Engine) dropShards(name string, level int) {
+	for i := range 1 << level {
+		shard := ShardName(name, level, i)
+		delete(e.outGroups, shard)
+		e.changedGroups[shard] = struct{}{}
+	}
+}
+
+// HintShardLevels gives the shard levels of groups as written by a previous
+// run, by group name (see NewEngineWith): each is used for its group's
+// first output unless the group has one already.
+func (e *Engine) HintShardLevels(levels map[string]int) {
+	if e.hints == nil {
+		e.hints = map[string]int{}
+	}
+	for name, l := range levels {
+		if _, done := e.outLevels[name]; !done {
+			e.hints[name] = l
+		}
+	}
+}
+
+// ShardLevels returns the shard level of every group split into shards, by
+// group name (see Options.ShardLevels).
+func (e *Engine) ShardLevels() map[string]int {
+	e.recompute()
+	out := map[string]int{}
+	for name, l := range e.outLevels {
+		if l > 0 {
+			out[name] = l
+		}
+	}
+	return out
 }
 
 // equalGroupSpecs reports whether two specs of one group are equal. Their
@@ -618,18 +747,28 @@ func (e *Engine) recomputeNode(node string) {
 			e.setSpan(key, node, 0)
 		}
 	}
-	spec, had := e.outNodes[node]
 	if cur == nil {
 		delete(e.nodes, node)
-		if had {
+		if _, had := e.outNodes[node]; had {
 			delete(e.outNodes, node)
 			e.changedNodes[node] = struct{}{}
 		}
 		return
 	}
 	e.nodes[node] = cur
-	if !had || !equalNodeSpecs(spec, &cur.spec) {
-		e.outNodes[node] = &cur.spec
+	e.expandNodes[node] = struct{}{} // once its groups have their shards
+}
+
+// outputNode brings the output of a compiled node up to date: its spec
+// with the current shards of its groups.
+func (e *Engine) outputNode(node string) {
+	cur := e.nodes[node]
+	if cur == nil {
+		return
+	}
+	spec := expandNode(&cur.spec, cur.groups, func(g *groupDef) int { return e.groups[g.name].level })
+	if old, had := e.outNodes[node]; !had || !equalNodeSpecs(old, spec) {
+		e.outNodes[node] = spec
 		e.changedNodes[node] = struct{}{}
 	}
 }
@@ -685,6 +824,12 @@ func (e *Engine) unref(name string) {
 		delete(e.otherGroups, name)
 	}
 	e.dirtyGroups[name] = struct{}{}
+}
+
+// hasGroup reports whether groups, sorted by name, hold the group named name.
+func hasGroup(groups []*groupDef, name string) bool {
+	_, ok := slices.BinarySearchFunc(groups, name, func(g *groupDef, name string) int { return cmp.Compare(g.name, name) })
+	return ok
 }
 
 func addGroup(m map[string]map[string]*groupState, ns string, st *groupState) {

@@ -144,7 +144,10 @@ func (m *mirror) apply(d *Delta) {
 // several random clusters (whose objects share names, so that upserts are
 // also updates) and checks, at random points, that the engine's Result and
 // the state rebuilt from its deltas both equal Compile of the same objects.
-func runEngineSequence(t *testing.T, rng *rand.Rand, steps int) {
+// With maxEntries > 0 groups of more entries are split into shards; the
+// result is then also checked to be the unsplit one once its shards are
+// merged.
+func runEngineSequence(t *testing.T, rng *rand.Rand, steps, maxEntries int) {
 	t.Helper()
 	var pool []any
 	for range 4 {
@@ -172,15 +175,25 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps int) {
 	if len(pool) == 0 {
 		return
 	}
-	e := NewEngine()
+	e := NewEngineWith(Options{MaxGroupEntries: maxEntries})
 	w := world{}
 	m := &mirror{res: &Result{NodeRuleSets: map[string]v1alpha1.NodeRuleSetSpec{}, AddressGroups: map[string]v1alpha1.AddressGroupSpec{}, Policies: map[string]PolicySpan{}}}
 	var log []string
 	check := func() {
 		t.Helper()
-		want := Compile(w.snapshot())
+		s := w.snapshot()
+		// The levels are the Engine's: Compile checks that they are the
+		// ones it would keep (see chooseLevel).
+		levels := e.ShardLevels()
+		want := CompileWith(s, Options{MaxGroupEntries: maxEntries, ShardLevels: levels})
 		if diff := cmp.Diff(want, e.Result()); diff != "" {
 			t.Fatalf("after %v\nengine result differs from Compile (-compile +engine):\n%s", log, diff)
+		}
+		if maxEntries > 0 {
+			checkShards(t, want, maxEntries)
+			if diff := cmp.Diff(Compile(s), mergeShards(t, want)); diff != "" {
+				t.Fatalf("after %v\nmerged shards differ from the unsplit groups (-unsplit +merged):\n%s", log, diff)
+			}
 		}
 		m.unchanged(t)
 		d := e.Changes()
@@ -214,16 +227,29 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps int) {
 func TestEngineMatchesCompile(t *testing.T) {
 	for seed := range uint64(150) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			runEngineSequence(t, rand.New(rand.NewPCG(seed, 99)), 80)
+			runEngineSequence(t, rand.New(rand.NewPCG(seed, 99)), 80, 0)
 		})
 	}
 }
 
+// TestEngineMatchesCompileSharded is TestEngineMatchesCompile with groups
+// of more than one to three entries split into shards.
+func TestEngineMatchesCompileSharded(t *testing.T) {
+	for seed := range uint64(150) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			runEngineSequence(t, rand.New(rand.NewPCG(seed, 98)), 80, 1+int(seed%3))
+		})
+	}
+}
+
+// FuzzEngine runs random sequences, with groups unsplit or split into
+// shards of at most one to three entries.
 func FuzzEngine(f *testing.F) {
 	f.Add(uint64(0), uint64(1))
 	f.Add(uint64(42), uint64(7))
+	f.Add(uint64(5), uint64(2))
 	f.Fuzz(func(t *testing.T, a, b uint64) {
-		runEngineSequence(t, rand.New(rand.NewPCG(a, b)), 60)
+		runEngineSequence(t, rand.New(rand.NewPCG(a, b)), 60, int(a%4))
 	})
 }
 

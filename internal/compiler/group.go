@@ -145,8 +145,10 @@ type groupEntry struct {
 	str string // key.addr.String()
 }
 
-// groupSpec renders the group from its members among every eligible pod.
-func (ix *index) groupSpec(g *groupDef) v1alpha1.AddressGroupSpec {
+// groupEntries returns the group's distinct entries among every eligible
+// pod, sorted, in the index's scratch space: the caller must call
+// releaseEntries when done with them.
+func (ix *index) groupEntries(g *groupDef) []groupEntry {
 	entries := ix.entries[:0]
 	var port int32
 	for _, ns := range ix.candidateNamespaces(g) {
@@ -167,29 +169,79 @@ func (ix *index) groupSpec(g *groupDef) v1alpha1.AddressGroupSpec {
 		}
 	}
 	slices.SortFunc(entries, func(a, b groupEntry) int { return compareEntryKeys(a.key, b.key) })
-	distinct := 0
-	for i := range entries {
-		if i == 0 || entries[i].key != entries[i-1].key {
-			distinct++
+	entries = slices.CompactFunc(entries, func(a, b groupEntry) bool { return a.key == b.key })
+	ix.entries = entries
+	return entries
+}
+
+// releaseEntries drops the strings groupEntries left in the scratch space.
+func (ix *index) releaseEntries() {
+	clear(ix.entries) // slices.CompactFunc zeroed the ones past the end
+	ix.entries = ix.entries[:0]
+}
+
+// groupShards renders the group from its members among every eligible pod,
+// as 1<<level shards: see chooseLevel for the level, given the level prev
+// of the group's previous output (hasPrev false: none).
+func (ix *index) groupShards(g *groupDef, prev int, hasPrev bool, max int) (int, []*v1alpha1.AddressGroupSpec) {
+	entries := ix.groupEntries(g)
+	defer ix.releaseEntries()
+	var h []uint64
+	hashes := func() []uint64 {
+		if h == nil {
+			h = slices.Grow(ix.hashes[:0], len(entries))
+			for _, e := range entries {
+				h = append(h, entryHash(e.key))
+			}
+			ix.hashes = h
+		}
+		return h
+	}
+	level := chooseLevel(prev, hasPrev, len(entries), hashes, max)
+	if level > 0 {
+		hashes()
+	}
+	return level, buildShards(g, entries, h, level)
+}
+
+// buildShards puts each entry in its shard: the low level bits of its hash
+// (hashes is unused at level 0).
+func buildShards(g *groupDef, entries []groupEntry, hashes []uint64, level int) []*v1alpha1.AddressGroupSpec {
+	n := 1 << level
+	var sizes []int
+	mask := uint64(n - 1)
+	if level == 0 {
+		sizes = []int{len(entries)}
+	} else {
+		sizes = make([]int, n)
+		for _, h := range hashes {
+			sizes[h&mask]++
 		}
 	}
-	// The definition's parts are never modified: share them.
-	s := v1alpha1.AddressGroupSpec{
-		Namespace:         g.namespace,
-		NamespaceSelector: g.nsSpec,
-		PodSelector:       g.podSpec,
-		NamedPort:         g.namedPort,
-	}
-	if distinct > 0 {
-		if g.namedPort == nil {
-			s.Addresses = make([]string, 0, distinct)
-		} else {
-			s.Endpoints = make([]v1alpha1.Endpoint, 0, distinct)
+	shards := make([]*v1alpha1.AddressGroupSpec, n)
+	specs := make([]v1alpha1.AddressGroupSpec, n)
+	for i := range shards {
+		// The definition's parts are never modified: share them.
+		s := &specs[i]
+		*s = v1alpha1.AddressGroupSpec{
+			Namespace:         g.namespace,
+			NamespaceSelector: g.nsSpec,
+			PodSelector:       g.podSpec,
+			NamedPort:         g.namedPort,
 		}
+		if sizes[i] > 0 {
+			if g.namedPort == nil {
+				s.Addresses = make([]string, 0, sizes[i])
+			} else {
+				s.Endpoints = make([]v1alpha1.Endpoint, 0, sizes[i])
+			}
+		}
+		shards[i] = s
 	}
 	for i, e := range entries {
-		if i > 0 && e.key == entries[i-1].key {
-			continue
+		s := shards[0]
+		if level > 0 {
+			s = shards[hashes[i]&mask]
 		}
 		if g.namedPort == nil {
 			s.Addresses = append(s.Addresses, e.str)
@@ -197,7 +249,5 @@ func (ix *index) groupSpec(g *groupDef) v1alpha1.AddressGroupSpec {
 			s.Endpoints = append(s.Endpoints, v1alpha1.Endpoint{IP: e.str, Port: e.key.port})
 		}
 	}
-	clear(entries) // hold no strings
-	ix.entries = entries[:0]
-	return s
+	return shards
 }

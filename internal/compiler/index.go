@@ -343,6 +343,7 @@ type index struct {
 	buf       []byte          // scratch space for keys
 	ports     []v1alpha1.Port // scratch space for a pod's resolved ports
 	entries   []groupEntry    // scratch space for a group's entries
+	hashes    []uint64        // and for their hashes
 	nb        *nodeBuilder    // scratch space for compileNode
 }
 

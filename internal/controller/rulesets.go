@@ -59,6 +59,10 @@ type RuleSetReconciler struct {
 	State *State
 	// MaxObjectBytes bounds a written spec (DefaultMaxObjectBytes when 0).
 	MaxObjectBytes int
+	// MaxGroupEntries bounds the entries of one AddressGroup object: a group
+	// with more is written as several, its shards
+	// (compiler.DefaultMaxGroupEntries when 0).
+	MaxGroupEntries int
 
 	coalesced atomic.Int64
 
@@ -78,6 +82,7 @@ type RuleSetReconciler struct {
 	oversized map[string]int
 	lastFull  time.Time
 	synced    bool // a full pass has succeeded
+	hinted    bool // the engine has the shard levels of the groups in the API
 }
 
 // +kubebuilder:rbac:groups="",resources=pods;namespaces;nodes,verbs=get;list;watch
@@ -95,7 +100,19 @@ func (r *RuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 	logger := log.FromContext(ctx)
 	pendingEvents.Set(float64(r.coalesced.Swap(0)))
 
+	var levels map[string]int
+	if !r.hinted {
+		var err error
+		if levels, err = r.shardLevels(ctx); err != nil {
+			return reconcile.Result{}, err
+		}
+		r.hinted = true
+	}
+
 	r.mu.Lock()
+	if levels != nil {
+		r.engine.HintShardLevels(levels)
+	}
 	start := time.Now()
 	delta := r.engine.Changes()
 	compileDuration.Observe(time.Since(start).Seconds())
@@ -146,6 +163,24 @@ func (r *RuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 		r.synced, r.lastFull = true, time.Now()
 	}
 	return reconcile.Result{RequeueAfter: fullResyncPeriod}, nil
+}
+
+// shardLevels returns the shard levels of the groups split into shards in
+// the API, by group name, so that the engine keeps the shards a previous run
+// wrote rather than choosing again (a group between two levels would
+// otherwise be rewritten, with every rule set referencing it).
+func (r *RuleSetReconciler) shardLevels(ctx context.Context) (map[string]int, error) {
+	var list v1alpha1.AddressGroupList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing AddressGroups: %w", err)
+	}
+	levels := map[string]int{}
+	for _, ag := range list.Items {
+		if group, level, _, ok := compiler.ParseShardName(ag.Name); ok && level > levels[group] {
+			levels[group] = level
+		}
+	}
+	return levels, nil
 }
 
 // setDesiredRS records a node's compiled spec (nil: the node is gone) and
@@ -530,7 +565,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.State == nil {
 		return fmt.Errorf("RuleSetReconciler needs a State")
 	}
-	r.engine = compiler.NewEngine()
+	r.engine = compiler.NewEngineWith(compiler.Options{MaxGroupEntries: r.MaxGroupEntries})
 	r.pendingGens = map[string]int64{}
 	r.dirtyRS, r.dirtyAG = map[string]struct{}{}, map[string]struct{}{}
 	r.desiredRS = map[string]v1alpha1.NodeRuleSetSpec{}

@@ -1,7 +1,10 @@
 package controller_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
 )
 
 var _ = Describe("Rule sets", func() {
@@ -399,6 +403,95 @@ var _ = Describe("Concurrent agent status writes", func() {
 		close(stop)
 		<-done
 		Expect(writeFailures("NodeRuleSet")-failuresBefore).To(BeZero(), "spec writes conflicted with status writes")
+	})
+})
+
+var _ = Describe("Large address groups", func() {
+	It("are written as shards, and a member change rewrites only its shard", func() {
+		node := makeNode(name("n"))
+		ns := makeNamespace(name("crowd"), nil)
+		makePod(ns.Name, "target", node.Name, map[string]string{"app": "target"})
+		Expect(admin.Create(ctx, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "from-crowd"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "crowd"}}}},
+				}},
+			},
+		})).To(Succeed())
+		const members = 100
+		var crowd []*corev1.Pod
+		ips := map[string]bool{}
+		for i := range members {
+			p := makePod(ns.Name, fmt.Sprintf("crowd-%d", i), node.Name, map[string]string{"app": "crowd"})
+			crowd = append(crowd, p)
+			ips[p.Status.PodIP] = true
+		}
+
+		// shards reads the group objects the rule set references, checking
+		// that together they hold exactly want, each within the limits, and
+		// that the rule lists every one of them as a peer.
+		shards := func(g Gomega, want map[string]bool) map[string]*v1alpha1.AddressGroup {
+			rs := ruleSet(g, node.Name)
+			g.Expect(rs.Spec.Rules).To(HaveLen(1))
+			g.Expect(len(rs.Spec.AddressGroups)).To(BeNumerically(">=", members/testMaxGroupEntries))
+			var peers []string
+			for _, p := range rs.Spec.Rules[0].Peers {
+				peers = append(peers, p.AddressGroup)
+			}
+			g.Expect(peers).To(ConsistOf(rs.Spec.AddressGroups))
+			out := map[string]*v1alpha1.AddressGroup{}
+			got := map[string]bool{}
+			for _, n := range rs.Spec.AddressGroups {
+				g.Expect(compiler.LogicalGroup(n)).To(Equal(compiler.LogicalGroup(rs.Spec.AddressGroups[0])))
+				ag := addressGroup(g, n)
+				g.Expect(len(ag.Spec.Addresses)).To(BeNumerically("<=", testMaxGroupEntries), "shard %s", n)
+				b, err := json.Marshal(ag.Spec)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(len(b)).To(BeNumerically("<=", testMaxObjectBytes))
+				g.Expect(ag.Spec.PodSelector).To(Equal(&metav1.LabelSelector{MatchLabels: map[string]string{"app": "crowd"}}))
+				g.Expect(ag.Spec.Namespace).To(Equal(ns.Name))
+				for _, a := range ag.Spec.Addresses {
+					got[a] = true
+				}
+				out[n] = ag
+			}
+			g.Expect(got).To(Equal(want))
+			return out
+		}
+		var before map[string]*v1alpha1.AddressGroup
+		Eventually(func(g Gomega) { before = shards(g, ips) }).Should(Succeed())
+		// Let any in-flight writes settle before taking the baseline.
+		Consistently(func(g Gomega) {
+			now := shards(g, ips)
+			g.Expect(now).To(HaveLen(len(before)))
+			for n, ag := range now {
+				g.Expect(ag.ResourceVersion).To(Equal(before[n].ResourceVersion))
+			}
+		}, "1s", "200ms").Should(Succeed())
+
+		gone := crowd[members/2]
+		var home string
+		for n, ag := range before {
+			if slices.Contains(ag.Spec.Addresses, gone.Status.PodIP) {
+				home = n
+			}
+		}
+		Expect(admin.Delete(ctx, gone, client.GracePeriodSeconds(0))).To(Succeed())
+		delete(ips, gone.Status.PodIP)
+		Eventually(func(g Gomega) { shards(g, ips) }).Should(Succeed())
+		Consistently(func(g Gomega) {
+			now := shards(g, ips)
+			g.Expect(slices.Sorted(maps.Keys(now))).To(Equal(slices.Sorted(maps.Keys(before))), "the group's shards changed")
+			for n, ag := range now {
+				if n == home {
+					g.Expect(ag.ResourceVersion).NotTo(Equal(before[n].ResourceVersion))
+					continue
+				}
+				g.Expect(ag.ResourceVersion).To(Equal(before[n].ResourceVersion), "shard %s was rewritten", n)
+			}
+		}, "1s", "200ms").Should(Succeed())
 	})
 })
 

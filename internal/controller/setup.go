@@ -10,16 +10,21 @@ import (
 type Options struct {
 	// MaxObjectBytes bounds a written NodeRuleSet or AddressGroup spec.
 	MaxObjectBytes int
+	// MaxGroupEntries bounds the addresses or endpoints of one AddressGroup
+	// object; a larger group is split into shards
+	// (compiler.DefaultMaxGroupEntries when 0).
+	MaxGroupEntries int
 }
 
 // Setup registers nftguard's reconcilers with a manager.
 func Setup(mgr ctrl.Manager, opts Options) error {
 	state := NewState()
 	rs := &RuleSetReconciler{
-		Client:         mgr.GetClient(),
-		Recorder:       mgr.GetEventRecorder("nftguard-controller"),
-		State:          state,
-		MaxObjectBytes: opts.MaxObjectBytes,
+		Client:          mgr.GetClient(),
+		Recorder:        mgr.GetEventRecorder("nftguard-controller"),
+		State:           state,
+		MaxObjectBytes:  opts.MaxObjectBytes,
+		MaxGroupEntries: opts.MaxGroupEntries,
 	}
 	if err := rs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the rule-set controller: %w", err)

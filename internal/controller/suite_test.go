@@ -31,6 +31,9 @@ const (
 	controllerSA        = "nftguard-controller"
 	// testMaxObjectBytes is low so that one test can exceed it on purpose.
 	testMaxObjectBytes = 48 * 1024
+	// testMaxGroupEntries is low so that one test can split a group into
+	// shards with a hundred pods.
+	testMaxGroupEntries = 16
 )
 
 var (
@@ -75,7 +78,7 @@ var _ = BeforeSuite(func() {
 		Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes})).To(Succeed())
+	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes, MaxGroupEntries: testMaxGroupEntries})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

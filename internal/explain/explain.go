@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
 )
 
 // Input is a snapshot of the cluster objects the verdict depends on.
@@ -372,6 +373,7 @@ func (x *index) match(r *v1alpha1.Rule, pkt packet) (*RuleMatch, []string) {
 		peers = []string{"any address"}
 	}
 	var namedPorts []string
+	described := map[string]bool{} // groups described, by name: a split group's shards are one peer
 	for _, p := range r.Peers {
 		switch {
 		case p.AddressGroup != "":
@@ -380,7 +382,10 @@ func (x *index) match(r *v1alpha1.Rule, pkt packet) (*RuleMatch, []string) {
 				notes = append(notes, fmt.Sprintf("address group %s does not exist: the node cannot program this rule set", p.AddressGroup))
 				continue
 			}
-			peers = append(peers, describeGroup(p.AddressGroup, g))
+			if group := compiler.LogicalGroup(p.AddressGroup); !described[group] {
+				described[group] = true
+				peers = append(peers, describeGroup(group, g))
+			}
 			if g.NamedPort != nil {
 				proto := cmp.Or(g.NamedPort.Protocol, v1alpha1.ProtocolTCP)
 				namedPorts = append(namedPorts, string(proto)+"/"+g.NamedPort.Name)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,6 +62,9 @@ var (
 // y/dns (n2), and a Service in front of x/a.
 type cluster struct {
 	explain.Input
+	// maxGroupEntries, when set, splits the groups of more entries into
+	// shards.
+	maxGroupEntries int
 }
 
 func newCluster() *cluster {
@@ -103,7 +107,7 @@ func (c *cluster) compile(t *testing.T) explain.Input {
 	for i := range c.DefaultDenies {
 		s.DefaultDenies = append(s.DefaultDenies, &c.DefaultDenies[i])
 	}
-	res := compiler.Compile(s)
+	res := compiler.CompileWith(s, compiler.Options{MaxGroupEntries: c.maxGroupEntries})
 	in := c.Input
 	in.Groups = res.AddressGroups
 	for name, spec := range res.NodeRuleSets {
@@ -119,6 +123,7 @@ func (c *cluster) compile(t *testing.T) explain.Input {
 }
 
 func TestExplain(t *testing.T) {
+	splitCases := 0
 	for _, tc := range []struct {
 		name  string
 		setup func(c *cluster)
@@ -145,6 +150,16 @@ func TestExplain(t *testing.T) {
 			},
 			q:       explain.Query{FromNamespace: "x", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80},
 			allowed: true, ingressIso: true, allowedBy: "NetworkPolicy/x/a-from-b",
+		},
+		{
+			name: "peer group of pods in every namespace",
+			setup: func(c *cluster) {
+				c.NetworkPolicies = append(c.NetworkPolicies, np("x", "a-from-any-b", ingressOnly,
+					[]networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: sel(), PodSelector: sel("app", "b")}}}},
+					nil, sel("app", "a")))
+			},
+			q:       explain.Query{FromNamespace: "y", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80},
+			allowed: true, ingressIso: true, allowedBy: "NetworkPolicy/x/a-from-any-b",
 		},
 		{
 			name: "right peer, wrong port: nearest miss names the port",
@@ -331,6 +346,29 @@ func TestExplain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Groups split into shards of one address give the same answer.
+			split := newCluster()
+			if tc.setup != nil {
+				tc.setup(split)
+			}
+			split.maxGroupEntries = 1
+			in := split.compile(t)
+			shards := 0
+			for name := range in.Groups {
+				if compiler.LogicalGroup(name) != name {
+					shards++
+				}
+			}
+			if shards > 0 {
+				splitCases++
+			}
+			vs, err := explain.Explain(in, tc.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(v, vs); diff != "" {
+				t.Errorf("with groups in %d shards the verdict differs (-unsplit +split):\n%s", shards, diff)
+			}
 			if v.Allowed != tc.allowed || v.Audited != tc.audited {
 				t.Errorf("allowed=%v audited=%v, want %v %v\n%s", v.Allowed, v.Audited, tc.allowed, tc.audited, dump(v))
 			}
@@ -369,6 +407,9 @@ func TestExplain(t *testing.T) {
 				t.Errorf("egress reason %q, want %q", v.Egress.Reason, tc.egressRsn)
 			}
 		})
+	}
+	if splitCases == 0 {
+		t.Errorf("no case split a group into shards")
 	}
 }
 
