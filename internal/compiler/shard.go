@@ -81,13 +81,9 @@ func ParseShardName(name string) (group string, level, index int, ok bool) {
 const groupNameLen = 3 + 16
 
 // LogicalGroup returns the name of the group an AddressGroup object belongs
-// to: for a shard, its group's name; else the name itself.
-func LogicalGroup(name string) string {
-	if len(name) > groupNameLen && name[groupNameLen] == '-' && strings.HasPrefix(name, "ag-") {
-		return name[:groupNameLen]
-	}
-	return name
-}
+// to: for a shard, its group's name; else the name itself (the agent reads
+// the same contract from v1alpha1.LogicalAddressGroup).
+func LogicalGroup(name string) string { return v1alpha1.LogicalAddressGroup(name) }
 
 // entryHash hashes an entry (FNV-1a, then a 64-bit finalizer so that the
 // low bits are well mixed). It depends on the entry only, and is the same

@@ -15,7 +15,8 @@ import (
 // inputs are invalid (an unknown mode, a bad address, a missing rule).
 func randomNode(rng *rand.Rand) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
 	pick := func(n int) int { return rng.IntN(n) }
-	groupNames := []string{"g-a", "g-b", "g-c", "g-named"}
+	// Two shards of one group too: rules reference one or both.
+	groupNames := []string{"g-a", "g-b", "g-c", "g-named", "ag-00000000000000aa-2-0", "ag-00000000000000aa-2-1"}
 	groups := map[string]v1alpha1.AddressGroupSpec{}
 	for _, name := range groupNames {
 		if name == "g-named" {

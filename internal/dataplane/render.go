@@ -5,8 +5,10 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
@@ -106,9 +108,10 @@ type Renderer struct {
 	gen    uint64 // renders so far
 	// tags are the group tags of the last render, assigned among the
 	// groups in tagged.
-	tags   map[string]uint32
-	tagged map[string]struct{}
-	shared [2][shards]sharedMemo
+	tags     map[string]uint32
+	tagged   map[string]struct{}
+	together map[string]bool
+	shared   [2][shards]sharedMemo
 }
 
 // sharedMemo is a shared set and the groups it was built from, in order.
@@ -160,11 +163,11 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 // groupTags returns the tags of the groups, reusing the last render's when
 // the same groups are given (which groups take a tag depends only on their
 // names and whether they are named-port groups).
-func (m *Renderer) groupTags(groups map[string]v1alpha1.AddressGroupSpec) map[string]uint32 {
+func (m *Renderer) groupTags(groups map[string]v1alpha1.AddressGroupSpec, together map[string]bool) map[string]uint32 {
 	if m == nil {
-		return assignTags(groups)
+		return assignTags(groups, together)
 	}
-	same := m.tags != nil
+	same := m.tags != nil && maps.Equal(m.together, together)
 	n := 0
 	for name, g := range groups {
 		if g.NamedPort != nil {
@@ -177,7 +180,8 @@ func (m *Renderer) groupTags(groups map[string]v1alpha1.AddressGroupSpec) map[st
 		}
 	}
 	if !same || n != len(m.tagged) {
-		m.tags = assignTags(groups)
+		m.tags = assignTags(groups, together)
+		m.together = together
 		m.tagged = make(map[string]struct{}, len(groups))
 		for name, g := range groups {
 			if g.NamedPort == nil {
@@ -254,7 +258,7 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 
 func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	groups := r.groups
-	r.tags = r.memo.groupTags(groups)
+	r.tags = r.memo.groupTags(groups, shardsTogether(spec.Rules))
 	r.rules = make(map[string]*v1alpha1.Rule, len(spec.Rules))
 	r.used = make(map[string]bool, len(spec.Rules))
 	r.sets = make(map[string]*Set, len(spec.Rules)+len(groups))
@@ -767,6 +771,7 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 	var blocks [2][]ipRange
 	blockAt := -1
 	var seen []string
+	var lines [2][]setRef // group lines written, per family
 	for _, peer := range ru.Peers {
 		switch {
 		case peer.AddressGroup != "" && peer.IPBlock != nil:
@@ -784,6 +789,11 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 			m.groups = append(m.groups, names)
 			for i, fam := range []family{ipv4, ipv6} {
 				ref := names[i]
+				if ref.tagged && slices.Contains(lines[i], ref) {
+					// Another shard of the same group: the line matches it.
+					continue
+				}
+				lines[i] = append(lines[i], ref)
 				switch {
 				case ref.name == "":
 					// No member of this family: nothing to match.
@@ -1042,9 +1052,11 @@ func groupTag(name string) uint32 {
 }
 
 // assignTags gives every address group (not named-port groups) its tag,
-// in name order; a group whose tag an earlier one took gets none, and sets
-// of its own.
-func assignTags(groups map[string]v1alpha1.AddressGroupSpec) map[string]uint32 {
+// in name order. The shards of a group share the group's tag (see
+// v1alpha1.LogicalAddressGroup): their members are disjoint and rules
+// reference them together, so a rule needs one line for all of them. A
+// group whose tag another group took first gets none, and sets of its own.
+func assignTags(groups map[string]v1alpha1.AddressGroupSpec, together map[string]bool) map[string]uint32 {
 	names := make([]string, 0, len(groups))
 	for name, g := range groups {
 		if g.NamedPort == nil {
@@ -1053,13 +1065,19 @@ func assignTags(groups map[string]v1alpha1.AddressGroupSpec) map[string]uint32 {
 	}
 	slices.Sort(names)
 	tags := make(map[string]uint32, len(names))
-	taken := make(map[uint32]bool, len(names))
+	owner := make(map[uint32]string, len(names))
 	for _, name := range names {
-		t := groupTag(name)
-		if !taken[t] {
-			taken[t] = true
-			tags[name] = t
+		logical := v1alpha1.LogicalAddressGroup(name)
+		if !together[logical] {
+			logical = name
 		}
+		t := groupTag(logical)
+		if o, taken := owner[t]; !taken {
+			owner[t] = logical
+		} else if o != logical {
+			continue
+		}
+		tags[name] = t
 	}
 	return tags
 }
@@ -1073,6 +1091,87 @@ func (r *renderer) sharedSets() {
 			r.sharedSet(i, fam, k)
 		}
 	}
+}
+
+// shardsTogether returns the groups split into shards whose shards every
+// rule references all together (as the controller writes them): only those
+// may share a tag, since a rule matching the tag matches every shard.
+func shardsTogether(rules []v1alpha1.Rule) map[string]bool {
+	refs := map[string]string{} // group -> the shards a rule references, joined
+	apart := map[string]bool{}
+	for i := range rules {
+		var byGroup map[string][]string
+		for _, p := range rules[i].Peers {
+			if g := v1alpha1.LogicalAddressGroup(p.AddressGroup); g != p.AddressGroup {
+				if byGroup == nil {
+					byGroup = map[string][]string{}
+				}
+				byGroup[g] = append(byGroup[g], p.AddressGroup)
+			}
+		}
+		for g, shards := range byGroup {
+			slices.Sort(shards)
+			key := strings.Join(slices.Compact(shards), ",")
+			if prev, ok := refs[g]; ok && prev != key {
+				apart[g] = true
+			}
+			refs[g] = key
+		}
+	}
+	out := make(map[string]bool, len(refs))
+	for g := range refs {
+		if !apart[g] {
+			out[g] = true
+		}
+	}
+	return out
+}
+
+// mergeSorted merges element lists sorted by key into one sorted list
+// without duplicates, with a heap of the lists' heads (n log k).
+func mergeSorted(runs [][]Element) []Element {
+	n := 0
+	var heap [][]Element
+	for _, run := range runs {
+		n += len(run)
+		if len(run) > 0 {
+			heap = append(heap, run)
+		}
+	}
+	less := func(a, b int) bool { return bytes.Compare(heap[a][0].Key, heap[b][0].Key) < 0 }
+	down := func(i int) {
+		for {
+			l, small := 2*i+1, i
+			if l < len(heap) && less(l, small) {
+				small = l
+			}
+			if l+1 < len(heap) && less(l+1, small) {
+				small = l + 1
+			}
+			if small == i {
+				return
+			}
+			heap[i], heap[small] = heap[small], heap[i]
+			i = small
+		}
+	}
+	for i := len(heap)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	out := make([]Element, 0, n)
+	for len(heap) > 0 {
+		// Shards are disjoint, but a rule set may say otherwise: a member
+		// of two goes in once.
+		if e := heap[0][0]; len(out) == 0 || !bytes.Equal(out[len(out)-1].Key, e.Key) {
+			out = append(out, e)
+		}
+		if heap[0] = heap[0][1:]; len(heap[0]) == 0 {
+			heap[0] = heap[len(heap)-1]
+			heap = heap[:len(heap)-1]
+		}
+		down(0)
+	}
+	return out
 }
 
 // sharedSet builds shard k of a family's shared sets.
@@ -1110,8 +1209,22 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 		n += len(m.tagged[i])
 	}
 	s := &Set{Name: sharedSetName(fam, parts[0].tag), Kind: kind, Elements: make([]Element, 0, n)}
-	for _, m := range parts {
-		s.Elements = append(s.Elements, m.tagged[i]...)
+	for j := 0; j < len(parts); {
+		// The shards of a group share its tag: their members interleave.
+		end := j + 1
+		for end < len(parts) && parts[end].tag == parts[j].tag {
+			end++
+		}
+		if end == j+1 {
+			s.Elements = append(s.Elements, parts[j].tagged[i]...)
+		} else {
+			runs := make([][]Element, 0, end-j)
+			for _, m := range parts[j:end] {
+				runs = append(runs, m.tagged[i])
+			}
+			s.Elements = append(s.Elements, mergeSorted(runs)...)
+		}
+		j = end
 	}
 	r.sets[s.Name] = s
 	if r.memo != nil {

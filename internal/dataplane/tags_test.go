@@ -3,6 +3,7 @@ package dataplane
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
@@ -82,4 +83,102 @@ func TestTagCollision(t *testing.T) {
 		t.Fatalf("after the first group went: %+v, own set %v", st, p.applied.Set(own4))
 	}
 	check(t, tcpProbe("c->b:81", c.ns, b.ip4, 81, true), tcpProbe("a->b:80", a.ns, b.ip4, 80, false))
+}
+
+// TestMergeSorted merges runs of interleaved keys (shards of a group).
+func TestMergeSorted(t *testing.T) {
+	var runs [][]Element
+	var all []Element
+	for r := range 5 {
+		var run []Element
+		// Disjoint, interleaved, of different lengths.
+		for i := r; i < 400; i += 5 {
+			if (i/5)%(r+1) != 0 {
+				continue
+			}
+			e := Element{Key: []byte{byte(i >> 8), byte(i)}}
+			run = append(run, e)
+			all = append(all, e)
+		}
+		runs = append(runs, run)
+	}
+	runs = append(runs, nil)
+	got := mergeSorted(runs)
+	if len(got) != len(all) || !sortedElements(got) {
+		t.Fatalf("merged %d of %d elements, sorted %v", len(got), len(all), sortedElements(got))
+	}
+}
+
+// TestShardedGroup: the shards of a group share the group's tag, so a rule
+// referencing all of them has one line per family, and the shared set holds
+// their members in order; packets from members of every shard pass.
+func TestShardedGroup(t *testing.T) {
+	topo := newTopology(t, "a", "b", "c")
+	a, b, c := topo.pods["a"], topo.pods["b"], topo.pods["c"]
+	const group = "ag-0123456789abcdef"
+	s0, s1 := group+"-2-0", group+"-2-1"
+	extra := func(n int, pods ...string) v1alpha1.AddressGroupSpec {
+		g := topo.addrs(pods...)
+		for i := range n {
+			g.Addresses = append(g.Addresses, fmt.Sprintf("198.18.%d.%d", 100+n, i+1))
+		}
+		return g
+	}
+	pol := policy{
+		ingress: map[string][]string{"b": {"from-group"}},
+		rules:   []v1alpha1.Rule{ingressRule("from-group", []v1alpha1.Peer{{AddressGroup: s0}, {AddressGroup: s1}}, tcpPort(80))},
+		groups:  map[string]v1alpha1.AddressGroupSpec{s0: extra(3, "a"), s1: extra(4, "c")},
+	}
+	tab, err := Render(topo.spec(pol), pol.groups, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, r := range tab.Chain(ruleChainName("from-group")).Rules {
+		lines = append(lines, r.String())
+	}
+	want := []string{
+		"tcp dport 80 " + tag(group) + " . ip saddr @" + shared4(group) + " accept",
+		"tcp dport 80 " + tag(group) + " . ip6 saddr @" + shared6(group) + " accept",
+	}
+	if !slices.Equal(lines, want) {
+		t.Fatalf("rule lines:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	set := tab.Set(shared4(group))
+	if len(set.Elements) != 1+3+1+4 || !sortedElements(set.Elements) {
+		t.Fatalf("%s: %s", set.Name, elemsString(set.Kind, set.Elements))
+	}
+	p := programmer(t, topo.node)
+	topo.apply(t, p, pol)
+	check(t,
+		tcpProbe("a->b (shard 0)", a.ns, b.ip4, 80, true),
+		tcpProbe("c->b (shard 1)", c.ns, b.ip4, 80, true),
+		tcpProbe("c->b6 (shard 1)", c.ns, b.ip6, 80, true),
+		tcpProbe("c->b:81", c.ns, b.ip4, 81, false),
+	)
+	// A member leaves one shard: only that shard's element goes.
+	pol.groups[s1] = extra(4)
+	st := topo.apply(t, p, pol)
+	if st.Changes.ElementsDeleted != 2 || st.Changes.ElementsAdded != 0 || st.Changes.RulesAdded != 0 {
+		t.Fatalf("c leaving its shard sent %+v", st.Changes)
+	}
+	check(t, tcpProbe("c->b", c.ns, b.ip4, 80, false), tcpProbe("a->b", a.ns, b.ip4, 80, true))
+
+	// A rule that references one shard only (not what the controller
+	// writes, but a rule set may say it): the shards then keep tags of
+	// their own, and that rule matches its shard's members alone.
+	pol.groups[s1] = extra(4, "c")
+	pol.rules = append(pol.rules, ingressRule("from-shard-1", []v1alpha1.Peer{{AddressGroup: s1}}, tcpPort(81)))
+	pol.ingress["b"] = []string{"from-group", "from-shard-1"}
+	topo.apply(t, p, pol)
+	if n := len(p.applied.Chain(ruleChainName("from-group")).Rules); n != 4 {
+		t.Errorf("from-group has %d lines, want one per shard and family", n)
+	}
+	check(t,
+		tcpProbe("a->b:80", a.ns, b.ip4, 80, true),
+		tcpProbe("c->b:80", c.ns, b.ip4, 80, true),
+		tcpProbe("c->b:81", c.ns, b.ip4, 81, true),
+		tcpProbe("a->b:81 (shard 0)", a.ns, b.ip4, 81, false),
+		tcpProbe("a->b6:81 (shard 0)", a.ns, b.ip6, 81, false),
+	)
 }
