@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"bytes"
-	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -336,9 +335,7 @@ func modelElements(kind SetKind, elems []nftables.SetElement) []Element {
 			}
 			out = append(out, m)
 		}
-		slices.SortFunc(out, func(a, b Element) int {
-			return cmp.Or(bytes.Compare(a.Key, b.Key), bytes.Compare(a.KeyEnd, b.KeyEnd))
-		})
+		slices.SortFunc(out, func(a, b Element) int { return compareElements(&a, &b) })
 		return out
 	}
 	// Pair starts with the end element that follows them. At one key an

@@ -329,14 +329,11 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	return t, nil
 }
 
-// sortElements sorts a set's elements as diff expects them (by key, then
-// range end); rendered sets are sorted when they are built.
+// sortElements sorts a set's elements in the order diff compares them in
+// (compareElements); rendered sets are sorted when they are built.
 func sortElements(s *Set) {
-	cmpElem := func(a, b Element) int {
-		return cmp.Or(bytes.Compare(a.Key, b.Key), bytes.Compare(a.KeyEnd, b.KeyEnd))
-	}
-	if !slices.IsSortedFunc(s.Elements, cmpElem) {
-		slices.SortFunc(s.Elements, cmpElem)
+	if !sortedElements(s.Elements) {
+		slices.SortFunc(s.Elements, func(a, b Element) int { return compareElements(&a, &b) })
 	}
 }
 
@@ -509,7 +506,7 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		}
 		c := &Chain{Name: podChainName(d.short, pod.Namespace, pod.Name)}
 		seen := make(map[string]bool, len(d.iso.Rules))
-		var ids, ported []string
+		var ids, ported, anyPort []string
 		for _, id := range d.iso.Rules {
 			if seen[id] {
 				continue
@@ -518,6 +515,8 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			ids = append(ids, id)
 			if len(r.ruleSpans(id)) > 0 {
 				ported = append(ported, id)
+			} else {
+				anyPort = append(anyPort, id)
 			}
 		}
 		if len(ported) >= dispatchMin {
@@ -527,7 +526,7 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			pm.maps = append(pm.maps, m)
 			pm.segments = append(pm.segments, segs...)
 			c.Rules = append(c.Rules, rule(portsVmap{m.Name}))
-			ids = slices.DeleteFunc(ids, func(id string) bool { return len(r.ruleSpans(id)) > 0 })
+			ids = anyPort
 		}
 		for _, id := range ids {
 			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
@@ -1185,7 +1184,10 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 	}
 	// Keys start with the tag in host byte order (as nft prints a mark).
 	slices.SortFunc(parts, func(a, b *groupMemo) int {
-		return bytes.Compare(binary.NativeEndian.AppendUint32(nil, a.tag), binary.NativeEndian.AppendUint32(nil, b.tag))
+		var x, y [4]byte
+		binary.NativeEndian.PutUint32(x[:], a.tag)
+		binary.NativeEndian.PutUint32(y[:], b.tag)
+		return bytes.Compare(x[:], y[:])
 	})
 	if r.memo != nil {
 		prev := r.memo.shared[i][k]
