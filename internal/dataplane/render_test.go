@@ -14,8 +14,6 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
-func proto(p v1alpha1.Protocol) v1alpha1.Protocol { return p }
-
 // sampleSpec is a node with three pods: web (ingress isolated by two rules,
 // dual-stack), client (egress isolated, named port and ipBlock), and idle
 // (not isolated), plus an audit-mode pod.
