@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 )
 
@@ -495,56 +497,15 @@ func TestSplitPlanFamily(t *testing.T) {
 	}
 }
 
-func TestChunkElements(t *testing.T) {
-	var elems []nftables.SetElement
-	for i := range 20000 {
-		a := netip.AddrFrom16([16]byte{0xfd, 15: byte(i), 14: byte(i >> 8)})
-		elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
-	}
-	total := 0
-	for _, c := range chunkElements(elems) {
-		size := 0
-		for _, e := range c {
-			size += elementBytes(e)
-		}
-		if size > maxMessageBytes {
-			t.Fatalf("chunk of %d bytes", size)
-		}
-		total += len(c)
-	}
-	if total != len(elems) {
-		t.Fatalf("chunks hold %d of %d elements", total, len(elems))
-	}
-}
+// fakeSender records the batches a Programmer sends, for tests without a
+// kernel.
+type fakeSender struct{ batches [][]byte }
 
-// fakeConn records what queue sends, for tests without a kernel.
-type fakeConn struct {
-	nftConn
-	calls   []string
-	flushes int
-}
-
-func (f *fakeConn) AddTable(t *nftables.Table) *nftables.Table {
-	f.calls = append(f.calls, "table")
-	return t
-}
-func (f *fakeConn) AddChain(c *nftables.Chain) *nftables.Chain {
-	f.calls = append(f.calls, "chain "+c.Name)
-	return c
-}
-func (f *fakeConn) AddRule(r *nftables.Rule) *nftables.Rule {
-	f.calls = append(f.calls, fmt.Sprintf("rule %s %d exprs id=%s", r.Chain.Name, len(r.Exprs), ruleIDFromUserData(r.UserData)))
-	return r
-}
-func (f *fakeConn) AddSet(s *nftables.Set, e []nftables.SetElement) error {
-	f.calls = append(f.calls, fmt.Sprintf("set %s id>0=%t", s.Name, s.ID > 0))
+func (f *fakeSender) send(buf []byte, ackSeq uint32) error {
+	f.batches = append(f.batches, slices.Clone(buf))
 	return nil
 }
-func (f *fakeConn) SetAddElements(s *nftables.Set, e []nftables.SetElement) error {
-	f.calls = append(f.calls, fmt.Sprintf("elements %s %d", s.Name, len(e)))
-	return nil
-}
-func (f *fakeConn) Flush() error { f.flushes++; return nil }
+func (f *fakeSender) close() error { return nil }
 
 func TestQueue(t *testing.T) {
 	var addrs []string
@@ -555,34 +516,64 @@ func TestQueue(t *testing.T) {
 		Pods:  []v1alpha1.LocalPod{{Namespace: "a", Name: "b", IPs: []string{"198.18.0.1"}, Ingress: &v1alpha1.Isolation{Rules: []string{"r"}}}},
 		Rules: []v1alpha1.Rule{{ID: "r", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "big"}}}},
 	}, map[string]v1alpha1.AddressGroupSpec{"big": {Addresses: addrs}})
-	f := &fakeConn{}
-	p := &Programmer{conn: f, maxBatchBytes: defaultMaxBatchBytes}
+	f := &fakeSender{}
+	p := &Programmer{conn: f, maxBatchBytes: defaultMaxBatchBytes, seq: 1}
 	n, err := p.execute(diff(nil, tab))
-	if err != nil || n != 1 || f.flushes != 1 {
-		t.Fatalf("execute: %d transactions, %d flushes, %v", n, f.flushes, err)
+	if err != nil || n != 1 || len(f.batches) != 1 {
+		t.Fatalf("execute: %d transactions, %d batches sent, %v", n, len(f.batches), err)
 	}
-	elems := 0
-	msgs := 0
-	for _, c := range f.calls {
-		var name string
-		var k int
-		if _, err := fmt.Sscanf(c, "elements %s %d", &name, &k); err == nil && name == shared4("big") {
-			elems += k
-			msgs++
+	msgs := encodedMessages(t, f.batches[0])
+	elems, elemMsgs, sets, rules := 0, 0, 0, 0
+	for _, m := range msgs[1 : len(msgs)-1] {
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs := map[uint16][]byte{}
+		for ad.Next() {
+			attrs[ad.Type()] = ad.Bytes()
+		}
+		str := func(typ uint16) string { return strings.TrimRight(string(attrs[typ]), "\x00") }
+		switch m.Header.Type & 0xff {
+		case unix.NFT_MSG_NEWSETELEM:
+			if str(unix.NFTA_SET_ELEM_LIST_SET) == shared4("big") {
+				k, _ := parseAttrCount(attrs[unix.NFTA_SET_ELEM_LIST_ELEMENTS])
+				elems += k
+				elemMsgs++
+			}
+		case unix.NFT_MSG_NEWSET:
+			if name := str(unix.NFTA_SET_NAME); name == shared4("big") && len(attrs[unix.NFTA_SET_ID]) != 4 {
+				t.Errorf("set %s created without an id", name)
+			}
+			sets++
+		case unix.NFT_MSG_NEWRULE:
+			// Rules carry their id and compile to expressions.
+			id := ruleIDFromUserData(attrs[unix.NFTA_RULE_USERDATA])
+			if k, _ := parseAttrCount(attrs[unix.NFTA_RULE_EXPRESSIONS]); k == 0 || id == "" {
+				t.Errorf("rule of chain %s: %d expressions, id %q", str(unix.NFTA_RULE_CHAIN), k, id)
+			}
+			rules++
 		}
 	}
-	if elems != 5000 || msgs < 2 {
-		t.Fatalf("%s: %d elements in %d messages", shared4("big"), elems, msgs)
+	if elems != 5000 || elemMsgs < 2 || sets == 0 || rules == 0 {
+		t.Fatalf("%s: %d elements in %d messages; %d sets, %d rules", shared4("big"), elems, elemMsgs, sets, rules)
 	}
-	if !slices.Contains(f.calls, "set "+shared4("big")+" id>0=true") {
-		t.Fatalf("calls: %v", f.calls)
+	if p.seq != msgs[len(msgs)-1].Header.Seq+1 {
+		t.Fatalf("next batch numbered from %d after a batch ending at %d", p.seq, msgs[len(msgs)-1].Header.Seq)
 	}
-	// Rules carry their id and compile to expressions.
-	for _, c := range f.calls {
-		if strings.HasPrefix(c, "rule ") && (strings.Contains(c, " 0 exprs") || strings.HasSuffix(c, "id=")) {
-			t.Errorf("bad rule call %q", c)
-		}
+}
+
+// parseAttrCount counts the attributes of a list.
+func parseAttrCount(b []byte) (int, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return 0, err
 	}
+	n := 0
+	for ad.Next() {
+		n++
+	}
+	return n, ad.Err()
 }
 
 // TestCompileEveryStatement compiles every statement the renderer uses.

@@ -282,21 +282,22 @@ func nftSet(s *Set) *nftables.Set {
 	return ns
 }
 
-// kernelElements encodes model elements for the kernel. Interval sets of one
-// field are stored as a start element and, unless the range runs to the
-// last address, an end element one past the range flagged IntervalEnd;
-// concatenated interval sets take the inclusive end as KeyEnd.
-func kernelElements(kind SetKind, elems []Element) []nftables.SetElement {
-	out := make([]nftables.SetElement, 0, len(elems))
-	for _, e := range elems {
+// eachKernelElement calls fn with each element as the kernel stores it.
+// Interval sets of one field are stored as a start element and, unless the
+// range runs to the last address, an end element one past the range
+// flagged IntervalEnd; concatenated interval sets take the inclusive end as
+// KeyEnd.
+func eachKernelElement(kind SetKind, elems []Element, fn func(nftables.SetElement)) {
+	for i := range elems {
+		e := &elems[i]
 		switch {
 		case kind.isRBTree():
-			out = append(out, nftables.SetElement{Key: e.Key})
+			fn(nftables.SetElement{Key: e.Key})
 			if next, ok := increment(e.KeyEnd); ok {
-				out = append(out, nftables.SetElement{Key: next, IntervalEnd: true})
+				fn(nftables.SetElement{Key: next, IntervalEnd: true})
 			}
 		case kind == SetPorts:
-			out = append(out, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
+			fn(nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
 		case kind == MapPortsVerdict:
 			v := &expr.Verdict{Kind: expr.VerdictDrop}
 			if e.Verdict != nil {
@@ -304,18 +305,17 @@ func kernelElements(kind SetKind, elems []Element) []nftables.SetElement {
 					v = nv
 				}
 			}
-			out = append(out, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, VerdictData: v})
+			fn(nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, VerdictData: v})
 		case e.Verdict != nil:
 			v, err := nftVerdict(*e.Verdict)
 			if err != nil {
 				v = &expr.Verdict{Kind: expr.VerdictDrop}
 			}
-			out = append(out, nftables.SetElement{Key: e.Key, VerdictData: v})
+			fn(nftables.SetElement{Key: e.Key, VerdictData: v})
 		default:
-			out = append(out, nftables.SetElement{Key: e.Key})
+			fn(nftables.SetElement{Key: e.Key})
 		}
 	}
-	return out
 }
 
 // modelElements decodes elements read from the kernel.
@@ -398,20 +398,6 @@ func decrement(b []byte) []byte {
 
 // elementBytes estimates the netlink size of an element (attribute headers
 // and padding included), to keep messages and batches bounded.
-func elementBytes(e nftables.SetElement) int {
-	n := 4 + 8 + align4(len(e.Key)) // element, key nest, value
-	if len(e.KeyEnd) > 0 {
-		n += 8 + align4(len(e.KeyEnd))
-	}
-	if e.IntervalEnd {
-		n += 8
-	}
-	if e.VerdictData != nil {
-		n += 4 + 4 + 8 + 4 + align4(len(e.VerdictData.Chain)+1)
-	}
-	return n
-}
-
 func align4(n int) int { return (n + 3) &^ 3 }
 
 // nftChain returns the definition of a chain.

@@ -4,37 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 
-	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
-
-// nftConn is the part of *nftables.Conn that writes: commands are queued
-// and Flush sends them as one netlink batch, which the kernel applies as
-// one transaction.
-type nftConn interface {
-	AddTable(*nftables.Table) *nftables.Table
-	DelTable(*nftables.Table)
-	FlushTable(*nftables.Table)
-	AddChain(*nftables.Chain) *nftables.Chain
-	DelChain(*nftables.Chain)
-	FlushChain(*nftables.Chain)
-	AddRule(*nftables.Rule) *nftables.Rule
-	InsertRule(*nftables.Rule) *nftables.Rule
-	DelRule(*nftables.Rule) error
-	AddSet(*nftables.Set, []nftables.SetElement) error
-	DelSet(*nftables.Set)
-	FlushSet(*nftables.Set)
-	SetAddElements(*nftables.Set, []nftables.SetElement) error
-	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
-	Flush() error
-	CloseLasting() error
-}
-
-var _ nftConn = (*nftables.Conn)(nil)
 
 // Limits of what is sent at once.
 const (
@@ -45,11 +19,11 @@ const (
 	// elements). The socket buffers are sized for it, so the kernel never
 	// answers EMSGSIZE or ENOBUFS.
 	defaultMaxBatchBytes = 32 << 20
-	// receiveBufferBytes holds the kernel's acknowledgements of a batch
-	// (one per message, sent when the batch is done): tens of thousands of
-	// rules. Were it ever too small, the kernel would have committed the
-	// batch before the ENOBUFS, and the full reconcile that follows any
-	// failure would find the table already current.
+	// receiveBufferBytes holds the kernel's answers to a batch: its
+	// acknowledgement and the errors of failing messages. Were it ever too
+	// small, the kernel would have committed the batch before the ENOBUFS,
+	// and the full reconcile that follows any failure would find the table
+	// already current.
 	receiveBufferBytes = 64 << 20
 )
 
@@ -95,10 +69,12 @@ type Stats struct {
 type Programmer struct {
 	mu    sync.Mutex
 	netns int // our duplicate of the namespace fd; -1 once closed
-	conn  nftConn
+	conn  sender
 	rd    *reader
 	// newConn opens the write connection; replaced in unit tests.
-	newConn func() (nftConn, error)
+	newConn func() (sender, error)
+	// seq numbers the messages of the next batch.
+	seq uint32
 
 	applied       *Table
 	lastPlan      *plan
@@ -128,8 +104,8 @@ func NewProgrammerInNetNS(fd int) (*Programmer, error) {
 	}
 	unix.CloseOnExec(own)
 	p := &Programmer{netns: own, rd: &reader{netns: own}, maxBatchBytes: defaultMaxBatchBytes}
-	p.newConn = func() (nftConn, error) {
-		return dialBatchConn(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes))
+	p.newConn = func() (sender, error) {
+		return newBatchSocket(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes))
 	}
 	if p.conn, err = p.newConn(); err != nil {
 		unix.Close(own)
@@ -140,10 +116,11 @@ func NewProgrammerInNetNS(fd int) (*Programmer, error) {
 
 // socketOptions sizes the socket buffers for whole batches (forcing past
 // the sysctl limits, which needs CAP_NET_ADMIN, as nft does) and asks the
-// kernel for short error acknowledgements with messages.
-func socketOptions(sndbuf, rcvbuf int) nftables.SockOption {
+// kernel for error messages with its errors. (Not for capped errors:
+// github.com/mdlayher/netlink misreads a capped error carrying a message,
+// and the error lost its errno.)
+func socketOptions(sndbuf, rcvbuf int) func(*netlink.Conn) error {
 	return func(c *netlink.Conn) error {
-		_ = c.SetOption(netlink.CapAcknowledge, true)
 		_ = c.SetOption(netlink.ExtendedAcknowledge, true)
 		rc, err := c.SyscallConn()
 		if err != nil {
@@ -175,7 +152,7 @@ func (p *Programmer) Close() error {
 	p.rd.close()
 	var err error
 	if p.conn != nil {
-		err = p.conn.CloseLasting()
+		err = p.conn.close()
 		p.conn = nil
 	}
 	if p.netns > 0 {
@@ -193,7 +170,7 @@ func (p *Programmer) resetConn() {
 		return
 	}
 	if p.conn != nil {
-		_ = p.conn.CloseLasting()
+		_ = p.conn.close()
 	}
 	c, err := p.newConn()
 	if err != nil {
@@ -349,17 +326,14 @@ func (p *Programmer) Delete() error {
 			return errors.New("no nftables connection")
 		}
 	}
-	p.conn.DelTable(nftTable())
-	if err := p.conn.Flush(); err != nil {
+	b := newBatch(p.seq, 0)
+	b.delTable()
+	if err := p.flush(b); err != nil {
 		p.resetConn()
 		return fmt.Errorf("deleting table inet %s: %w", TableName, err)
 	}
 	return nil
 }
-
-// setIDs numbers the sets created in a batch (google/nftables' own counter
-// is not safe for concurrent connections).
-var setIDs atomic.Uint32
 
 // execute sends a plan, normally as one transaction.
 func (p *Programmer) execute(pl *plan) (int, error) {
@@ -367,13 +341,16 @@ func (p *Programmer) execute(pl *plan) (int, error) {
 		return 0, nil
 	}
 	batches := splitPlan(pl, p.maxBatchBytes)
-	for i, b := range batches {
-		for _, o := range b {
-			if err := queue(p.conn, o); err != nil {
-				return i, err
-			}
+	for i, ops := range batches {
+		size := 0
+		for _, o := range ops {
+			size += opBytes(o)
 		}
-		if err := p.conn.Flush(); err != nil {
+		b := newBatch(p.seq, size+size/8)
+		for _, o := range ops {
+			encode(b, o)
+		}
+		if err := p.flush(b); err != nil {
 			if len(batches) > 1 {
 				err = fmt.Errorf("transaction %d of %d: %w", i+1, len(batches), err)
 			}
@@ -383,87 +360,51 @@ func (p *Programmer) execute(pl *plan) (int, error) {
 	return len(batches), nil
 }
 
-// queue adds the netlink messages of one change to the connection's batch.
-func queue(c nftConn, o op) error {
-	t := nftTable()
-	chain := &nftables.Chain{Name: o.name, Table: t}
+// flush sends a batch and numbers the next one after it.
+func (p *Programmer) flush(b *batch) error {
+	buf, ackSeq, ok, err := b.finish()
+	p.seq = b.seq
+	if err != nil || !ok {
+		return err
+	}
+	return p.conn.send(buf, ackSeq)
+}
+
+// encode adds the messages of one change to a batch.
+func encode(b *batch, o op) {
 	switch o.kind {
 	case opAddTable:
-		c.AddTable(t)
+		b.addTable()
 	case opFlushTable:
-		c.FlushTable(t)
+		b.flushTable()
 	case opAddChain:
-		c.AddChain(nftChain(o.chain))
+		b.addChain(o.chain)
 	case opFlushChain:
-		c.FlushChain(chain)
+		b.flushChain(o.name)
 	case opDelChain:
-		c.DelChain(chain)
+		b.delChain(o.name)
 	case opAddSet:
-		s := nftSet(o.set)
-		s.ID = setIDs.Add(1)
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("set %s: %w", o.name, err)
+		id := b.addSet(o.set)
+		if len(o.set.Elements) > 0 {
+			b.elements(false, o.set, id, o.set.Elements)
 		}
-		return addElements(c, s, kernelElements(o.set.Kind, o.set.Elements))
 	case opFlushSet:
-		c.FlushSet(&nftables.Set{Table: t, Name: o.name})
+		b.flushSet(o.name)
 	case opDelSet:
-		c.DelSet(&nftables.Set{Table: t, Name: o.name})
+		b.delSet(o.name)
 	case opAddElements:
-		return addElements(c, nftSet(o.set), kernelElements(o.set.Kind, o.elems))
+		b.elements(false, o.set, 0, o.elems)
 	case opDelElements:
-		s := nftSet(o.set)
-		for _, chunk := range chunkElements(kernelElements(o.set.Kind, o.elems)) {
-			if err := c.SetDeleteElements(s, chunk); err != nil {
-				return fmt.Errorf("set %s: %w", o.name, err)
-			}
-		}
-	case opAddRule, opInsertRule:
-		exprs, err := compileRule(o.rule)
-		if err != nil {
-			return err
-		}
-		r := &nftables.Rule{Table: t, Chain: chain, Exprs: exprs, UserData: ruleUserData(o.rule)}
-		if o.kind == opInsertRule {
-			r.Position = o.handle
-			c.InsertRule(r)
-		} else {
-			c.AddRule(r)
-		}
+		b.elements(true, o.set, 0, o.elems)
+	case opAddRule:
+		b.addRule(o.name, o.rule, false, 0)
+	case opInsertRule:
+		b.addRule(o.name, o.rule, true, o.handle)
 	case opDelRule:
-		return c.DelRule(&nftables.Rule{Table: t, Chain: chain, Handle: o.handle})
+		b.delRule(o.name, o.handle)
 	default:
-		return fmt.Errorf("unknown change %d", o.kind)
+		b.fail(fmt.Errorf("unknown change %d", o.kind))
 	}
-	return nil
-}
-
-func addElements(c nftConn, s *nftables.Set, elems []nftables.SetElement) error {
-	for _, chunk := range chunkElements(elems) {
-		if err := c.SetAddElements(s, chunk); err != nil {
-			return fmt.Errorf("set %s: %w", s.Name, err)
-		}
-	}
-	return nil
-}
-
-// chunkElements cuts an element list into messages of at most
-// maxMessageBytes.
-func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
-	var out [][]nftables.SetElement
-	start, size := 0, 0
-	for i, e := range elems {
-		n := elementBytes(e)
-		if size+n > maxMessageBytes && i > start {
-			out = append(out, elems[start:i])
-			start, size = i, 0
-		}
-		size += n
-	}
-	if start < len(elems) {
-		out = append(out, elems[start:])
-	}
-	return out
 }
 
 // opBytes estimates the netlink size of a change.
@@ -480,10 +421,28 @@ func opBytes(o op) int {
 	return header
 }
 
+// elementsBytes estimates the netlink size of elements, from above: an
+// interval is counted with its end element even when it runs to the last
+// address and has none.
 func elementsBytes(k SetKind, es []Element) int {
 	n := 0
-	for _, e := range kernelElements(k, es) {
-		n += elementBytes(e)
+	for i := range es {
+		e := &es[i]
+		one := 4 + 8 + align4(len(e.Key)) // element, key nest, value
+		switch {
+		case k.isRBTree():
+			one += one + 8 // the end element, flagged
+		case k == SetPorts || k == MapPortsVerdict:
+			one += 8 + align4(len(e.KeyEnd))
+		}
+		if k == MapPortsVerdict || e.Verdict != nil {
+			chain := 0
+			if e.Verdict != nil {
+				chain = len(e.Verdict.Chain)
+			}
+			one += 4 + 4 + 8 + 4 + align4(chain+1)
+		}
+		n += one
 	}
 	return n
 }

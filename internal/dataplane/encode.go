@@ -1,0 +1,500 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// batch encodes one nftables transaction (batch begin, the changes, batch
+// end) straight into a single buffer, as nft does: no message or attribute
+// is built apart and copied, and only the last change asks for an
+// acknowledgement (the kernel reports every failing message whatever its
+// flags, and acknowledges once the whole batch is committed or aborted).
+//
+// Building the same messages through google/nftables took a quarter of a
+// cold start, most of it allocating and copying attributes (see
+// docs/benchmarks.md); encode_test.go checks this encoder against that
+// library message by message.
+type batch struct {
+	buf []byte
+	// seq is the sequence number of the next message.
+	seq uint32
+	// msg is the offset of the open message, last the offset of the last
+	// finished change; -1 when there is none.
+	msg, last int
+	// changes counts the messages between begin and end.
+	changes int
+	// setID numbers the sets the batch creates.
+	setID uint32
+	err   error
+}
+
+// Netlink framing sizes.
+const (
+	nlmsgHeaderLen = unix.SizeofNlMsghdr // 16
+	nfgenHeaderLen = 4
+	attrHeaderLen  = unix.SizeofNlAttr // 4
+	// nftaSetFieldLen is NFTA_SET_FIELD_LEN, the length of one field of a
+	// concatenated key, which x/sys/unix lacks.
+	nftaSetFieldLen = 1
+)
+
+// newBatch starts a batch whose messages are numbered from seq.
+func newBatch(seq uint32, sizeHint int) *batch {
+	b := &batch{buf: make([]byte, 0, max(sizeHint, 4096)), seq: seq, msg: -1, last: -1}
+	b.open(unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	b.seal()
+	return b
+}
+
+// finish ends the batch and returns its bytes and the sequence number of
+// the message whose acknowledgement ends the exchange; ok is false when
+// the batch holds no change.
+func (b *batch) finish() (buf []byte, ackSeq uint32, ok bool, err error) {
+	if b.err != nil {
+		return nil, 0, false, b.err
+	}
+	if b.changes == 0 {
+		return nil, 0, false, nil
+	}
+	flags := binary.NativeEndian.Uint16(b.buf[b.last+6:])
+	binary.NativeEndian.PutUint16(b.buf[b.last+6:], flags|unix.NLM_F_ACK)
+	ackSeq = binary.NativeEndian.Uint32(b.buf[b.last+8:])
+	b.open(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	b.seal()
+	return b.buf, ackSeq, true, nil
+}
+
+// grow makes room for n more bytes.
+func (b *batch) grow(n int) []byte {
+	l := len(b.buf)
+	if cap(b.buf)-l < n {
+		nb := make([]byte, l, 2*cap(b.buf)+n)
+		copy(nb, b.buf)
+		b.buf = nb
+	}
+	b.buf = b.buf[:l+n]
+	return b.buf[l:]
+}
+
+// open starts a message: netlink header, then the nfgenmsg header.
+func (b *batch) open(typ, flags uint16, family uint8, resID uint16) {
+	b.msg = len(b.buf)
+	h := b.grow(nlmsgHeaderLen + nfgenHeaderLen)
+	binary.NativeEndian.PutUint32(h[0:], 0) // length, set by close
+	binary.NativeEndian.PutUint16(h[4:], typ)
+	binary.NativeEndian.PutUint16(h[6:], flags)
+	binary.NativeEndian.PutUint32(h[8:], b.seq)
+	binary.NativeEndian.PutUint32(h[12:], 0)
+	b.seq++
+	h[16] = family
+	h[17] = unix.NFNETLINK_V0
+	binary.BigEndian.PutUint16(h[18:], resID)
+}
+
+// change starts a message of one change to table inet nftguard.
+func (b *batch) change(msgType int, flags uint16) {
+	b.open(uint16(unix.NFNL_SUBSYS_NFTABLES<<8|msgType), unix.NLM_F_REQUEST|flags, unix.NFPROTO_INET, 0)
+}
+
+// seal sets the length of the open message.
+func (b *batch) seal() {
+	binary.NativeEndian.PutUint32(b.buf[b.msg:], uint32(len(b.buf)-b.msg))
+}
+
+// close ends the open change.
+func (b *batch) close() {
+	b.seal()
+	b.last = b.msg
+	b.changes++
+}
+
+// attr appends an attribute of n bytes of payload, padded to 4, and
+// returns the payload.
+func (b *batch) attr(typ uint16, n int) []byte {
+	padded := (n + 3) &^ 3
+	a := b.grow(attrHeaderLen + padded)
+	binary.NativeEndian.PutUint16(a[0:], uint16(attrHeaderLen+n))
+	binary.NativeEndian.PutUint16(a[2:], typ)
+	clear(a[attrHeaderLen+n:])
+	return a[attrHeaderLen : attrHeaderLen+n]
+}
+
+func (b *batch) bytes(typ uint16, v []byte) { copy(b.attr(typ, len(v)), v) }
+
+// str appends a NUL-terminated string.
+func (b *batch) str(typ uint16, s string) {
+	a := b.attr(typ, len(s)+1)
+	copy(a, s)
+	a[len(s)] = 0
+}
+
+func (b *batch) u16(typ uint16, v uint16) { binary.BigEndian.PutUint16(b.attr(typ, 2), v) }
+func (b *batch) u32(typ uint16, v uint32) { binary.BigEndian.PutUint32(b.attr(typ, 4), v) }
+func (b *batch) u64(typ uint16, v uint64) { binary.BigEndian.PutUint64(b.attr(typ, 8), v) }
+
+// nest opens a nested attribute; end closes it.
+func (b *batch) nest(typ uint16) int {
+	at := len(b.buf)
+	b.attr(unix.NLA_F_NESTED|typ, 0)
+	return at
+}
+
+func (b *batch) end(at int) {
+	binary.NativeEndian.PutUint16(b.buf[at:], uint16(len(b.buf)-at))
+}
+
+// value appends a nested NFTA_DATA_VALUE holding v.
+func (b *batch) value(typ uint16, v []byte) {
+	n := b.nest(typ)
+	b.bytes(unix.NFTA_DATA_VALUE, v)
+	b.end(n)
+}
+
+func (b *batch) fail(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// setUserData records a big-endian key, as nft does.
+var setUserData = userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 2)
+
+// Table and chain changes.
+
+func (b *batch) addTable() {
+	b.change(unix.NFT_MSG_NEWTABLE, unix.NLM_F_CREATE)
+	b.str(unix.NFTA_TABLE_NAME, TableName)
+	b.u32(unix.NFTA_TABLE_FLAGS, 0)
+	b.close()
+}
+
+func (b *batch) delTable() {
+	b.change(unix.NFT_MSG_DELTABLE, 0)
+	b.str(unix.NFTA_TABLE_NAME, TableName)
+	b.u32(unix.NFTA_TABLE_FLAGS, 0)
+	b.close()
+}
+
+// flushTable deletes every rule of the table.
+func (b *batch) flushTable() {
+	b.change(unix.NFT_MSG_DELRULE, 0)
+	b.str(unix.NFTA_RULE_TABLE, TableName)
+	b.close()
+}
+
+func (b *batch) addChain(c *Chain) {
+	b.change(unix.NFT_MSG_NEWCHAIN, unix.NLM_F_CREATE)
+	b.str(unix.NFTA_CHAIN_TABLE, TableName)
+	b.str(unix.NFTA_CHAIN_NAME, c.Name)
+	if c.IsBase() {
+		hook := b.nest(unix.NFTA_CHAIN_HOOK)
+		b.u32(unix.NFTA_HOOK_HOOKNUM, uint32(*nftChain(c).Hooknum))
+		b.u32(unix.NFTA_HOOK_PRIORITY, uint32(c.Priority))
+		b.end(hook)
+		b.u32(unix.NFTA_CHAIN_POLICY, uint32(nftables.ChainPolicyAccept))
+		b.str(unix.NFTA_CHAIN_TYPE, string(nftables.ChainTypeFilter))
+	}
+	b.close()
+}
+
+func (b *batch) delChain(name string) {
+	b.change(unix.NFT_MSG_DELCHAIN, 0)
+	b.str(unix.NFTA_CHAIN_TABLE, TableName)
+	b.str(unix.NFTA_CHAIN_NAME, name)
+	b.close()
+}
+
+// flushChain deletes every rule of a chain.
+func (b *batch) flushChain(name string) {
+	b.change(unix.NFT_MSG_DELRULE, 0)
+	b.str(unix.NFTA_RULE_TABLE, TableName)
+	b.str(unix.NFTA_RULE_CHAIN, name)
+	b.close()
+}
+
+// Rules.
+
+// addRule appends a rule to a chain, after the rule of handle position
+// when it is not 0; or, with insert set, inserts it before that rule (or
+// at the start of the chain).
+func (b *batch) addRule(chain string, r *Rule, insert bool, position uint64) {
+	flags := uint16(unix.NLM_F_CREATE | unix.NLM_F_APPEND)
+	if insert {
+		flags = unix.NLM_F_CREATE
+	}
+	b.change(unix.NFT_MSG_NEWRULE, flags)
+	b.str(unix.NFTA_RULE_TABLE, TableName)
+	b.str(unix.NFTA_RULE_CHAIN, chain)
+	list := b.nest(unix.NFTA_RULE_EXPRESSIONS)
+	for _, s := range r.stmts {
+		exprs, err := compileStmt(s)
+		if err != nil {
+			b.fail(fmt.Errorf("rule %q: %w", r.String(), err))
+			return
+		}
+		for _, e := range exprs {
+			if err := b.expr(e); err != nil {
+				b.fail(fmt.Errorf("rule %q: %w", r.String(), err))
+				return
+			}
+		}
+	}
+	b.end(list)
+	b.bytes(unix.NFTA_RULE_USERDATA, ruleUserData(r))
+	if position != 0 {
+		b.u64(unix.NFTA_RULE_POSITION, position)
+	}
+	b.close()
+}
+
+func (b *batch) delRule(chain string, handle uint64) {
+	if handle == 0 {
+		b.fail(fmt.Errorf("deleting a rule of chain %s without its handle", chain))
+		return
+	}
+	b.change(unix.NFT_MSG_DELRULE, 0)
+	b.str(unix.NFTA_RULE_TABLE, TableName)
+	b.str(unix.NFTA_RULE_CHAIN, chain)
+	b.u64(unix.NFTA_RULE_HANDLE, handle)
+	b.close()
+}
+
+// expr appends one expression of a rule.
+func (b *batch) expr(e expr.Any) error {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	switch e := e.(type) {
+	case *expr.Meta:
+		b.str(unix.NFTA_EXPR_NAME, "meta")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_META_KEY, uint32(e.Key))
+		if e.SourceRegister {
+			b.u32(unix.NFTA_META_SREG, e.Register)
+		} else {
+			b.u32(unix.NFTA_META_DREG, e.Register)
+		}
+		b.end(d)
+	case *expr.Cmp:
+		b.str(unix.NFTA_EXPR_NAME, "cmp")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_CMP_SREG, e.Register)
+		b.u32(unix.NFTA_CMP_OP, uint32(e.Op))
+		b.value(unix.NFTA_CMP_DATA, e.Data)
+		b.end(d)
+	case *expr.Payload:
+		if e.OperationType != expr.PayloadLoad || e.CsumType != 0 {
+			return fmt.Errorf("payload write is not encoded")
+		}
+		b.str(unix.NFTA_EXPR_NAME, "payload")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_PAYLOAD_DREG, e.DestRegister)
+		b.u32(unix.NFTA_PAYLOAD_BASE, uint32(e.Base))
+		b.u32(unix.NFTA_PAYLOAD_OFFSET, e.Offset)
+		b.u32(unix.NFTA_PAYLOAD_LEN, e.Len)
+		b.end(d)
+	case *expr.Range:
+		b.str(unix.NFTA_EXPR_NAME, "range")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_RANGE_SREG, e.Register)
+		b.u32(unix.NFTA_RANGE_OP, uint32(e.Op))
+		b.value(unix.NFTA_RANGE_FROM_DATA, e.FromData)
+		b.value(unix.NFTA_RANGE_TO_DATA, e.ToData)
+		b.end(d)
+	case *expr.Bitwise:
+		b.str(unix.NFTA_EXPR_NAME, "bitwise")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_BITWISE_SREG, e.SourceRegister)
+		b.u32(unix.NFTA_BITWISE_DREG, e.DestRegister)
+		b.u32(unix.NFTA_BITWISE_LEN, e.Len)
+		b.value(unix.NFTA_BITWISE_MASK, e.Mask)
+		b.value(unix.NFTA_BITWISE_XOR, e.Xor)
+		b.end(d)
+	case *expr.Ct:
+		if e.SourceRegister || e.Key == expr.CtKeySRC || e.Key == expr.CtKeyDST || e.Key == expr.CtKeyPROTOSRC || e.Key == expr.CtKeyPROTODST {
+			return fmt.Errorf("ct key %d is not encoded", e.Key)
+		}
+		b.str(unix.NFTA_EXPR_NAME, "ct")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_CT_KEY, uint32(e.Key))
+		b.u32(unix.NFTA_CT_DREG, e.Register)
+		b.end(d)
+	case *expr.Lookup:
+		b.str(unix.NFTA_EXPR_NAME, "lookup")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_LOOKUP_SREG, e.SourceRegister)
+		if e.IsDestRegSet {
+			b.u32(unix.NFTA_LOOKUP_DREG, e.DestRegister)
+		}
+		if e.Invert {
+			b.u32(unix.NFTA_LOOKUP_FLAGS, unix.NFT_LOOKUP_F_INV)
+		}
+		b.str(unix.NFTA_LOOKUP_SET, e.SetName)
+		b.u32(unix.NFTA_LOOKUP_SET_ID, e.SetID)
+		b.end(d)
+	case *expr.Immediate:
+		b.str(unix.NFTA_EXPR_NAME, "immediate")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_IMMEDIATE_DREG, e.Register)
+		b.value(unix.NFTA_IMMEDIATE_DATA, e.Data)
+		b.end(d)
+	case *expr.Verdict:
+		b.str(unix.NFTA_EXPR_NAME, "immediate")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u32(unix.NFTA_IMMEDIATE_DREG, unix.NFT_REG_VERDICT)
+		data := b.nest(unix.NFTA_IMMEDIATE_DATA)
+		b.verdict(e)
+		b.end(data)
+		b.end(d)
+	case *expr.Limit:
+		var flags uint32
+		if e.Over {
+			flags = unix.NFT_LIMIT_F_INV
+		}
+		b.str(unix.NFTA_EXPR_NAME, "limit")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u64(unix.NFTA_LIMIT_RATE, e.Rate)
+		b.u64(unix.NFTA_LIMIT_UNIT, uint64(e.Unit))
+		b.u32(unix.NFTA_LIMIT_BURST, e.Burst)
+		b.u32(unix.NFTA_LIMIT_TYPE, uint32(e.Type))
+		b.u32(unix.NFTA_LIMIT_FLAGS, flags)
+		b.end(d)
+	case *expr.Log:
+		if e.Key != 1<<unix.NFTA_LOG_GROUP|1<<unix.NFTA_LOG_PREFIX {
+			return fmt.Errorf("log with attributes %#x is not encoded", e.Key)
+		}
+		b.str(unix.NFTA_EXPR_NAME, "log")
+		d := b.nest(unix.NFTA_EXPR_DATA)
+		b.u16(unix.NFTA_LOG_GROUP, e.Group)
+		b.str(unix.NFTA_LOG_PREFIX, string(e.Data))
+		b.end(d)
+	default:
+		return fmt.Errorf("expression %T is not encoded", e)
+	}
+	b.end(elem)
+	return nil
+}
+
+// verdict appends NFTA_DATA_VERDICT: the code and, for jump and goto, the
+// chain.
+func (b *batch) verdict(v *expr.Verdict) {
+	n := b.nest(unix.NFTA_DATA_VERDICT)
+	b.u32(unix.NFTA_VERDICT_CODE, uint32(v.Kind))
+	if v.Chain != "" {
+		b.str(unix.NFTA_VERDICT_CHAIN, v.Chain)
+	}
+	b.end(n)
+}
+
+// Sets.
+
+// addSet creates a set (without elements) and returns the id by which
+// later messages of the batch may refer to it.
+func (b *batch) addSet(s *Set) uint32 {
+	b.setID++
+	id := b.setID
+	ns := nftSet(s)
+	var flags uint32
+	if ns.Interval {
+		flags |= unix.NFT_SET_INTERVAL
+	}
+	if ns.IsMap {
+		flags |= unix.NFT_SET_MAP
+	}
+	if ns.Concatenation {
+		flags |= nftSetConcat
+	}
+	b.change(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE)
+	b.str(unix.NFTA_SET_TABLE, TableName)
+	b.str(unix.NFTA_SET_NAME, s.Name)
+	b.u32(unix.NFTA_SET_FLAGS, flags)
+	b.u32(unix.NFTA_SET_KEY_TYPE, ns.KeyType.GetNFTMagic())
+	b.u32(unix.NFTA_SET_KEY_LEN, ns.KeyType.Bytes)
+	b.u32(unix.NFTA_SET_ID, id)
+	if ns.IsMap {
+		b.u32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
+		b.u32(unix.NFTA_SET_DATA_LEN, ns.DataType.Bytes)
+	}
+	if ns.Concatenation {
+		desc := b.nest(unix.NFTA_SET_DESC)
+		concat := b.nest(nftables.NFTA_SET_DESC_CONCAT)
+		for _, f := range nftables.ConcatSetTypeElements(ns.KeyType) {
+			field := b.nest(unix.NFTA_LIST_ELEM)
+			b.u32(nftaSetFieldLen, f.Bytes)
+			b.end(field)
+		}
+		b.end(concat)
+		b.end(desc)
+	}
+	// The key's byte order, as nft records it (for nft list).
+	b.bytes(unix.NFTA_SET_USERDATA, setUserData)
+	b.close()
+	return id
+}
+
+func (b *batch) delSet(name string) {
+	b.change(unix.NFT_MSG_DELSET, 0)
+	b.str(unix.NFTA_SET_TABLE, TableName)
+	b.str(unix.NFTA_SET_NAME, name)
+	b.close()
+}
+
+// flushSet deletes every element of a set.
+func (b *batch) flushSet(name string) {
+	b.change(unix.NFT_MSG_DELSETELEM, 0)
+	b.str(unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
+	b.str(unix.NFTA_SET_ELEM_LIST_SET, name)
+	b.close()
+}
+
+// elements adds (or deletes) elements of a set, id being the set's id when
+// the batch creates it (0 otherwise), in messages whose element list stays
+// within maxMessageBytes (its attribute length is 16 bits).
+func (b *batch) elements(del bool, s *Set, id uint32, elems []Element) {
+	msgType := unix.NFT_MSG_NEWSETELEM
+	if del {
+		msgType = unix.NFT_MSG_DELSETELEM
+	}
+	var list, start int
+	open := func() {
+		b.change(msgType, unix.NLM_F_CREATE)
+		b.str(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
+		b.u32(unix.NFTA_SET_ELEM_LIST_SET_ID, id)
+		b.str(unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
+		list = b.nest(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+		start = len(b.buf)
+	}
+	closeMsg := func() {
+		b.end(list)
+		b.close()
+	}
+	n := uint16(0)
+	open()
+	eachKernelElement(s.Kind, elems, func(e nftables.SetElement) {
+		if len(b.buf)-start > maxMessageBytes {
+			closeMsg()
+			open()
+			n = 0
+		}
+		n++
+		at := b.nest(n)
+		if e.IntervalEnd {
+			b.u32(unix.NFTA_SET_ELEM_FLAGS, unix.NFT_SET_ELEM_INTERVAL_END)
+		}
+		b.value(unix.NFTA_SET_ELEM_KEY, e.Key)
+		if len(e.KeyEnd) > 0 {
+			b.value(nftables.NFTA_SET_ELEM_KEY_END, e.KeyEnd)
+		}
+		if e.VerdictData != nil {
+			data := b.nest(unix.NFTA_SET_ELEM_DATA)
+			b.verdict(e.VerdictData)
+			b.end(data)
+		}
+		b.end(at)
+	})
+	closeMsg()
+}
