@@ -36,8 +36,11 @@ func equalRule(a, b *v1alpha1.Rule) bool {
 		})
 }
 
-func copyRule(r *v1alpha1.Rule) v1alpha1.Rule {
-	out := v1alpha1.Rule{ID: r.ID, Direction: r.Direction, Ports: slices.Clone(r.Ports), Peers: make([]v1alpha1.Peer, len(r.Peers))}
+func copyRule(r *v1alpha1.Rule) v1alpha1.Rule { return copyRulePorts(r, slices.Clone(r.Ports)) }
+
+// copyRulePorts copies a rule, taking ports (a copy of its ports) as they are.
+func copyRulePorts(r *v1alpha1.Rule, ports []v1alpha1.Port) v1alpha1.Rule {
+	out := v1alpha1.Rule{ID: r.ID, Direction: r.Direction, Ports: ports, Peers: make([]v1alpha1.Peer, len(r.Peers))}
 	for i, p := range r.Peers {
 		out.Peers[i].AddressGroup = p.AddressGroup
 		if p.IPBlock != nil {

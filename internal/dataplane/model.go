@@ -197,11 +197,18 @@ func (r *Rule) String() string {
 	if r.stmts == nil && r.handle != 0 {
 		return fmt.Sprintf("# rule not written by nftguard (handle %d)", r.handle)
 	}
-	parts := make([]string, len(r.stmts))
+	return string(r.appendText(nil))
+}
+
+// appendText appends the text of the rule's statements to b.
+func (r *Rule) appendText(b []byte) []byte {
 	for i, s := range r.stmts {
-		parts[i] = s.text()
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = s.appendText(b)
 	}
-	return strings.Join(parts, " ")
+	return b
 }
 
 // ruleIDVersion changes whenever the expressions a rule text compiles to
@@ -212,10 +219,28 @@ const ruleIDVersion = "1"
 // rule carries it as its comment.
 func (r *Rule) ID() string {
 	if r.id == "" {
-		sum := sha256.Sum256([]byte(ruleIDVersion + "\n" + r.String()))
-		r.id = hex.EncodeToString(sum[:8])
+		r.identify(make([]byte, 0, 128))
 	}
 	return r.id
+}
+
+// identify sets the rule's id if it has none, hashing its text in buf (a
+// scratch buffer), and returns buf for the next rule.
+func (r *Rule) identify(buf []byte) []byte {
+	if r.id != "" {
+		return buf
+	}
+	buf = append(buf[:0], ruleIDVersion+"\n"...)
+	if r.stmts == nil && r.handle != 0 {
+		buf = append(buf, r.String()...)
+	} else {
+		buf = r.appendText(buf)
+	}
+	sum := sha256.Sum256(buf)
+	var id [16]byte
+	hex.Encode(id[:], sum[:8])
+	r.id = string(id[:])
+	return buf
 }
 
 // Handle is the kernel handle of a rule read back from the kernel, else 0.

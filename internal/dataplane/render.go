@@ -131,6 +131,17 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.gen++
+	// A new Renderer's first render fills its memo: size it once.
+	if len(m.rules) == 0 && len(m.spans) == 0 {
+		m.rules = make(map[string]*ruleMemo, len(spec.Rules))
+		m.spans = make(map[string]*spansMemo, len(spec.Rules))
+	}
+	if len(m.groups) == 0 {
+		m.groups = make(map[string]*groupMemo, len(groups))
+	}
+	if len(m.pods) == 0 {
+		m.pods = make(map[string]*podMemo, len(spec.Pods))
+	}
 	r := newRenderer(m.opts, m, groups)
 	t, err := r.render(spec)
 	if err != nil {
@@ -142,8 +153,8 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 			delete(m.groups, name)
 		}
 	}
-	for id := range m.rules {
-		if !r.used[id] {
+	for id, rm := range m.rules {
+		if rm.gen != m.gen {
 			delete(m.rules, id)
 		}
 	}
@@ -199,9 +210,17 @@ type groupMemo struct {
 	hasTag bool
 	names  [2]setRef
 	sets   []*Set
-	// tagged holds, per family, the group's elements of the shared set
-	// (tag . address), sorted.
-	tagged [2][]Element
+	// tagged holds, per family, the keys of the group's elements of the
+	// shared set (tag . address), sorted, one after the other.
+	tagged [2][]byte
+}
+
+// taggedKeyLen is the length of a key of the shared set of a family.
+func taggedKeyLen(i int) int {
+	if i == 1 {
+		return 4 + 16
+	}
+	return 4 + 4
 }
 
 // setRef is how rules match one family of a group: in a set of the
@@ -220,6 +239,12 @@ type ruleMemo struct {
 	groups [][2]setRef   // per distinct group peer, in order
 	chain  *Chain
 	sets   []*Set
+	gen    uint64 // the last render that used it
+
+	// Storage for the chain and the groups of a rule with one group,
+	// allocated with the memo.
+	chainData  Chain
+	groupsData [1][2]setRef
 }
 
 // podMemo is a pod's rendered chains and the pod they came from.
@@ -249,9 +274,8 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 		memo:       memo,
 		groups:     groups,
 		pods:       map[string]bool{},
-		spans:      map[string][]portSpan{},
 		segments:   map[string]bool{},
-		groupSets:  map[string][2]setRef{},
+		groupSets:  map[string]groupRefs{},
 		vmapOwners: map[string]bool{},
 	}
 }
@@ -259,8 +283,8 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	groups := r.groups
 	r.tags = r.memo.groupTags(groups, shardsTogether(spec.Rules))
-	r.rules = make(map[string]*v1alpha1.Rule, len(spec.Rules))
-	r.used = make(map[string]bool, len(spec.Rules))
+	r.rules = make(map[string]*ruleInfo, len(spec.Rules))
+	infos := make([]ruleInfo, len(spec.Rules))
 	r.sets = make(map[string]*Set, len(spec.Rules)+len(groups))
 	for i := range spec.Rules {
 		rule := &spec.Rules[i]
@@ -280,7 +304,8 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 				}
 			}
 		}
-		r.rules[rule.ID] = rule
+		infos[i].rule = rule
+		r.rules[rule.ID] = &infos[i]
 	}
 	for _, name := range []string{MapIngress4, MapIngress6, MapEgress4, MapEgress6} {
 		kind := MapIPv4Verdict
@@ -304,12 +329,11 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	}
 	// In rule set order, so that of two bad inputs the same one is
 	// always reported.
-	for i := range spec.Rules {
-		ru := &spec.Rules[i]
-		if !r.used[ru.ID] {
+	for i := range infos {
+		if !infos[i].used {
 			continue
 		}
-		c, err := r.ruleChain(ru)
+		c, err := r.ruleChain(&infos[i])
 		if err != nil {
 			return nil, err
 		}
@@ -342,17 +366,14 @@ type renderer struct {
 	// memo holds what earlier renders produced; nil for a one-off Render.
 	memo   *Renderer
 	groups map[string]v1alpha1.AddressGroupSpec
-	rules  map[string]*v1alpha1.Rule
-	used   map[string]bool
+	rules  map[string]*ruleInfo
 	// pods records the pods rendered (namespace/name).
 	pods map[string]bool
-	// spans caches the port spans of rules; segments records the segment
-	// chains added.
-	spans    map[string][]portSpan
+	// segments records the segment chains added.
 	segments map[string]bool
 	sets     map[string]*Set
 	// groupSets caches the v4 and v6 set references of each rendered group.
-	groupSets map[string][2]setRef
+	groupSets map[string]groupRefs
 	// tags are the tags of the groups whose single addresses go in the
 	// shared sets; a group without one has sets of its own.
 	tags map[string]uint32
@@ -361,6 +382,28 @@ type renderer struct {
 	tagged [2][shards][]*groupMemo
 	// vmapOwners records map/address pairs already dispatched.
 	vmapOwners map[string]bool
+	// text is a scratch buffer for the text of rules being identified;
+	// hosts holds a group's single addresses, per family, while its sets
+	// are built.
+	text  []byte
+	hosts [2][]netip.Addr
+	// portStmts holds the match of each single port span rendered.
+	portStmts map[portSpan][]stmt
+}
+
+// ruleInfo is what one render knows of a rule of its rule set.
+type ruleInfo struct {
+	rule *v1alpha1.Rule
+	// used records that a pod references the rule.
+	used bool
+	// spans are the rule's port spans once spansDone, and memo their
+	// entry in the Renderer; chain is the name of the rule's chain and
+	// jump the statement jumping to it, once known.
+	spans     []portSpan
+	spansDone bool
+	memo      *spansMemo
+	chain     string
+	jump      stmt
 }
 
 func rule(stmts ...stmt) *Rule { return &Rule{stmts: stmts} }
@@ -428,14 +471,14 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 			continue
 		}
 		for _, id := range d.iso.Rules {
-			ru, ok := r.rules[id]
+			ri, ok := r.rules[id]
 			if !ok {
 				return nil, fmt.Errorf("pod %s/%s: %s isolation references rule %q, which is not in the rule set", pod.Namespace, pod.Name, d.direction, id)
 			}
-			if ru.Direction != d.direction {
-				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ru.Direction, id)
+			if ri.rule.Direction != d.direction {
+				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ri.rule.Direction, id)
 			}
-			r.used[id] = true
+			ri.used = true
 		}
 	}
 	chains := make([]*Chain, 0, len(pm.chains)+len(pm.segments))
@@ -528,9 +571,7 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			c.Rules = append(c.Rules, rule(portsVmap{m.Name}))
 			ids = anyPort
 		}
-		for _, id := range ids {
-			c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
-		}
+		c.Rules = r.appendJumps(slices.Grow(c.Rules, len(ids)+2), ids)
 		c.Rules = append(c.Rules,
 			rule(limitRate{r.opts.LogRate, r.opts.LogBurst}, nflog{prefix.Format(action, d.dir, podKey), r.opts.LogGroup}),
 			rule(verdict{Kind: final}),
@@ -549,33 +590,69 @@ var dispatchMin = 8
 // ruleSpans returns the port spans of a rule (nil: every port, or a rule
 // that is not in the rule set or is invalid, which is reported elsewhere).
 func (r *renderer) ruleSpans(id string) []portSpan {
-	if r.memo == nil {
-		if s, ok := r.spans[id]; ok {
-			return s
-		}
-		var out []portSpan
-		if ru := r.rules[id]; ru != nil {
-			out, _ = portSpans(ru)
-		}
-		r.spans[id] = out
-		return out
-	}
-	// With a Renderer, its entries serve as this render's cache too.
-	sm := r.memo.spans[id]
-	if sm != nil && sm.gen == r.memo.gen {
-		return sm.spans
-	}
-	ru := r.rules[id]
-	if ru == nil {
+	ri := r.rules[id]
+	if ri == nil {
 		return nil
 	}
+	return r.spansOf(id, ri)
+}
+
+// spansOf returns the port spans of the rule with that id and info, as
+// ruleSpans does.
+func (r *renderer) spansOf(id string, ri *ruleInfo) []portSpan {
+	if ri.spansDone {
+		return ri.spans
+	}
+	ri.spansDone = true
+	if r.memo == nil {
+		ri.spans, _ = portSpans(ri.rule)
+		return ri.spans
+	}
+	// The Renderer keeps the spans of the rules it rendered, with the
+	// ports they came from.
+	ru := ri.rule
+	sm := r.memo.spans[id]
 	if sm == nil || !slices.Equal(sm.ports, ru.Ports) {
 		spans, _ := portSpans(ru)
 		sm = &spansMemo{ports: slices.Clone(ru.Ports), spans: spans}
 		r.memo.spans[id] = sm
 	}
 	sm.gen = r.memo.gen
-	return sm.spans
+	ri.spans, ri.memo = sm.spans, sm
+	return ri.spans
+}
+
+// appendJumps appends rules jumping to the chains of the rules with those
+// ids, allocated together.
+func (r *renderer) appendJumps(rules []*Rule, ids []string) []*Rule {
+	rs := make([]Rule, len(ids))
+	stmts := make([]stmt, len(ids))
+	for i, id := range ids {
+		stmts[i] = r.jump(id)
+		rs[i].stmts = stmts[i : i+1 : i+1]
+		rules = append(rules, &rs[i])
+	}
+	return rules
+}
+
+// jump returns the statement jumping to the chain of the rule with that id.
+func (r *renderer) jump(id string) stmt {
+	ri := r.rules[id]
+	if ri == nil {
+		return verdict{Kind: VerdictJump, Chain: ruleChainName(id)}
+	}
+	if ri.jump == nil {
+		ri.jump = verdict{Kind: VerdictJump, Chain: r.chainName(id, ri)}
+	}
+	return ri.jump
+}
+
+// chainName returns the name of the chain of the rule with that id and info.
+func (r *renderer) chainName(id string, ri *ruleInfo) string {
+	if ri.chain == "" {
+		ri.chain = ruleChainName(id)
+	}
+	return ri.chain
 }
 
 // spansMemo is a rule's port spans and the ports they came from, with the
@@ -588,7 +665,16 @@ type spansMemo struct {
 
 // podSpans returns the port spans of the rules a pod references.
 func (r *renderer) podSpans(pod *v1alpha1.LocalPod) [][]portSpan {
-	var out [][]portSpan
+	n := 0
+	for _, iso := range []*v1alpha1.Isolation{pod.Ingress, pod.Egress} {
+		if iso != nil {
+			n += len(iso.Rules)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([][]portSpan, 0, n)
 	for _, iso := range []*v1alpha1.Isolation{pod.Ingress, pod.Egress} {
 		if iso == nil {
 			continue
@@ -632,10 +718,16 @@ func (r *renderer) portDispatch(name string, ids []string) (*Set, []*Chain) {
 		ids      []string
 	}
 	var segs []segment
+	spans := make([][]portSpan, len(ids))
+	for i, id := range ids {
+		spans[i] = r.ruleSpans(id)
+	}
+	var cuts []int
+	var in []string
 	for _, proto := range []uint8{protoTCP, protoUDP, protoSCTP} {
-		var cuts []int
-		for _, id := range ids {
-			for _, s := range r.ruleSpans(id) {
+		cuts = cuts[:0]
+		for _, ss := range spans {
+			for _, s := range ss {
 				if s.proto == proto {
 					cuts = append(cuts, int(s.from), int(s.to)+1)
 				}
@@ -645,9 +737,9 @@ func (r *renderer) portDispatch(name string, ids []string) (*Set, []*Chain) {
 		cuts = slices.Compact(cuts)
 		for i := 0; i+1 < len(cuts); i++ {
 			from, to := cuts[i], cuts[i+1]-1
-			var in []string
-			for _, id := range ids {
-				if slices.ContainsFunc(r.ruleSpans(id), func(s portSpan) bool {
+			in = in[:0]
+			for j, id := range ids {
+				if slices.ContainsFunc(spans[j], func(s portSpan) bool {
 					return s.proto == proto && int(s.from) <= from && to <= int(s.to)
 				}) {
 					in = append(in, id)
@@ -660,22 +752,21 @@ func (r *renderer) portDispatch(name string, ids []string) (*Set, []*Chain) {
 				segs[n-1].to = to
 				continue
 			}
-			segs = append(segs, segment{proto, from, to, in})
+			segs = append(segs, segment{proto, from, to, slices.Clone(in)})
 		}
 	}
 	for _, sg := range segs {
 		chain := segmentChainName(sg.ids)
 		if !made[chain] {
 			made[chain] = true
-			c := &Chain{Name: chain}
-			for _, id := range sg.ids {
-				c.Rules = append(c.Rules, rule(verdict{Kind: VerdictJump, Chain: ruleChainName(id)}))
-			}
+			c := &Chain{Name: chain, Rules: r.appendJumps(make([]*Rule, 0, len(sg.ids)), sg.ids)}
 			r.identify(c)
 			chains = append(chains, c)
 		}
-		m.Elements = append(m.Elements, Element{Key: concatField(sg.proto, uint16(sg.from)), KeyEnd: concatField(sg.proto, uint16(sg.to)),
-			Verdict: &Verdict{Kind: VerdictJump, Chain: chain}})
+		k := make([]byte, 16)
+		putConcatField(k[:8], sg.proto, uint16(sg.from))
+		putConcatField(k[8:], sg.proto, uint16(sg.to))
+		m.Elements = append(m.Elements, Element{Key: k[:8:8], KeyEnd: k[8:], Verdict: &Verdict{Kind: VerdictJump, Chain: chain}})
 	}
 	sortElements(m)
 	return m, chains
@@ -688,22 +779,24 @@ func (r *renderer) identify(c *Chain) {
 		return
 	}
 	for _, ru := range c.Rules {
-		ru.ID()
+		r.text = ru.identify(r.text)
 	}
 }
 
 // ruleChain returns a rule's chain and adds its sets, reusing them from the
 // last render when the rule and the set names of its groups are the same.
-func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
+func (r *renderer) ruleChain(ri *ruleInfo) (*Chain, error) {
+	ru := ri.rule
 	if r.memo != nil {
 		if m := r.memo.rules[ru.ID]; m != nil && equalRule(&m.rule, ru) && r.sameGroupSets(ru, m.groups) {
 			for _, s := range m.sets {
 				r.sets[s.Name] = s
 			}
+			m.gen = r.memo.gen
 			return m.chain, nil
 		}
 	}
-	m, err := r.buildRuleChain(ru)
+	m, err := r.buildRuleChain(ri)
 	if err != nil {
 		return nil, err
 	}
@@ -713,7 +806,14 @@ func (r *renderer) ruleChain(ru *v1alpha1.Rule) (*Chain, error) {
 	}
 	if r.memo != nil {
 		r.identify(m.chain)
-		m.rule = copyRule(ru)
+		if sm := ri.memo; sm != nil && slices.Equal(sm.ports, ru.Ports) {
+			// The copy of the ports the spans came from never changes
+			// either: share it.
+			m.rule = copyRulePorts(ru, sm.ports)
+		} else {
+			m.rule = copyRule(ru)
+		}
+		m.gen = r.memo.gen
 		r.memo.rules[ru.ID] = m
 	}
 	return m.chain, nil
@@ -729,8 +829,8 @@ func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]setRef) bool {
 			continue
 		}
 		seen = append(seen, peer.AddressGroup)
-		names, err := r.groupSet(peer.AddressGroup, r.groups[peer.AddressGroup])
-		if err != nil || i >= len(want) || names != want[i] {
+		refs, err := r.groupSet(peer.AddressGroup)
+		if err != nil || i >= len(want) || refs.names != want[i] {
 			return false
 		}
 		i++
@@ -740,11 +840,14 @@ func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]setRef) bool {
 
 // buildRuleChain renders a rule's chain and sets: one rule per peer set
 // (and family) that accepts matching packets.
-func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
-	name := ruleChainName(ru.ID)
-	m := &ruleMemo{chain: &Chain{Name: name}}
+func (r *renderer) buildRuleChain(ri *ruleInfo) (*ruleMemo, error) {
+	ru := ri.rule
+	name := r.chainName(ru.ID, ri)
+	m := &ruleMemo{}
+	m.chainData.Name = name
+	m.chain, m.groups = &m.chainData, m.groupsData[:0]
 	c := m.chain
-	ports, portSet, err := portMatch(name, ru)
+	ports, portSet, err := r.portMatch(name, ru, r.spansOf(ru.ID, ri))
 	if err != nil {
 		return nil, err
 	}
@@ -755,12 +858,25 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 	// cheaper than a set lookup, and a packet to another port skips the
 	// lookup (a pod selected by many rules walks them all for each new
 	// connection).
-	accept := func(peer ...stmt) *Rule {
-		stmts := append(slices.Clone(ports), peer...)
-		return rule(append(stmts, verdict{Kind: VerdictAccept})...)
+	accept := func(peer stmt) *Rule {
+		var stmts []stmt
+		var ru *Rule
+		if len(ports) <= 1 {
+			// Ports, peer and verdict: one allocation.
+			rs := new(ruleStmts)
+			stmts, ru = rs.stmts[:0], &rs.rule
+		} else {
+			stmts, ru = make([]stmt, 0, len(ports)+2), new(Rule)
+		}
+		stmts = append(stmts, ports...)
+		if peer != nil {
+			stmts = append(stmts, peer)
+		}
+		ru.stmts = append(stmts, acceptVerdict)
+		return ru
 	}
 	if len(ru.Peers) == 0 {
-		c.Rules = append(c.Rules, accept())
+		c.Rules = append(c.Rules, accept(nil))
 		return m, nil
 	}
 	field := saddr
@@ -769,8 +885,10 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 	}
 	var blocks [2][]ipRange
 	blockAt := -1
-	var seen []string
-	var lines [2][]setRef // group lines written, per family
+	var seenBuf [4]string
+	seen := seenBuf[:0]
+	var linesBuf [2][4]setRef
+	lines := [2][]setRef{linesBuf[0][:0], linesBuf[1][:0]} // shared set lines written, per family
 	for _, peer := range ru.Peers {
 		switch {
 		case peer.AddressGroup != "" && peer.IPBlock != nil:
@@ -780,23 +898,26 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 				continue
 			}
 			seen = append(seen, peer.AddressGroup)
-			g := r.groups[peer.AddressGroup]
-			names, err := r.groupSet(peer.AddressGroup, g)
+			refs, err := r.groupSet(peer.AddressGroup)
 			if err != nil {
 				return nil, err
 			}
+			names := refs.names
 			m.groups = append(m.groups, names)
 			for i, fam := range []family{ipv4, ipv6} {
 				ref := names[i]
-				if ref.tagged && slices.Contains(lines[i], ref) {
-					// Another shard of the same group: the line matches it.
-					continue
+				if ref.tagged {
+					if slices.Contains(lines[i], ref) {
+						// Another shard of the same group: the line
+						// matches it.
+						continue
+					}
+					lines[i] = append(lines[i], ref)
 				}
-				lines[i] = append(lines[i], ref)
 				switch {
 				case ref.name == "":
 					// No member of this family: nothing to match.
-				case g.NamedPort != nil:
+				case refs.named:
 					c.Rules = append(c.Rules, accept(endpointInSet{fam, ref.name}))
 				case ref.tagged:
 					c.Rules = append(c.Rules, accept(taggedAddrInSet{fam, field, ref.tag, ref.name}))
@@ -858,16 +979,17 @@ func (r *renderer) buildRuleChain(ru *v1alpha1.Rule) (*ruleMemo, error) {
 // the same transaction as the elements (a set is created before the rules
 // that reference it and deleted after them). Other membership changes only
 // change elements.
-func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]setRef, error) {
-	if names, ok := r.groupSets[name]; ok {
-		return names, nil
+func (r *renderer) groupSet(name string) (groupRefs, error) {
+	if refs, ok := r.groupSets[name]; ok {
+		return refs, nil
 	}
+	g := r.groups[name]
 	tag, tagged := r.tags[name]
 	m := r.memo.group(name, g, tag, tagged)
 	if m == nil {
 		var err error
-		if m, err = buildGroupSets(name, g, tag, tagged); err != nil {
-			return [2]setRef{}, err
+		if m, err = r.buildGroupSets(name, g, tag, tagged); err != nil {
+			return groupRefs{}, err
 		}
 		if r.memo != nil {
 			m.spec = copyGroup(g)
@@ -883,8 +1005,16 @@ func (r *renderer) groupSet(name string, g v1alpha1.AddressGroupSpec) ([2]setRef
 			r.tagged[i][k] = append(r.tagged[i][k], m)
 		}
 	}
-	r.groupSets[name] = m.names
-	return m.names, nil
+	refs := groupRefs{names: m.names, named: g.NamedPort != nil}
+	r.groupSets[name] = refs
+	return refs, nil
+}
+
+// groupRefs is how the rules of one render match a group.
+type groupRefs struct {
+	names [2]setRef
+	// named reports a named-port group, whose sets hold endpoints.
+	named bool
 }
 
 // group returns the remembered sets of a group whose spec is unchanged.
@@ -899,7 +1029,7 @@ func (m *Renderer) group(name string, g v1alpha1.AddressGroupSpec, tag uint32, t
 }
 
 // buildGroupSets renders the sets of an address group.
-func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged bool) (*groupMemo, error) {
+func (r *renderer) buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged bool) (*groupMemo, error) {
 	m := &groupMemo{tag: tag, hasTag: tagged}
 	var names [2]setRef
 	if g.NamedPort != nil {
@@ -938,7 +1068,12 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged
 			}
 		}
 	} else {
-		var hosts [2][]netip.Addr
+		// hosts is scratch space the renderer keeps for the next group:
+		// the addresses are copied out of it.
+		hosts := r.hosts
+		if cap(hosts[0]) < len(g.Addresses) {
+			hosts[0] = make([]netip.Addr, 0, len(g.Addresses))
+		}
 		var prefixes [2][]netip.Prefix
 		for _, s := range g.Addresses {
 			p, err := parsePrefix(s)
@@ -975,6 +1110,27 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged
 			if len(hosts[i]) == 0 && len(prefixes[i]) == 0 {
 				continue
 			}
+			if tagged && !interval[i] {
+				// tag . address in the shared set, sorted by address.
+				slices.SortFunc(hosts[i], netip.Addr.Compare)
+				hosts[i] = slices.Compact(hosts[i])
+				n := taggedKeyLen(i)
+				keys := make([]byte, n*len(hosts[i]))
+				for j, a := range hosts[i] {
+					key := keys[j*n : (j+1)*n]
+					binary.NativeEndian.PutUint32(key, tag)
+					if a.Is4() {
+						b := a.As4()
+						copy(key[4:], b[:])
+					} else {
+						b := a.As16()
+						copy(key[4:], b[:])
+					}
+				}
+				m.tagged[i] = keys
+				names[i] = setRef{name: sharedSetName(fam, tag), tag: tag, tagged: true}
+				continue
+			}
 			s := &Set{Name: groupSetName(fam, interval[i], name)}
 			switch {
 			case interval[i]:
@@ -985,28 +1141,6 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged
 				for _, rg := range normalizeRanges(nets[i]) {
 					s.Elements = append(s.Elements, Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
 				}
-			case tagged:
-				// tag . address in the shared set, sorted by address.
-				slices.SortFunc(hosts[i], netip.Addr.Compare)
-				hosts[i] = slices.Compact(hosts[i])
-				elems := make([]Element, len(hosts[i]))
-				n := 4 + hosts[i][0].BitLen()/8
-				keys := make([]byte, n*len(hosts[i]))
-				for j, a := range hosts[i] {
-					key := keys[j*n : (j+1)*n : (j+1)*n]
-					binary.NativeEndian.PutUint32(key, tag)
-					if a.Is4() {
-						b := a.As4()
-						copy(key[4:], b[:])
-					} else {
-						b := a.As16()
-						copy(key[4:], b[:])
-					}
-					elems[j] = Element{Key: key}
-				}
-				m.tagged[i] = elems
-				names[i] = setRef{name: sharedSetName(fam, tag), tag: tag, tagged: true}
-				continue
 			default:
 				s.Kind = SetIPv4
 				if fam == ipv6 {
@@ -1021,6 +1155,7 @@ func buildGroupSets(name string, g v1alpha1.AddressGroupSpec, tag uint32, tagged
 			m.sets = append(m.sets, s)
 			names[i] = setRef{name: s.Name}
 		}
+		r.hosts = [2][]netip.Addr{hosts[0][:0], hosts[1][:0]}
 	}
 	m.names = names
 	return m, nil
@@ -1036,8 +1171,23 @@ func shard(tag uint32) int { return int(tag >> 28) }
 // sharedSetName names the shared set of a family holding a tag: ag4.0 to
 // ag4.f, ag6.0 to ag6.f. (A group's own sets are ag4-<group>.)
 func sharedSetName(f family, tag uint32) string {
+	switch f {
+	case ipv4:
+		return sharedSetNames[0][shard(tag)]
+	case ipv6:
+		return sharedSetNames[1][shard(tag)]
+	}
 	return fmt.Sprintf("ag%d.%x", f, shard(tag))
 }
+
+// sharedSetNames holds the names of the shared sets, made once.
+var sharedSetNames = func() (names [2][shards]string) {
+	for k := range shards {
+		names[0][k] = fmt.Sprintf("ag%d.%x", ipv4, k)
+		names[1][k] = fmt.Sprintf("ag%d.%x", ipv6, k)
+	}
+	return names
+}()
 
 // groupTag is the tag of a group in the shared sets: a hash of its name,
 // so that it is the same on every render, node and agent version.
@@ -1173,6 +1323,14 @@ func mergeSorted(runs [][]Element) []Element {
 	return out
 }
 
+// appendKeys appends an element for each key of length n in keys.
+func appendKeys(es []Element, keys []byte, n int) []Element {
+	for j := 0; j+n <= len(keys); j += n {
+		es = append(es, Element{Key: keys[j : j+n : j+n]})
+	}
+	return es
+}
+
 // sharedSet builds shard k of a family's shared sets.
 func (r *renderer) sharedSet(i int, fam family, k int) {
 	parts := r.tagged[i][k]
@@ -1194,7 +1352,7 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 		if prev.set != nil && slices.EqualFunc(prev.parts, parts, func(a, b *groupMemo) bool {
 			// A group rendered anew may hold the same members of this
 			// family.
-			return a == b || (a.tag == b.tag && sameElements(a.tagged[i], b.tagged[i]))
+			return a == b || (a.tag == b.tag && bytes.Equal(a.tagged[i], b.tagged[i]))
 		}) {
 			r.sets[prev.set.Name] = prev.set
 			// Remember the groups as they are now.
@@ -1206,9 +1364,10 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 	if fam == ipv6 {
 		kind = SetTaggedIPv6
 	}
+	kl := taggedKeyLen(i)
 	n := 0
 	for _, m := range parts {
-		n += len(m.tagged[i])
+		n += len(m.tagged[i]) / kl
 	}
 	s := &Set{Name: sharedSetName(fam, parts[0].tag), Kind: kind, Elements: make([]Element, 0, n)}
 	for j := 0; j < len(parts); {
@@ -1218,11 +1377,11 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 			end++
 		}
 		if end == j+1 {
-			s.Elements = append(s.Elements, parts[j].tagged[i]...)
+			s.Elements = appendKeys(s.Elements, parts[j].tagged[i], kl)
 		} else {
 			runs := make([][]Element, 0, end-j)
 			for _, m := range parts[j:end] {
-				runs = append(runs, m.tagged[i])
+				runs = append(runs, appendKeys(nil, m.tagged[i], kl))
 			}
 			s.Elements = append(s.Elements, mergeSorted(runs)...)
 		}
@@ -1234,24 +1393,51 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 	}
 }
 
+// acceptVerdict ends the lines of rule chains.
+var acceptVerdict stmt = verdict{Kind: VerdictAccept}
+
+// ruleStmts is a rule allocated with room for its statements.
+type ruleStmts struct {
+	rule  Rule
+	stmts [3]stmt
+}
+
 // portMatch returns the statements matching a rule's ports: none for every
 // port, one inline match for one protocol/port (range), or a lookup in the
-// rule's port set, which it returns too.
-func portMatch(chain string, ru *v1alpha1.Rule) ([]stmt, *Set, error) {
-	merged, err := portSpans(ru)
-	if err != nil || len(merged) == 0 {
+// rule's port set, which it returns too. merged are the rule's port spans
+// (ruleSpans), which are empty for a rule with ports only when they are
+// invalid.
+func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule, merged []portSpan) ([]stmt, *Set, error) {
+	if len(merged) == 0 {
+		if len(ru.Ports) == 0 {
+			return nil, nil, nil
+		}
+		_, err := portSpans(ru)
 		return nil, nil, err
 	}
 	if len(merged) == 1 {
+		// Rules share the few ports there are: so do their matches.
 		s := merged[0]
-		if s.from == 0 && s.to == 65535 {
-			return []stmt{protoIs{s.proto}}, nil, nil
+		if m, ok := r.portStmts[s]; ok {
+			return m, nil, nil
 		}
-		return []stmt{dportIn{s.proto, s.from, s.to}}, nil, nil
+		m := []stmt{dportIn{s.proto, s.from, s.to}}
+		if s.from == 0 && s.to == 65535 {
+			m = []stmt{protoIs{s.proto}}
+		}
+		if r.portStmts == nil {
+			r.portStmts = map[portSpan][]stmt{}
+		}
+		r.portStmts[s] = m
+		return m, nil, nil
 	}
-	set := &Set{Name: chain + "-ports", Kind: SetPorts}
-	for _, s := range merged {
-		set.Elements = append(set.Elements, Element{Key: concatField(s.proto, s.from), KeyEnd: concatField(s.proto, s.to)})
+	set := &Set{Name: chain + "-ports", Kind: SetPorts, Elements: make([]Element, len(merged))}
+	keys := make([]byte, 16*len(merged))
+	for i, s := range merged {
+		k := keys[16*i : 16*i+16 : 16*i+16]
+		putConcatField(k[:8], s.proto, s.from)
+		putConcatField(k[8:], s.proto, s.to)
+		set.Elements[i] = Element{Key: k[:8:8], KeyEnd: k[8:]}
 	}
 	return []stmt{portsInSet{set.Name}}, set, nil
 }
@@ -1269,7 +1455,7 @@ func portSpans(ru *v1alpha1.Rule) ([]portSpan, error) {
 		return nil, nil
 	}
 	type span = portSpan
-	var spans []span
+	spans := make([]span, 0, len(ru.Ports))
 	for _, p := range ru.Ports {
 		proto, err := protoNumber(p.Protocol)
 		if err != nil {
@@ -1295,7 +1481,7 @@ func portSpans(ru *v1alpha1.Rule) ([]portSpan, error) {
 	slices.SortFunc(spans, func(a, b span) int {
 		return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.from, b.from), cmp.Compare(a.to, b.to))
 	})
-	merged := []span{spans[0]}
+	merged := spans[:1] // in place: a span is read before it is written
 	for _, s := range spans[1:] {
 		last := &merged[len(merged)-1]
 		if s.proto == last.proto && uint32(s.from) <= uint32(last.to)+1 {
@@ -1311,9 +1497,16 @@ func portSpans(ru *v1alpha1.Rule) ([]portSpan, error) {
 // concatenation: each field padded to 4 bytes, the port in network order.
 func concatField(proto uint8, port uint16) []byte {
 	b := make([]byte, 8)
-	b[0] = proto
-	binary.BigEndian.PutUint16(b[4:], port)
+	putConcatField(b, proto, port)
 	return b
+}
+
+// putConcatField writes protocol . port (concatField) into b, 8 bytes long.
+func putConcatField(b []byte, proto uint8, port uint16) {
+	b[0] = proto
+	b[1], b[2], b[3] = 0, 0, 0
+	binary.BigEndian.PutUint16(b[4:], port)
+	b[6], b[7] = 0, 0
 }
 
 func protoNumber(p v1alpha1.Protocol) (uint8, error) {

@@ -1,15 +1,16 @@
 package dataplane
 
 import (
-	"fmt"
 	"strconv"
-	"strings"
 )
 
 // stmt is one match or statement of a rule. Its text is nft syntax; the
 // expressions it compiles to are in nft.go (compileStmt).
 type stmt interface {
 	text() string
+	// appendText appends the text to b: rule ids hash the text of many
+	// rules, which this builds without a string per statement.
+	appendText(b []byte) []byte
 }
 
 // family is an address family of the inet table.
@@ -26,6 +27,25 @@ func (f family) String() string {
 	}
 	return "ip"
 }
+
+// appendFamilyField appends "ip saddr" and the like.
+func appendFamilyField(b []byte, f family, field addrField) []byte {
+	b = append(b, f.String()...)
+	b = append(b, ' ')
+	return append(b, field...)
+}
+
+// appendHex8 appends v as 0x and eight hex digits (fmt's %#08x).
+func appendHex8(b []byte, v uint32) []byte {
+	const digits = "0123456789abcdef"
+	b = append(b, '0', 'x')
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, digits[v>>shift&0xf])
+	}
+	return b
+}
+
+func appendUint(b []byte, v uint64) []byte { return strconv.AppendUint(b, v, 10) }
 
 // addrField is which address of the packet a match reads.
 type addrField string
@@ -57,6 +77,14 @@ func protoName(p uint8) string {
 	return strconv.Itoa(int(p))
 }
 
+func appendProto(b []byte, p uint8) []byte {
+	switch p {
+	case protoTCP, protoUDP, protoSCTP, protoICMPv6:
+		return append(b, protoName(p)...)
+	}
+	return appendUint(b, uint64(p))
+}
+
 // Conntrack state bits (the kernel's NF_CT_STATE_*_BIT).
 const (
 	ctInvalid     uint32 = 1
@@ -68,24 +96,36 @@ const (
 // "ct state established,related".
 type ctState struct{ bits uint32 }
 
-func (s ctState) text() string {
-	var names []string
+func (s ctState) text() string { return string(s.appendText(nil)) }
+
+func (s ctState) appendText(b []byte) []byte {
+	b = append(b, "ct state "...)
+	first := true
 	for _, n := range []struct {
 		bit  uint32
 		name string
 	}{{ctInvalid, "invalid"}, {ctEstablished, "established"}, {ctRelated, "related"}} {
 		if s.bits&n.bit != 0 {
-			names = append(names, n.name)
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, n.name...)
 		}
 	}
-	return "ct state " + strings.Join(names, ",")
+	return b
 }
 
 // icmpv6Types matches ICMPv6 packets of types from..to: "icmpv6 type 133-137".
 type icmpv6Types struct{ from, to uint8 }
 
-func (s icmpv6Types) text() string {
-	return fmt.Sprintf("icmpv6 type %d-%d", s.from, s.to)
+func (s icmpv6Types) text() string { return string(s.appendText(nil)) }
+
+func (s icmpv6Types) appendText(b []byte) []byte {
+	b = append(b, "icmpv6 type "...)
+	b = appendUint(b, uint64(s.from))
+	b = append(b, '-')
+	return appendUint(b, uint64(s.to))
 }
 
 // addrInSet matches an address against a named set: "ip saddr @set".
@@ -95,8 +135,12 @@ type addrInSet struct {
 	set   string
 }
 
-func (s addrInSet) text() string {
-	return fmt.Sprintf("%s %s @%s", s.fam, s.field, s.set)
+func (s addrInSet) text() string { return string(s.appendText(nil)) }
+
+func (s addrInSet) appendText(b []byte) []byte {
+	b = appendFamilyField(b, s.fam, s.field)
+	b = append(b, " @"...)
+	return append(b, s.set...)
 }
 
 // taggedAddrInSet matches an address, with an address group's tag before
@@ -108,8 +152,14 @@ type taggedAddrInSet struct {
 	set   string
 }
 
-func (s taggedAddrInSet) text() string {
-	return fmt.Sprintf("0x%08x . %s %s @%s", s.tag, s.fam, s.field, s.set)
+func (s taggedAddrInSet) text() string { return string(s.appendText(nil)) }
+
+func (s taggedAddrInSet) appendText(b []byte) []byte {
+	b = appendHex8(b, s.tag)
+	b = append(b, " . "...)
+	b = appendFamilyField(b, s.fam, s.field)
+	b = append(b, " @"...)
+	return append(b, s.set...)
 }
 
 // addrVmap dispatches on an address through a verdict map: "ip daddr vmap @in4".
@@ -119,8 +169,12 @@ type addrVmap struct {
 	vmap  string
 }
 
-func (s addrVmap) text() string {
-	return fmt.Sprintf("%s %s vmap @%s", s.fam, s.field, s.vmap)
+func (s addrVmap) text() string { return string(s.appendText(nil)) }
+
+func (s addrVmap) appendText(b []byte) []byte {
+	b = appendFamilyField(b, s.fam, s.field)
+	b = append(b, " vmap @"...)
+	return append(b, s.vmap...)
 }
 
 // endpointInSet matches destination address, protocol and port against a
@@ -130,8 +184,12 @@ type endpointInSet struct {
 	set string
 }
 
-func (s endpointInSet) text() string {
-	return fmt.Sprintf("%s daddr . meta l4proto . th dport @%s", s.fam, s.set)
+func (s endpointInSet) text() string { return string(s.appendText(nil)) }
+
+func (s endpointInSet) appendText(b []byte) []byte {
+	b = append(b, s.fam.String()...)
+	b = append(b, " daddr . meta l4proto . th dport @"...)
+	return append(b, s.set...)
 }
 
 // portsInSet matches protocol and destination port against an interval
@@ -140,16 +198,31 @@ type portsInSet struct{ set string }
 
 func (s portsInSet) text() string { return "meta l4proto . th dport @" + s.set }
 
+func (s portsInSet) appendText(b []byte) []byte {
+	b = append(b, "meta l4proto . th dport @"...)
+	return append(b, s.set...)
+}
+
 // portsVmap dispatches on protocol and destination port through a verdict
 // map of port ranges: "meta l4proto . th dport vmap @map".
 type portsVmap struct{ vmap string }
 
 func (s portsVmap) text() string { return "meta l4proto . th dport vmap @" + s.vmap }
 
+func (s portsVmap) appendText(b []byte) []byte {
+	b = append(b, "meta l4proto . th dport vmap @"...)
+	return append(b, s.vmap...)
+}
+
 // protoIs matches a layer-4 protocol: "meta l4proto tcp".
 type protoIs struct{ proto uint8 }
 
 func (s protoIs) text() string { return "meta l4proto " + protoName(s.proto) }
+
+func (s protoIs) appendText(b []byte) []byte {
+	b = append(b, "meta l4proto "...)
+	return appendProto(b, s.proto)
+}
 
 // dportIn matches a protocol and a destination port or port range:
 // "tcp dport 80", "sctp dport 1000-2000".
@@ -158,19 +231,31 @@ type dportIn struct {
 	from, to uint16
 }
 
-func (s dportIn) text() string {
-	if s.from == s.to {
-		return fmt.Sprintf("%s dport %d", protoName(s.proto), s.from)
+func (s dportIn) text() string { return string(s.appendText(nil)) }
+
+func (s dportIn) appendText(b []byte) []byte {
+	b = appendProto(b, s.proto)
+	b = append(b, " dport "...)
+	b = appendUint(b, uint64(s.from))
+	if s.from != s.to {
+		b = append(b, '-')
+		b = appendUint(b, uint64(s.to))
 	}
-	return fmt.Sprintf("%s dport %d-%d", protoName(s.proto), s.from, s.to)
+	return b
 }
 
 // limitRate lets through rate packets a second with a burst:
 // "limit rate 10/second burst 20 packets".
 type limitRate struct{ rate, burst uint32 }
 
-func (s limitRate) text() string {
-	return fmt.Sprintf("limit rate %d/second burst %d packets", s.rate, s.burst)
+func (s limitRate) text() string { return string(s.appendText(nil)) }
+
+func (s limitRate) appendText(b []byte) []byte {
+	b = append(b, "limit rate "...)
+	b = appendUint(b, uint64(s.rate))
+	b = append(b, "/second burst "...)
+	b = appendUint(b, uint64(s.burst))
+	return append(b, " packets"...)
 }
 
 // nflog logs to an NFLOG group with a prefix: `log prefix "p" group 100`.
@@ -179,11 +264,25 @@ type nflog struct {
 	group  uint16
 }
 
-func (s nflog) text() string {
-	return fmt.Sprintf("log prefix %q group %d", s.prefix, s.group)
+func (s nflog) text() string { return string(s.appendText(nil)) }
+
+func (s nflog) appendText(b []byte) []byte {
+	b = append(b, "log prefix "...)
+	b = strconv.AppendQuote(b, s.prefix) // as fmt's %q
+	b = append(b, " group "...)
+	return appendUint(b, uint64(s.group))
 }
 
 // verdict ends the rule: "accept", "drop", "jump rule-x".
 type verdict Verdict
 
 func (s verdict) text() string { return Verdict(s).String() }
+
+func (s verdict) appendText(b []byte) []byte {
+	b = append(b, s.Kind...)
+	if s.Chain != "" {
+		b = append(b, ' ')
+		b = append(b, s.Chain...)
+	}
+	return b
+}
