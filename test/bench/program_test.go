@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -53,6 +54,9 @@ func BenchmarkProgram(b *testing.B) {
 	}
 }
 
+// coldSettle is the pause between cold-start rounds.
+const coldSettle = 300 * time.Millisecond
+
 func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 	n := shape.build()
 	b.Run("cold", func(b *testing.B) {
@@ -69,6 +73,12 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 			if err := p.Delete(); err != nil {
 				b.Fatal(err)
 			}
+			// A node starts once: let the kernel free the previous
+			// table (it does so in the background after the
+			// transaction) and the runtime collect the previous
+			// round's garbage, so that neither overlaps this round.
+			time.Sleep(coldSettle)
+			runtime.GC()
 			b.StartTimer()
 			start := time.Now()
 			t, err := dataplane.NewRenderer(dataplane.Options{}).Render(n.spec, n.groups)
