@@ -56,6 +56,10 @@ const ruleSetSuffixLen = len("-ports")
 
 func ruleChainName(ruleID string) string { return objName("rule-", ruleID, ruleSetSuffixLen) }
 
+// peersChainName names the chain of a rule's peers without its ports, which
+// port dispatch jumps to.
+func peersChainName(ruleID string) string { return objName("peers-", ruleID, 0) }
+
 func podChainName(dir, namespace, name string) string {
 	return objName(dir+"-", namespace+"."+name, 0)
 }

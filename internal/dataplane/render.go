@@ -103,9 +103,11 @@ type Renderer struct {
 	opts   Options
 	groups map[string]*groupMemo
 	rules  map[string]*ruleMemo
-	pods   map[string]*podMemo
-	spans  map[string]*spansMemo
-	gen    uint64 // renders so far
+	// peers holds the peer chains of rules reached by port dispatch.
+	peers map[string]*ruleMemo
+	pods  map[string]*podMemo
+	spans map[string]*spansMemo
+	gen   uint64 // renders so far
 	// tags are the group tags of the last render, assigned among the
 	// groups in tagged.
 	tags     map[string]uint32
@@ -122,8 +124,8 @@ type sharedMemo struct {
 
 // NewRenderer returns a Renderer with the given options.
 func NewRenderer(opts Options) *Renderer {
-	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, pods: map[string]*podMemo{},
-		spans: map[string]*spansMemo{}}
+	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, peers: map[string]*ruleMemo{},
+		pods: map[string]*podMemo{}, spans: map[string]*spansMemo{}}
 }
 
 // Render renders the rule set as Render does.
@@ -156,6 +158,11 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 	for id, rm := range m.rules {
 		if rm.gen != m.gen {
 			delete(m.rules, id)
+		}
+	}
+	for id, rm := range m.peers {
+		if rm.gen != m.gen {
+			delete(m.peers, id)
 		}
 	}
 	for key := range m.pods {
@@ -259,6 +266,10 @@ type podMemo struct {
 	// directions that dispatch on the destination port.
 	maps     []*Set
 	segments []*Chain
+	// dispatched records, for ingress and egress, whether the direction
+	// dispatches on the port: its rules with ports are then reached
+	// through the segment chains.
+	dispatched [2]bool
 }
 
 // podChain is one isolated direction of a pod: its chain and the verdict
@@ -330,14 +341,21 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*Table, error) {
 	// In rule set order, so that of two bad inputs the same one is
 	// always reported.
 	for i := range infos {
-		if !infos[i].used {
-			continue
+		ri := &infos[i]
+		if ri.direct {
+			c, err := r.ruleChain(ri, false)
+			if err != nil {
+				return nil, err
+			}
+			chains = append(chains, c)
 		}
-		c, err := r.ruleChain(&infos[i])
-		if err != nil {
-			return nil, err
+		if ri.dispatched {
+			c, err := r.ruleChain(ri, true)
+			if err != nil {
+				return nil, err
+			}
+			chains = append(chains, c)
 		}
-		chains = append(chains, c)
 	}
 	slices.SortFunc(chains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
 
@@ -394,8 +412,9 @@ type renderer struct {
 // ruleInfo is what one render knows of a rule of its rule set.
 type ruleInfo struct {
 	rule *v1alpha1.Rule
-	// used records that a pod references the rule.
-	used bool
+	// direct records that a pod jumps to the rule's chain, and dispatched
+	// that a pod reaches the rule through port dispatch.
+	direct, dispatched bool
 	// spans are the rule's port spans once spansDone, and memo their
 	// entry in the Renderer; chain is the name of the rule's chain and
 	// jump the statement jumping to it, once known.
@@ -404,6 +423,7 @@ type ruleInfo struct {
 	memo      *spansMemo
 	chain     string
 	jump      stmt
+	peersJump stmt
 }
 
 func rule(stmts ...stmt) *Rule { return &Rule{stmts: stmts} }
@@ -463,7 +483,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 	if len(pm.addrs) == 0 {
 		return nil, nil
 	}
-	for _, d := range []struct {
+	for k, d := range []struct {
 		iso       *v1alpha1.Isolation
 		direction v1alpha1.Direction
 	}{{pod.Ingress, v1alpha1.DirectionIngress}, {pod.Egress, v1alpha1.DirectionEgress}} {
@@ -478,7 +498,11 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*Chain, error) {
 			if ri.rule.Direction != d.direction {
 				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ri.rule.Direction, id)
 			}
-			ri.used = true
+			if pm.dispatched[k] && len(r.spansOf(id, ri)) > 0 {
+				ri.dispatched = true
+			} else {
+				ri.direct = true
+			}
 		}
 	}
 	chains := make([]*Chain, 0, len(pm.chains)+len(pm.segments))
@@ -526,7 +550,7 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		return pm, nil
 	}
 	podKey := prefix.PodKey(pod.Namespace, pod.Name)
-	for _, d := range []struct {
+	for k, d := range []struct {
 		iso        *v1alpha1.Isolation
 		direction  v1alpha1.Direction
 		short      string
@@ -566,12 +590,13 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			// Dispatch on the destination port to the rules for that
 			// port, then walk the rules for every port.
 			m, segs := r.portDispatch(podPortMapName(d.short, pod.Namespace, pod.Name), ported)
+			pm.dispatched[k] = true
 			pm.maps = append(pm.maps, m)
 			pm.segments = append(pm.segments, segs...)
 			c.Rules = append(c.Rules, rule(portsVmap{m.Name}))
 			ids = anyPort
 		}
-		c.Rules = r.appendJumps(slices.Grow(c.Rules, len(ids)+2), ids)
+		c.Rules = r.appendJumps(slices.Grow(c.Rules, len(ids)+2), ids, false)
 		c.Rules = append(c.Rules,
 			rule(limitRate{r.opts.LogRate, r.opts.LogBurst}, nflog{prefix.Format(action, d.dir, podKey), r.opts.LogGroup}),
 			rule(verdict{Kind: final}),
@@ -623,21 +648,31 @@ func (r *renderer) spansOf(id string, ri *ruleInfo) []portSpan {
 }
 
 // appendJumps appends rules jumping to the chains of the rules with those
-// ids, allocated together.
-func (r *renderer) appendJumps(rules []*Rule, ids []string) []*Rule {
+// ids (to their peer chains with peers set), allocated together.
+func (r *renderer) appendJumps(rules []*Rule, ids []string, peers bool) []*Rule {
 	rs := make([]Rule, len(ids))
 	stmts := make([]stmt, len(ids))
 	for i, id := range ids {
-		stmts[i] = r.jump(id)
+		stmts[i] = r.jump(id, peers)
 		rs[i].stmts = stmts[i : i+1 : i+1]
 		rules = append(rules, &rs[i])
 	}
 	return rules
 }
 
-// jump returns the statement jumping to the chain of the rule with that id.
-func (r *renderer) jump(id string) stmt {
+// jump returns the statement jumping to the chain of the rule with that id,
+// or to its peer chain.
+func (r *renderer) jump(id string, peers bool) stmt {
 	ri := r.rules[id]
+	if peers {
+		if ri == nil {
+			return verdict{Kind: VerdictJump, Chain: peersChainName(id)}
+		}
+		if ri.peersJump == nil {
+			ri.peersJump = verdict{Kind: VerdictJump, Chain: peersChainName(id)}
+		}
+		return ri.peersJump
+	}
 	if ri == nil {
 		return verdict{Kind: VerdictJump, Chain: ruleChainName(id)}
 	}
@@ -759,7 +794,7 @@ func (r *renderer) portDispatch(name string, ids []string) (*Set, []*Chain) {
 		chain := segmentChainName(sg.ids)
 		if !made[chain] {
 			made[chain] = true
-			c := &Chain{Name: chain, Rules: r.appendJumps(make([]*Rule, 0, len(sg.ids)), sg.ids)}
+			c := &Chain{Name: chain, Rules: r.appendJumps(make([]*Rule, 0, len(sg.ids)), sg.ids, true)}
 			r.identify(c)
 			chains = append(chains, c)
 		}
@@ -785,10 +820,22 @@ func (r *renderer) identify(c *Chain) {
 
 // ruleChain returns a rule's chain and adds its sets, reusing them from the
 // last render when the rule and the set names of its groups are the same.
-func (r *renderer) ruleChain(ri *ruleInfo) (*Chain, error) {
+//
+// With peers set it returns the rule's peer chain instead: the chain of a
+// rule with ports that port dispatch reaches, where every packet is to one
+// of the rule's ports already. It matches the peers alone, which takes half
+// the expressions of a line of the rule chain (the port match of which is
+// most of a line's cost to build in the kernel) and half the work per
+// packet.
+func (r *renderer) ruleChain(ri *ruleInfo, peers bool) (*Chain, error) {
 	ru := ri.rule
+	memo := map[string]*ruleMemo(nil)
 	if r.memo != nil {
-		if m := r.memo.rules[ru.ID]; m != nil && equalRule(&m.rule, ru) && r.sameGroupSets(ru, m.groups) {
+		memo = r.memo.rules
+		if peers {
+			memo = r.memo.peers
+		}
+		if m := memo[ru.ID]; m != nil && equalRule(&m.rule, ru) && r.sameGroupSets(ru, m.groups) {
 			for _, s := range m.sets {
 				r.sets[s.Name] = s
 			}
@@ -796,7 +843,7 @@ func (r *renderer) ruleChain(ri *ruleInfo) (*Chain, error) {
 			return m.chain, nil
 		}
 	}
-	m, err := r.buildRuleChain(ri)
+	m, err := r.buildRuleChain(ri, peers)
 	if err != nil {
 		return nil, err
 	}
@@ -814,7 +861,7 @@ func (r *renderer) ruleChain(ri *ruleInfo) (*Chain, error) {
 			m.rule = copyRule(ru)
 		}
 		m.gen = r.memo.gen
-		r.memo.rules[ru.ID] = m
+		memo[ru.ID] = m
 	}
 	return m.chain, nil
 }
@@ -840,19 +887,29 @@ func (r *renderer) sameGroupSets(ru *v1alpha1.Rule, want [][2]setRef) bool {
 
 // buildRuleChain renders a rule's chain and sets: one rule per peer set
 // (and family) that accepts matching packets.
-func (r *renderer) buildRuleChain(ri *ruleInfo) (*ruleMemo, error) {
+// A peer chain (peers set) leaves out the port match; its ipBlock sets are
+// the rule chain's.
+func (r *renderer) buildRuleChain(ri *ruleInfo, peers bool) (*ruleMemo, error) {
 	ru := ri.rule
 	name := r.chainName(ru.ID, ri)
 	m := &ruleMemo{}
 	m.chainData.Name = name
+	if peers {
+		m.chainData.Name = peersChainName(ru.ID)
+	}
 	m.chain, m.groups = &m.chainData, m.groupsData[:0]
 	c := m.chain
-	ports, portSet, err := r.portMatch(name, ru, r.spansOf(ru.ID, ri))
-	if err != nil {
-		return nil, err
-	}
-	if portSet != nil {
-		m.sets = append(m.sets, portSet)
+	var ports []stmt
+	if !peers {
+		var portSet *Set
+		var err error
+		ports, portSet, err = r.portMatch(name, ru, r.spansOf(ru.ID, ri))
+		if err != nil {
+			return nil, err
+		}
+		if portSet != nil {
+			m.sets = append(m.sets, portSet)
+		}
 	}
 	// Ports are matched before peers: a protocol and port compare is
 	// cheaper than a set lookup, and a packet to another port skips the

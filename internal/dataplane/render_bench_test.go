@@ -117,7 +117,7 @@ func TestRenderUnchanged(t *testing.T) {
 			}
 		}
 	}
-	const want = "3763abda86c8db5bf0d958df2e0d513778f69fb1b400184b6e783acad06dd961"
+	const want = "caa69dd3887427d47c49ec7f52d2429170563ebaf153d70b8d4742f9478a7b4b"
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
 		t.Errorf("rendered tables or rule ids changed: digest %s, want %s", got, want)
 	}

@@ -63,6 +63,11 @@ func TestRenderGolden(t *testing.T) {
 	longGroups := map[string]v1alpha1.AddressGroupSpec{long + "group": {Addresses: []string{"198.18.0.21"}}}
 
 	spec, groups := sampleSpec()
+	// Two pods dispatching on ports (to the peer chains of their rules)
+	// and one walking two of the same rules (in their rule chains).
+	dispatch, dispatchGroups := benchNode(2, 18, 3, 2)
+	dispatch.Pods = append(dispatch.Pods, v1alpha1.LocalPod{Namespace: "bench", Name: "direct", IPs: []string{"198.19.254.9"},
+		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: []string{"r00000", "r00001"}}})
 	cases := []struct {
 		name   string
 		spec   v1alpha1.NodeRuleSetSpec
@@ -72,6 +77,7 @@ func TestRenderGolden(t *testing.T) {
 		{name: "empty"},
 		{name: "sample", spec: spec, groups: groups, opts: Options{LogGroup: 7, LogRate: 5, LogBurst: 10}},
 		{name: "long-names", spec: longSpec, groups: longGroups},
+		{name: "dispatch", spec: dispatch, groups: dispatchGroups},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
