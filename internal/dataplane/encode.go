@@ -233,20 +233,18 @@ func (b *batch) addRule(chain string, r *Rule, insert bool, position uint64) {
 	b.str(unix.NFTA_RULE_CHAIN, chain)
 	list := b.nest(unix.NFTA_RULE_EXPRESSIONS)
 	for _, s := range r.stmts {
-		exprs, err := compileStmt(s)
-		if err != nil {
+		if err := b.stmt(s); err != nil {
 			b.fail(fmt.Errorf("rule %q: %w", r.String(), err))
 			return
 		}
-		for _, e := range exprs {
-			if err := b.expr(e); err != nil {
-				b.fail(fmt.Errorf("rule %q: %w", r.String(), err))
-				return
-			}
-		}
 	}
 	b.end(list)
-	b.bytes(unix.NFTA_RULE_USERDATA, ruleUserData(r))
+	// The rule's id as its comment (ruleUserData, written in place).
+	id := r.ID()
+	ud := b.attr(unix.NFTA_RULE_USERDATA, 2+len(id)+1)
+	ud[0], ud[1] = byte(userdata.TypeComment), byte(len(id)+1)
+	copy(ud[2:], id)
+	ud[len(ud)-1] = 0
 	if position != 0 {
 		b.u64(unix.NFTA_RULE_POSITION, position)
 	}
@@ -265,38 +263,154 @@ func (b *batch) delRule(chain string, handle uint64) {
 	b.close()
 }
 
+// stmt appends the expressions of one statement. Those of most rule lines
+// are written straight from the statement; the others are compiled to
+// expressions first (compileStmt, which defines them all: the encoding
+// test checks that both ways agree).
+func (b *batch) stmt(s stmt) error {
+	switch s := s.(type) {
+	case verdict:
+		kind, err := verdictKind(Verdict(s))
+		if err != nil {
+			return err
+		}
+		b.verdictExpr(kind, s.Chain)
+		return nil
+	case taggedAddrInSet:
+		off, n := addrOffset(s.fam, s.field)
+		b.familyCheck(s.fam)
+		var tag [4]byte
+		binary.NativeEndian.PutUint32(tag[:], s.tag)
+		b.immediate(reg1, tag[:])
+		b.payload(nextReg(reg1, 4), expr.PayloadBaseNetworkHeader, off, n)
+		b.lookup(reg1, s.set)
+		return nil
+	case addrInSet:
+		off, n := addrOffset(s.fam, s.field)
+		b.familyCheck(s.fam)
+		b.payload(reg1, expr.PayloadBaseNetworkHeader, off, n)
+		b.lookup(reg1, s.set)
+		return nil
+	}
+	exprs, err := compileStmt(s)
+	if err != nil {
+		return err
+	}
+	for _, e := range exprs {
+		if err := b.expr(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// familyCheck appends "meta nfproto ipv4" (or ipv6), as familyCheck
+// compiles it.
+func (b *batch) familyCheck(f family) {
+	b.meta(expr.MetaKeyNFPROTO, reg1)
+	b.cmp(expr.CmpOpEq, reg1, []byte{nfproto(f)})
+}
+
+func (b *batch) meta(key expr.MetaKey, dreg uint32) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "meta")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_META_KEY, uint32(key))
+	b.u32(unix.NFTA_META_DREG, dreg)
+	b.end(d)
+	b.end(elem)
+}
+
+func (b *batch) cmp(op expr.CmpOp, sreg uint32, data []byte) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "cmp")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_CMP_SREG, sreg)
+	b.u32(unix.NFTA_CMP_OP, uint32(op))
+	b.value(unix.NFTA_CMP_DATA, data)
+	b.end(d)
+	b.end(elem)
+}
+
+func (b *batch) payload(dreg uint32, base expr.PayloadBase, off, n uint32) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "payload")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_PAYLOAD_DREG, dreg)
+	b.u32(unix.NFTA_PAYLOAD_BASE, uint32(base))
+	b.u32(unix.NFTA_PAYLOAD_OFFSET, off)
+	b.u32(unix.NFTA_PAYLOAD_LEN, n)
+	b.end(d)
+	b.end(elem)
+}
+
+// lookup appends a set lookup that matches when the key is in the set.
+func (b *batch) lookup(sreg uint32, set string) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "lookup")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_LOOKUP_SREG, sreg)
+	b.str(unix.NFTA_LOOKUP_SET, set)
+	b.u32(unix.NFTA_LOOKUP_SET_ID, 0)
+	b.end(d)
+	b.end(elem)
+}
+
+func (b *batch) immediate(dreg uint32, data []byte) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "immediate")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_IMMEDIATE_DREG, dreg)
+	b.value(unix.NFTA_IMMEDIATE_DATA, data)
+	b.end(d)
+	b.end(elem)
+}
+
+// verdictExpr appends an immediate verdict: accept, drop, jump <chain>...
+func (b *batch) verdictExpr(kind expr.VerdictKind, chain string) {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, "immediate")
+	d := b.nest(unix.NFTA_EXPR_DATA)
+	b.u32(unix.NFTA_IMMEDIATE_DREG, unix.NFT_REG_VERDICT)
+	data := b.nest(unix.NFTA_IMMEDIATE_DATA)
+	b.verdict(kind, chain)
+	b.end(data)
+	b.end(d)
+	b.end(elem)
+}
+
 // expr appends one expression of a rule.
 func (b *batch) expr(e expr.Any) error {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
 	switch e := e.(type) {
 	case *expr.Meta:
-		b.str(unix.NFTA_EXPR_NAME, "meta")
-		d := b.nest(unix.NFTA_EXPR_DATA)
-		b.u32(unix.NFTA_META_KEY, uint32(e.Key))
 		if e.SourceRegister {
-			b.u32(unix.NFTA_META_SREG, e.Register)
-		} else {
-			b.u32(unix.NFTA_META_DREG, e.Register)
+			return fmt.Errorf("meta set is not encoded")
 		}
-		b.end(d)
+		b.meta(e.Key, e.Register)
+		return nil
 	case *expr.Cmp:
-		b.str(unix.NFTA_EXPR_NAME, "cmp")
-		d := b.nest(unix.NFTA_EXPR_DATA)
-		b.u32(unix.NFTA_CMP_SREG, e.Register)
-		b.u32(unix.NFTA_CMP_OP, uint32(e.Op))
-		b.value(unix.NFTA_CMP_DATA, e.Data)
-		b.end(d)
+		b.cmp(e.Op, e.Register, e.Data)
+		return nil
 	case *expr.Payload:
 		if e.OperationType != expr.PayloadLoad || e.CsumType != 0 {
 			return fmt.Errorf("payload write is not encoded")
 		}
-		b.str(unix.NFTA_EXPR_NAME, "payload")
-		d := b.nest(unix.NFTA_EXPR_DATA)
-		b.u32(unix.NFTA_PAYLOAD_DREG, e.DestRegister)
-		b.u32(unix.NFTA_PAYLOAD_BASE, uint32(e.Base))
-		b.u32(unix.NFTA_PAYLOAD_OFFSET, e.Offset)
-		b.u32(unix.NFTA_PAYLOAD_LEN, e.Len)
-		b.end(d)
+		b.payload(e.DestRegister, e.Base, e.Offset, e.Len)
+		return nil
+	case *expr.Immediate:
+		b.immediate(e.Register, e.Data)
+		return nil
+	case *expr.Verdict:
+		b.verdictExpr(e.Kind, e.Chain)
+		return nil
+	case *expr.Lookup:
+		if !e.IsDestRegSet && !e.Invert && e.SetID == 0 {
+			b.lookup(e.SourceRegister, e.SetName)
+			return nil
+		}
+	}
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	switch e := e.(type) {
 	case *expr.Range:
 		b.str(unix.NFTA_EXPR_NAME, "range")
 		d := b.nest(unix.NFTA_EXPR_DATA)
@@ -336,20 +450,6 @@ func (b *batch) expr(e expr.Any) error {
 		b.str(unix.NFTA_LOOKUP_SET, e.SetName)
 		b.u32(unix.NFTA_LOOKUP_SET_ID, e.SetID)
 		b.end(d)
-	case *expr.Immediate:
-		b.str(unix.NFTA_EXPR_NAME, "immediate")
-		d := b.nest(unix.NFTA_EXPR_DATA)
-		b.u32(unix.NFTA_IMMEDIATE_DREG, e.Register)
-		b.value(unix.NFTA_IMMEDIATE_DATA, e.Data)
-		b.end(d)
-	case *expr.Verdict:
-		b.str(unix.NFTA_EXPR_NAME, "immediate")
-		d := b.nest(unix.NFTA_EXPR_DATA)
-		b.u32(unix.NFTA_IMMEDIATE_DREG, unix.NFT_REG_VERDICT)
-		data := b.nest(unix.NFTA_IMMEDIATE_DATA)
-		b.verdict(e)
-		b.end(data)
-		b.end(d)
 	case *expr.Limit:
 		var flags uint32
 		if e.Over {
@@ -381,11 +481,11 @@ func (b *batch) expr(e expr.Any) error {
 
 // verdict appends NFTA_DATA_VERDICT: the code and, for jump and goto, the
 // chain.
-func (b *batch) verdict(v *expr.Verdict) {
+func (b *batch) verdict(kind expr.VerdictKind, chain string) {
 	n := b.nest(unix.NFTA_DATA_VERDICT)
-	b.u32(unix.NFTA_VERDICT_CODE, uint32(v.Kind))
-	if v.Chain != "" {
-		b.str(unix.NFTA_VERDICT_CHAIN, v.Chain)
+	b.u32(unix.NFTA_VERDICT_CODE, uint32(kind))
+	if chain != "" {
+		b.str(unix.NFTA_VERDICT_CHAIN, chain)
 	}
 	b.end(n)
 }
@@ -491,7 +591,7 @@ func (b *batch) elements(del bool, s *Set, id uint32, elems []Element) {
 		}
 		if e.VerdictData != nil {
 			data := b.nest(unix.NFTA_SET_ELEM_DATA)
-			b.verdict(e.VerdictData)
+			b.verdict(e.VerdictData.Kind, e.VerdictData.Chain)
 			b.end(data)
 		}
 		b.end(at)

@@ -47,17 +47,23 @@ func nfproto(f family) byte {
 	return unix.NFPROTO_IPV4
 }
 
-// addrPayload loads an address of the network header into reg.
-func addrPayload(f family, field addrField, reg uint32) (*expr.Payload, uint32) {
-	var off, n uint32 = 12, 4 // ip saddr
+// addrOffset returns the offset and length of an address in the network
+// header.
+func addrOffset(f family, field addrField) (off, n uint32) {
 	switch {
 	case f == ipv4 && field == daddr:
-		off = 16
+		return 16, 4
 	case f == ipv6 && field == saddr:
-		off, n = 8, 16
+		return 8, 16
 	case f == ipv6 && field == daddr:
-		off, n = 24, 16
+		return 24, 16
 	}
+	return 12, 4 // ip saddr
+}
+
+// addrPayload loads an address of the network header into reg.
+func addrPayload(f family, field addrField, reg uint32) (*expr.Payload, uint32) {
+	off, n := addrOffset(f, field)
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}, n
 }
 
@@ -199,19 +205,28 @@ func compileStmt(s stmt) ([]expr.Any, error) {
 }
 
 func nftVerdict(v Verdict) (*expr.Verdict, error) {
+	kind, err := verdictKind(v)
+	if err != nil {
+		return nil, err
+	}
+	return &expr.Verdict{Kind: kind, Chain: v.Chain}, nil
+}
+
+// verdictKind returns the kernel's code of a verdict.
+func verdictKind(v Verdict) (expr.VerdictKind, error) {
 	switch v.Kind {
 	case VerdictAccept:
-		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
+		return expr.VerdictAccept, nil
 	case VerdictDrop:
-		return &expr.Verdict{Kind: expr.VerdictDrop}, nil
+		return expr.VerdictDrop, nil
 	case VerdictReturn:
-		return &expr.Verdict{Kind: expr.VerdictReturn}, nil
+		return expr.VerdictReturn, nil
 	case VerdictJump:
-		return &expr.Verdict{Kind: expr.VerdictJump, Chain: v.Chain}, nil
+		return expr.VerdictJump, nil
 	case VerdictGoto:
-		return &expr.Verdict{Kind: expr.VerdictGoto, Chain: v.Chain}, nil
+		return expr.VerdictGoto, nil
 	}
-	return nil, fmt.Errorf("unknown verdict %q", v.Kind)
+	return 0, fmt.Errorf("unknown verdict %q", v.Kind)
 }
 
 func modelVerdict(v *expr.Verdict) *Verdict {

@@ -22,10 +22,11 @@ var (
 
 	engineEvents = flag.Int("bench.events", 500, "pod events per iteration of the engine benchmark")
 
-	progElements = flag.Int("bench.prog.elements", 100_000, "set elements in the programming benchmark's table")
-	progChains   = flag.Int("bench.prog.chains", 10_000, "chains in the programming benchmark's table")
-	progSamples  = flag.Int("bench.prog.samples", 100, "deltas applied per size for the latency percentiles")
-	progGroups   = flag.String("bench.prog.groups", "1000,0", "address groups holding the elements, one run each (0: one group per rule)")
+	progElements   = flag.Int("bench.prog.elements", 100_000, "set elements in the programming benchmark's table")
+	progChains     = flag.Int("bench.prog.chains", 10_000, "chains in the programming benchmark's table")
+	progSamples    = flag.Int("bench.prog.samples", 100, "deltas applied per size for the latency percentiles")
+	progColdRounds = flag.Int("bench.prog.cold-rounds", 5, "cold starts per group count (the median is reported)")
+	progGroups     = flag.String("bench.prog.groups", "1000,0", "address groups holding the elements, one run each (0: one group per rule)")
 
 	pathPolicies = flag.String("bench.path.policies", "0,1000,10000", "policy counts of the data path benchmark")
 	pathDuration = flag.Duration("bench.path.duration", 3*time.Second, "measuring time of each data path run")

@@ -37,7 +37,9 @@ func countENOBUFS(err error) int {
 
 // BenchmarkProgram programs nftables in a throwaway namespace with the
 // dataplane's Programmer, as the agent does: cold start of the whole table
-// (elements/s over the set and map elements), then deltas that swap 1 and
+// from rendering to the committed transaction (elements/s over the set and
+// map elements, of the median of -bench.prog.cold-rounds rounds; ns/op is
+// per round), then deltas that swap 1 and
 // 1,000 peer addresses, each measured from the changed AddressGroups to the
 // committed transaction (the agent's work for one event: a Renderer that
 // rendered the previous version renders the node again, reusing what did
@@ -66,40 +68,48 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 		}
 		defer p.Close()
 		var st dataplane.Stats
-		var total, apply time.Duration
+		var total, apply []time.Duration
 		enobufs := 0
 		for b.Loop() {
-			b.StopTimer()
-			if err := p.Delete(); err != nil {
-				b.Fatal(err)
+			for range *progColdRounds {
+				b.StopTimer()
+				if err := p.Delete(); err != nil {
+					b.Fatal(err)
+				}
+				// A node starts once: let the kernel free the previous
+				// table (it does so in the background after the
+				// transaction) and the runtime collect the previous
+				// round's garbage, so that neither overlaps this round.
+				time.Sleep(coldSettle)
+				runtime.GC()
+				b.StartTimer()
+				start := time.Now()
+				t, err := dataplane.NewRenderer(dataplane.Options{}).Render(n.spec, n.groups)
+				if err != nil {
+					b.Fatal(err)
+				}
+				mid := time.Now()
+				st, err = p.Apply(t)
+				end := time.Now()
+				enobufs += countENOBUFS(err)
+				if err != nil {
+					b.Fatal(err)
+				}
+				apply = append(apply, end.Sub(mid))
+				total = append(total, end.Sub(start))
 			}
-			// A node starts once: let the kernel free the previous
-			// table (it does so in the background after the
-			// transaction) and the runtime collect the previous
-			// round's garbage, so that neither overlaps this round.
-			time.Sleep(coldSettle)
-			runtime.GC()
-			b.StartTimer()
-			start := time.Now()
-			t, err := dataplane.NewRenderer(dataplane.Options{}).Render(n.spec, n.groups)
-			if err != nil {
-				b.Fatal(err)
-			}
-			mid := time.Now()
-			st, err = p.Apply(t)
-			enobufs += countENOBUFS(err)
-			if err != nil {
-				b.Fatal(err)
-			}
-			apply += time.Since(mid)
-			total += time.Since(start)
 		}
-		b.ReportMetric(float64(st.SetElements), "elements")
+		// Rates of the median round: one round is one node starting, and
+		// a round now and then is slowed by the machine.
+		elems := float64(st.SetElements)
+		b.ReportMetric(float64(sum(total).Nanoseconds())/float64(len(total)), "ns/op")
+		b.ReportMetric(ms(percentile(total, 50)), "p50-ms")
+		b.ReportMetric(elems, "elements")
 		b.ReportMetric(float64(st.Chains), "chains")
 		b.ReportMetric(float64(st.Rules), "rules")
 		b.ReportMetric(float64(st.Transactions), "transactions")
-		b.ReportMetric(float64(st.SetElements)*float64(b.N)/total.Seconds(), "elements/s")
-		b.ReportMetric(float64(st.SetElements)*float64(b.N)/apply.Seconds(), "apply-elements/s")
+		b.ReportMetric(elems/percentile(total, 50).Seconds(), "elements/s")
+		b.ReportMetric(elems/percentile(apply, 50).Seconds(), "apply-elements/s")
 		b.ReportMetric(float64(enobufs), "enobufs")
 	})
 	for _, d := range []int{1, 1000} {
