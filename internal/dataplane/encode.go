@@ -304,6 +304,18 @@ func (b *batch) stmt(s stmt) error {
 	return nil
 }
 
+// openExpr starts an expression of a rule: its name, then its data.
+func (b *batch) openExpr(name string) [2]int {
+	elem := b.nest(unix.NFTA_LIST_ELEM)
+	b.str(unix.NFTA_EXPR_NAME, name)
+	return [2]int{elem, b.nest(unix.NFTA_EXPR_DATA)}
+}
+
+func (b *batch) closeExpr(x [2]int) {
+	b.end(x[1])
+	b.end(x[0])
+}
+
 // familyCheck appends "meta nfproto ipv4" (or ipv6), as familyCheck
 // compiles it.
 func (b *batch) familyCheck(f family) {
@@ -312,71 +324,53 @@ func (b *batch) familyCheck(f family) {
 }
 
 func (b *batch) meta(key expr.MetaKey, dreg uint32) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "meta")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("meta")
 	b.u32(unix.NFTA_META_KEY, uint32(key))
 	b.u32(unix.NFTA_META_DREG, dreg)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 func (b *batch) cmp(op expr.CmpOp, sreg uint32, data []byte) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "cmp")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("cmp")
 	b.u32(unix.NFTA_CMP_SREG, sreg)
 	b.u32(unix.NFTA_CMP_OP, uint32(op))
 	b.value(unix.NFTA_CMP_DATA, data)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 func (b *batch) payload(dreg uint32, base expr.PayloadBase, off, n uint32) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "payload")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("payload")
 	b.u32(unix.NFTA_PAYLOAD_DREG, dreg)
 	b.u32(unix.NFTA_PAYLOAD_BASE, uint32(base))
 	b.u32(unix.NFTA_PAYLOAD_OFFSET, off)
 	b.u32(unix.NFTA_PAYLOAD_LEN, n)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 // lookup appends a set lookup that matches when the key is in the set.
 func (b *batch) lookup(sreg uint32, set string) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "lookup")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("lookup")
 	b.u32(unix.NFTA_LOOKUP_SREG, sreg)
 	b.str(unix.NFTA_LOOKUP_SET, set)
 	b.u32(unix.NFTA_LOOKUP_SET_ID, 0)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 func (b *batch) immediate(dreg uint32, data []byte) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "immediate")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("immediate")
 	b.u32(unix.NFTA_IMMEDIATE_DREG, dreg)
 	b.value(unix.NFTA_IMMEDIATE_DATA, data)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 // verdictExpr appends an immediate verdict: accept, drop, jump <chain>...
 func (b *batch) verdictExpr(kind expr.VerdictKind, chain string) {
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	b.str(unix.NFTA_EXPR_NAME, "immediate")
-	d := b.nest(unix.NFTA_EXPR_DATA)
+	x := b.openExpr("immediate")
 	b.u32(unix.NFTA_IMMEDIATE_DREG, unix.NFT_REG_VERDICT)
 	data := b.nest(unix.NFTA_IMMEDIATE_DATA)
 	b.verdict(kind, chain)
 	b.end(data)
-	b.end(d)
-	b.end(elem)
+	b.closeExpr(x)
 }
 
 // expr appends one expression of a rule.
@@ -387,59 +381,42 @@ func (b *batch) expr(e expr.Any) error {
 			return fmt.Errorf("meta set is not encoded")
 		}
 		b.meta(e.Key, e.Register)
-		return nil
 	case *expr.Cmp:
 		b.cmp(e.Op, e.Register, e.Data)
-		return nil
 	case *expr.Payload:
 		if e.OperationType != expr.PayloadLoad || e.CsumType != 0 {
 			return fmt.Errorf("payload write is not encoded")
 		}
 		b.payload(e.DestRegister, e.Base, e.Offset, e.Len)
-		return nil
 	case *expr.Immediate:
 		b.immediate(e.Register, e.Data)
-		return nil
 	case *expr.Verdict:
 		b.verdictExpr(e.Kind, e.Chain)
-		return nil
-	case *expr.Lookup:
-		if !e.IsDestRegSet && !e.Invert && e.SetID == 0 {
-			b.lookup(e.SourceRegister, e.SetName)
-			return nil
-		}
-	}
-	elem := b.nest(unix.NFTA_LIST_ELEM)
-	switch e := e.(type) {
 	case *expr.Range:
-		b.str(unix.NFTA_EXPR_NAME, "range")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("range")
 		b.u32(unix.NFTA_RANGE_SREG, e.Register)
 		b.u32(unix.NFTA_RANGE_OP, uint32(e.Op))
 		b.value(unix.NFTA_RANGE_FROM_DATA, e.FromData)
 		b.value(unix.NFTA_RANGE_TO_DATA, e.ToData)
-		b.end(d)
+		b.closeExpr(x)
 	case *expr.Bitwise:
-		b.str(unix.NFTA_EXPR_NAME, "bitwise")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("bitwise")
 		b.u32(unix.NFTA_BITWISE_SREG, e.SourceRegister)
 		b.u32(unix.NFTA_BITWISE_DREG, e.DestRegister)
 		b.u32(unix.NFTA_BITWISE_LEN, e.Len)
 		b.value(unix.NFTA_BITWISE_MASK, e.Mask)
 		b.value(unix.NFTA_BITWISE_XOR, e.Xor)
-		b.end(d)
+		b.closeExpr(x)
 	case *expr.Ct:
 		if e.SourceRegister || e.Key == expr.CtKeySRC || e.Key == expr.CtKeyDST || e.Key == expr.CtKeyPROTOSRC || e.Key == expr.CtKeyPROTODST {
 			return fmt.Errorf("ct key %d is not encoded", e.Key)
 		}
-		b.str(unix.NFTA_EXPR_NAME, "ct")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("ct")
 		b.u32(unix.NFTA_CT_KEY, uint32(e.Key))
 		b.u32(unix.NFTA_CT_DREG, e.Register)
-		b.end(d)
+		b.closeExpr(x)
 	case *expr.Lookup:
-		b.str(unix.NFTA_EXPR_NAME, "lookup")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("lookup")
 		b.u32(unix.NFTA_LOOKUP_SREG, e.SourceRegister)
 		if e.IsDestRegSet {
 			b.u32(unix.NFTA_LOOKUP_DREG, e.DestRegister)
@@ -449,33 +426,30 @@ func (b *batch) expr(e expr.Any) error {
 		}
 		b.str(unix.NFTA_LOOKUP_SET, e.SetName)
 		b.u32(unix.NFTA_LOOKUP_SET_ID, e.SetID)
-		b.end(d)
+		b.closeExpr(x)
 	case *expr.Limit:
 		var flags uint32
 		if e.Over {
 			flags = unix.NFT_LIMIT_F_INV
 		}
-		b.str(unix.NFTA_EXPR_NAME, "limit")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("limit")
 		b.u64(unix.NFTA_LIMIT_RATE, e.Rate)
 		b.u64(unix.NFTA_LIMIT_UNIT, uint64(e.Unit))
 		b.u32(unix.NFTA_LIMIT_BURST, e.Burst)
 		b.u32(unix.NFTA_LIMIT_TYPE, uint32(e.Type))
 		b.u32(unix.NFTA_LIMIT_FLAGS, flags)
-		b.end(d)
+		b.closeExpr(x)
 	case *expr.Log:
 		if e.Key != 1<<unix.NFTA_LOG_GROUP|1<<unix.NFTA_LOG_PREFIX {
 			return fmt.Errorf("log with attributes %#x is not encoded", e.Key)
 		}
-		b.str(unix.NFTA_EXPR_NAME, "log")
-		d := b.nest(unix.NFTA_EXPR_DATA)
+		x := b.openExpr("log")
 		b.u16(unix.NFTA_LOG_GROUP, e.Group)
 		b.str(unix.NFTA_LOG_PREFIX, string(e.Data))
-		b.end(d)
+		b.closeExpr(x)
 	default:
 		return fmt.Errorf("expression %T is not encoded", e)
 	}
-	b.end(elem)
 	return nil
 }
 
