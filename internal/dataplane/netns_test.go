@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -67,64 +66,13 @@ type topology struct {
 func newTopology(t testing.TB, names ...string) *topology {
 	t.Helper()
 	topo := &topology{node: newNetNS(t), pods: map[string]*testPod{}}
-	nh, err := netlink.NewHandleAt(topo.node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	must := func(err error, what string) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	lo, err := nh.LinkByName("lo")
-	must(err, "node lo")
-	must(nh.LinkSetUp(lo), "node lo up")
-	must(inNS(topo.node, func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}), "enabling forwarding")
-
+	netnstest.Router(t, topo.node)
 	for i, name := range names {
 		p := &testPod{name: name, ns: newNetNS(t),
 			ip4: netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}),
 			ip6: netip.MustParseAddr("fd00::" + strconv.Itoa(i+1))}
 		topo.pods[name] = p
-		hostIf := fmt.Sprintf("vp%d", i+1)
-		la := netlink.NewLinkAttrs()
-		la.Name = hostIf
-		must(nh.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.ns))}), "veth")
-		host, err := nh.LinkByName(hostIf)
-		must(err, "host veth")
-		must(nh.LinkSetUp(host), "host veth up")
-		for _, a := range []netip.Addr{nodeIP4, nodeIP6} {
-			must(nh.AddrAdd(host, &netlink.Addr{IPNet: hostNet(a), Flags: unix.IFA_F_NODAD}), "node address")
-		}
-		for _, a := range []netip.Addr{p.ip4, p.ip6} {
-			must(nh.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: hostNet(a), Scope: netlink.SCOPE_LINK}), "node route")
-		}
-
-		ph, err := netlink.NewHandleAt(p.ns)
-		must(err, "pod handle")
-		plo, err := ph.LinkByName("lo")
-		must(err, "pod lo")
-		must(ph.LinkSetUp(plo), "pod lo up")
-		eth, err := ph.LinkByName("eth0")
-		must(err, "pod eth0")
-		must(ph.LinkSetUp(eth), "pod eth0 up")
-		for _, a := range []netip.Addr{p.ip4, p.ip6} {
-			must(ph.AddrAdd(eth, &netlink.Addr{IPNet: hostNet(a), Flags: unix.IFA_F_NODAD}), "pod address")
-		}
-		for _, gw := range []netip.Addr{nodeIP4, nodeIP6} {
-			must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: hostNet(gw), Scope: netlink.SCOPE_LINK}), "pod gateway route")
-			must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}), "pod default route")
-		}
-		ph.Close()
+		netnstest.Link(t, topo.node, p.ns, fmt.Sprintf("vp%d", i+1), []netip.Addr{nodeIP4, nodeIP6}, []netip.Addr{p.ip4, p.ip6})
 		serve(t, p.ns)
 	}
 	serve(t, topo.node)
@@ -214,10 +162,6 @@ func waitOperUp(t testing.TB, ns netns.NsHandle, ifname string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func hostNet(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
 
 // serve starts TCP and UDP echo servers on servedPorts in ns (dual-stack

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/nftguard/nftguard/internal/netnstest"
@@ -40,49 +39,12 @@ type pair struct {
 func newPair(b testing.TB) *pair {
 	b.Helper()
 	p := &pair{node: newNetNS(b), client: newNetNS(b), server: newNetNS(b)}
-	nh, err := netlink.NewHandleAt(p.node)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nh.Close()
-	must := func(err error, what string) {
-		b.Helper()
-		if err != nil {
-			b.Fatalf("%s: %v", what, err)
-		}
-	}
-	lo, err := nh.LinkByName("lo")
-	must(err, "node lo")
-	must(nh.LinkSetUp(lo), "node lo up")
-	must(inNS(p.node, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
-	}), "enabling forwarding")
+	netnstest.Router(b, p.node)
 	for i, pod := range []struct {
 		ns netns.NsHandle
 		ip netip.Addr
 	}{{p.client, clientAddr}, {p.server, serverAddr}} {
-		hostIf := fmt.Sprintf("vb%d", i)
-		la := netlink.NewLinkAttrs()
-		la.Name = hostIf
-		must(nh.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(pod.ns))}), "veth")
-		host, err := nh.LinkByName(hostIf)
-		must(err, "host veth")
-		must(nh.LinkSetUp(host), "host veth up")
-		must(nh.AddrAdd(host, &netlink.Addr{IPNet: hostNet(nodeAddr)}), "node address")
-		must(nh.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: hostNet(pod.ip), Scope: netlink.SCOPE_LINK}), "node route")
-
-		ph, err := netlink.NewHandleAt(pod.ns)
-		must(err, "pod handle")
-		plo, err := ph.LinkByName("lo")
-		must(err, "pod lo")
-		must(ph.LinkSetUp(plo), "pod lo up")
-		eth, err := ph.LinkByName("eth0")
-		must(err, "pod eth0")
-		must(ph.LinkSetUp(eth), "pod eth0 up")
-		must(ph.AddrAdd(eth, &netlink.Addr{IPNet: hostNet(pod.ip)}), "pod address")
-		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: hostNet(nodeAddr), Scope: netlink.SCOPE_LINK}), "pod gateway route")
-		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: nodeAddr.AsSlice()}), "pod default route")
-		ph.Close()
+		netnstest.Link(b, p.node, pod.ns, fmt.Sprintf("vb%d", i), []netip.Addr{nodeAddr}, []netip.Addr{pod.ip})
 	}
 	// Wait until both directions work (veths come up asynchronously).
 	deadline := time.Now().Add(10 * time.Second)
@@ -110,10 +72,6 @@ func (p *pair) reachable() bool {
 		return nil
 	})
 	return ok
-}
-
-func hostNet(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
 
 // writeSysctl writes a sysctl of the calling thread's network namespace.
