@@ -1,6 +1,7 @@
 package netnstest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -58,32 +59,46 @@ func Link(t testing.TB, node, pod netns.NsHandle, hostIf string, nodeAddrs, podA
 	la := netlink.NewLinkAttrs()
 	la.Name = hostIf
 	must(nh.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(pod))}), "veth")
-	host, err := nh.LinkByName(hostIf)
-	must(err, "host veth")
-	must(nh.LinkSetUp(host), "host veth up")
-	for _, a := range nodeAddrs {
-		must(nh.AddrAdd(host, &netlink.Addr{IPNet: HostNet(a), Flags: unix.IFA_F_NODAD}), "node address")
-	}
-	for _, a := range podAddrs {
-		must(nh.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: HostNet(a), Scope: netlink.SCOPE_LINK}), "node route")
-	}
+	must(setUp(nh, hostIf, nodeAddrs, podAddrs, false), "node end")
 
 	ph, err := netlink.NewHandleAt(pod)
 	must(err, "pod handle")
 	defer ph.Close()
 	lo, err := ph.LinkByName("lo")
-	must(err, "pod lo")
-	must(ph.LinkSetUp(lo), "pod lo up")
-	eth, err := ph.LinkByName("eth0")
-	must(err, "pod eth0")
-	must(ph.LinkSetUp(eth), "pod eth0 up")
-	for _, a := range podAddrs {
-		must(ph.AddrAdd(eth, &netlink.Addr{IPNet: HostNet(a), Flags: unix.IFA_F_NODAD}), "pod address")
+	if err == nil {
+		err = ph.LinkSetUp(lo)
 	}
-	for _, gw := range nodeAddrs {
-		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: HostNet(gw), Scope: netlink.SCOPE_LINK}), "pod gateway route")
-		must(ph.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}), "pod default route")
+	must(err, "pod loopback")
+	must(setUp(ph, "eth0", podAddrs, nodeAddrs, true), "pod end")
+}
+
+// setUp brings one end of a link up with its addresses and a host route to
+// each peer address, and with gateway set a default route through each.
+func setUp(h *netlink.Handle, ifname string, addrs, peers []netip.Addr, gateway bool) error {
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		return err
 	}
+	if err := h.LinkSetUp(l); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: HostNet(a), Flags: unix.IFA_F_NODAD}); err != nil {
+			return fmt.Errorf("address %s: %w", a, err)
+		}
+	}
+	for _, a := range peers {
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: HostNet(a), Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("route to %s: %w", a, err)
+		}
+		if !gateway {
+			continue
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: a.AsSlice()}); err != nil {
+			return fmt.Errorf("default route through %s: %w", a, err)
+		}
+	}
+	return nil
 }
 
 // HostNet is a's host prefix (/32 or /128).
