@@ -1398,12 +1398,7 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 		return
 	}
 	// Keys start with the tag in host byte order (as nft prints a mark).
-	slices.SortFunc(parts, func(a, b *groupMemo) int {
-		var x, y [4]byte
-		binary.NativeEndian.PutUint32(x[:], a.tag)
-		binary.NativeEndian.PutUint32(y[:], b.tag)
-		return bytes.Compare(x[:], y[:])
-	})
+	slices.SortFunc(parts, func(a, b *groupMemo) int { return cmp.Compare(tagOrder(a.tag), tagOrder(b.tag)) })
 	if r.memo != nil {
 		prev := r.memo.shared[i][k]
 		if prev.set != nil && slices.EqualFunc(prev.parts, parts, func(a, b *groupMemo) bool {
@@ -1448,6 +1443,14 @@ func (r *renderer) sharedSet(i int, fam family, k int) {
 	if r.memo != nil {
 		r.memo.shared[i][k] = sharedMemo{parts: parts, set: s}
 	}
+}
+
+// tagOrder orders tags as the keys that start with them: by their bytes in
+// host byte order.
+func tagOrder(tag uint32) uint32 {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], tag)
+	return binary.BigEndian.Uint32(b[:])
 }
 
 // acceptVerdict ends the lines of rule chains.
