@@ -40,6 +40,8 @@ type op struct {
 	// inserted rule goes before.
 	rule   *Rule
 	handle uint64
+	// capacity is the size an added set is declared with (0: none).
+	capacity uint32
 }
 
 // plan is an ordered list of changes that turns one table into another.
@@ -167,7 +169,14 @@ func elemsString(k SetKind, es []Element) string {
 // holds (nil: no table), as last applied or as read back; rules of cur
 // chains that differ from want need their kernel handles (a chain whose
 // rules lack them is rewritten whole).
-func diff(cur, want *Table) *plan {
+func diff(cur, want *Table) *plan { return diffSized(cur, want, nil) }
+
+// diffSized is diff for the Programmer, which declares the size of the
+// shared sets (see setCapacity): capacity returns the size a set of cur was
+// created with (0: none). A set too small for its change is replaced, which
+// rewrites every rule (in the same transaction); it happens each time a
+// shared set outgrows the double of its size when it was made.
+func diffSized(cur, want *Table, capacity func(name string) uint32) *plan {
 	p := &plan{}
 	if cur == nil {
 		p.ops = append(p.ops, op{kind: opAddTable})
@@ -197,8 +206,36 @@ func diff(cur, want *Table) *plan {
 			p.rebuild = true
 		}
 	}
+	var small map[string]bool
+	var deltas map[string][2][]Element // of sized sets, computed once
 	for _, s := range want.Sets {
-		if k := curSets[s.Name]; k != nil && (k.Kind != s.Kind || k.sig != "") {
+		k := curSets[s.Name]
+		if k == nil {
+			continue
+		}
+		if k.Kind != s.Kind || k.sig != "" {
+			p.rebuild = true
+		}
+		if capacity == nil || !s.Kind.sized() || k == s {
+			continue
+		}
+		c := capacity(k.Name)
+		if c == 0 {
+			continue
+		}
+		// The set holds its old elements and the added ones together at
+		// some point (when a large change is split, additions are
+		// committed before removals).
+		removed, added := elementDelta(k.Elements, s.Elements)
+		if deltas == nil {
+			deltas = map[string][2][]Element{}
+		}
+		deltas[s.Name] = [2][]Element{removed, added}
+		if len(k.Elements)+len(added) > int(c) {
+			if small == nil {
+				small = map[string]bool{}
+			}
+			small[s.Name] = true
 			p.rebuild = true
 		}
 	}
@@ -207,7 +244,7 @@ func diff(cur, want *Table) *plan {
 		for _, k := range cur.Sets {
 			s := wantSets[k.Name]
 			switch {
-			case s == nil || s.Kind != k.Kind || k.sig != "":
+			case s == nil || s.Kind != k.Kind || k.sig != "" || small[k.Name]:
 				p.ops = append(p.ops, op{kind: opDelSet, name: k.Name})
 				delete(curSets, k.Name)
 			case k.Kind.IsMap() && len(k.Elements) > 0:
@@ -233,7 +270,11 @@ func diff(cur, want *Table) *plan {
 	}
 	for _, s := range want.Sets {
 		if curSets[s.Name] == nil {
-			p.ops = append(p.ops, op{kind: opAddSet, name: s.Name, set: s})
+			o := op{kind: opAddSet, name: s.Name, set: s}
+			if capacity != nil && s.Kind.sized() {
+				o.capacity = setCapacity(len(s.Elements))
+			}
+			p.ops = append(p.ops, o)
 		}
 	}
 	var dels, refills, adds []op
@@ -244,7 +285,12 @@ func diff(cur, want *Table) *plan {
 			// the sets of unchanged groups).
 			continue
 		}
-		removed, added := elementDelta(k.Elements, s.Elements)
+		var removed, added []Element
+		if d, ok := deltas[s.Name]; ok {
+			removed, added = d[0], d[1]
+		} else {
+			removed, added = elementDelta(k.Elements, s.Elements)
+		}
 		switch {
 		case len(removed) == 0 && len(added) == 0:
 		case s.Kind.isRBTree():

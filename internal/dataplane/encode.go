@@ -466,9 +466,10 @@ func (b *batch) verdict(kind expr.VerdictKind, chain string) {
 
 // Sets.
 
-// addSet creates a set (without elements) and returns the id by which
-// later messages of the batch may refer to it.
-func (b *batch) addSet(s *Set) uint32 {
+// addSet creates a set (without elements), declaring its size unless
+// capacity is 0, and returns the id by which later messages of the batch may
+// refer to it.
+func (b *batch) addSet(s *Set, capacity uint32) uint32 {
 	b.setID++
 	id := b.setID
 	ns := nftSet(s)
@@ -493,8 +494,23 @@ func (b *batch) addSet(s *Set) uint32 {
 		b.u32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
 		b.u32(unix.NFTA_SET_DATA_LEN, ns.DataType.Bytes)
 	}
-	if ns.Concatenation {
+	if ns.Concatenation || capacity != 0 {
 		desc := b.nest(unix.NFTA_SET_DESC)
+		if capacity != 0 {
+			b.u32(unix.NFTA_SET_DESC_SIZE, capacity)
+		}
+		b.concat(ns)
+		b.end(desc)
+	}
+	// The key's byte order, as nft records it (for nft list).
+	b.bytes(unix.NFTA_SET_USERDATA, setUserData)
+	b.close()
+	return id
+}
+
+// concat appends the field lengths of a concatenated key, if it is one.
+func (b *batch) concat(ns *nftables.Set) {
+	if ns.Concatenation {
 		concat := b.nest(nftables.NFTA_SET_DESC_CONCAT)
 		for _, f := range nftables.ConcatSetTypeElements(ns.KeyType) {
 			field := b.nest(unix.NFTA_LIST_ELEM)
@@ -502,12 +518,7 @@ func (b *batch) addSet(s *Set) uint32 {
 			b.end(field)
 		}
 		b.end(concat)
-		b.end(desc)
 	}
-	// The key's byte order, as nft records it (for nft list).
-	b.bytes(unix.NFTA_SET_USERDATA, setUserData)
-	b.close()
-	return id
 }
 
 func (b *batch) delSet(name string) {

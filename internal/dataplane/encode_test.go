@@ -43,7 +43,7 @@ func libraryQueue(t *testing.T, c *nftables.Conn, o op, setID uint32) {
 		c.DelChain(chain)
 	case opAddSet:
 		s := nftSet(o.set)
-		s.ID = setID
+		s.ID, s.Size = setID, o.capacity
 		if err = c.AddSet(s, nil); err == nil && len(o.set.Elements) > 0 {
 			err = c.SetAddElements(s, kernelElements(o.set.Kind, o.set.Elements))
 		}
@@ -181,6 +181,9 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 	kinds := map[SetKind]bool{}
 	for _, s := range tab.Sets {
 		kinds[s.Kind] = true
+		if s.Kind.sized() {
+			ops = append(ops, op{kind: opAddSet, name: s.Name, set: s, capacity: setCapacity(len(s.Elements))})
+		}
 		if len(s.Elements) > 0 {
 			ops = append(ops, op{kind: opAddElements, name: s.Name, set: s, elems: s.Elements},
 				op{kind: opDelElements, name: s.Name, set: s, elems: s.Elements[:1]},

@@ -199,11 +199,20 @@ func (r *reader) sets() ([]*Set, error) {
 			return nil, err
 		}
 		var name string
-		var flags, keyType, keyLen, dataType uint32
+		var flags, keyType, keyLen, dataType, capacity uint32
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_SET_NAME:
 				name = ad.String()
+			case unix.NFTA_SET_DESC:
+				ad.Nested(func(d *netlink.AttributeDecoder) error {
+					for d.Next() {
+						if d.Type() == unix.NFTA_SET_DESC_SIZE {
+							capacity = d.Uint32()
+						}
+					}
+					return nil
+				})
 			case unix.NFTA_SET_FLAGS:
 				flags = ad.Uint32()
 			case unix.NFTA_SET_KEY_TYPE:
@@ -218,7 +227,7 @@ func (r *reader) sets() ([]*Set, error) {
 			return nil, fmt.Errorf("decoding set: %w", err)
 		}
 		kind := setKind(flags, keyType, keyLen, dataType)
-		s := &Set{Name: name, Kind: kind}
+		s := &Set{Name: name, Kind: kind, capacity: capacity}
 		if kind == 0 {
 			s.sig = fmt.Sprintf("flags %#x key %d/%d data %#x", flags, keyType, keyLen, dataType)
 			out = append(out, s)

@@ -106,6 +106,9 @@ type Set struct {
 	// sig describes a set read from the kernel whose type nftguard does not
 	// know; such a set never matches a rendered one.
 	sig string
+	// capacity is the size a set read from the kernel was created with
+	// (0: none, no limit); see setCapacity.
+	capacity uint32
 }
 
 // Element is one element of a set, in the kernel's key layout (network byte
@@ -289,6 +292,29 @@ func (k SetKind) IsInterval() bool {
 // isRBTree reports whether the kernel stores the kind as start and end
 // elements (one-field interval sets) rather than as key and key end.
 func (k SetKind) isRBTree() bool { return k == SetIPv4Interval || k == SetIPv6Interval }
+
+// sized reports whether sets of the kind are created with a declared size:
+// the shared sets, which hold most elements of a node. Given a size, the
+// kernel allocates a set's hash table once; without one it starts at four
+// buckets and doubles it about a dozen times while a cold start adds the
+// elements (13% of a cold start). The kernel refuses elements beyond the
+// size, so the Programmer replaces a set before it could fill (diffSized).
+func (k SetKind) sized() bool { return k == SetTaggedIPv4 || k == SetTaggedIPv6 }
+
+// minSetCapacity is the smallest size a sized set is declared with.
+const minSetCapacity = 1024
+
+// setCapacity is the size a sized set of n elements is created with: the
+// power of two at or above twice n, so that the set can take at least as
+// many elements again, its old and new elements together, before it is
+// replaced.
+func setCapacity(n int) uint32 {
+	c := uint32(minSetCapacity)
+	for int(c) < 2*n {
+		c <<= 1
+	}
+	return c
+}
 
 // keyLen is the length of a key in bytes.
 func (k SetKind) keyLen() int {

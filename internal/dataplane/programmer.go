@@ -76,7 +76,10 @@ type Programmer struct {
 	// seq numbers the messages of the next batch.
 	seq uint32
 
-	applied       *Table
+	applied *Table
+	// capacities are the declared sizes of the sized sets in the kernel,
+	// read back on every full reconcile.
+	capacities    map[string]uint32
 	lastPlan      *plan
 	maxBatchBytes int
 	closed        bool
@@ -228,7 +231,17 @@ func (p *Programmer) apply(desired *Table, full bool) (Stats, error) {
 		p.applied = nil
 		return Stats{Full: full}, err
 	}
-	pl := diff(base, desired)
+	if full {
+		p.capacities = map[string]uint32{}
+		if base != nil {
+			for _, s := range base.Sets {
+				if s.capacity != 0 {
+					p.capacities[s.Name] = s.capacity
+				}
+			}
+		}
+	}
+	pl := diffSized(base, desired, func(name string) uint32 { return p.capacities[name] })
 	p.lastPlan = pl
 	chains, rules, elems := desired.Counts()
 	st := Stats{Chains: chains, Rules: rules, SetElements: elems, Changes: pl.changes(), Full: full, Rebuild: pl.rebuild}
@@ -237,6 +250,18 @@ func (p *Programmer) apply(desired *Table, full bool) (Stats, error) {
 		p.applied = nil
 		p.resetConn()
 		return st, fmt.Errorf("programming table inet %s: %w", TableName, err)
+	}
+	for _, o := range pl.ops {
+		switch o.kind {
+		case opAddSet:
+			if o.capacity != 0 {
+				p.capacities[o.name] = o.capacity
+			} else {
+				delete(p.capacities, o.name)
+			}
+		case opDelSet:
+			delete(p.capacities, o.name)
+		}
 	}
 	p.applied = desired
 	return st, nil
@@ -384,7 +409,7 @@ func encode(b *batch, o op) {
 	case opDelChain:
 		b.delChain(o.name)
 	case opAddSet:
-		id := b.addSet(o.set)
+		id := b.addSet(o.set, o.capacity)
 		if len(o.set.Elements) > 0 {
 			b.elements(false, o.set, id, o.set.Elements)
 		}
@@ -474,7 +499,7 @@ func splitPlan(pl *plan, maxBytes int) [][]op {
 		case o.kind == opAddSet && splittable(o.set.Kind):
 			def := *o.set
 			def.Elements = nil
-			early = append(early, op{kind: opAddSet, name: o.name, set: &def})
+			early = append(early, op{kind: opAddSet, name: o.name, set: &def, capacity: o.capacity})
 			early = append(early, elementOps(opAddElements, o.name, o.set, o.set.Elements, maxBytes)...)
 		case o.kind == opAddElements && splittable(o.set.Kind):
 			early = append(early, elementOps(opAddElements, o.name, o.set, o.elems, maxBytes)...)
