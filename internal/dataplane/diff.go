@@ -56,8 +56,9 @@ type op struct {
 type plan struct {
 	ops []op
 	// rebuild is set when the kernel held objects of a shape nftguard does
-	// not write (a set of another type, a chain with another hook): every
-	// rule is then rewritten, still in one transaction.
+	// not write (a set of another type, a chain with another hook), or a
+	// shared set too small for the change: every rule is then rewritten,
+	// still in one transaction.
 	rebuild bool
 }
 

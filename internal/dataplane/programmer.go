@@ -38,8 +38,9 @@ type Stats struct {
 	// the kernel (first Apply, or after a failure or detected drift)
 	// rather than against the last applied model.
 	Full bool
-	// Rebuild is set when objects of the wrong shape forced every rule to
-	// be rewritten (still in one transaction).
+	// Rebuild is set when objects of the wrong shape, or a shared set
+	// that had to be replaced by a larger one, forced every rule to be
+	// rewritten (still in one transaction).
 	Rebuild bool
 	// Transactions is the number of netlink transactions sent: 0 when
 	// nothing changed, 1 normally (see Programmer).
