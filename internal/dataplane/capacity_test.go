@@ -21,6 +21,26 @@ func TestSetCapacity(t *testing.T) {
 	}
 }
 
+// TestSplitPlanKeepsCapacity: a plan too large for one transaction creates
+// a sized set ahead of the rest, still with its size.
+func TestSplitPlanKeepsCapacity(t *testing.T) {
+	tab := groupNode(t, 3000)
+	pl := diffSized(nil, tab, func(string) uint32 { return 0 })
+	batches := splitPlan(pl, 16<<10)
+	if len(batches) < 3 {
+		t.Fatalf("%d batches, want the set's elements split off", len(batches))
+	}
+	for _, o := range batches[0] {
+		if o.kind == opAddSet && o.name == shared4("g") {
+			if o.capacity != setCapacity(3000) || len(o.set.Elements) != 0 {
+				t.Fatalf("early %s: capacity %d with %d elements, want capacity %d and none", o, o.capacity, len(o.set.Elements), setCapacity(3000))
+			}
+			return
+		}
+	}
+	t.Fatalf("first batch does not create %s:\n%s", shared4("g"), (&plan{ops: batches[0]}).String())
+}
+
 // groupNode renders a pod allowed from one group of n addresses.
 func groupNode(t *testing.T, n int) *Table {
 	t.Helper()

@@ -540,6 +540,9 @@ func (b *batch) flushSet(name string) {
 // the batch creates it (0 otherwise), in messages whose element list stays
 // within maxMessageBytes (its attribute length is 16 bits).
 func (b *batch) elements(del bool, s *Set, id uint32, elems []Element) {
+	if len(elems) == 0 {
+		return
+	}
 	msgType := unix.NFT_MSG_NEWSETELEM
 	if del {
 		msgType = unix.NFT_MSG_DELSETELEM
