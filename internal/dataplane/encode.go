@@ -86,7 +86,7 @@ func (b *batch) grow(n int) []byte {
 func (b *batch) open(typ, flags uint16, family uint8, resID uint16) {
 	b.msg = len(b.buf)
 	h := b.grow(nlmsgHeaderLen + nfgenHeaderLen)
-	binary.NativeEndian.PutUint32(h[0:], 0) // length, set by close
+	binary.NativeEndian.PutUint32(h[0:], 0) // length, set by seal
 	binary.NativeEndian.PutUint16(h[4:], typ)
 	binary.NativeEndian.PutUint16(h[6:], flags)
 	binary.NativeEndian.PutUint32(h[8:], b.seq)
@@ -146,7 +146,13 @@ func (b *batch) nest(typ uint16) int {
 }
 
 func (b *batch) end(at int) {
-	binary.NativeEndian.PutUint16(b.buf[at:], uint16(len(b.buf)-at))
+	n := len(b.buf) - at
+	if n > 0xffff {
+		// An attribute's length is 16 bits; element lists are cut
+		// well below (maxMessageBytes), so only a bug gets here.
+		b.fail(fmt.Errorf("nested attribute of %d bytes", n))
+	}
+	binary.NativeEndian.PutUint16(b.buf[at:], uint16(n))
 }
 
 // value appends a nested NFTA_DATA_VALUE holding v.
