@@ -289,3 +289,17 @@ func TestEncodeLargeSet(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodeOversizedAttribute: a nested attribute longer than its 16-bit
+// length fails the batch rather than going out with a wrapped length.
+func TestEncodeOversizedAttribute(t *testing.T) {
+	b := newBatch(1, 0)
+	b.change(unix.NFT_MSG_NEWSETELEM, unix.NLM_F_CREATE)
+	n := b.nest(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+	b.bytes(1, make([]byte, 70000))
+	b.end(n)
+	b.close()
+	if _, _, _, err := b.finish(); err == nil {
+		t.Fatal("a 70,000-byte nested attribute was encoded")
+	}
+}
