@@ -209,19 +209,22 @@ func (b *batch) addChain(c *Chain) {
 	b.close()
 }
 
-func (b *batch) delChain(name string) {
-	b.change(unix.NFT_MSG_DELCHAIN, 0)
-	b.str(unix.NFTA_CHAIN_TABLE, TableName)
-	b.str(unix.NFTA_CHAIN_NAME, name)
+// named appends a change that names only the table and one chain or set
+// of it, in the attributes the message type reads them from.
+func (b *batch) named(msgType int, tableAttr, nameAttr uint16, name string) {
+	b.change(msgType, 0)
+	b.str(tableAttr, TableName)
+	b.str(nameAttr, name)
 	b.close()
+}
+
+func (b *batch) delChain(name string) {
+	b.named(unix.NFT_MSG_DELCHAIN, unix.NFTA_CHAIN_TABLE, unix.NFTA_CHAIN_NAME, name)
 }
 
 // flushChain deletes every rule of a chain.
 func (b *batch) flushChain(name string) {
-	b.change(unix.NFT_MSG_DELRULE, 0)
-	b.str(unix.NFTA_RULE_TABLE, TableName)
-	b.str(unix.NFTA_RULE_CHAIN, name)
-	b.close()
+	b.named(unix.NFT_MSG_DELRULE, unix.NFTA_RULE_TABLE, unix.NFTA_RULE_CHAIN, name)
 }
 
 // Rules.
@@ -528,18 +531,12 @@ func (b *batch) concat(ns *nftables.Set) {
 }
 
 func (b *batch) delSet(name string) {
-	b.change(unix.NFT_MSG_DELSET, 0)
-	b.str(unix.NFTA_SET_TABLE, TableName)
-	b.str(unix.NFTA_SET_NAME, name)
-	b.close()
+	b.named(unix.NFT_MSG_DELSET, unix.NFTA_SET_TABLE, unix.NFTA_SET_NAME, name)
 }
 
 // flushSet deletes every element of a set.
 func (b *batch) flushSet(name string) {
-	b.change(unix.NFT_MSG_DELSETELEM, 0)
-	b.str(unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
-	b.str(unix.NFTA_SET_ELEM_LIST_SET, name)
-	b.close()
+	b.named(unix.NFT_MSG_DELSETELEM, unix.NFTA_SET_ELEM_LIST_TABLE, unix.NFTA_SET_ELEM_LIST_SET, name)
 }
 
 // elements adds (or deletes) elements of a set, id being the set's id when
