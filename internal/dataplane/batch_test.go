@@ -43,7 +43,7 @@ func TestBatchSocketErrors(t *testing.T) {
 		seq = b.seq
 		return s.send(buf, ackSeq)
 	}
-	accept := rule(verdict{Kind: VerdictAccept})
+	accept := rule(Verdict{Kind: VerdictAccept})
 
 	// A chain, then a rule in a chain that does not exist: the whole batch
 	// is refused.

@@ -205,7 +205,7 @@ func matchStmt(exprs []expr.Any) (stmt, int) {
 		}
 
 	case *expr.Verdict:
-		return verdict(*modelVerdict(e)), 1
+		return *modelVerdict(e), 1
 	}
 	return nil, 0
 }

@@ -31,7 +31,7 @@ func asKernel(t *Table) *Table {
 		kc := &Chain{Name: c.Name, Hook: c.Hook, Priority: c.Priority}
 		kc.sig = c.signature()
 		for _, r := range c.Rules {
-			kc.Rules = append(kc.Rules, &Rule{id: r.ID(), handle: h})
+			kc.Rules = append(kc.Rules, KernelRule(nil, r.ID(), h))
 			h++
 		}
 		out.Chains = append(out.Chains, kc)
@@ -77,7 +77,7 @@ func TestDiffFromNothing(t *testing.T) {
 					ref = s.set
 				case portsInSet:
 					ref = s.set
-				case verdict:
+				case Verdict:
 					ref = s.Chain
 				}
 				if ref != "" && !defined[ref] {
@@ -276,14 +276,14 @@ func TestRuleOps(t *testing.T) {
 	mk := func(ids ...string) []*Rule {
 		var rs []*Rule
 		for i, id := range ids {
-			rs = append(rs, &Rule{id: id, handle: uint64(10 * (i + 1))})
+			rs = append(rs, KernelRule(nil, id, uint64(10*(i+1))))
 		}
 		return rs
 	}
 	want := func(ids ...string) []*Rule {
 		var rs []*Rule
 		for _, id := range ids {
-			rs = append(rs, &Rule{id: id, stmts: []stmt{verdict{Kind: VerdictJump, Chain: id}}})
+			rs = append(rs, KernelRule([]stmt{Verdict{Kind: VerdictJump, Chain: id}}, id, 0))
 		}
 		return rs
 	}
@@ -308,7 +308,7 @@ func TestRuleOps(t *testing.T) {
 	}
 	// Without handles (a chain last written by this process), the chain is
 	// rewritten.
-	noHandles := []*Rule{{id: "a"}, {id: "b"}}
+	noHandles := []*Rule{KernelRule(nil, "a", 0), KernelRule(nil, "b", 0)}
 	p := &plan{ops: ruleOps("c", noHandles, want("a"))}
 	if got := p.String(); got != "flush chain c\nadd rule c jump a\n" {
 		t.Errorf("without handles:\n%s", got)
@@ -607,7 +607,7 @@ func TestCompileEveryStatement(t *testing.T) {
 func TestDecompile(t *testing.T) {
 	spec, groups := sampleSpec()
 	tab := mustRender(t, spec, groups)
-	extra := []*Rule{rule(protoIs{protoUDP}, verdict{Kind: VerdictAccept}), rule(dportIn{protoSCTP, 9, 9}, verdict{Kind: VerdictGoto, Chain: "x"})}
+	extra := []*Rule{rule(protoIs{protoUDP}, Verdict{Kind: VerdictAccept}), rule(dportIn{protoSCTP, 9, 9}, Verdict{Kind: VerdictGoto, Chain: "x"})}
 	for _, c := range append(tab.Chains, &Chain{Name: "extra", Rules: extra}) {
 		for _, r := range c.Rules {
 			exprs, err := compileRule(r)

@@ -278,8 +278,8 @@ func (b *batch) delRule(chain string, handle uint64) {
 // test checks that both ways agree).
 func (b *batch) stmt(s stmt) error {
 	switch s := s.(type) {
-	case verdict:
-		kind, err := verdictKind(Verdict(s))
+	case Verdict:
+		kind, err := verdictKind(s)
 		if err != nil {
 			return err
 		}

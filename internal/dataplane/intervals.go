@@ -114,29 +114,3 @@ func blockRanges(cidr string, except []string) ([]ipRange, error) {
 	}
 	return normalizeRanges(rs), nil
 }
-
-// rangeString prints a range as a prefix when it is one, as "a-b" otherwise,
-// and as a bare address when it holds one address.
-func rangeString(from, to netip.Addr) string {
-	if from == to {
-		return from.String()
-	}
-	if bits, ok := rangePrefixBits(from, to); ok {
-		return netip.PrefixFrom(from, bits).String()
-	}
-	return from.String() + "-" + to.String()
-}
-
-// rangePrefixBits returns the prefix length of a range that is exactly one prefix.
-func rangePrefixBits(from, to netip.Addr) (int, bool) {
-	for bits := 0; bits <= from.BitLen(); bits++ {
-		p := netip.PrefixFrom(from, bits)
-		if p.Masked().Addr() != from {
-			continue
-		}
-		if prefixRange(p).to == to {
-			return bits, true
-		}
-	}
-	return 0, false
-}

@@ -152,13 +152,13 @@ func (r *reader) rules(chain string) (map[string][]*Rule, error) {
 		var name, comment string
 		var exprs []expr.Any
 		var exprErr error
-		ru := &Rule{}
+		var handle uint64
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_RULE_CHAIN:
 				name = ad.String()
 			case unix.NFTA_RULE_HANDLE:
-				ru.handle = ad.Uint64()
+				handle = ad.Uint64()
 			case unix.NFTA_RULE_USERDATA:
 				comment = ruleIDFromUserData(ad.Bytes())
 			case unix.NFTA_RULE_EXPRESSIONS:
@@ -172,16 +172,15 @@ func (r *reader) rules(chain string) (map[string][]*Rule, error) {
 		// whose id is the one in its comment. Anything else (added by
 		// hand, changed, written by an incompatible version) never equals
 		// a rendered rule, so it is replaced.
-		if stmts, ok := decompile(exprs); ok && exprErr == nil {
-			ru.stmts = stmts
-			if (&Rule{stmts: stmts}).ID() == comment {
-				ru.id = comment
+		var stmts []stmt
+		id := fmt.Sprintf("foreign-%d", handle)
+		if s, ok := decompile(exprs); ok && exprErr == nil {
+			stmts = s
+			if KernelRule(stmts, "", 0).ID() == comment {
+				id = comment
 			}
 		}
-		if ru.id == "" {
-			ru.id = fmt.Sprintf("foreign-%d", ru.handle)
-		}
-		out[name] = append(out[name], ru)
+		out[name] = append(out[name], KernelRule(stmts, id, handle))
 	}
 	return out, nil
 }

@@ -246,6 +246,12 @@ func (r *Rule) identify(buf []byte) []byte {
 	return buf
 }
 
+// KernelRule returns a rule read from the kernel: its statements (nil when
+// they were not recognised), its id and its handle.
+func KernelRule(stmts []stmt, id string, handle uint64) *Rule {
+	return &Rule{stmts: stmts, id: id, handle: handle}
+}
+
 // Handle is the kernel handle of a rule read back from the kernel, else 0.
 func (r *Rule) Handle() uint64 { return r.handle }
 
@@ -490,4 +496,40 @@ func priorityString(p int32) string {
 	default:
 		return fmt.Sprintf("filter - %d", -p)
 	}
+}
+
+// rangeString prints a range as a prefix when it is one, as "a-b" otherwise,
+// and as a bare address when it holds one address.
+func rangeString(from, to netip.Addr) string {
+	if from == to {
+		return from.String()
+	}
+	if bits, ok := rangePrefixBits(from, to); ok {
+		return netip.PrefixFrom(from, bits).String()
+	}
+	return from.String() + "-" + to.String()
+}
+
+// rangePrefixBits returns the prefix length of a range that is exactly one prefix.
+func rangePrefixBits(from, to netip.Addr) (int, bool) {
+	for bits := 0; bits <= from.BitLen(); bits++ {
+		p := netip.PrefixFrom(from, bits)
+		if p.Masked().Addr() != from {
+			continue
+		}
+		if lastAddr(p) == to {
+			return bits, true
+		}
+	}
+	return 0, false
+}
+
+// lastAddr returns the last address of a prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }

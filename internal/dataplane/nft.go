@@ -193,9 +193,9 @@ func compileStmt(s stmt) ([]expr.Any, error) {
 			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: s.group, Data: []byte(s.prefix)},
 		}, nil
 
-	case verdict:
+	case Verdict:
 		// accept | drop | return | jump <chain> | goto <chain>
-		v, err := nftVerdict(Verdict(s))
+		v, err := nftVerdict(s)
 		if err != nil {
 			return nil, err
 		}

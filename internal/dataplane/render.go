@@ -431,11 +431,11 @@ func rule(stmts ...stmt) *Rule { return &Rule{stmts: stmts} }
 func baseChains() []*Chain {
 	prologue := func() []*Rule {
 		return []*Rule{
-			rule(ctState{ctEstablished | ctRelated}, verdict{Kind: VerdictAccept}),
+			rule(ctState{ctEstablished | ctRelated}, Verdict{Kind: VerdictAccept}),
 			// Neighbour discovery (router solicitation .. redirect) is never
 			// filtered: a pod's solicitations may carry its global address.
-			rule(icmpv6Types{133, 137}, verdict{Kind: VerdictAccept}),
-			rule(ctState{ctInvalid}, verdict{Kind: VerdictDrop}),
+			rule(icmpv6Types{133, 137}, Verdict{Kind: VerdictAccept}),
+			rule(ctState{ctInvalid}, Verdict{Kind: VerdictDrop}),
 		}
 	}
 	egress := func(name string, hook Hook) *Chain {
@@ -599,7 +599,7 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		c.Rules = r.appendJumps(slices.Grow(c.Rules, len(ids)+2), ids, false)
 		c.Rules = append(c.Rules,
 			rule(limitRate{r.opts.LogRate, r.opts.LogBurst}, nflog{prefix.Format(action, d.dir, podKey), r.opts.LogGroup}),
-			rule(verdict{Kind: final}),
+			rule(Verdict{Kind: final}),
 		)
 		r.identify(c)
 		pm.chains = append(pm.chains, podChain{chain: c, map4: d.map4, map6: d.map6})
@@ -666,18 +666,18 @@ func (r *renderer) jump(id string, peers bool) stmt {
 	ri := r.rules[id]
 	if peers {
 		if ri == nil {
-			return verdict{Kind: VerdictJump, Chain: peersChainName(id)}
+			return Verdict{Kind: VerdictJump, Chain: peersChainName(id)}
 		}
 		if ri.peersJump == nil {
-			ri.peersJump = verdict{Kind: VerdictJump, Chain: peersChainName(id)}
+			ri.peersJump = Verdict{Kind: VerdictJump, Chain: peersChainName(id)}
 		}
 		return ri.peersJump
 	}
 	if ri == nil {
-		return verdict{Kind: VerdictJump, Chain: ruleChainName(id)}
+		return Verdict{Kind: VerdictJump, Chain: ruleChainName(id)}
 	}
 	if ri.jump == nil {
-		ri.jump = verdict{Kind: VerdictJump, Chain: r.chainName(id, ri)}
+		ri.jump = Verdict{Kind: VerdictJump, Chain: r.chainName(id, ri)}
 	}
 	return ri.jump
 }
@@ -1453,7 +1453,7 @@ func tagOrder(tag uint32) uint32 {
 }
 
 // acceptVerdict ends the lines of rule chains.
-var acceptVerdict stmt = verdict{Kind: VerdictAccept}
+var acceptVerdict stmt = Verdict{Kind: VerdictAccept}
 
 // ruleStmts is a rule allocated with room for its statements.
 type ruleStmts struct {

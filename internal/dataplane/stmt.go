@@ -273,16 +273,14 @@ func (s nflog) appendText(b []byte) []byte {
 	return appendUint(b, uint64(s.group))
 }
 
-// verdict ends the rule: "accept", "drop", "jump rule-x".
-type verdict Verdict
+// A Verdict ends a rule: "accept", "drop", "jump rule-x".
+func (v Verdict) text() string { return v.String() }
 
-func (s verdict) text() string { return Verdict(s).String() }
-
-func (s verdict) appendText(b []byte) []byte {
-	b = append(b, s.Kind...)
-	if s.Chain != "" {
+func (v Verdict) appendText(b []byte) []byte {
+	b = append(b, v.Kind...)
+	if v.Chain != "" {
 		b = append(b, ' ')
-		b = append(b, s.Chain...)
+		b = append(b, v.Chain...)
 	}
 	return b
 }
