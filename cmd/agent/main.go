@@ -25,7 +25,8 @@ import (
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/agent"
 	"github.com/nftguard/nftguard/internal/audit"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 func main() {
@@ -51,11 +52,11 @@ func run() int {
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":9090", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":9091", "Address the /healthz and /readyz endpoints bind to; 0 disables them.")
 	flag.StringVar(&auditLog, "audit-log", "-", "Drop log file (JSON lines), or - for standard output.")
-	flag.UintVar(&auditRate, "audit-rate", uint(dataplane.DefaultLogRate), "Packets per second each isolated pod direction may log (in-kernel rate limit).")
-	flag.UintVar(&auditBurst, "audit-burst", uint(dataplane.DefaultLogBurst), "Burst of the in-kernel log rate limit, in packets.")
+	flag.UintVar(&auditRate, "audit-rate", uint(render.DefaultLogRate), "Packets per second each isolated pod direction may log (in-kernel rate limit).")
+	flag.UintVar(&auditBurst, "audit-burst", uint(render.DefaultLogBurst), "Burst of the in-kernel log rate limit, in packets.")
 	flag.Int64Var(&auditMaxSize, "audit-max-size", 100<<20, "Size in bytes past which the drop log is rotated.")
 	flag.IntVar(&auditMaxFiles, "audit-max-files", 5, "Rotated drop log files kept.")
-	flag.UintVar(&nflogGroup, "nflog-group", uint(dataplane.DefaultLogGroup), "NFLOG group the drop log rules use.")
+	flag.UintVar(&nflogGroup, "nflog-group", uint(render.DefaultLogGroup), "NFLOG group the drop log rules use.")
 	flag.DurationVar(&resync, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed.")
 	flag.StringVar(&dropsAddr, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
 	flag.StringVar(&dropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
@@ -111,7 +112,7 @@ func run() int {
 		return 1
 	}
 
-	programmer, err := dataplane.NewProgrammer()
+	programmer, err := nftnl.NewProgrammer()
 	if err != nil {
 		setupLog.Error(err, "Opening nftables")
 		return 1
@@ -159,7 +160,7 @@ func run() int {
 		APIReader:    mgr.GetAPIReader(),
 		NodeName:     nodeName,
 		Programmer:   programmer,
-		Render:       dataplane.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst)},
+		Render:       render.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst)},
 		Resolver:     resolver,
 		Counters:     drops,
 		Groups:       groups,

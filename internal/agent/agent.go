@@ -28,18 +28,20 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/audit"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // Programmer is what the agent needs from the dataplane: apply a desired
 // table as one transaction, and tell whether the kernel still holds what was
 // last applied.
 type Programmer interface {
-	Apply(desired *dataplane.Table) (dataplane.Stats, error)
+	Apply(desired *model.Table) (nftnl.Stats, error)
 	// Verify lists the differences between the kernel table and the last
 	// applied one (a flushed chain, a deleted element or table); the next
 	// Apply repairs them.
-	Verify() (dataplane.Drift, error)
+	Verify() (nftnl.Drift, error)
 	// Delete removes the table (uninstall).
 	Delete() error
 }
@@ -97,7 +99,7 @@ type Reconciler struct {
 	APIReader  client.Reader
 	NodeName   string
 	Programmer Programmer
-	Render     dataplane.Options
+	Render     render.Options
 	Resolver   *Resolver
 	Counters   Counters
 	// Groups, when set, is the cache transform's view of the groups this
@@ -114,7 +116,7 @@ type Reconciler struct {
 	fetched map[string]*v1alpha1.AddressGroup
 	// renderer renders with the Render options, reusing what did not change
 	// since the last rule set (only the worker running Reconcile uses it).
-	renderer   *dataplane.Renderer
+	renderer   *render.Renderer
 	programmed int64  // generation in the kernel, 0 if none yet
 	inputs     string // key of the rule set and groups in the kernel
 	lastApply  time.Time
@@ -158,7 +160,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		drift, err := r.Programmer.Verify()
 		if err != nil {
 			logger.Error(err, "Checking the table for drift")
-			drift = dataplane.Drift{err.Error()}
+			drift = nftnl.Drift{err.Error()}
 		}
 		if len(drift) > 0 {
 			logger.Info("Table changed behind the agent's back; restoring it", "generation", rs.Generation, "drift", drift)
@@ -226,7 +228,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	logger := log.FromContext(ctx)
 	start := r.now()
 	if r.renderer == nil {
-		r.renderer = dataplane.NewRenderer(r.Render)
+		r.renderer = render.NewRenderer(r.Render)
 	}
 	table, err := r.renderer.Render(rs.Spec, groups)
 	if err != nil {

@@ -11,12 +11,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 )
 
 // kernelTable is what the node's network namespace enforces, in nft syntax.
 func kernelTable(g Gomega) string {
-	t, err := dataplane.ReadTable(int(nodeNS))
+	t, err := nftnl.ReadTable(int(nodeNS))
 	g.Expect(err).NotTo(HaveOccurred())
 	if t == nil {
 		return ""
@@ -161,7 +161,7 @@ var _ = Describe("Agent", Ordered, func() {
 	})
 
 	It("restores the table within a resync period after someone deletes it", func() {
-		other, err := dataplane.NewProgrammerInNetNS(int(nodeNS))
+		other, err := nftnl.NewProgrammerInNetNS(int(nodeNS))
 		Expect(err).NotTo(HaveOccurred())
 		defer other.Close()
 		Expect(other.Delete()).To(Succeed())

@@ -22,7 +22,7 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/agent"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
 
@@ -79,7 +79,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 
 	nodeNS = newNetNS()
-	programmer, err := dataplane.NewProgrammerInNetNS(int(nodeNS))
+	programmer, err := nftnl.NewProgrammerInNetNS(int(nodeNS))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(programmer.Close)
 

@@ -15,7 +15,8 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/audit"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // benchResolver names the two pods of the drop log benchmark from memory.
@@ -54,11 +55,11 @@ func BenchmarkAuditLog(b *testing.B) {
 	p := newPair(b)
 	spec := v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{{Namespace: "bench", Name: "server", IPs: []string{serverAddr.String()},
 		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/bench/deny-all"}}}}}
-	t, err := dataplane.Render(spec, nil, dataplane.Options{LogRate: 1_000_000, LogBurst: 1_000_000})
+	t, err := render.Render(spec, nil, render.Options{LogRate: 1_000_000, LogBurst: 1_000_000})
 	if err != nil {
 		b.Fatal(err)
 	}
-	prog, err := dataplane.NewProgrammerInNetNS(int(p.node))
+	prog, err := nftnl.NewProgrammerInNetNS(int(p.node))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func BenchmarkAuditLog(b *testing.B) {
 	}
 	for b.Loop() {
 		out := filepath.Join(b.TempDir(), "drops.log")
-		l, err := audit.New(audit.Config{Node: "bench", Group: dataplane.DefaultLogGroup, NetNS: int(p.node), Output: out,
+		l, err := audit.New(audit.Config{Node: "bench", Group: render.DefaultLogGroup, NetNS: int(p.node), Output: out,
 			Resolver: benchResolver{}, Registerer: prometheus.NewRegistry(), ReadBuffer: 8 << 20})
 		if err != nil {
 			b.Fatal(err)

@@ -12,7 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // pathShape is the data path benchmark's node for a number of policies:
@@ -149,19 +150,19 @@ func BenchmarkDatapath(b *testing.B) {
 			uninstall func() error
 		}{
 			{"nftguard", func() (string, error) {
-				prog, err := dataplane.NewProgrammerInNetNS(int(filtered.node))
+				prog, err := nftnl.NewProgrammerInNetNS(int(filtered.node))
 				if err != nil {
 					return "", err
 				}
 				defer prog.Close()
-				t, err := dataplane.Render(n.spec, n.groups, dataplane.Options{})
+				t, err := render.Render(n.spec, n.groups, render.Options{})
 				if err != nil {
 					return "", err
 				}
 				st, err := prog.Apply(t)
 				return fmt.Sprintf("%d chains, %d rules, %d elements", st.Chains, st.Rules, st.SetElements), err
 			}, func() error {
-				prog, err := dataplane.NewProgrammerInNetNS(int(filtered.node))
+				prog, err := nftnl.NewProgrammerInNetNS(int(filtered.node))
 				if err != nil {
 					return err
 				}

@@ -8,7 +8,8 @@ import (
 	"testing"
 
 	"github.com/nftguard/nftguard/internal/compiler"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // rss is the process's resident memory in bytes.
@@ -39,14 +40,14 @@ func BenchmarkAgentMemory(b *testing.B) {
 	for b.Loop() {
 		heap0, rss0 := liveHeap(), rss()
 		n := shape.build()
-		t, err := dataplane.Render(n.spec, n.groups, dataplane.Options{})
+		t, err := render.Render(n.spec, n.groups, render.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		var prog *dataplane.Programmer
+		var prog *nftnl.Programmer
 		if os.Geteuid() == 0 {
 			ns := newNetNS(b)
-			if prog, err = dataplane.NewProgrammerInNetNS(int(ns)); err != nil {
+			if prog, err = nftnl.NewProgrammerInNetNS(int(ns)); err != nil {
 				b.Fatal(err)
 			}
 			if _, err := prog.Apply(t); err != nil {

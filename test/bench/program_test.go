@@ -12,7 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // programShape sizes the programming benchmark's node: 110 local pods,
@@ -62,12 +63,12 @@ const coldSettle = 300 * time.Millisecond
 func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 	n := shape.build()
 	b.Run("cold", func(b *testing.B) {
-		p, err := dataplane.NewProgrammerInNetNS(int(ns))
+		p, err := nftnl.NewProgrammerInNetNS(int(ns))
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer p.Close()
-		var st dataplane.Stats
+		var st nftnl.Stats
 		var total, apply []time.Duration
 		enobufs := 0
 		for b.Loop() {
@@ -84,7 +85,7 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 				runtime.GC()
 				b.StartTimer()
 				start := time.Now()
-				t, err := dataplane.NewRenderer(dataplane.Options{}).Render(n.spec, n.groups)
+				t, err := render.NewRenderer(render.Options{}).Render(n.spec, n.groups)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -114,13 +115,13 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 	})
 	for _, d := range []int{1, 1000} {
 		b.Run("delta-"+strconv.Itoa(d), func(b *testing.B) {
-			p, err := dataplane.NewProgrammerInNetNS(int(ns))
+			p, err := nftnl.NewProgrammerInNetNS(int(ns))
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer p.Close()
 			versions := [2]map[string]v1alpha1.AddressGroupSpec{n.groups, n.withDelta(d)}
-			renderer := dataplane.NewRenderer(dataplane.Options{})
+			renderer := render.NewRenderer(render.Options{})
 			first, err := renderer.Render(n.spec, versions[0])
 			if err != nil {
 				b.Fatal(err)

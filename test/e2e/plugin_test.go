@@ -35,7 +35,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/dataplane"
+	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
@@ -787,14 +788,14 @@ func nodeFlows(t *testing.T, flows []wantFlow, node string) []int {
 
 // nodeTable reads table inet nftguard in a node's network namespace (nil
 // when there is none).
-func nodeTable(t *testing.T, n localcluster.Node) *dataplane.Table {
+func nodeTable(t *testing.T, n localcluster.Node) *model.Table {
 	t.Helper()
 	f, err := os.Open(filepath.Join("/var/run/netns", n.NetNS))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	tbl, err := dataplane.ReadTable(int(f.Fd()))
+	tbl, err := nftnl.ReadTable(int(f.Fd()))
 	if err != nil {
 		t.Fatalf("reading the table of %s: %v", n.Name, err)
 	}
