@@ -97,3 +97,16 @@ func TestOnlyNftnlTalksNetlink(t *testing.T) {
 		}
 	}
 }
+
+// TestProductWithoutLibrary: the binaries encode and decode nf_tables with
+// nftnl alone; google/nftables translates the model only in tests
+// (nfttest), as the reference the encoder is checked against.
+func TestProductWithoutLibrary(t *testing.T) {
+	for _, p := range list(t, "../../cmd/...") {
+		for _, dep := range p.Deps {
+			if forbidden(dep, []string{"github.com/google/nftables"}) {
+				t.Errorf("%s depends on %s", p.ImportPath, dep)
+			}
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/dptest"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/nfttest"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
@@ -400,7 +401,7 @@ func TestDriftRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tab := nftTable()
+	tab := nfttest.Table()
 
 	repair := func(t *testing.T, mention string) Stats {
 		t.Helper()
@@ -438,7 +439,7 @@ func TestDriftRepair(t *testing.T) {
 
 	t.Run("deleted element", func(t *testing.T) {
 		key := binary.NativeEndian.AppendUint32(nil, render.GroupTag("pods-a"))
-		if err := tamper.SetDeleteElements(&nftables.Set{Table: tab, Name: shared4("pods-a"), KeyType: typeTagged4, Concatenation: true},
+		if err := tamper.SetDeleteElements(nfttest.Set(&model.Set{Name: shared4("pods-a"), Kind: model.SetTaggedIPv4}),
 			[]nftables.SetElement{{Key: append(key, a.ip4.AsSlice()...)}}); err != nil {
 			t.Fatal(err)
 		}

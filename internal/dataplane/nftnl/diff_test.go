@@ -551,7 +551,7 @@ func TestQueue(t *testing.T) {
 			sets++
 		case unix.NFT_MSG_NEWRULE:
 			// Rules carry their id and compile to expressions.
-			id := ruleIDFromUserData(attrs[unix.NFTA_RULE_USERDATA])
+			id := commentOf(attrs[unix.NFTA_RULE_USERDATA])
 			if k, _ := parseAttrCount(attrs[unix.NFTA_RULE_EXPRESSIONS]); k == 0 || id == "" {
 				t.Errorf("rule of chain %s: %d expressions, id %q", str(unix.NFTA_RULE_CHAIN), k, id)
 			}
@@ -579,14 +579,39 @@ func parseAttrCount(b []byte) (int, error) {
 	return n, ad.Err()
 }
 
-// TestCompileEveryStatement compiles every statement the renderer uses.
-func TestCompileEveryStatement(t *testing.T) {
+// encodedExprs encodes a rule with the batch encoder and returns its
+// NFTA_RULE_EXPRESSIONS attribute, or the encoder's error.
+func encodedExprs(t *testing.T, r *model.Rule) ([]byte, error) {
+	t.Helper()
+	b := newBatch(1, 0)
+	b.addRule("c", r, false, 0)
+	buf, _, _, err := b.finish()
+	if err != nil {
+		return nil, err
+	}
+	msgs := encodedMessages(t, buf)
+	ad, err := netlink.NewAttributeDecoder(msgs[1].Data[4:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_RULE_EXPRESSIONS {
+			return ad.Bytes(), nil
+		}
+	}
+	t.Fatalf("rule %q encoded without expressions", r)
+	return nil, nil
+}
+
+// TestEncodeEveryStatement encodes every statement the renderer uses, and
+// refuses a verdict the kernel does not know.
+func TestEncodeEveryStatement(t *testing.T) {
 	spec, groups := dptest.Sample()
 	tab := mustRender(t, spec, groups)
 	kinds := map[string]bool{}
 	for _, c := range tab.Chains {
 		for _, r := range c.Rules {
-			if _, err := compileRule(r); err != nil {
+			if _, err := encodedExprs(t, r); err != nil {
 				t.Fatal(err)
 			}
 			for _, s := range r.Stmts {
@@ -600,20 +625,29 @@ func TestCompileEveryStatement(t *testing.T) {
 			t.Errorf("sample table has no %s", k)
 		}
 	}
-	if _, err := compileStmt(model.ProtoIs{Proto: model.ProtoUDP}); err != nil {
+	if _, err := encodedExprs(t, model.NewRule(model.ProtoIs{Proto: model.ProtoUDP})); err != nil {
 		t.Fatal(err)
+	}
+	for _, v := range []model.Verdict{{Kind: "reject"}, {Kind: model.VerdictJump}, {Kind: model.VerdictGoto}} {
+		if _, err := encodedExprs(t, model.NewRule(v)); err == nil {
+			t.Errorf("verdict %q encodes", v)
+		}
 	}
 }
 
 // TestDecompile: every rule the renderer writes decodes back from its
-// expressions to the same text, hence the same id.
+// encoded expressions to the same text, hence the same id.
 func TestDecompile(t *testing.T) {
 	spec, groups := dptest.Sample()
 	tab := mustRender(t, spec, groups)
 	extra := []*model.Rule{model.NewRule(model.ProtoIs{Proto: model.ProtoUDP}, model.Verdict{Kind: model.VerdictAccept}), model.NewRule(model.DportIn{Proto: model.ProtoSCTP, From: 9, To: 9}, model.Verdict{Kind: model.VerdictGoto, Chain: "x"})}
 	for _, c := range append(tab.Chains, &model.Chain{Name: "extra", Rules: extra}) {
 		for _, r := range c.Rules {
-			exprs, err := compileRule(r)
+			raw, err := encodedExprs(t, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exprs, err := parseExprs(raw)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,7 +19,7 @@ func TestIntervalElements(t *testing.T) {
 			kind = model.SetIPv6Interval
 		}
 		elems := []model.Element{{Key: p.Addr().AsSlice(), KeyEnd: lastAddr(p).AsSlice()}}
-		kel := kernelElements(kind, elems)
+		kel := kernelElements(t, kind, elems)
 		wantN := 2
 		if strings.HasSuffix(cidr, "/0") {
 			wantN = 1
@@ -27,7 +27,7 @@ func TestIntervalElements(t *testing.T) {
 		if len(kel) != wantN {
 			t.Fatalf("%s: %d kernel elements, want %d", cidr, len(kel), wantN)
 		}
-		back := ModelElements(kind, kel)
+		back := modelElements(kind, kel)
 		if len(back) != 1 || kind.Format(back[0]) != cidr {
 			t.Fatalf("%s: decoded as %v", cidr, back)
 		}
@@ -39,7 +39,7 @@ func TestIntervalElements(t *testing.T) {
 		from, to := ipRange(r)
 		elems = append(elems, model.Element{Key: from.AsSlice(), KeyEnd: to.AsSlice()})
 	}
-	back := ModelElements(model.SetIPv4Interval, kernelElements(model.SetIPv4Interval, elems))
+	back := modelElements(model.SetIPv4Interval, kernelElements(t, model.SetIPv4Interval, elems))
 	var parts []string
 	for _, e := range back {
 		parts = append(parts, model.SetIPv4Interval.Format(e))
@@ -66,4 +66,68 @@ func ipRange(s string) (from, to netip.Addr) {
 	}
 	p := netip.MustParsePrefix(s)
 	return p.Addr(), lastAddr(p)
+}
+
+// kernelElements collects eachKernelElement's elements.
+func kernelElements(t *testing.T, kind model.SetKind, elems []model.Element) []kernelElement {
+	t.Helper()
+	var out []kernelElement
+	if err := eachKernelElement(kind, elems, func(e kernelElement) { out = append(out, e) }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestElementsRefused: an element the kernel could not hold as it is
+// meant (a map element without a verdict, an unknown verdict, a set element
+// with one) is an error, never written as something else.
+func TestElementsRefused(t *testing.T) {
+	key := []byte{198, 18, 0, 1}
+	for _, c := range []struct {
+		kind model.SetKind
+		e    model.Element
+	}{
+		{model.MapIPv4Verdict, model.Element{Key: key}},
+		{model.MapIPv4Verdict, model.Element{Key: key, Verdict: &model.Verdict{Kind: "reject"}}},
+		{model.MapIPv4Verdict, model.Element{Key: key, Verdict: &model.Verdict{Kind: model.VerdictGoto}}},
+		{model.MapPortsVerdict, model.Element{Key: make([]byte, 8), KeyEnd: make([]byte, 8)}},
+		{model.SetIPv4, model.Element{Key: key, Verdict: &model.Verdict{Kind: model.VerdictAccept}}},
+	} {
+		n := 0
+		err := eachKernelElement(c.kind, []model.Element{c.e}, func(kernelElement) { n++ })
+		if err == nil || n != 0 {
+			t.Errorf("%s element %s: %d written, error %v", c.kind, c.kind.Format(c.e), n, err)
+		}
+		s := &model.Set{Name: "s", Kind: c.kind, Elements: []model.Element{c.e}}
+		b := newBatch(1, 0)
+		b.addSet(s, 0)
+		b.elements(false, s, 1, s.Elements)
+		if _, _, _, err := b.finish(); err == nil {
+			t.Errorf("%s element %s: the batch encodes", c.kind, c.kind.Format(c.e))
+		}
+	}
+}
+
+// TestUnknownVerdictIsDrift: a verdict code the decoder does not know
+// becomes a verdict no rendered element or rule has, so the table counts as
+// changed and is repaired, rather than failing the read.
+func TestUnknownVerdictIsDrift(t *testing.T) {
+	for _, code := range []int32{-1, -2, 3, 99} {
+		v := modelVerdict(code, "")
+		for _, k := range []model.VerdictKind{model.VerdictAccept, model.VerdictDrop, model.VerdictJump, model.VerdictGoto, model.VerdictReturn} {
+			if v.Kind == k {
+				t.Errorf("code %d decodes as %s", code, k)
+			}
+		}
+		if _, err := verdictCode(v); err == nil {
+			t.Errorf("code %d decodes to %s, which encodes again", code, v)
+		}
+	}
+	for _, v := range []model.Verdict{{Kind: model.VerdictAccept}, {Kind: model.VerdictDrop}, {Kind: model.VerdictReturn},
+		{Kind: model.VerdictJump, Chain: "c"}, {Kind: model.VerdictGoto, Chain: "c"}} {
+		code, err := verdictCode(v)
+		if err != nil || modelVerdict(code, v.Chain) != v {
+			t.Errorf("%s: code %d (%v) decodes as %s", v, code, err, modelVerdict(code, v.Chain))
+		}
+	}
 }

@@ -4,9 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftguard/nftguard/internal/dataplane/model"
@@ -41,9 +38,6 @@ const (
 	nlmsgHeaderLen = unix.SizeofNlMsghdr // 16
 	nfgenHeaderLen = 4
 	attrHeaderLen  = unix.SizeofNlAttr // 4
-	// nftaSetFieldLen is NFTA_SET_FIELD_LEN, the length of one field of a
-	// concatenated key, which x/sys/unix lacks.
-	nftaSetFieldLen = 1
 )
 
 // newBatch starts a batch whose messages are numbered from seq.
@@ -170,9 +164,6 @@ func (b *batch) fail(err error) {
 	}
 }
 
-// setUserData records a big-endian key, as nft does.
-var setUserData = userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 2)
-
 // Table and chain changes.
 
 func (b *batch) addTable() {
@@ -201,12 +192,17 @@ func (b *batch) addChain(c *model.Chain) {
 	b.str(unix.NFTA_CHAIN_TABLE, model.TableName)
 	b.str(unix.NFTA_CHAIN_NAME, c.Name)
 	if c.IsBase() {
+		num, err := hookNumber(c.Hook)
+		if err != nil {
+			b.fail(fmt.Errorf("chain %s: %w", c.Name, err))
+			return
+		}
 		hook := b.nest(unix.NFTA_CHAIN_HOOK)
-		b.u32(unix.NFTA_HOOK_HOOKNUM, uint32(*nftChain(c).Hooknum))
+		b.u32(unix.NFTA_HOOK_HOOKNUM, num)
 		b.u32(unix.NFTA_HOOK_PRIORITY, uint32(c.Priority))
 		b.end(hook)
-		b.u32(unix.NFTA_CHAIN_POLICY, uint32(nftables.ChainPolicyAccept))
-		b.str(unix.NFTA_CHAIN_TYPE, string(nftables.ChainTypeFilter))
+		b.u32(unix.NFTA_CHAIN_POLICY, nfAccept)
+		b.str(unix.NFTA_CHAIN_TYPE, "filter")
 	}
 	b.close()
 }
@@ -250,10 +246,10 @@ func (b *batch) addRule(chain string, r *model.Rule, insert bool, position uint6
 		}
 	}
 	b.end(list)
-	// The rule's id as its comment (ruleUserData, written in place).
+	// The rule's id as its comment (appendComment, written in place).
 	id := r.ID()
 	ud := b.attr(unix.NFTA_RULE_USERDATA, 2+len(id)+1)
-	ud[0], ud[1] = byte(userdata.TypeComment), byte(len(id)+1)
+	ud[0], ud[1] = udataComment, byte(len(id)+1)
 	copy(ud[2:], id)
 	ud[len(ud)-1] = 0
 	if position != 0 {
@@ -274,43 +270,130 @@ func (b *batch) delRule(chain string, handle uint64) {
 	b.close()
 }
 
-// stmt appends the expressions of one statement. Those of most rule lines
-// are written straight from the statement; the others are compiled to
-// expressions first (compileStmt, which defines them all: the encoding
-// test checks that both ways agree).
+// stmt appends the expressions of one statement, written straight from
+// it. Each statement has one encoding; the decoder recognises exactly these
+// shapes, and encode_test.go checks them against google/nftables.
 func (b *batch) stmt(s model.Stmt) error {
 	switch s := s.(type) {
 	case model.Verdict:
-		kind, err := verdictKind(s)
+		// accept | drop | return | jump <chain> | goto <chain>
+		code, err := verdictCode(s)
 		if err != nil {
 			return err
 		}
-		b.verdictExpr(kind, s.Chain)
-		return nil
+		b.verdictExpr(code, s.Chain)
+
 	case model.TaggedAddrInSet:
+		// 0x0012abcd . ip saddr @ag4: the tag and the address side by
+		// side in the registers
 		off, n := addrOffset(s.Family, s.Field)
 		b.familyCheck(s.Family)
 		var tag [4]byte
 		binary.NativeEndian.PutUint32(tag[:], s.Tag)
 		b.immediate(reg1, tag[:])
-		b.payload(nextReg(reg1, 4), expr.PayloadBaseNetworkHeader, off, n)
-		b.lookup(reg1, s.Set)
-		return nil
+		b.payload(nextReg(reg1, 4), unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.lookup(reg1, s.Set, 0, false)
+
 	case model.AddrInSet:
+		// ip saddr @set
 		off, n := addrOffset(s.Family, s.Field)
 		b.familyCheck(s.Family)
-		b.payload(reg1, expr.PayloadBaseNetworkHeader, off, n)
-		b.lookup(reg1, s.Set)
-		return nil
-	}
-	exprs, err := compileStmt(s)
-	if err != nil {
-		return err
-	}
-	for _, e := range exprs {
-		if err := b.expr(e); err != nil {
-			return err
+		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.lookup(reg1, s.Set, 0, false)
+
+	case model.AddrVmap:
+		// ip daddr vmap @in4
+		off, n := addrOffset(s.Family, s.Field)
+		b.familyCheck(s.Family)
+		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.lookup(reg1, s.Vmap, regVerdict, true)
+
+	case model.EndpointInSet:
+		// ip daddr . meta l4proto . th dport @set
+		off, n := addrOffset(s.Family, model.Daddr)
+		protoReg := nextReg(reg1, n)
+		b.familyCheck(s.Family)
+		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.meta(unix.NFT_META_L4PROTO, protoReg)
+		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.lookup(reg1, s.Set, 0, false)
+
+	case model.PortsVmap:
+		// meta l4proto . th dport vmap @map
+		b.meta(unix.NFT_META_L4PROTO, reg1)
+		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.lookup(reg1, s.Vmap, regVerdict, true)
+
+	case model.PortsInSet:
+		// meta l4proto . th dport @set
+		b.meta(unix.NFT_META_L4PROTO, reg1)
+		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.lookup(reg1, s.Set, 0, false)
+
+	case model.ProtoIs:
+		// meta l4proto tcp
+		b.meta(unix.NFT_META_L4PROTO, reg1)
+		b.cmp(unix.NFT_CMP_EQ, reg1, []byte{s.Proto})
+
+	case model.DportIn:
+		// tcp dport 80 (meta l4proto tcp th dport 80), or tcp dport 80-90
+		b.meta(unix.NFT_META_L4PROTO, reg1)
+		b.cmp(unix.NFT_CMP_EQ, reg1, []byte{s.Proto})
+		b.payload(reg1, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		var from, to [2]byte
+		binary.BigEndian.PutUint16(from[:], s.From)
+		binary.BigEndian.PutUint16(to[:], s.To)
+		if s.From == s.To {
+			b.cmp(unix.NFT_CMP_EQ, reg1, from[:])
+		} else {
+			b.rangeEq(reg1, from[:], to[:])
 		}
+
+	case model.CtState:
+		// ct state established,related
+		var mask [4]byte
+		binary.NativeEndian.PutUint32(mask[:], s.Bits)
+		x := b.openExpr("ct")
+		b.u32(unix.NFTA_CT_KEY, unix.NFT_CT_STATE)
+		b.u32(unix.NFTA_CT_DREG, reg1)
+		b.closeExpr(x)
+		x = b.openExpr("bitwise")
+		b.u32(unix.NFTA_BITWISE_SREG, reg1)
+		b.u32(unix.NFTA_BITWISE_DREG, reg1)
+		b.u32(unix.NFTA_BITWISE_LEN, 4)
+		b.value(unix.NFTA_BITWISE_MASK, mask[:])
+		b.value(unix.NFTA_BITWISE_XOR, make([]byte, 4))
+		b.closeExpr(x)
+		b.cmp(unix.NFT_CMP_NEQ, reg1, make([]byte, 4))
+
+	case model.ICMPv6Types:
+		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 133-137
+		b.familyCheck(model.IPv6)
+		b.meta(unix.NFT_META_L4PROTO, reg1)
+		b.cmp(unix.NFT_CMP_EQ, reg1, []byte{model.ProtoICMPv6})
+		b.payload(reg1, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1)
+		b.rangeEq(reg1, []byte{s.From}, []byte{s.To})
+
+	case model.LimitRate:
+		// limit rate 10/second burst 20 packets
+		x := b.openExpr("limit")
+		b.u64(unix.NFTA_LIMIT_RATE, uint64(s.Rate))
+		b.u64(unix.NFTA_LIMIT_UNIT, nftLimitTimeSecond)
+		b.u32(unix.NFTA_LIMIT_BURST, s.Burst)
+		b.u32(unix.NFTA_LIMIT_TYPE, unix.NFT_LIMIT_PKTS)
+		b.u32(unix.NFTA_LIMIT_FLAGS, 0)
+		b.closeExpr(x)
+
+	case model.NFLog:
+		// log prefix "..." group 100 (a group selects NFLOG rather than
+		// the kernel log)
+		x := b.openExpr("log")
+		b.u16(unix.NFTA_LOG_GROUP, s.Group)
+		b.str(unix.NFTA_LOG_PREFIX, s.Prefix)
+		b.closeExpr(x)
+
+	default:
+		return fmt.Errorf("statement %T has no encoding", s)
 	}
 	return nil
 }
@@ -327,41 +410,55 @@ func (b *batch) closeExpr(x [2]int) {
 	b.end(x[0])
 }
 
-// familyCheck appends "meta nfproto ipv4" (or ipv6), as familyCheck
-// compiles it.
+// familyCheck appends "meta nfproto ipv4" (or ipv6): the dependency nft
+// adds before a network header field in an inet table.
 func (b *batch) familyCheck(f model.Family) {
-	b.meta(expr.MetaKeyNFPROTO, reg1)
-	b.cmp(expr.CmpOpEq, reg1, []byte{nfproto(f)})
+	b.meta(unix.NFT_META_NFPROTO, reg1)
+	b.cmp(unix.NFT_CMP_EQ, reg1, []byte{nfproto(f)})
 }
 
-func (b *batch) meta(key expr.MetaKey, dreg uint32) {
+func (b *batch) meta(key, dreg uint32) {
 	x := b.openExpr("meta")
-	b.u32(unix.NFTA_META_KEY, uint32(key))
+	b.u32(unix.NFTA_META_KEY, key)
 	b.u32(unix.NFTA_META_DREG, dreg)
 	b.closeExpr(x)
 }
 
-func (b *batch) cmp(op expr.CmpOp, sreg uint32, data []byte) {
+func (b *batch) cmp(op, sreg uint32, data []byte) {
 	x := b.openExpr("cmp")
 	b.u32(unix.NFTA_CMP_SREG, sreg)
-	b.u32(unix.NFTA_CMP_OP, uint32(op))
+	b.u32(unix.NFTA_CMP_OP, op)
 	b.value(unix.NFTA_CMP_DATA, data)
 	b.closeExpr(x)
 }
 
-func (b *batch) payload(dreg uint32, base expr.PayloadBase, off, n uint32) {
+// rangeEq appends a match of from <= register <= to.
+func (b *batch) rangeEq(sreg uint32, from, to []byte) {
+	x := b.openExpr("range")
+	b.u32(unix.NFTA_RANGE_SREG, sreg)
+	b.u32(unix.NFTA_RANGE_OP, unix.NFT_RANGE_EQ)
+	b.value(unix.NFTA_RANGE_FROM_DATA, from)
+	b.value(unix.NFTA_RANGE_TO_DATA, to)
+	b.closeExpr(x)
+}
+
+func (b *batch) payload(dreg, base, off, n uint32) {
 	x := b.openExpr("payload")
 	b.u32(unix.NFTA_PAYLOAD_DREG, dreg)
-	b.u32(unix.NFTA_PAYLOAD_BASE, uint32(base))
+	b.u32(unix.NFTA_PAYLOAD_BASE, base)
 	b.u32(unix.NFTA_PAYLOAD_OFFSET, off)
 	b.u32(unix.NFTA_PAYLOAD_LEN, n)
 	b.closeExpr(x)
 }
 
-// lookup appends a set lookup that matches when the key is in the set.
-func (b *batch) lookup(sreg uint32, set string) {
+// lookup appends a set lookup: a match when the key is in the set, or,
+// with dreg set, a verdict map lookup into the verdict register.
+func (b *batch) lookup(sreg uint32, set string, dreg uint32, hasDreg bool) {
 	x := b.openExpr("lookup")
 	b.u32(unix.NFTA_LOOKUP_SREG, sreg)
+	if hasDreg {
+		b.u32(unix.NFTA_LOOKUP_DREG, dreg)
+	}
 	b.str(unix.NFTA_LOOKUP_SET, set)
 	b.u32(unix.NFTA_LOOKUP_SET_ID, 0)
 	b.closeExpr(x)
@@ -375,100 +472,20 @@ func (b *batch) immediate(dreg uint32, data []byte) {
 }
 
 // verdictExpr appends an immediate verdict: accept, drop, jump <chain>...
-func (b *batch) verdictExpr(kind expr.VerdictKind, chain string) {
+func (b *batch) verdictExpr(code int32, chain string) {
 	x := b.openExpr("immediate")
 	b.u32(unix.NFTA_IMMEDIATE_DREG, unix.NFT_REG_VERDICT)
 	data := b.nest(unix.NFTA_IMMEDIATE_DATA)
-	b.verdict(kind, chain)
+	b.verdict(code, chain)
 	b.end(data)
 	b.closeExpr(x)
 }
 
-// expr appends one expression of a rule.
-func (b *batch) expr(e expr.Any) error {
-	switch e := e.(type) {
-	case *expr.Meta:
-		if e.SourceRegister {
-			return fmt.Errorf("meta set is not encoded")
-		}
-		b.meta(e.Key, e.Register)
-	case *expr.Cmp:
-		b.cmp(e.Op, e.Register, e.Data)
-	case *expr.Payload:
-		if e.OperationType != expr.PayloadLoad || e.CsumType != 0 {
-			return fmt.Errorf("payload write is not encoded")
-		}
-		b.payload(e.DestRegister, e.Base, e.Offset, e.Len)
-	case *expr.Immediate:
-		b.immediate(e.Register, e.Data)
-	case *expr.Verdict:
-		b.verdictExpr(e.Kind, e.Chain)
-	case *expr.Range:
-		x := b.openExpr("range")
-		b.u32(unix.NFTA_RANGE_SREG, e.Register)
-		b.u32(unix.NFTA_RANGE_OP, uint32(e.Op))
-		b.value(unix.NFTA_RANGE_FROM_DATA, e.FromData)
-		b.value(unix.NFTA_RANGE_TO_DATA, e.ToData)
-		b.closeExpr(x)
-	case *expr.Bitwise:
-		x := b.openExpr("bitwise")
-		b.u32(unix.NFTA_BITWISE_SREG, e.SourceRegister)
-		b.u32(unix.NFTA_BITWISE_DREG, e.DestRegister)
-		b.u32(unix.NFTA_BITWISE_LEN, e.Len)
-		b.value(unix.NFTA_BITWISE_MASK, e.Mask)
-		b.value(unix.NFTA_BITWISE_XOR, e.Xor)
-		b.closeExpr(x)
-	case *expr.Ct:
-		if e.SourceRegister || e.Key == expr.CtKeySRC || e.Key == expr.CtKeyDST || e.Key == expr.CtKeyPROTOSRC || e.Key == expr.CtKeyPROTODST {
-			return fmt.Errorf("ct key %d is not encoded", e.Key)
-		}
-		x := b.openExpr("ct")
-		b.u32(unix.NFTA_CT_KEY, uint32(e.Key))
-		b.u32(unix.NFTA_CT_DREG, e.Register)
-		b.closeExpr(x)
-	case *expr.Lookup:
-		x := b.openExpr("lookup")
-		b.u32(unix.NFTA_LOOKUP_SREG, e.SourceRegister)
-		if e.IsDestRegSet {
-			b.u32(unix.NFTA_LOOKUP_DREG, e.DestRegister)
-		}
-		if e.Invert {
-			b.u32(unix.NFTA_LOOKUP_FLAGS, unix.NFT_LOOKUP_F_INV)
-		}
-		b.str(unix.NFTA_LOOKUP_SET, e.SetName)
-		b.u32(unix.NFTA_LOOKUP_SET_ID, e.SetID)
-		b.closeExpr(x)
-	case *expr.Limit:
-		var flags uint32
-		if e.Over {
-			flags = unix.NFT_LIMIT_F_INV
-		}
-		x := b.openExpr("limit")
-		b.u64(unix.NFTA_LIMIT_RATE, e.Rate)
-		b.u64(unix.NFTA_LIMIT_UNIT, uint64(e.Unit))
-		b.u32(unix.NFTA_LIMIT_BURST, e.Burst)
-		b.u32(unix.NFTA_LIMIT_TYPE, uint32(e.Type))
-		b.u32(unix.NFTA_LIMIT_FLAGS, flags)
-		b.closeExpr(x)
-	case *expr.Log:
-		if e.Key != 1<<unix.NFTA_LOG_GROUP|1<<unix.NFTA_LOG_PREFIX {
-			return fmt.Errorf("log with attributes %#x is not encoded", e.Key)
-		}
-		x := b.openExpr("log")
-		b.u16(unix.NFTA_LOG_GROUP, e.Group)
-		b.str(unix.NFTA_LOG_PREFIX, string(e.Data))
-		b.closeExpr(x)
-	default:
-		return fmt.Errorf("expression %T is not encoded", e)
-	}
-	return nil
-}
-
 // verdict appends NFTA_DATA_VERDICT: the code and, for jump and goto, the
 // chain.
-func (b *batch) verdict(kind expr.VerdictKind, chain string) {
+func (b *batch) verdict(code int32, chain string) {
 	n := b.nest(unix.NFTA_DATA_VERDICT)
-	b.u32(unix.NFTA_VERDICT_CODE, uint32(kind))
+	b.u32(unix.NFTA_VERDICT_CODE, uint32(code))
 	if chain != "" {
 		b.str(unix.NFTA_VERDICT_CHAIN, chain)
 	}
@@ -481,55 +498,45 @@ func (b *batch) verdict(kind expr.VerdictKind, chain string) {
 // capacity is 0, and returns the id by which later messages of the batch may
 // refer to it.
 func (b *batch) addSet(s *model.Set, capacity uint32) uint32 {
+	t, ok := setTypes[s.Kind]
+	if !ok {
+		b.fail(fmt.Errorf("set %s: no kernel type for kind %d", s.Name, s.Kind))
+		return 0
+	}
 	b.setID++
 	id := b.setID
-	ns := nftSet(s)
-	var flags uint32
-	if ns.Interval {
-		flags |= unix.NFT_SET_INTERVAL
-	}
-	if ns.IsMap {
-		flags |= unix.NFT_SET_MAP
-	}
-	if ns.Concatenation {
-		flags |= nftSetConcat
-	}
 	b.change(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE)
 	b.str(unix.NFTA_SET_TABLE, model.TableName)
 	b.str(unix.NFTA_SET_NAME, s.Name)
-	b.u32(unix.NFTA_SET_FLAGS, flags)
-	b.u32(unix.NFTA_SET_KEY_TYPE, ns.KeyType.GetNFTMagic())
-	b.u32(unix.NFTA_SET_KEY_LEN, ns.KeyType.Bytes)
+	b.u32(unix.NFTA_SET_FLAGS, t.flags())
+	b.u32(unix.NFTA_SET_KEY_TYPE, t.keyType())
+	b.u32(unix.NFTA_SET_KEY_LEN, t.keyLen())
 	b.u32(unix.NFTA_SET_ID, id)
-	if ns.IsMap {
+	if t.isMap {
 		b.u32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
-		b.u32(unix.NFTA_SET_DATA_LEN, ns.DataType.Bytes)
+		b.u32(unix.NFTA_SET_DATA_LEN, 0)
 	}
-	if ns.Concatenation || capacity != 0 {
+	if t.concat() || capacity != 0 {
 		desc := b.nest(unix.NFTA_SET_DESC)
 		if capacity != 0 {
 			b.u32(unix.NFTA_SET_DESC_SIZE, capacity)
 		}
-		b.concat(ns)
+		if t.concat() {
+			// The field lengths of the concatenated key.
+			concat := b.nest(nftaSetDescConcat)
+			for _, f := range t.fields {
+				field := b.nest(unix.NFTA_LIST_ELEM)
+				b.u32(nftaSetFieldLen, f.len)
+				b.end(field)
+			}
+			b.end(concat)
+		}
 		b.end(desc)
 	}
 	// The key's byte order, as nft records it (for nft list).
 	b.bytes(unix.NFTA_SET_USERDATA, setUserData)
 	b.close()
 	return id
-}
-
-// concat appends the field lengths of a concatenated key, if it is one.
-func (b *batch) concat(ns *nftables.Set) {
-	if ns.Concatenation {
-		concat := b.nest(nftables.NFTA_SET_DESC_CONCAT)
-		for _, f := range nftables.ConcatSetTypeElements(ns.KeyType) {
-			field := b.nest(unix.NFTA_LIST_ELEM)
-			b.u32(nftaSetFieldLen, f.Bytes)
-			b.end(field)
-		}
-		b.end(concat)
-	}
 }
 
 func (b *batch) delSet(name string) {
@@ -567,7 +574,7 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 	}
 	n := uint16(0)
 	open()
-	eachKernelElement(s.Kind, elems, func(e nftables.SetElement) {
+	err := eachKernelElement(s.Kind, elems, func(e kernelElement) {
 		if len(b.buf)-start > maxMessageBytes {
 			closeMsg()
 			open()
@@ -575,19 +582,24 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 		}
 		n++
 		at := b.nest(n)
-		if e.IntervalEnd {
+		if e.end {
 			b.u32(unix.NFTA_SET_ELEM_FLAGS, unix.NFT_SET_ELEM_INTERVAL_END)
 		}
-		b.value(unix.NFTA_SET_ELEM_KEY, e.Key)
-		if len(e.KeyEnd) > 0 {
-			b.value(nftables.NFTA_SET_ELEM_KEY_END, e.KeyEnd)
+		b.value(unix.NFTA_SET_ELEM_KEY, e.key)
+		if len(e.keyEnd) > 0 {
+			b.value(nftaSetElemKeyEnd, e.keyEnd)
 		}
-		if e.VerdictData != nil {
+		if e.verdict != nil {
+			// eachKernelElement checked the verdict.
+			code, _ := verdictCode(*e.verdict)
 			data := b.nest(unix.NFTA_SET_ELEM_DATA)
-			b.verdict(e.VerdictData.Kind, e.VerdictData.Chain)
+			b.verdict(code, e.verdict.Chain)
 			b.end(data)
 		}
 		b.end(at)
 	})
 	closeMsg()
+	if err != nil {
+		b.fail(fmt.Errorf("set %s: %w", s.Name, err))
+	}
 }

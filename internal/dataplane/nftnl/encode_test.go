@@ -15,13 +15,17 @@ import (
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/dptest"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/nfttest"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
-// kernelElements collects eachKernelElement's elements.
-func kernelElements(kind model.SetKind, elems []model.Element) []nftables.SetElement {
-	var out []nftables.SetElement
-	eachKernelElement(kind, elems, func(e nftables.SetElement) { out = append(out, e) })
+// libraryElements is nfttest.Elements, failing the test on an error.
+func libraryElements(t *testing.T, kind model.SetKind, elems []model.Element) []nftables.SetElement {
+	t.Helper()
+	out, err := nfttest.Elements(kind, elems)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return out
 }
 
@@ -30,7 +34,7 @@ func kernelElements(kind model.SetKind, elems []model.Element) []nftables.SetEle
 // reference the encoder is checked against.
 func libraryQueue(t *testing.T, c *nftables.Conn, o model.Op, setID uint32) {
 	t.Helper()
-	tab := nftTable()
+	tab := nfttest.Table()
 	chain := &nftables.Chain{Name: o.Name, Table: tab}
 	var err error
 	switch o.Kind {
@@ -39,31 +43,31 @@ func libraryQueue(t *testing.T, c *nftables.Conn, o model.Op, setID uint32) {
 	case model.OpFlushTable:
 		c.FlushTable(tab)
 	case model.OpAddChain:
-		c.AddChain(nftChain(o.Chain))
+		c.AddChain(nfttest.Chain(o.Chain))
 	case model.OpFlushChain:
 		c.FlushChain(chain)
 	case model.OpDelChain:
 		c.DelChain(chain)
 	case model.OpAddSet:
-		s := nftSet(o.Set)
+		s := nfttest.Set(o.Set)
 		s.ID, s.Size = setID, o.Capacity
 		if err = c.AddSet(s, nil); err == nil && len(o.Set.Elements) > 0 {
-			err = c.SetAddElements(s, kernelElements(o.Set.Kind, o.Set.Elements))
+			err = c.SetAddElements(s, libraryElements(t, o.Set.Kind, o.Set.Elements))
 		}
 	case model.OpFlushSet:
 		c.FlushSet(&nftables.Set{Table: tab, Name: o.Name})
 	case model.OpDelSet:
 		c.DelSet(&nftables.Set{Table: tab, Name: o.Name})
 	case model.OpAddElements:
-		err = c.SetAddElements(nftSet(o.Set), kernelElements(o.Set.Kind, o.Elems))
+		err = c.SetAddElements(nfttest.Set(o.Set), libraryElements(t, o.Set.Kind, o.Elems))
 	case model.OpDelElements:
-		err = c.SetDeleteElements(nftSet(o.Set), kernelElements(o.Set.Kind, o.Elems))
+		err = c.SetDeleteElements(nfttest.Set(o.Set), libraryElements(t, o.Set.Kind, o.Elems))
 	case model.OpAddRule, model.OpInsertRule:
-		exprs, cerr := compileRule(o.Rule)
+		exprs, cerr := nfttest.Rule(o.Rule)
 		if cerr != nil {
 			t.Fatal(cerr)
 		}
-		r := &nftables.Rule{Table: tab, Chain: chain, Exprs: exprs, UserData: ruleUserData(o.Rule)}
+		r := &nftables.Rule{Table: tab, Chain: chain, Exprs: exprs, UserData: nfttest.UserData(o.Rule)}
 		if o.Kind == model.OpInsertRule {
 			r.Position = o.Handle
 			c.InsertRule(r)
@@ -286,7 +290,7 @@ func TestEncodeLargeSet(t *testing.T) {
 				}
 			}
 		}
-		want := len(kernelElements(kind, s.Elements))
+		want := len(kernelElements(t, kind, s.Elements))
 		if elems != want || len(msgs) < 5 {
 			t.Fatalf("%s: %d elements in %d messages, want %d", kind, elems, len(msgs)-3, want)
 		}

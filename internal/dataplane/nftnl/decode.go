@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -24,9 +22,6 @@ type reader struct {
 	netns int // network namespace fd; 0 for the current one
 	nl    *netlink.Conn
 }
-
-// nftSetConcat is NFT_SET_CONCAT, which x/sys/unix lacks.
-const nftSetConcat = 0x80
 
 func (r *reader) close() {
 	if r.nl != nil {
@@ -101,25 +96,28 @@ func (r *reader) chains() ([]*model.Chain, error) {
 		if err != nil {
 			return nil, err
 		}
-		var nc nftables.Chain
-		var policy nftables.ChainPolicy
+		var name, typ string
+		var hooked, hasPolicy bool
+		var hook, policy uint32
+		var prio int32
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_CHAIN_NAME:
-				nc.Name = ad.String()
+				name = ad.String()
 			case unix.NFTA_CHAIN_TYPE:
-				nc.Type = nftables.ChainType(ad.String())
+				typ = ad.String()
 			case unix.NFTA_CHAIN_POLICY:
-				policy = nftables.ChainPolicy(ad.Uint32())
-				nc.Policy = &policy
+				policy, hasPolicy = ad.Uint32(), true
 			case unix.NFTA_CHAIN_HOOK:
+				hooked = true
 				ad.Nested(func(hd *netlink.AttributeDecoder) error {
+					hd.ByteOrder = binary.BigEndian
 					for hd.Next() {
 						switch hd.Type() {
 						case unix.NFTA_HOOK_HOOKNUM:
-							nc.Hooknum = nftables.ChainHookRef(nftables.ChainHook(hd.Uint32()))
+							hook = hd.Uint32()
 						case unix.NFTA_HOOK_PRIORITY:
-							nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(int32(hd.Uint32())))
+							prio = int32(hd.Uint32())
 						}
 					}
 					return nil
@@ -129,7 +127,7 @@ func (r *reader) chains() ([]*model.Chain, error) {
 		if err := ad.Err(); err != nil {
 			return nil, fmt.Errorf("decoding chain: %w", err)
 		}
-		out = append(out, modelChain(&nc))
+		out = append(out, kernelChain(name, hooked, typ, hook, prio, hasPolicy, policy))
 	}
 	return out, nil
 }
@@ -152,7 +150,7 @@ func (r *reader) rules(chain string) (map[string][]*model.Rule, error) {
 			return nil, err
 		}
 		var name, comment string
-		var exprs []expr.Any
+		var exprs []rawExpr
 		var exprErr error
 		var handle uint64
 		for ad.Next() {
@@ -162,7 +160,7 @@ func (r *reader) rules(chain string) (map[string][]*model.Rule, error) {
 			case unix.NFTA_RULE_HANDLE:
 				handle = ad.Uint64()
 			case unix.NFTA_RULE_USERDATA:
-				comment = ruleIDFromUserData(ad.Bytes())
+				comment = commentOf(ad.Bytes())
 			case unix.NFTA_RULE_EXPRESSIONS:
 				exprs, exprErr = parseExprs(ad.Bytes())
 			}
@@ -227,7 +225,7 @@ func (r *reader) sets() ([]*model.Set, error) {
 		if err := ad.Err(); err != nil {
 			return nil, fmt.Errorf("decoding set: %w", err)
 		}
-		kind := setKind(flags, keyType, keyLen, dataType)
+		kind := kindOf(flags, keyType, keyLen, dataType)
 		s := &model.Set{Name: name, Kind: kind, Capacity: capacity}
 		if kind == 0 {
 			s.KernelSig = fmt.Sprintf("flags %#x key %d/%d data %#x", flags, keyType, keyLen, dataType)
@@ -238,39 +236,21 @@ func (r *reader) sets() ([]*model.Set, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.Elements = ModelElements(kind, elems)
+		s.Elements = modelElements(kind, elems)
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b *model.Set) int { return cmp.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
-// setKind recognises the sets Render creates; 0 for anything else.
-func setKind(flags, keyType, keyLen, dataType uint32) model.SetKind {
-	const known = unix.NFT_SET_INTERVAL | unix.NFT_SET_MAP | nftSetConcat
-	if flags&^known != 0 {
-		return 0 // anonymous, constant, timeout, dynamic, object: not ours
-	}
-	interval := flags&unix.NFT_SET_INTERVAL != 0
-	isMap := flags&unix.NFT_SET_MAP != 0
-	for _, k := range []model.SetKind{model.SetIPv4, model.SetIPv6, model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapIPv4Verdict, model.MapIPv6Verdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapPortsVerdict} {
-		ns := nftSet(&model.Set{Kind: k})
-		if ns.Interval == interval && ns.IsMap == isMap && ns.KeyType.GetNFTMagic() == keyType && int(keyLen) == k.KeyLen() &&
-			(!isMap || dataType == unix.NFT_DATA_VERDICT) {
-			return k
-		}
-	}
-	return 0
-}
-
 // elements dumps the elements of one set, verdicts included.
-func (r *reader) elements(set string) ([]nftables.SetElement, error) {
+func (r *reader) elements(set string) ([]kernelElement, error) {
 	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, true,
 		strAttr(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName), strAttr(unix.NFTA_SET_ELEM_LIST_SET, set))
 	if err != nil {
 		return nil, fmt.Errorf("listing elements of set %s: %w", set, err)
 	}
-	var out []nftables.SetElement
+	var out []kernelElement
 	for _, m := range msgs {
 		ad, err := decoder(m)
 		if err != nil {
@@ -282,18 +262,26 @@ func (r *reader) elements(set string) ([]nftables.SetElement, error) {
 			}
 			ad.Nested(func(list *netlink.AttributeDecoder) error {
 				for list.Next() {
-					var e nftables.SetElement
+					var e kernelElement
 					list.Nested(func(el *netlink.AttributeDecoder) error {
+						el.ByteOrder = binary.BigEndian
 						for el.Next() {
 							switch el.Type() {
 							case unix.NFTA_SET_ELEM_KEY:
-								e.Key = dataValue(el)
-							case nftables.NFTA_SET_ELEM_KEY_END:
-								e.KeyEnd = dataValue(el)
+								e.key = dataValue(el)
+							case nftaSetElemKeyEnd:
+								e.keyEnd = dataValue(el)
 							case unix.NFTA_SET_ELEM_FLAGS:
-								e.IntervalEnd = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
+								e.end = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
 							case unix.NFTA_SET_ELEM_DATA:
-								e.VerdictData = dataVerdict(el)
+								// A verdict the decoder cannot read
+								// becomes one no rendered element
+								// has: drift, repaired by a rewrite.
+								v, ok := decodeVerdict(el.Bytes())
+								if !ok {
+									v = model.Verdict{Kind: "undecodable"}
+								}
+								e.verdict = &v
 							}
 						}
 						return nil
@@ -324,30 +312,22 @@ func dataValue(ad *netlink.AttributeDecoder) []byte {
 	return v
 }
 
-// dataVerdict reads the NFTA_DATA_VERDICT inside a nested data attribute.
-func dataVerdict(ad *netlink.AttributeDecoder) *expr.Verdict {
-	var v *expr.Verdict
-	ad.Nested(func(d *netlink.AttributeDecoder) error {
-		for d.Next() {
-			if d.Type() != unix.NFTA_DATA_VERDICT {
-				continue
-			}
-			v = &expr.Verdict{}
-			d.Nested(func(vd *netlink.AttributeDecoder) error {
-				for vd.Next() {
-					switch vd.Type() {
-					case unix.NFTA_VERDICT_CODE:
-						v.Kind = expr.VerdictKind(int32(vd.Uint32()))
-					case unix.NFTA_VERDICT_CHAIN:
-						v.Chain = vd.String()
-					}
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	return v
+// kernelChain describes a chain read from the kernel (without rules). Its
+// KernelSig says what the kernel holds; a chain nftguard would write
+// differently never matches the rendered one (model.Chain.Signature).
+func kernelChain(name string, hooked bool, typ string, hook uint32, prio int32, hasPolicy bool, policy uint32) *model.Chain {
+	c := &model.Chain{Name: name}
+	if !hooked {
+		c.KernelSig = "regular"
+		return c
+	}
+	pol := "accept"
+	if hasPolicy && policy == nfDrop {
+		pol = "drop"
+	}
+	c.Hook, c.Priority = hookName(hook), prio
+	c.KernelSig = fmt.Sprintf("type %s hook %s priority %d policy %s", typ, c.Hook, prio, pol)
+	return c
 }
 
 // readTable reads the whole table, or returns nil when it does not exist.

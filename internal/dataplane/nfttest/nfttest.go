@@ -1,10 +1,13 @@
-package nftnl
+// Package nfttest translates the model into github.com/google/nftables
+// objects, for tests only: the encoder's equivalence test builds the same
+// changes through that library and compares the messages, and benchmarks
+// compare the encoder with the library's Conn.Flush. The product path never
+// uses it.
+package nfttest
 
 import (
-	"bytes"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -15,12 +18,8 @@ import (
 	"github.com/nftguard/nftguard/internal/dataplane/model"
 )
 
-// This file translates the model to and from github.com/google/nftables
-// types: rule statements to expressions, sets to set definitions, and
-// elements to the kernel's element encoding.
-
-// nftTable is table inet nftguard.
-func nftTable() *nftables.Table {
+// Table is table inet nftguard.
+func Table() *nftables.Table {
 	return &nftables.Table{Name: model.TableName, Family: nftables.TableFamilyINet}
 }
 
@@ -78,11 +77,11 @@ func familyCheck(f model.Family) []expr.Any {
 	}
 }
 
-// compileRule returns a rule's expressions.
-func compileRule(r *model.Rule) ([]expr.Any, error) {
+// Rule returns a rule's expressions.
+func Rule(r *model.Rule) ([]expr.Any, error) {
 	var out []expr.Any
 	for _, s := range r.Stmts {
-		e, err := compileStmt(s)
+		e, err := Stmt(s)
 		if err != nil {
 			return nil, fmt.Errorf("rule %q: %w", r.String(), err)
 		}
@@ -91,7 +90,7 @@ func compileRule(r *model.Rule) ([]expr.Any, error) {
 	return out, nil
 }
 
-func compileStmt(s model.Stmt) ([]expr.Any, error) {
+func Stmt(s model.Stmt) ([]expr.Any, error) {
 	switch s := s.(type) {
 	case model.CtState:
 		// ct state established,related (or: ct state invalid)
@@ -206,15 +205,7 @@ func compileStmt(s model.Stmt) ([]expr.Any, error) {
 	return nil, fmt.Errorf("no expressions for %T", s)
 }
 
-func nftVerdict(v model.Verdict) (*expr.Verdict, error) {
-	kind, err := verdictKind(v)
-	if err != nil {
-		return nil, err
-	}
-	return &expr.Verdict{Kind: kind, Chain: v.Chain}, nil
-}
-
-// verdictKind returns the kernel's code of a verdict.
+// verdictKind returns the library's code of a verdict.
 func verdictKind(v model.Verdict) (expr.VerdictKind, error) {
 	switch v.Kind {
 	case model.VerdictAccept:
@@ -231,30 +222,17 @@ func verdictKind(v model.Verdict) (expr.VerdictKind, error) {
 	return 0, fmt.Errorf("unknown verdict %q", v.Kind)
 }
 
-func modelVerdict(v *expr.Verdict) *model.Verdict {
-	switch v.Kind {
-	case expr.VerdictAccept:
-		return &model.Verdict{Kind: model.VerdictAccept}
-	case expr.VerdictDrop:
-		return &model.Verdict{Kind: model.VerdictDrop}
-	case expr.VerdictReturn:
-		return &model.Verdict{Kind: model.VerdictReturn}
-	case expr.VerdictJump:
-		return &model.Verdict{Kind: model.VerdictJump, Chain: v.Chain}
-	case expr.VerdictGoto:
-		return &model.Verdict{Kind: model.VerdictGoto, Chain: v.Chain}
+func nftVerdict(v model.Verdict) (*expr.Verdict, error) {
+	kind, err := verdictKind(v)
+	if err != nil {
+		return nil, err
 	}
-	return &model.Verdict{Kind: model.VerdictKind(fmt.Sprintf("verdict(%d)", v.Kind))}
+	return &expr.Verdict{Kind: kind, Chain: v.Chain}, nil
 }
 
-// ruleUserData is the comment the kernel copy of a rule carries: its id.
-func ruleUserData(r *model.Rule) []byte {
+// UserData is the comment the kernel copy of a rule carries: its id.
+func UserData(r *model.Rule) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, r.ID())
-}
-
-func ruleIDFromUserData(b []byte) string {
-	s, _ := userdata.GetString(b, userdata.TypeComment)
-	return strings.TrimRight(s, "\x00")
 }
 
 // Set types as google/nftables declares them.
@@ -266,9 +244,9 @@ var (
 	typeTagged6   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIP6Addr)
 )
 
-// nftSet returns the definition of a set (without elements).
-func nftSet(s *model.Set) *nftables.Set {
-	ns := &nftables.Set{Table: nftTable(), Name: s.Name, KeyByteOrder: binaryutil.BigEndian}
+// Set returns the definition of a set (without elements).
+func Set(s *model.Set) *nftables.Set {
+	ns := &nftables.Set{Table: Table(), Name: s.Name, KeyByteOrder: binaryutil.BigEndian}
 	switch s.Kind {
 	case model.SetIPv4:
 		ns.KeyType = nftables.TypeIPAddr
@@ -299,95 +277,37 @@ func nftSet(s *model.Set) *nftables.Set {
 	return ns
 }
 
-// eachKernelElement calls fn with each element as the kernel stores it.
+// eachElement calls fn with each element as the kernel stores it.
 // Interval sets of one field are stored as a start element and, unless the
 // range runs to the last address, an end element one past the range
 // flagged IntervalEnd; concatenated interval sets take the inclusive end as
 // KeyEnd.
-func eachKernelElement(kind model.SetKind, elems []model.Element, fn func(nftables.SetElement)) {
+func eachElement(kind model.SetKind, elems []model.Element, fn func(nftables.SetElement)) error {
 	for i := range elems {
 		e := &elems[i]
+		var v *expr.Verdict
+		if kind.IsMap() {
+			if e.Verdict == nil {
+				return fmt.Errorf("map element %x has no verdict", e.Key)
+			}
+			var err error
+			if v, err = nftVerdict(*e.Verdict); err != nil {
+				return err
+			}
+		}
 		switch {
 		case kind.IsRBTree():
 			fn(nftables.SetElement{Key: e.Key})
 			if next, ok := increment(e.KeyEnd); ok {
 				fn(nftables.SetElement{Key: next, IntervalEnd: true})
 			}
-		case kind == model.SetPorts:
-			fn(nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
-		case kind == model.MapPortsVerdict:
-			v := &expr.Verdict{Kind: expr.VerdictDrop}
-			if e.Verdict != nil {
-				if nv, err := nftVerdict(*e.Verdict); err == nil {
-					v = nv
-				}
-			}
+		case kind == model.SetPorts || kind == model.MapPortsVerdict:
 			fn(nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, VerdictData: v})
-		case e.Verdict != nil:
-			v, err := nftVerdict(*e.Verdict)
-			if err != nil {
-				v = &expr.Verdict{Kind: expr.VerdictDrop}
-			}
-			fn(nftables.SetElement{Key: e.Key, VerdictData: v})
 		default:
-			fn(nftables.SetElement{Key: e.Key})
+			fn(nftables.SetElement{Key: e.Key, VerdictData: v})
 		}
 	}
-}
-
-// ModelElements decodes elements read from the kernel.
-func ModelElements(kind model.SetKind, elems []nftables.SetElement) []model.Element {
-	if !kind.IsRBTree() {
-		out := make([]model.Element, 0, len(elems))
-		for _, e := range elems {
-			m := model.Element{Key: e.Key}
-			if kind == model.SetPorts || kind == model.MapPortsVerdict {
-				m.KeyEnd = e.KeyEnd
-				if m.KeyEnd == nil {
-					m.KeyEnd = e.Key
-				}
-			}
-			if e.VerdictData != nil {
-				m.Verdict = modelVerdict(e.VerdictData)
-			}
-			out = append(out, m)
-		}
-		slices.SortFunc(out, func(a, b model.Element) int { return model.CompareElements(&a, &b) })
-		return out
-	}
-	// Pair starts with the end element that follows them. At one key an
-	// end sorts before a start (the end of the range below).
-	sorted := slices.Clone(elems)
-	slices.SortFunc(sorted, func(a, b nftables.SetElement) int {
-		if c := bytes.Compare(a.Key, b.Key); c != 0 {
-			return c
-		}
-		switch {
-		case a.IntervalEnd == b.IntervalEnd:
-			return 0
-		case a.IntervalEnd:
-			return -1
-		}
-		return 1
-	})
-	var out []model.Element
-	var start []byte
-	for _, e := range sorted {
-		switch {
-		case !e.IntervalEnd:
-			if start != nil { // a start without an end: keep it as one address
-				out = append(out, model.Element{Key: start, KeyEnd: start})
-			}
-			start = e.Key
-		case start != nil:
-			out = append(out, model.Element{Key: start, KeyEnd: decrement(e.Key)})
-			start = nil
-		}
-	}
-	if start != nil { // runs to the last address
-		out = append(out, model.Element{Key: start, KeyEnd: bytes.Repeat([]byte{0xff}, len(start))})
-	}
-	return out
+	return nil
 }
 
 // increment returns b+1 as a big-endian number, and false when b is all ones.
@@ -402,24 +322,9 @@ func increment(b []byte) ([]byte, bool) {
 	return nil, false
 }
 
-func decrement(b []byte) []byte {
-	out := slices.Clone(b)
-	for i := len(out) - 1; i >= 0; i-- {
-		out[i]--
-		if out[i] != 0xff {
-			break
-		}
-	}
-	return out
-}
-
-// elementBytes estimates the netlink size of an element (attribute headers
-// and padding included), to keep messages and batches bounded.
-func align4(n int) int { return (n + 3) &^ 3 }
-
-// nftChain returns the definition of a chain.
-func nftChain(c *model.Chain) *nftables.Chain {
-	nc := &nftables.Chain{Name: c.Name, Table: nftTable()}
+// Chain returns the definition of a chain.
+func Chain(c *model.Chain) *nftables.Chain {
+	nc := &nftables.Chain{Name: c.Name, Table: Table()}
 	if c.IsBase() {
 		policy := nftables.ChainPolicyAccept
 		nc.Type = nftables.ChainTypeFilter
@@ -437,31 +342,9 @@ func nftChain(c *model.Chain) *nftables.Chain {
 	return nc
 }
 
-// modelChain describes a chain read from the kernel (without rules).
-func modelChain(nc *nftables.Chain) *model.Chain {
-	c := &model.Chain{Name: nc.Name}
-	if nc.Hooknum == nil {
-		c.KernelSig = "regular"
-		return c
-	}
-	policy := "accept"
-	if nc.Policy != nil && *nc.Policy == nftables.ChainPolicyDrop {
-		policy = "drop"
-	}
-	var prio int32
-	if nc.Priority != nil {
-		prio = int32(*nc.Priority)
-	}
-	hook := fmt.Sprintf("hook%d", *nc.Hooknum)
-	switch *nc.Hooknum {
-	case *nftables.ChainHookForward:
-		hook = string(model.HookForward)
-	case *nftables.ChainHookInput:
-		hook = string(model.HookInput)
-	case *nftables.ChainHookOutput:
-		hook = string(model.HookOutput)
-	}
-	c.Hook, c.Priority = model.Hook(hook), prio
-	c.KernelSig = fmt.Sprintf("type %s hook %s priority %d policy %s", nc.Type, hook, prio, policy)
-	return c
+// Elements returns elements as the library encodes them.
+func Elements(kind model.SetKind, elems []model.Element) ([]nftables.SetElement, error) {
+	var out []nftables.SetElement
+	err := eachElement(kind, elems, func(e nftables.SetElement) { out = append(out, e) })
+	return out, err
 }
