@@ -88,30 +88,6 @@ func TestTagCollision(t *testing.T) {
 	check(t, tcpProbe("c->b:81", c.ns, b.ip4, 81, true), tcpProbe("a->b:80", a.ns, b.ip4, 80, false))
 }
 
-// TestMergeSorted merges runs of interleaved keys (shards of a group).
-func TestMergeSorted(t *testing.T) {
-	var runs [][]model.Element
-	var all []model.Element
-	for r := range 5 {
-		var run []model.Element
-		// Disjoint, interleaved, of different lengths.
-		for i := r; i < 400; i += 5 {
-			if (i/5)%(r+1) != 0 {
-				continue
-			}
-			e := model.Element{Key: []byte{byte(i >> 8), byte(i)}}
-			run = append(run, e)
-			all = append(all, e)
-		}
-		runs = append(runs, run)
-	}
-	runs = append(runs, nil)
-	got := render.MergeSorted(runs)
-	if len(got) != len(all) || !model.SortedElements(got) {
-		t.Fatalf("merged %d of %d elements, sorted %v", len(got), len(all), model.SortedElements(got))
-	}
-}
-
 // TestShardedGroup: the shards of a group share the group's tag, so a rule
 // referencing all of them has one line per family, and the shared set holds
 // their members in order; packets from members of every shard pass.

@@ -88,3 +88,27 @@ func TestRenderedSetsAreSorted(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeSorted merges runs of interleaved keys (shards of a group).
+func TestMergeSorted(t *testing.T) {
+	var runs [][]model.Element
+	var all []model.Element
+	for r := range 5 {
+		var run []model.Element
+		// Disjoint, interleaved, of different lengths.
+		for i := r; i < 400; i += 5 {
+			if (i/5)%(r+1) != 0 {
+				continue
+			}
+			e := model.Element{Key: []byte{byte(i >> 8), byte(i)}}
+			run = append(run, e)
+			all = append(all, e)
+		}
+		runs = append(runs, run)
+	}
+	runs = append(runs, nil)
+	got := mergeSorted(runs)
+	if len(got) != len(all) || !model.SortedElements(got) {
+		t.Fatalf("merged %d of %d elements, sorted %v", len(got), len(all), model.SortedElements(got))
+	}
+}
