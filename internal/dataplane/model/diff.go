@@ -173,7 +173,7 @@ func ElemsString(k SetKind, es []Element) string {
 func Diff(cur, want *Table) *Plan { return DiffSized(cur, want, nil) }
 
 // DiffSized is diff for the Programmer, which declares the size of the
-// shared sets (see setCapacity): capacity returns the size a set of cur was
+// shared sets (see SetCapacity): capacity returns the size a set of cur was
 // created with (0: none). A set too small for its change is replaced, which
 // rewrites every rule (in the same transaction); it happens each time a
 // shared set outgrows the double of its size when it was made.
@@ -217,7 +217,7 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 		if k.Kind != s.Kind || k.KernelSig != "" {
 			p.Rebuild = true
 		}
-		if capacity == nil || !s.Kind.Sized() || k == s {
+		if capacity == nil || !s.Kind.Sized() || k == s || s.CoOwned {
 			continue
 		}
 		c := capacity(k.Name)
@@ -248,6 +248,8 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 			case s == nil || s.Kind != k.Kind || k.KernelSig != "" || small[k.Name]:
 				p.Ops = append(p.Ops, Op{Kind: OpDelSet, Name: k.Name})
 				delete(curSets, k.Name)
+			case s.CoOwned:
+				// Another writer's elements stay.
 			case k.Kind.IsMap() && len(k.Elements) > 0:
 				// Its elements may point at chains deleted below.
 				p.Ops = append(p.Ops, Op{Kind: OpFlushSet, Name: k.Name, Set: k})
@@ -281,9 +283,10 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 	var dels, refills, adds []Op
 	for _, s := range want.Sets {
 		k := curSets[s.Name]
-		if k == nil || k == s {
+		if k == nil || k == s || s.CoOwned {
 			// New, or the very set applied last time (a Renderer reuses
-			// the sets of unchanged groups).
+			// the sets of unchanged groups), or another writer's
+			// elements.
 			continue
 		}
 		var removed, added []Element

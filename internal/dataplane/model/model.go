@@ -49,7 +49,7 @@ type Chain struct {
 	Priority int32
 	Rules    []*Rule
 
-	// sig describes a chain read from the kernel; see signature.
+	// KernelSig describes a chain read from the kernel; see Signature.
 	KernelSig string
 }
 
@@ -103,11 +103,20 @@ type Set struct {
 	Kind     SetKind
 	Elements []Element
 
-	// sig describes a set read from the kernel whose type nftguard does not
-	// know; such a set never matches a rendered one.
+	// CoOwned marks a set that another writer fills (a CNI plugin, say):
+	// nftguard declares it and creates it when it is missing, with
+	// Elements as its first elements, but the elements in the kernel are
+	// the other writer's. Diffs never add or remove them, a drift check
+	// never reports them, and a rebuild neither flushes nor deletes the
+	// set; only a set of the wrong kind is replaced (it could not be used
+	// as declared).
+	CoOwned bool
+
+	// KernelSig describes a set read from the kernel whose type nftguard
+	// does not know; such a set never matches a rendered one.
 	KernelSig string
 	// Capacity is the size a set read from the kernel was created with
-	// (0: none, no limit); see setCapacity.
+	// (0: none, no limit); see SetCapacity.
 	Capacity uint32
 }
 
@@ -307,7 +316,7 @@ func (k SetKind) IsRBTree() bool { return k == SetIPv4Interval || k == SetIPv6In
 // kernel allocates a set's hash table once; without one it starts at four
 // buckets and doubles it about a dozen times while a cold start adds the
 // elements (13% of a cold start). The kernel refuses elements beyond the
-// size, so the Programmer replaces a set before it could fill (diffSized).
+// size, so the Programmer replaces a set before it could fill (DiffSized).
 func (k SetKind) Sized() bool { return k == SetTaggedIPv4 || k == SetTaggedIPv6 }
 
 // MinSetCapacity is the smallest size a sized set is declared with.

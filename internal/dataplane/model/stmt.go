@@ -5,7 +5,7 @@ import (
 )
 
 // Stmt is one match or statement of a rule. Its text is nft syntax; the
-// expressions it compiles to are in nft.go (compileStmt).
+// encoding is package nftnl's (its batch encoder and decoder).
 type Stmt interface {
 	text() string
 	// appendText appends the text to b: rule ids hash the text of many
