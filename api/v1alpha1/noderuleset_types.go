@@ -4,10 +4,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ConditionProgrammed is the NodeRuleSet condition its agent sets: True when
-// the node's nftables table holds the rule set of status.observedGeneration.
-const ConditionProgrammed = "Programmed"
-
 // Direction is the direction of traffic a rule or an isolation applies to,
 // seen from the local pod.
 // +kubebuilder:validation:Enum=Ingress;Egress

@@ -144,9 +144,9 @@ func (o *options) policyKey(arg string) (string, error) {
 	}
 	switch strings.ToLower(kind) {
 	case "dd", "defaultdeny", "defaultdenies", "defaultdeny.nftguard.io":
-		return "DefaultDeny/" + name, nil
+		return v1alpha1.DefaultDenyKey(name), nil
 	case "networkpolicy", "networkpolicies", "netpol", "networkpolicy.networking.k8s.io":
-		return "NetworkPolicy/" + o.namespace() + "/" + name, nil
+		return v1alpha1.NetworkPolicyKey(o.namespace(), name), nil
 	}
 	return "", usagef("%q is neither a NetworkPolicy nor dd/NAME", arg)
 }
@@ -210,10 +210,10 @@ func statuses(s *snapshot, want string) []PolicyStatus {
 	}
 	for i := range s.dds.Items {
 		dd := &s.dds.Items[i]
-		add("DefaultDeny/"+dd.Name, string(cmp.Or(dd.Spec.Mode, v1alpha1.ModeEnforce)), dd.Generation, dd)
+		add(v1alpha1.DefaultDenyKey(dd.Name), string(cmp.Or(dd.Spec.Mode, v1alpha1.ModeEnforce)), dd.Generation, dd)
 	}
 	for _, np := range s.nps.Items {
-		add("NetworkPolicy/"+np.Namespace+"/"+np.Name, "Enforce", np.Generation, nil)
+		add(v1alpha1.NetworkPolicyKey(np.Namespace, np.Name), "Enforce", np.Generation, nil)
 	}
 	slices.SortFunc(out, func(a, b PolicyStatus) int { return cmp.Compare(a.Policy, b.Policy) })
 	return out
@@ -227,7 +227,7 @@ func progress(rs *v1alpha1.NodeRuleSet) NodeProgress {
 		p.Message = "no report from the node's agent yet"
 	case c.Status == metav1.ConditionTrue && c.ObservedGeneration == rs.Generation && rs.Status.ObservedGeneration == rs.Generation:
 		p.State = "Programmed"
-	case c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled:
+	case c.Status == metav1.ConditionFalse && c.Reason == v1alpha1.ReasonUninstalled:
 		p.State, p.Message = "Uninstalled", c.Message
 	case c.Status == metav1.ConditionFalse:
 		p.State, p.Message = "Failed", c.Reason+": "+c.Message

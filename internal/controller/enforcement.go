@@ -89,33 +89,24 @@ func aggregate(span compiler.PolicySpan, nodes map[string]NodeState) Enforcement
 	return e
 }
 
-// Condition reasons of DefaultDeny's Enforced condition.
-const (
-	ReasonEnforced        = "Enforced"
-	ReasonNoSelectedPods  = "NoSelectedPods"
-	ReasonProgramming     = "Programming"
-	ReasonProgramFailed   = "ProgramFailed"
-	ReasonRuleSetTooLarge = "RuleSetTooLarge"
-)
-
 // enforcedCondition is the Enforced condition for an aggregate.
 func enforcedCondition(e Enforcement, generation int64) metav1.Condition {
 	c := metav1.Condition{Type: v1alpha1.ConditionEnforced, ObservedGeneration: generation}
 	switch {
 	case len(e.TooLarge) > 0:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonRuleSetTooLarge
+		c.Status, c.Reason = metav1.ConditionFalse, v1alpha1.ReasonRuleSetTooLarge
 		c.Message = fmt.Sprintf("Rule set or one of its address groups exceeds the object size limit on %s; those nodes keep their previous rules", list(e.TooLarge))
 	case len(e.Failed) > 0:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonProgramFailed
+		c.Status, c.Reason = metav1.ConditionFalse, v1alpha1.ReasonProgramFailed
 		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
 	case e.Desired == 0:
-		c.Status, c.Reason = metav1.ConditionTrue, ReasonNoSelectedPods
+		c.Status, c.Reason = metav1.ConditionTrue, v1alpha1.ReasonNoSelectedPods
 		c.Message = "Selects no pods"
 	case e.Enforced < e.Desired:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonProgramming
+		c.Status, c.Reason = metav1.ConditionFalse, v1alpha1.ReasonProgramming
 		c.Message = fmt.Sprintf("Programmed on %d of %d nodes; waiting for %s", e.Enforced, e.Desired, list(e.Pending))
 	default:
-		c.Status, c.Reason = metav1.ConditionTrue, ReasonEnforced
+		c.Status, c.Reason = metav1.ConditionTrue, v1alpha1.ReasonEnforced
 		c.Message = fmt.Sprintf("Programmed on all %d nodes hosting its %d pods", e.Desired, e.SelectedPods)
 	}
 	return c

@@ -61,12 +61,12 @@ func TestEnforcedCondition(t *testing.T) {
 		message string
 		counts  string
 	}{
-		{"all enforced", []string{"ok"}, metav1.ConditionTrue, ReasonEnforced, "Programmed on all 1 nodes hosting its 2 pods", "1/1"},
-		{"nothing selected", nil, metav1.ConditionTrue, ReasonNoSelectedPods, "Selects no pods", "0/0"},
-		{"waiting", []string{"ok", "pending"}, metav1.ConditionFalse, ReasonProgramming, "Programmed on 1 of 2 nodes; waiting for pending", "1/2"},
-		{"failure wins over waiting", []string{"pending", "failed"}, metav1.ConditionFalse, ReasonProgramFailed, "Agent failed to program 1 of 2 nodes: failed: no table", "0/2"},
-		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, ReasonRuleSetTooLarge, "Rule set or one of its address groups exceeds the object size limit on big; those nodes keep their previous rules", "0/2"},
-		{"unknown node counts as pending", []string{"gone"}, metav1.ConditionFalse, ReasonProgramming, "Programmed on 0 of 1 nodes; waiting for gone", "0/1"},
+		{"all enforced", []string{"ok"}, metav1.ConditionTrue, v1alpha1.ReasonEnforced, "Programmed on all 1 nodes hosting its 2 pods", "1/1"},
+		{"nothing selected", nil, metav1.ConditionTrue, v1alpha1.ReasonNoSelectedPods, "Selects no pods", "0/0"},
+		{"waiting", []string{"ok", "pending"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 1 of 2 nodes; waiting for pending", "1/2"},
+		{"failure wins over waiting", []string{"pending", "failed"}, metav1.ConditionFalse, v1alpha1.ReasonProgramFailed, "Agent failed to program 1 of 2 nodes: failed: no table", "0/2"},
+		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, v1alpha1.ReasonRuleSetTooLarge, "Rule set or one of its address groups exceeds the object size limit on big; those nodes keep their previous rules", "0/2"},
+		{"unknown node counts as pending", []string{"gone"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 0 of 1 nodes; waiting for gone", "0/1"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -313,7 +313,7 @@ func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[s
 		if size > r.maxBytes() {
 			r.oversized["NodeRuleSet/"+name] = size
 			logger.Error(nil, "Rule set exceeds the object size limit; the node keeps its last rule set", "node", name, "bytes", size, "limit", r.maxBytes())
-			r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "RuleSetTooLarge", "Compile",
+			r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, v1alpha1.ReasonRuleSetTooLarge, "Compile",
 				"Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", size, r.maxBytes())
 			if cur != nil {
 				for _, g := range cur.Spec.AddressGroups {
@@ -382,7 +382,7 @@ func (r *RuleSetReconciler) reportOversizedGroup(ctx context.Context, group stri
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
 			continue
 		}
-		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "AddressGroupTooLarge", "Compile",
+		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, v1alpha1.ReasonAddressGroupTooLarge, "Compile",
 			"Address group %s is %d bytes, above the %d-byte object limit; its membership is not updated", group, size, r.maxBytes())
 	}
 }
@@ -590,7 +590,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}, func(o client.Object) { r.engine.DeleteNode(o.GetName()) })
 	nps := r.feed(func(o client.Object) {
 		r.engine.UpsertNetworkPolicy(o.(*networkingv1.NetworkPolicy))
-		r.pendingGens["NetworkPolicy/"+o.GetNamespace()+"/"+o.GetName()] = o.GetGeneration()
+		r.pendingGens[v1alpha1.NetworkPolicyKey(o.GetNamespace(), o.GetName())] = o.GetGeneration()
 	}, func(o client.Object) { r.engine.DeleteNetworkPolicy(o.GetNamespace(), o.GetName()) })
 	dds := r.feed(func(o client.Object) {
 		if !o.GetDeletionTimestamp().IsZero() {
@@ -598,7 +598,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return
 		}
 		r.engine.UpsertDefaultDeny(o.(*v1alpha1.DefaultDeny))
-		r.pendingGens["DefaultDeny/"+o.GetName()] = o.GetGeneration()
+		r.pendingGens[v1alpha1.DefaultDenyKey(o.GetName())] = o.GetGeneration()
 	}, func(o client.Object) { r.engine.DeleteDefaultDeny(o.GetName()) })
 	ruleSets := r.feed(func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} },
 		func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} })

@@ -111,7 +111,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	}
 	for i := range dds.Items {
 		dd := &dds.Items[i]
-		key := "DefaultDeny/" + dd.Name
+		key := v1alpha1.DefaultDenyKey(dd.Name)
 		gen, ok := r.State.generations[key]
 		if !ok || gen != dd.Generation {
 			continue // not compiled yet; the compile that includes it notifies us
@@ -154,7 +154,7 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 		np := &nps[i]
 		id := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
 		seen[id] = true
-		key := "NetworkPolicy/" + np.Namespace + "/" + np.Name
+		key := v1alpha1.NetworkPolicyKey(np.Namespace, np.Name)
 		if gen, ok := r.State.generations[key]; !ok || gen != np.Generation {
 			continue
 		}
@@ -162,13 +162,13 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 		var typ, reason, note string
 		switch {
 		case len(e.TooLarge) > 0:
-			typ, reason = corev1.EventTypeWarning, ReasonRuleSetTooLarge
+			typ, reason = corev1.EventTypeWarning, v1alpha1.ReasonRuleSetTooLarge
 			note = fmt.Sprintf("Not enforced on %s: the node's rule set or one of its address groups exceeds the object size limit", list(e.TooLarge))
 		case len(e.Failed) > 0:
-			typ, reason = corev1.EventTypeWarning, ReasonProgramFailed
+			typ, reason = corev1.EventTypeWarning, v1alpha1.ReasonProgramFailed
 			note = fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
 		case e.Desired > 0 && e.Enforced == e.Desired:
-			typ, reason = corev1.EventTypeNormal, ReasonEnforced
+			typ, reason = corev1.EventTypeNormal, v1alpha1.ReasonEnforced
 			note = fmt.Sprintf("Enforced on all %d nodes hosting its %d selected pods (generation %d)", e.Desired, e.SelectedPods, np.Generation)
 		default:
 			continue // nothing selected, or still programming: nothing new to say

@@ -290,7 +290,7 @@ func (x *index) side(p *corev1.Pod, dir v1alpha1.Direction, pkt packet) Side {
 	s.Node = ref.node
 	if uninstalled(ref.rs) {
 		s.Allowed = true
-		s.Reason = fmt.Sprintf("node %s deleted its nftguard table for uninstall (annotation %s): it filters no traffic", ref.node, uninstallAnnotation)
+		s.Reason = fmt.Sprintf("node %s deleted its nftguard table for uninstall (annotation %s): it filters no traffic", ref.node, v1alpha1.UninstallAnnotation)
 		return s
 	}
 	s.Notes = programNotes(ref.rs)
@@ -477,20 +477,12 @@ func blockContains(b *v1alpha1.IPBlock, ip netip.Addr) bool {
 	return true
 }
 
-// The agent's side of uninstall (agent.UninstallAnnotation and
-// agent.ReasonUninstalled; this package does not import the agent, which
-// only builds on Linux).
-const (
-	uninstallAnnotation = "nftguard.io/uninstall"
-	reasonUninstalled   = "Uninstalled"
-)
-
 // uninstalled reports whether the node's agent has deleted its table for
 // uninstall: it then enforces nothing, whatever its rule set says, until it
 // programs the rule set again (and reports Programmed=True).
 func uninstalled(rs *v1alpha1.NodeRuleSet) bool {
 	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	return c != nil && c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled
+	return c != nil && c.Status == metav1.ConditionFalse && c.Reason == v1alpha1.ReasonUninstalled
 }
 
 func programNotes(rs *v1alpha1.NodeRuleSet) []string {
