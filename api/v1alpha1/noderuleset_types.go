@@ -42,6 +42,33 @@ type NodeRuleSetSpec struct {
 	// +optional
 	// +listType=set
 	AddressGroups []string `json:"addressGroups,omitempty"`
+	// unwritten, when set, says that the controller's latest compile for the
+	// node is not fully written: the node's rule set (reason
+	// RuleSetTooLarge; the rest of this spec is then the last one that fit)
+	// or address groups it references (reason AddressGroupTooLarge) exceed
+	// the object size limit. The agent programs the rest of the spec as
+	// usual; the node does not enforce the latest policies until this is
+	// cleared.
+	// +optional
+	Unwritten *Unwritten `json:"unwritten,omitempty"`
+}
+
+// Unwritten is compiled output the controller could not write because it
+// exceeds the object size limit.
+type Unwritten struct {
+	// reason is RuleSetTooLarge or AddressGroupTooLarge.
+	// +kubebuilder:validation:Enum=RuleSetTooLarge;AddressGroupTooLarge
+	Reason string `json:"reason"`
+	// bytes is the size of the serialized spec that was not written (the
+	// largest, for several address groups).
+	Bytes int64 `json:"bytes"`
+	// limit is the controller's object size limit in bytes.
+	Limit int64 `json:"limit"`
+	// addressGroups names the address groups not written (reason
+	// AddressGroupTooLarge), sorted.
+	// +optional
+	// +listType=set
+	AddressGroups []string `json:"addressGroups,omitempty"`
 }
 
 // LocalPod is a pod on the node and the isolation of each of its directions.
@@ -171,6 +198,7 @@ type NodeRuleSetStatus struct {
 // +kubebuilder:printcolumn:name="Programmed",type=string,JSONPath=`.status.conditions[?(@.type=="Programmed")].status`
 // +kubebuilder:printcolumn:name="Drops",type=integer,JSONPath=`.status.drops`,priority=1
 // +kubebuilder:printcolumn:name="Elements",type=integer,JSONPath=`.status.setElements`,priority=1
+// +kubebuilder:printcolumn:name="Unwritten",type=string,JSONPath=`.spec.unwritten.reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type NodeRuleSet struct {
 	metav1.TypeMeta   `json:",inline"`
