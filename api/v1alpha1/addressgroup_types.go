@@ -57,10 +57,12 @@ type AddressGroupStatus struct {
 }
 
 // AddressGroup is a shared, deduplicated set of peer addresses referenced by
-// NodeRuleSets.
+// NodeRuleSets. It is an internal detail with hashed names, so it is not in
+// the nftguard category: `kubectl get nftguard` lists DefaultDenies and
+// NodeRuleSets, `kubectl get ag` lists the groups.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:scope=Cluster,shortName=ag,categories=nftguard
+// +kubebuilder:resource:scope=Cluster,shortName=ag
 // +kubebuilder:printcolumn:name="Namespace",type=string,JSONPath=`.spec.namespace`
 // +kubebuilder:printcolumn:name="Port",type=string,JSONPath=`.spec.namedPort.name`
 // +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.size`

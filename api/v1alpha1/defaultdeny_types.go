@@ -16,10 +16,6 @@ const (
 	ModeAudit DefaultDenyMode = "Audit"
 )
 
-// ConditionEnforced is the DefaultDeny condition that is True when every node
-// hosting a selected pod has programmed the current rule set.
-const ConditionEnforced = "Enforced"
-
 // DefaultDenySpec selects pods to isolate and the baseline traffic they keep.
 // +kubebuilder:validation:XValidation:rule="!has(self.allowedIngress) || size(self.allowedIngress) == 0 || 'Ingress' in self.policyTypes",message="allowedIngress requires Ingress in policyTypes"
 // +kubebuilder:validation:XValidation:rule="!has(self.allowedEgress) || size(self.allowedEgress) == 0 || 'Egress' in self.policyTypes",message="allowedEgress requires Egress in policyTypes"

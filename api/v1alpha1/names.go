@@ -6,6 +6,12 @@ import "strings"
 // makes it: "ag-" and 16 hex digits.
 const groupNameLen = 3 + 16
 
+// IsAddressGroupName reports whether name has the form of a group's name as
+// the controller makes it ("ag-" and 16 hex digits), not of a shard's.
+func IsAddressGroupName(name string) bool {
+	return len(name) == groupNameLen && strings.HasPrefix(name, "ag-")
+}
+
 // LogicalAddressGroup returns the name of the group an AddressGroup object
 // belongs to. The controller splits a group with many members into shards
 // named <group>-<count>-<index>; every shard of a group carries the same
@@ -17,3 +23,13 @@ func LogicalAddressGroup(name string) string {
 	}
 	return name
 }
+
+// NetworkPolicyKey names a NetworkPolicy as rule sets, drop log lines,
+// events and the plugin do: "NetworkPolicy/<namespace>/<name>".
+func NetworkPolicyKey(namespace, name string) string {
+	return "NetworkPolicy/" + namespace + "/" + name
+}
+
+// DefaultDenyKey names a DefaultDeny as rule sets, drop log lines, events
+// and the plugin do: "DefaultDeny/<name>".
+func DefaultDenyKey(name string) string { return "DefaultDeny/" + name }

@@ -4,10 +4,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ConditionProgrammed is the NodeRuleSet condition its agent sets: True when
-// the node's nftables table holds the rule set of status.observedGeneration.
-const ConditionProgrammed = "Programmed"
-
 // Direction is the direction of traffic a rule or an isolation applies to,
 // seen from the local pod.
 // +kubebuilder:validation:Enum=Ingress;Egress
@@ -43,6 +39,33 @@ type NodeRuleSetSpec struct {
 	// +listType=atomic
 	Rules []Rule `json:"rules,omitempty"`
 	// addressGroups names every AddressGroup the rules reference, sorted.
+	// +optional
+	// +listType=set
+	AddressGroups []string `json:"addressGroups,omitempty"`
+	// unwritten, when set, says that the controller's latest compile for the
+	// node is not fully written: the node's rule set (reason
+	// RuleSetTooLarge; the rest of this spec is then the last one that fit)
+	// or address groups it references (reason AddressGroupTooLarge) exceed
+	// the object size limit. The agent programs the rest of the spec as
+	// usual; the node does not enforce the latest policies until this is
+	// cleared.
+	// +optional
+	Unwritten *Unwritten `json:"unwritten,omitempty"`
+}
+
+// Unwritten is compiled output the controller could not write because it
+// exceeds the object size limit.
+type Unwritten struct {
+	// reason is RuleSetTooLarge or AddressGroupTooLarge.
+	// +kubebuilder:validation:Enum=RuleSetTooLarge;AddressGroupTooLarge
+	Reason string `json:"reason"`
+	// bytes is the size of the serialized spec that was not written (the
+	// largest, for several address groups).
+	Bytes int64 `json:"bytes"`
+	// limit is the controller's object size limit in bytes.
+	Limit int64 `json:"limit"`
+	// addressGroups names the address groups not written (reason
+	// AddressGroupTooLarge), sorted.
 	// +optional
 	// +listType=set
 	AddressGroups []string `json:"addressGroups,omitempty"`
@@ -175,6 +198,7 @@ type NodeRuleSetStatus struct {
 // +kubebuilder:printcolumn:name="Programmed",type=string,JSONPath=`.status.conditions[?(@.type=="Programmed")].status`
 // +kubebuilder:printcolumn:name="Drops",type=integer,JSONPath=`.status.drops`,priority=1
 // +kubebuilder:printcolumn:name="Elements",type=integer,JSONPath=`.status.setElements`,priority=1
+// +kubebuilder:printcolumn:name="Unwritten",type=string,JSONPath=`.spec.unwritten.reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type NodeRuleSet struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -7,6 +7,7 @@ import (
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -155,4 +156,21 @@ spec:
   - ports: [{port: 53, protocol: UDP}]
 `, "spec", "allowedEgress requires Egress in policyTypes"),
 	)
+})
+
+var _ = Describe("Categories", func() {
+	It("puts DefaultDenies and NodeRuleSets in nftguard, and AddressGroups only under their own names", func() {
+		dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		resources, err := dc.ServerResourcesForGroupVersion(v1alpha1.GroupVersion.String())
+		Expect(err).NotTo(HaveOccurred())
+		categories, shortNames := map[string][]string{}, map[string][]string{}
+		for _, r := range resources.APIResources {
+			categories[r.Name], shortNames[r.Name] = r.Categories, r.ShortNames
+		}
+		Expect(categories["defaultdenies"]).To(ConsistOf("nftguard"))
+		Expect(categories["noderulesets"]).To(ConsistOf("nftguard"))
+		Expect(categories["addressgroups"]).To(BeEmpty())
+		Expect(shortNames["addressgroups"]).To(ConsistOf("ag"))
+	})
 })

@@ -406,11 +406,11 @@ func TestUninstall(t *testing.T) {
 			if k8s.List(actx, &list) == nil {
 				for i := range list.Items {
 					rs := &list.Items[i]
-					_, marked := rs.Annotations[uninstallAnnotation]
+					_, marked := rs.Annotations[v1alpha1.UninstallAnnotation]
 					c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-					if marked && (c == nil || c.Reason != agent.ReasonUninstalled) {
+					if marked && (c == nil || c.Reason != v1alpha1.ReasonUninstalled) {
 						meta.SetStatusCondition(&rs.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionProgrammed,
-							Status: metav1.ConditionFalse, Reason: agent.ReasonUninstalled, Message: "deleted"})
+							Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonUninstalled, Message: "deleted"})
 						_ = k8s.Status().Update(actx, rs)
 					}
 				}
@@ -418,9 +418,6 @@ func TestUninstall(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
-	if uninstallAnnotation != agent.UninstallAnnotation || reasonUninstalled != agent.ReasonUninstalled {
-		t.Fatal("the plugin's uninstall constants differ from the agent's")
-	}
 	code, out, errOut := plugin(t, adminCfg, "uninstall", "--timeout", "30s")
 	if code != exitOK || !strings.Contains(out, "Every node (2) deleted its nftguard table") || !strings.Contains(out, "kubectl delete -k config/default") {
 		t.Fatalf("exit %d:\n%s%s", code, out, errOut)
@@ -437,7 +434,7 @@ func TestUninstall(t *testing.T) {
 	}
 	for i := range list.Items {
 		rs := &list.Items[i]
-		if _, marked := rs.Annotations[uninstallAnnotation]; marked {
+		if _, marked := rs.Annotations[v1alpha1.UninstallAnnotation]; marked {
 			t.Errorf("%s still marked after --cancel", rs.Name)
 		}
 		// As the agents would: programmed again.

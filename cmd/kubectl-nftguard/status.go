@@ -29,7 +29,8 @@ type PolicyStatus struct {
 	Nodes []NodeProgress `json:"nodes"`
 	// Enforced is programmed/needed nodes.
 	Enforced string `json:"enforced"`
-	// State sums it up: Enforced, Programming, Failed, Uninstalled, NoSelectedPods.
+	// State sums it up (v1alpha1.PolicyState): Enforced, Programming,
+	// Failed, Uninstalled, TooLarge, NoSelectedPods.
 	State   string `json:"state"`
 	Message string `json:"message,omitempty"`
 }
@@ -45,7 +46,8 @@ type PodIsolation struct {
 // NodeProgress is one node's agent's report on its rule set.
 type NodeProgress struct {
 	Node string `json:"node"`
-	// State is Programmed, Pending, Failed or Uninstalled.
+	// State is Programmed, Pending, Failed, Uninstalled or TooLarge
+	// (v1alpha1.NodeState).
 	State string `json:"state"`
 	// Generation is the rule set's generation; ProgrammedGeneration the one
 	// the agent last programmed.
@@ -144,9 +146,9 @@ func (o *options) policyKey(arg string) (string, error) {
 	}
 	switch strings.ToLower(kind) {
 	case "dd", "defaultdeny", "defaultdenies", "defaultdeny.nftguard.io":
-		return "DefaultDeny/" + name, nil
+		return v1alpha1.DefaultDenyKey(name), nil
 	case "networkpolicy", "networkpolicies", "netpol", "networkpolicy.networking.k8s.io":
-		return "NetworkPolicy/" + o.namespace() + "/" + name, nil
+		return v1alpha1.NetworkPolicyKey(o.namespace(), name), nil
 	}
 	return "", usagef("%q is neither a NetworkPolicy nor dd/NAME", arg)
 }
@@ -210,60 +212,62 @@ func statuses(s *snapshot, want string) []PolicyStatus {
 	}
 	for i := range s.dds.Items {
 		dd := &s.dds.Items[i]
-		add("DefaultDeny/"+dd.Name, string(cmp.Or(dd.Spec.Mode, v1alpha1.ModeEnforce)), dd.Generation, dd)
+		add(v1alpha1.DefaultDenyKey(dd.Name), string(cmp.Or(dd.Spec.Mode, v1alpha1.ModeEnforce)), dd.Generation, dd)
 	}
 	for _, np := range s.nps.Items {
-		add("NetworkPolicy/"+np.Namespace+"/"+np.Name, "Enforce", np.Generation, nil)
+		add(v1alpha1.NetworkPolicyKey(np.Namespace, np.Name), "Enforce", np.Generation, nil)
 	}
 	slices.SortFunc(out, func(a, b PolicyStatus) int { return cmp.Compare(a.Policy, b.Policy) })
 	return out
 }
 
+// progress is the node's progress with the rule set it holds, as the
+// controller reports it (v1alpha1.NodeProgress).
 func progress(rs *v1alpha1.NodeRuleSet) NodeProgress {
-	p := NodeProgress{Node: rs.Name, State: "Pending", Generation: rs.Generation, ProgrammedGeneration: rs.Status.ObservedGeneration}
-	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	switch {
-	case c == nil:
-		p.Message = "no report from the node's agent yet"
-	case c.Status == metav1.ConditionTrue && c.ObservedGeneration == rs.Generation && rs.Status.ObservedGeneration == rs.Generation:
-		p.State = "Programmed"
-	case c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled:
-		p.State, p.Message = "Uninstalled", c.Message
-	case c.Status == metav1.ConditionFalse:
-		p.State, p.Message = "Failed", c.Reason+": "+c.Message
+	pr := v1alpha1.NodeProgress(rs, rs.Generation)
+	p := NodeProgress{Node: rs.Name, State: string(pr.State), Generation: rs.Generation, ProgrammedGeneration: rs.Status.ObservedGeneration}
+	switch pr.State {
+	case v1alpha1.NodeProgrammed:
+	case v1alpha1.NodeFailed:
+		p.Message = pr.Reason + ": " + pr.Message
 	default:
-		p.Message = fmt.Sprintf("programmed generation %d, waiting for %d", rs.Status.ObservedGeneration, rs.Generation)
+		p.Message = pr.Message
 	}
 	return p
 }
 
+// summarize sums up the nodes' progress as the controller's status does
+// (v1alpha1.SummarizeProgress).
 func summarize(st *PolicyStatus) {
-	done := 0
-	var failed, uninstalled, pending []string
+	byNode := make(map[string]NodeProgress, len(st.Nodes))
+	names := make([]string, 0, len(st.Nodes))
 	for _, n := range st.Nodes {
-		switch n.State {
-		case "Programmed":
-			done++
-		case "Failed":
-			failed = append(failed, n.Node+": "+n.Message)
-		case "Uninstalled":
-			uninstalled = append(uninstalled, n.Node)
-		default:
-			pending = append(pending, n.Node)
-		}
+		byNode[n.Node] = n
+		names = append(names, n.Node)
 	}
-	st.Enforced = fmt.Sprintf("%d/%d", done, len(st.Nodes))
-	switch {
-	case len(st.Nodes) == 0:
-		st.State, st.Message = "NoSelectedPods", "isolates no pod (no scheduled pod with an IP matches)"
-	case len(failed) > 0:
-		st.State, st.Message = "Failed", strings.Join(failed, "; ")
-	case len(uninstalled) > 0:
-		st.State, st.Message = "Uninstalled", "not enforced: uninstalled on "+strings.Join(uninstalled, ", ")
-	case len(pending) > 0:
-		st.State, st.Message = "Programming", "waiting for "+strings.Join(pending, ", ")
-	default:
-		st.State = "Enforced"
+	p := v1alpha1.SummarizeProgress(names, func(n string) v1alpha1.Progress {
+		return v1alpha1.Progress{State: v1alpha1.NodeState(byNode[n].State)}
+	})
+	detail := func(nodes []string) string {
+		var out []string
+		for _, n := range nodes {
+			out = append(out, n+": "+byNode[n].Message)
+		}
+		return strings.Join(out, "; ")
+	}
+	st.Enforced = fmt.Sprintf("%d/%d", p.Enforced, p.Desired)
+	st.State = string(p.State)
+	switch p.State {
+	case v1alpha1.PolicyNoSelectedPods:
+		st.Message = "isolates no pod (no scheduled pod with an IP matches)"
+	case v1alpha1.PolicyTooLarge:
+		st.Message = "not enforced: " + detail(p.TooLarge)
+	case v1alpha1.PolicyFailed:
+		st.Message = detail(p.Failed)
+	case v1alpha1.PolicyUninstalled:
+		st.Message = "not enforced: uninstalled on " + strings.Join(p.Uninstalled, ", ")
+	case v1alpha1.PolicyProgramming:
+		st.Message = "waiting for " + strings.Join(p.Pending, ", ")
 	}
 }
 

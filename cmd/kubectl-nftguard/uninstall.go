@@ -14,14 +14,6 @@ import (
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
 
-// The agent's side of uninstall (agent.UninstallAnnotation and
-// agent.ReasonUninstalled); the plugin does not import the agent, which
-// only builds on Linux.
-const (
-	uninstallAnnotation = "nftguard.io/uninstall"
-	reasonUninstalled   = "Uninstalled"
-)
-
 func newUninstall(o *options) *cobra.Command {
 	var timeout time.Duration
 	var cancel bool
@@ -55,16 +47,16 @@ filters no traffic at all.
 			changed := 0
 			for i := range list.Items {
 				rs := &list.Items[i]
-				_, marked := rs.Annotations[uninstallAnnotation]
+				_, marked := rs.Annotations[v1alpha1.UninstallAnnotation]
 				if marked != cancel {
 					continue
 				}
 				changed++
 				patch := client.MergeFrom(rs.DeepCopy())
 				if cancel {
-					delete(rs.Annotations, uninstallAnnotation)
+					delete(rs.Annotations, v1alpha1.UninstallAnnotation)
 				} else {
-					metav1.SetMetaDataAnnotation(&rs.ObjectMeta, uninstallAnnotation, "true")
+					metav1.SetMetaDataAnnotation(&rs.ObjectMeta, v1alpha1.UninstallAnnotation, "true")
 				}
 				if err := c.Patch(ctx, rs, patch); err != nil {
 					return fmt.Errorf("marking NodeRuleSet %s: %w", rs.Name, err)
@@ -84,9 +76,9 @@ filters no traffic at all.
 				pending = pending[:0]
 				for _, rs := range list.Items {
 					c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-					if _, marked := rs.Annotations[uninstallAnnotation]; !marked {
+					if _, marked := rs.Annotations[v1alpha1.UninstallAnnotation]; !marked {
 						pending = append(pending, rs.Name+" (new since the command started: run it again)")
-					} else if c == nil || c.Reason != reasonUninstalled {
+					} else if c == nil || c.Reason != v1alpha1.ReasonUninstalled {
 						pending = append(pending, rs.Name)
 					}
 				}

@@ -51,19 +51,6 @@ type Counters interface {
 	Totals() audit.Totals
 }
 
-// Reasons of the Programmed condition.
-const (
-	ReasonProgrammed          = "Programmed"
-	ReasonAddressGroupMissing = "AddressGroupMissing"
-	ReasonRenderFailed        = "RenderFailed"
-	ReasonProgramFailed       = "ProgramFailed"
-	ReasonUninstalled         = "Uninstalled"
-)
-
-// UninstallAnnotation on a NodeRuleSet asks its agent to delete the node's
-// nftables table and stop programming it (see uninstall).
-const UninstallAnnotation = "nftguard.io/uninstall"
-
 var (
 	programDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "nftguard_agent_program_duration_seconds",
@@ -145,7 +132,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		return reconcile.Result{}, fmt.Errorf("reading NodeRuleSet %s: %w", r.NodeName, err)
 	}
-	if _, ok := rs.Annotations[UninstallAnnotation]; ok {
+	if _, ok := rs.Annotations[v1alpha1.UninstallAnnotation]; ok {
 		return r.uninstall(ctx, rs)
 	}
 
@@ -171,11 +158,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var cond metav1.Condition
 	switch {
 	case groupsErr != nil:
-		cond = r.fail(ctx, rs, ReasonAddressGroupMissing, groupsErr)
+		cond = r.fail(ctx, rs, v1alpha1.ReasonAddressGroupMissing, groupsErr)
 	case !upToDate:
 		cond = r.program(ctx, rs, groups, inputs)
 	default:
-		cond = metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: ReasonProgrammed,
+		cond = metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
 			Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
 	}
 	if err := r.writeStatus(ctx, rs, cond); err != nil {
@@ -197,10 +184,10 @@ func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (r
 	had := r.inputs != "" || r.programmed != 0
 	r.inputs, r.programmed = "", 0 // the next Apply after uninstall starts afresh
 	r.mu.Unlock()
-	cond := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: ReasonUninstalled,
+	cond := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonUninstalled,
 		Message: "Table inet nftguard deleted for uninstall; this node filters no traffic", ObservedGeneration: rs.Generation}
 	if err := r.Programmer.Delete(); err != nil {
-		cond = r.fail(ctx, rs, ReasonProgramFailed, fmt.Errorf("deleting the table for uninstall: %w", err))
+		cond = r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("deleting the table for uninstall: %w", err))
 	} else if had {
 		log.FromContext(ctx).Info("Deleted the table for uninstall", "generation", rs.Generation)
 		programmedGeneration.Set(0)
@@ -208,7 +195,7 @@ func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (r
 	if err := r.writeStatus(ctx, rs, cond); err != nil {
 		return reconcile.Result{}, err
 	}
-	if cond.Reason != ReasonUninstalled {
+	if cond.Reason != v1alpha1.ReasonUninstalled {
 		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
 	}
 	return reconcile.Result{RequeueAfter: r.resync()}, nil
@@ -232,14 +219,14 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	}
 	table, err := r.renderer.Render(rs.Spec, groups)
 	if err != nil {
-		return r.fail(ctx, rs, ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
+		return r.fail(ctx, rs, v1alpha1.ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
 	}
 	stats, err := r.Programmer.Apply(table)
 	if err != nil {
 		r.mu.Lock()
 		r.inputs = "" // the kernel may hold anything now: program again
 		r.mu.Unlock()
-		return r.fail(ctx, rs, ReasonProgramFailed, fmt.Errorf("programming generation %d: %w", rs.Generation, err))
+		return r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("programming generation %d: %w", rs.Generation, err))
 	}
 	programDuration.Observe(r.now().Sub(start).Seconds())
 	programmedGeneration.Set(float64(rs.Generation))
@@ -255,7 +242,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	}
 	logger.Info("Programmed rule set", "generation", rs.Generation, "pods", len(rs.Spec.Pods), "rules", len(rs.Spec.Rules),
 		"chains", chains, "setElements", elements, "full", stats.Full, "transactions", stats.Transactions, "duration", r.now().Sub(start))
-	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: ReasonProgrammed,
+	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
 		Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
 }
 

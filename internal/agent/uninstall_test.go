@@ -8,7 +8,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/agent"
 )
 
 var _ = Describe("Uninstall", Ordered, func() {
@@ -19,9 +18,9 @@ var _ = Describe("Uninstall", Ordered, func() {
 		Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs)).To(Succeed())
 		patch := client.MergeFrom(rs.DeepCopy())
 		if on {
-			metav1.SetMetaDataAnnotation(&rs.ObjectMeta, agent.UninstallAnnotation, "true")
+			metav1.SetMetaDataAnnotation(&rs.ObjectMeta, v1alpha1.UninstallAnnotation, "true")
 		} else {
-			delete(rs.Annotations, agent.UninstallAnnotation)
+			delete(rs.Annotations, v1alpha1.UninstallAnnotation)
 		}
 		Expect(k8s.Patch(ctx, rs, patch)).To(Succeed())
 	}
@@ -58,13 +57,13 @@ var _ = Describe("Uninstall", Ordered, func() {
 		Eventually(func(g Gomega) {
 			c := programmed(g, nodeName)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
-			g.Expect(c.Reason).To(Equal(agent.ReasonUninstalled))
+			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonUninstalled))
 			g.Expect(kernelTable(g)).To(BeEmpty())
 		}).Should(Succeed())
 		By("not re-creating it on resync")
 		Consistently(func(g Gomega) {
 			g.Expect(kernelTable(g)).To(BeEmpty())
-			g.Expect(programmed(g, nodeName).Reason).To(Equal(agent.ReasonUninstalled))
+			g.Expect(programmed(g, nodeName).Reason).To(Equal(v1alpha1.ReasonUninstalled))
 		}, 3*resyncPeriod, "250ms").Should(Succeed())
 	})
 

@@ -679,6 +679,20 @@ func (e *Engine) dropShards(name string, level int) {
 	}
 }
 
+// GroupReferences returns how many compiled rule sets reference the
+// AddressGroup object named name (a group, or one of its shards: a rule set
+// that references a group references all of its shards), as of the last
+// Changes or Result; 0 when no output has that name.
+func (e *Engine) GroupReferences(name string) int {
+	if _, ok := e.outGroups[name]; !ok {
+		return 0
+	}
+	if st := e.groups[LogicalGroup(name)]; st != nil {
+		return st.refs
+	}
+	return 0
+}
+
 // HintShardLevels gives the shard levels of groups as written by a previous
 // run, by group name (see NewEngineWith): each is used for its group's
 // first output unless the group has one already.

@@ -195,6 +195,7 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps, maxEntries int) {
 				t.Fatalf("after %v\nmerged shards differ from the unsplit groups (-unsplit +merged):\n%s", log, diff)
 			}
 		}
+		checkReferences(t, e, want)
 		m.unchanged(t)
 		d := e.Changes()
 		m.apply(d)
@@ -434,4 +435,24 @@ func TestEnginePinnedGroups(t *testing.T) {
 	step("delete namespace y", &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "y"}}, true)
 	step("delete pod of x", pods[0], true)
 	step("re-create namespace y", mkNS("y", "team", "b"), false)
+}
+
+// checkReferences checks the Engine's reference count of every group
+// object against the rule sets of res that list it.
+func checkReferences(t *testing.T, e *Engine, res *Result) {
+	t.Helper()
+	for name := range res.AddressGroups {
+		want := 0
+		for _, rs := range res.NodeRuleSets {
+			if slices.Contains(rs.AddressGroups, name) {
+				want++
+			}
+		}
+		if got := e.GroupReferences(name); got != want {
+			t.Fatalf("GroupReferences(%s) = %d, want %d", name, got, want)
+		}
+	}
+	if got := e.GroupReferences("ag-0000000000000000"); got != 0 {
+		t.Fatalf("GroupReferences of a group with no output = %d", got)
+	}
 }

@@ -203,14 +203,14 @@ func fuzzClusterFrom(data []byte) *fuzzCluster {
 		if len(p.Spec.PolicyTypes) > 0 {
 			types = [2]bool{slices.Contains(p.Spec.PolicyTypes, tIn), slices.Contains(p.Spec.PolicyTypes, tEg)}
 		}
-		c.hasRules[npKey(ns, p.Name)] = [2]bool{types[0] && len(p.Spec.Ingress) > 0, types[1] && len(p.Spec.Egress) > 0}
+		c.hasRules[v1alpha1.NetworkPolicyKey(ns, p.Name)] = [2]bool{types[0] && len(p.Spec.Ingress) > 0, types[1] && len(p.Spec.Egress) > 0}
 		s.NetworkPolicies = append(s.NetworkPolicies, p)
 	}
 	for i := range r.intn(3) {
 		var opts []ddOpt
 		if r.bool() {
 			opts = append(opts, ddAudit())
-			c.auditDD[ddKey(fmt.Sprintf("dd%d", i))] = true
+			c.auditDD[v1alpha1.DefaultDenyKey(fmt.Sprintf("dd%d", i))] = true
 		}
 		if r.bool() {
 			opts = append(opts, ddPods(r.selector(false)))
@@ -231,7 +231,7 @@ func fuzzClusterFrom(data []byte) *fuzzCluster {
 		for range nEg {
 			opts = append(opts, ddEgress(r.ports(), r.peers()...))
 		}
-		c.hasRules[ddKey(fmt.Sprintf("dd%d", i))] = [2]bool{types[0] && nIn > 0, types[1] && nEg > 0}
+		c.hasRules[v1alpha1.DefaultDenyKey(fmt.Sprintf("dd%d", i))] = [2]bool{types[0] && nIn > 0, types[1] && nEg > 0}
 		s.DefaultDenies = append(s.DefaultDenies, mkDD(fmt.Sprintf("dd%d", i), r.selector(false), opts...))
 	}
 	c.snap = s

@@ -210,12 +210,9 @@ func (p *policy) template(ix *index, ns string) *policyTemplate {
 	return t
 }
 
-func npKey(ns, name string) string { return "NetworkPolicy/" + ns + "/" + name }
-func ddKey(name string) string     { return "DefaultDeny/" + name }
-
 func (ix *index) newNetworkPolicy(np *networkingv1.NetworkPolicy) *policy {
 	p := &policy{
-		key:    npKey(np.Namespace, np.Name),
+		key:    v1alpha1.NetworkPolicyKey(np.Namespace, np.Name),
 		ns:     np.Namespace,
 		podSel: ix.selector(&np.Spec.PodSelector),
 	}
@@ -246,7 +243,7 @@ func (ix *index) newNetworkPolicy(np *networkingv1.NetworkPolicy) *policy {
 
 func (ix *index) newDefaultDeny(dd *v1alpha1.DefaultDeny) *policy {
 	p := &policy{
-		key:    ddKey(dd.Name),
+		key:    v1alpha1.DefaultDenyKey(dd.Name),
 		dd:     true,
 		audit:  dd.Spec.Mode == v1alpha1.ModeAudit,
 		nsSel:  ix.selector(dd.Spec.NamespaceSelector.ToMeta()),

@@ -263,7 +263,10 @@ func (nb *nodeBuilder) isolation(p *podInfo, sel []*policy, d int) int {
 func equalNodeSpecs(a, b *v1alpha1.NodeRuleSetSpec) bool {
 	return equalList(a.Pods, b.Pods, equalLocalPods) &&
 		equalList(a.Rules, b.Rules, equalRules) &&
-		equalStrings(a.AddressGroups, b.AddressGroups)
+		equalStrings(a.AddressGroups, b.AddressGroups) &&
+		equalPtr(a.Unwritten, b.Unwritten, func(x, y *v1alpha1.Unwritten) bool {
+			return x.Reason == y.Reason && x.Bytes == y.Bytes && x.Limit == y.Limit && equalStrings(x.AddressGroups, y.AddressGroups)
+		})
 }
 
 func equalLocalPods(a, b *v1alpha1.LocalPod) bool {

@@ -56,7 +56,7 @@ func ShardName(group string, level, i int) string {
 func ParseShardName(name string) (group string, level, index int, ok bool) {
 	group = LogicalGroup(name)
 	if group == name {
-		return group, 0, 0, strings.HasPrefix(name, "ag-") && len(name) == groupNameLen
+		return group, 0, 0, v1alpha1.IsAddressGroupName(name)
 	}
 	count, idx, found := strings.Cut(name[len(group)+1:], "-")
 	if !found {
@@ -76,9 +76,6 @@ func ParseShardName(name string) (group string, level, index int, ok bool) {
 	}
 	return group, level, i, true
 }
-
-// groupNameLen is the length of a group's name: "ag-" and 16 hex digits.
-const groupNameLen = 3 + 16
 
 // LogicalGroup returns the name of the group an AddressGroup object belongs
 // to: for a shard, its group's name; else the name itself (the agent reads

@@ -5,120 +5,77 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/compiler"
 )
 
-// NodeState is how far one node's agent is with the rule set the controller
-// last compiled for it.
-type NodeState struct {
-	// Current: the NodeRuleSet in the API holds the compiled spec.
-	Current bool
-	// Programmed: the agent reports Programmed=True for the object's generation.
-	Programmed bool
-	// Failed: the agent reports Programmed=False; Message says why.
-	Failed  bool
-	Message string
-	// TooLarge: the compiled rule set, or a group it references, exceeds the
-	// object size limit and was not written.
-	TooLarge bool
-}
-
-// Enforced is true when the node enforces exactly what was compiled.
-func (s NodeState) Enforced() bool { return s.Current && s.Programmed && !s.TooLarge }
-
-// nodeStateOf derives a node's state from its NodeRuleSet (nil if absent).
-func nodeStateOf(rs *v1alpha1.NodeRuleSet, desired v1alpha1.NodeRuleSetSpec, tooLarge bool) NodeState {
+// nodeProgress is a node's progress with the rule set the controller last
+// planned for it (target; ok false when it planned none): the stored
+// NodeRuleSet (nil if absent) holds the wanted spec when its spec equals
+// the target, else the wanted spec is not written yet.
+func nodeProgress(rs *v1alpha1.NodeRuleSet, target v1alpha1.NodeRuleSetSpec, ok bool) v1alpha1.Progress {
 	if rs == nil {
-		return NodeState{TooLarge: tooLarge}
+		return v1alpha1.NodeProgress(nil, 0)
 	}
-	st := NodeState{
-		Current:  equality.Semantic.DeepEqual(rs.Spec, desired),
-		TooLarge: tooLarge,
+	want := rs.Generation
+	if !ok || !equality.Semantic.DeepEqual(rs.Spec, target) {
+		want++
 	}
-	cond := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	if cond == nil {
-		return st
-	}
-	switch cond.Status {
-	case metav1.ConditionTrue:
-		st.Programmed = rs.Status.ObservedGeneration == rs.Generation && cond.ObservedGeneration == rs.Generation
-	case metav1.ConditionFalse:
-		st.Failed = true
-		st.Message = cond.Message
-	}
-	return st
+	return v1alpha1.NodeProgress(rs, want)
 }
 
-// Enforcement aggregates the nodes a policy spans.
-type Enforcement struct {
-	SelectedPods int
-	Desired      int
-	Enforced     int
-	// Failed holds "node: message" for each node whose agent failed.
-	Failed []string
-	// TooLarge lists the nodes whose rule set exceeds the size limit.
-	TooLarge []string
-	// Pending lists the nodes still programming.
-	Pending []string
-}
-
-// aggregate sums the states of the nodes in a policy's span.
-func aggregate(span compiler.PolicySpan, nodes map[string]NodeState) Enforcement {
-	e := Enforcement{SelectedPods: span.SelectedPods, Desired: len(span.Nodes)}
-	for _, n := range span.Nodes {
-		st := nodes[n]
-		switch {
-		case st.TooLarge:
-			e.TooLarge = append(e.TooLarge, n)
-		case st.Enforced():
-			e.Enforced++
-		case st.Failed:
-			e.Failed = append(e.Failed, n+": "+st.Message)
-		default:
-			e.Pending = append(e.Pending, n)
-		}
+// enforcedCondition is the Enforced condition of a DefaultDeny whose nodes
+// are as p says; progress gives each node's progress, for the messages.
+func enforcedCondition(p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) metav1.Condition {
+	c := metav1.Condition{Type: v1alpha1.ConditionEnforced, ObservedGeneration: generation, Reason: p.Reason, Status: metav1.ConditionFalse}
+	if p.Done() {
+		c.Status = metav1.ConditionTrue
 	}
-	slices.Sort(e.Failed)
-	slices.Sort(e.TooLarge)
-	slices.Sort(e.Pending)
-	return e
-}
-
-// Condition reasons of DefaultDeny's Enforced condition.
-const (
-	ReasonEnforced        = "Enforced"
-	ReasonNoSelectedPods  = "NoSelectedPods"
-	ReasonProgramming     = "Programming"
-	ReasonProgramFailed   = "ProgramFailed"
-	ReasonRuleSetTooLarge = "RuleSetTooLarge"
-)
-
-// enforcedCondition is the Enforced condition for an aggregate.
-func enforcedCondition(e Enforcement, generation int64) metav1.Condition {
-	c := metav1.Condition{Type: v1alpha1.ConditionEnforced, ObservedGeneration: generation}
-	switch {
-	case len(e.TooLarge) > 0:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonRuleSetTooLarge
-		c.Message = fmt.Sprintf("Rule set or one of its address groups exceeds the object size limit on %s; those nodes keep their previous rules", list(e.TooLarge))
-	case len(e.Failed) > 0:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonProgramFailed
-		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
-	case e.Desired == 0:
-		c.Status, c.Reason = metav1.ConditionTrue, ReasonNoSelectedPods
+	switch p.State {
+	case v1alpha1.PolicyTooLarge:
+		c.Message = fmt.Sprintf("Rule set or one of its address groups exceeds the object size limit on %s; those nodes keep their previous rules", list(p.TooLarge))
+	case v1alpha1.PolicyFailed:
+		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress)))
+	case v1alpha1.PolicyUninstalled:
+		c.Message = fmt.Sprintf("Uninstalled on %d of %d nodes, which filter no traffic: %s", len(p.Uninstalled), p.Desired, list(p.Uninstalled))
+	case v1alpha1.PolicyNoSelectedPods:
 		c.Message = "Selects no pods"
-	case e.Enforced < e.Desired:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonProgramming
-		c.Message = fmt.Sprintf("Programmed on %d of %d nodes; waiting for %s", e.Enforced, e.Desired, list(e.Pending))
+	case v1alpha1.PolicyProgramming:
+		c.Message = fmt.Sprintf("Programmed on %d of %d nodes; waiting for %s", p.Enforced, p.Desired, list(p.Pending))
 	default:
-		c.Status, c.Reason = metav1.ConditionTrue, ReasonEnforced
-		c.Message = fmt.Sprintf("Programmed on all %d nodes hosting its %d pods", e.Desired, e.SelectedPods)
+		c.Message = fmt.Sprintf("Programmed on all %d nodes hosting its %d pods", p.Desired, selectedPods)
 	}
 	return c
+}
+
+// policyEvent is the Event to record on a NetworkPolicy whose nodes are as
+// p says; ok is false when there is nothing to say (it selects nothing, or
+// is still programming).
+func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) (typ, note string, ok bool) {
+	switch p.State {
+	case v1alpha1.PolicyTooLarge:
+		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %s: the node's rule set or one of its address groups exceeds the object size limit", list(p.TooLarge)), true
+	case v1alpha1.PolicyFailed:
+		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress))), true
+	case v1alpha1.PolicyUninstalled:
+		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: uninstalled on %s, which filter no traffic", len(p.Uninstalled), p.Desired, list(p.Uninstalled)), true
+	case v1alpha1.PolicyEnforced:
+		return corev1.EventTypeNormal, fmt.Sprintf("Enforced on all %d nodes hosting its %d selected pods (generation %d)", p.Desired, selectedPods, generation), true
+	}
+	return "", "", false
+}
+
+// failures lists the failed nodes as "node: message".
+func failures(p v1alpha1.PolicyProgress, progress func(string) v1alpha1.Progress) []string {
+	out := make([]string, 0, len(p.Failed))
+	for _, n := range p.Failed {
+		out = append(out, n+": "+progress(n).Message)
+	}
+	return out
 }
 
 // list joins at most five items, saying how many more there are.
@@ -131,15 +88,15 @@ func list(items []string) string {
 }
 
 // defaultDenyStatus is the status a DefaultDeny should have.
-func defaultDenyStatus(old v1alpha1.DefaultDenyStatus, e Enforcement, generation int64) v1alpha1.DefaultDenyStatus {
+func defaultDenyStatus(old v1alpha1.DefaultDenyStatus, p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) v1alpha1.DefaultDenyStatus {
 	st := v1alpha1.DefaultDenyStatus{
 		ObservedGeneration: generation,
-		SelectedPods:       int32(e.SelectedPods),
-		DesiredNodes:       int32(e.Desired),
-		EnforcedNodes:      int32(e.Enforced),
-		Enforcement:        fmt.Sprintf("%d/%d", e.Enforced, e.Desired),
+		SelectedPods:       int32(selectedPods),
+		DesiredNodes:       int32(p.Desired),
+		EnforcedNodes:      int32(p.Enforced),
+		Enforcement:        fmt.Sprintf("%d/%d", p.Enforced, p.Desired),
 		Conditions:         slices.Clone(old.Conditions),
 	}
-	meta.SetStatusCondition(&st.Conditions, enforcedCondition(e, generation))
+	meta.SetStatusCondition(&st.Conditions, enforcedCondition(p, selectedPods, progress, generation))
 	return st
 }

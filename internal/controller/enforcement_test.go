@@ -3,10 +3,10 @@ package controller
 import (
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/compiler"
 )
 
 func programmedRuleSet(gen, observed int64, status metav1.ConditionStatus, msg string) *v1alpha1.NodeRuleSet {
@@ -18,41 +18,45 @@ func programmedRuleSet(gen, observed int64, status metav1.ConditionStatus, msg s
 	return rs
 }
 
-func TestNodeStateOf(t *testing.T) {
-	desired := v1alpha1.NodeRuleSetSpec{AddressGroups: []string{"ag-1"}}
+func TestNodeProgressAgainstTarget(t *testing.T) {
+	target := v1alpha1.NodeRuleSetSpec{AddressGroups: []string{"ag-1"}}
+	tooLarge := programmedRuleSet(3, 3, metav1.ConditionTrue, "")
+	tooLarge.Spec.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: 2, Limit: 1}
 	cases := []struct {
 		name     string
 		rs       *v1alpha1.NodeRuleSet
-		desired  v1alpha1.NodeRuleSetSpec
-		tooLarge bool
+		target   v1alpha1.NodeRuleSetSpec
+		planned  bool
+		want     v1alpha1.NodeState
 		enforced bool
-		failed   bool
 	}{
-		{"absent", nil, desired, false, false, false},
-		{"programmed current generation", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), desired, false, true, false},
-		{"programmed an older generation", programmedRuleSet(4, 3, metav1.ConditionTrue, ""), desired, false, false, false},
-		{"spec differs from the compiled one", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), v1alpha1.NodeRuleSetSpec{}, false, false, false},
-		{"agent failed", programmedRuleSet(3, 3, metav1.ConditionFalse, "boom"), desired, false, false, true},
-		{"too large", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), desired, true, false, false},
-		{"no condition yet", &v1alpha1.NodeRuleSet{Spec: desired}, desired, false, false, false},
+		{"absent", nil, target, true, v1alpha1.NodePending, false},
+		{"programmed current generation", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodeProgrammed, true},
+		{"programmed an older generation", programmedRuleSet(4, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodePending, false},
+		{"spec differs from the planned one", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), v1alpha1.NodeRuleSetSpec{}, true, v1alpha1.NodePending, false},
+		{"nothing planned", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, false, v1alpha1.NodePending, false},
+		{"agent failed", programmedRuleSet(3, 3, metav1.ConditionFalse, "boom"), target, true, v1alpha1.NodeFailed, false},
+		{"too large", tooLarge, tooLarge.Spec, true, v1alpha1.NodeTooLarge, false},
+		{"no condition yet", &v1alpha1.NodeRuleSet{Spec: target}, target, true, v1alpha1.NodePending, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			st := nodeStateOf(c.rs, c.desired, c.tooLarge)
-			if st.Enforced() != c.enforced || st.Failed != c.failed {
-				t.Fatalf("got %+v: enforced %v failed %v, want enforced %v failed %v", st, st.Enforced(), st.Failed, c.enforced, c.failed)
+			if got := nodeProgress(c.rs, c.target, c.planned); got.State != c.want {
+				t.Fatalf("got %+v, want %s", got, c.want)
 			}
 		})
 	}
 }
 
 func TestEnforcedCondition(t *testing.T) {
-	nodes := map[string]NodeState{
-		"ok":      {Current: true, Programmed: true},
-		"pending": {Current: true},
-		"failed":  {Failed: true, Message: "no table"},
-		"big":     {TooLarge: true, Current: true, Programmed: true},
+	nodes := map[string]v1alpha1.Progress{
+		"ok":      {State: v1alpha1.NodeProgrammed},
+		"pending": {State: v1alpha1.NodePending},
+		"failed":  {State: v1alpha1.NodeFailed, Reason: v1alpha1.ReasonProgramFailed, Message: "no table"},
+		"gone":    {State: v1alpha1.NodeUninstalled, Reason: v1alpha1.ReasonUninstalled},
+		"big":     {State: v1alpha1.NodeTooLarge, Reason: v1alpha1.ReasonRuleSetTooLarge},
 	}
+	progress := func(n string) v1alpha1.Progress { return nodes[n] }
 	cases := []struct {
 		name    string
 		span    []string
@@ -60,18 +64,20 @@ func TestEnforcedCondition(t *testing.T) {
 		reason  string
 		message string
 		counts  string
+		event   string // the NetworkPolicy Event's type, "" for none
 	}{
-		{"all enforced", []string{"ok"}, metav1.ConditionTrue, ReasonEnforced, "Programmed on all 1 nodes hosting its 2 pods", "1/1"},
-		{"nothing selected", nil, metav1.ConditionTrue, ReasonNoSelectedPods, "Selects no pods", "0/0"},
-		{"waiting", []string{"ok", "pending"}, metav1.ConditionFalse, ReasonProgramming, "Programmed on 1 of 2 nodes; waiting for pending", "1/2"},
-		{"failure wins over waiting", []string{"pending", "failed"}, metav1.ConditionFalse, ReasonProgramFailed, "Agent failed to program 1 of 2 nodes: failed: no table", "0/2"},
-		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, ReasonRuleSetTooLarge, "Rule set or one of its address groups exceeds the object size limit on big; those nodes keep their previous rules", "0/2"},
-		{"unknown node counts as pending", []string{"gone"}, metav1.ConditionFalse, ReasonProgramming, "Programmed on 0 of 1 nodes; waiting for gone", "0/1"},
+		{"all enforced", []string{"ok"}, metav1.ConditionTrue, v1alpha1.ReasonEnforced, "Programmed on all 1 nodes hosting its 2 pods", "1/1", corev1.EventTypeNormal},
+		{"nothing selected", nil, metav1.ConditionTrue, v1alpha1.ReasonNoSelectedPods, "Selects no pods", "0/0", ""},
+		{"waiting", []string{"ok", "pending"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 1 of 2 nodes; waiting for pending", "1/2", ""},
+		{"uninstalled wins over waiting", []string{"pending", "gone"}, metav1.ConditionFalse, v1alpha1.ReasonUninstalled, "Uninstalled on 1 of 2 nodes, which filter no traffic: gone", "0/2", corev1.EventTypeWarning},
+		{"failure wins over uninstalled", []string{"gone", "failed"}, metav1.ConditionFalse, v1alpha1.ReasonProgramFailed, "Agent failed to program 1 of 2 nodes: failed: no table", "0/2", corev1.EventTypeWarning},
+		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, v1alpha1.ReasonRuleSetTooLarge, "Rule set or one of its address groups exceeds the object size limit on big; those nodes keep their previous rules", "0/2", corev1.EventTypeWarning},
+		{"unknown node counts as pending", []string{"unknown"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 0 of 1 nodes; waiting for unknown", "0/1", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e := aggregate(compiler.PolicySpan{SelectedPods: 2, Nodes: c.span}, nodes)
-			st := defaultDenyStatus(v1alpha1.DefaultDenyStatus{}, e, 7)
+			p := v1alpha1.SummarizeProgress(c.span, progress)
+			st := defaultDenyStatus(v1alpha1.DefaultDenyStatus{}, p, 2, progress, 7)
 			if st.Enforcement != c.counts || st.ObservedGeneration != 7 {
 				t.Errorf("status %+v, want enforcement %s at generation 7", st, c.counts)
 			}
@@ -81,6 +87,10 @@ func TestEnforcedCondition(t *testing.T) {
 			got := st.Conditions[0]
 			if got.Status != c.status || got.Reason != c.reason || got.Message != c.message || got.ObservedGeneration != 7 {
 				t.Errorf("condition %s/%s %q, want %s/%s %q", got.Status, got.Reason, got.Message, c.status, c.reason, c.message)
+			}
+			typ, _, ok := policyEvent(p, 2, progress, 7)
+			if ok != (c.event != "") || typ != c.event {
+				t.Errorf("event %q (%v), want %q", typ, ok, c.event)
 			}
 		})
 	}

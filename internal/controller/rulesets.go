@@ -2,10 +2,8 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,12 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -76,13 +71,16 @@ type RuleSetReconciler struct {
 	// Owned by the single worker running Reconcile.
 	desiredRS map[string]v1alpha1.NodeRuleSetSpec
 	desiredAG map[string]v1alpha1.AddressGroupSpec
-	refs      map[string]int32 // group -> rule sets referencing it
-	spans     map[string]compiler.PolicySpan
-	gens      map[string]int64
-	oversized map[string]int
-	lastFull  time.Time
-	synced    bool // a full pass has succeeded
-	hinted    bool // the engine has the shard levels of the groups in the API
+	// targets holds the spec each node's NodeRuleSet is to have (see
+	// plan.Targets), for the status reconciler.
+	targets     map[string]v1alpha1.NodeRuleSetSpec
+	spans       map[string]compiler.PolicySpan
+	gens        map[string]int64
+	oversizedRS map[string]int // node -> bytes of its compiled spec, when above the limit
+	oversizedAG map[string]int // group -> bytes of its spec, when above the limit
+	lastFull    time.Time
+	synced      bool // a full pass has succeeded
+	hinted      bool // the engine has the shard levels of the groups in the API
 }
 
 // +kubebuilder:rbac:groups="",resources=pods;namespaces;nodes,verbs=get;list;watch
@@ -155,7 +153,7 @@ func (r *RuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request) 
 		}
 	}
 	err := r.converge(ctx, dirtyRS, dirtyAG)
-	r.State.publish(r.desiredRS, r.spans, r.gens, r.oversized)
+	r.State.publish(r.targets, r.spans, r.gens)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -183,17 +181,13 @@ func (r *RuleSetReconciler) shardLevels(ctx context.Context) (map[string]int, er
 	return levels, nil
 }
 
-// setDesiredRS records a node's compiled spec (nil: the node is gone) and
-// keeps the group reference counts in step, marking groups whose count
-// changed so their status is rewritten.
+// setDesiredRS records a node's compiled spec (nil: the node is gone),
+// marking the groups it referenced and references, whose reference counts
+// may have changed, so their status is compared.
 func (r *RuleSetReconciler) setDesiredRS(name string, spec *v1alpha1.NodeRuleSetSpec, dirtyAG map[string]struct{}) {
 	if old, ok := r.desiredRS[name]; ok {
 		for _, g := range old.AddressGroups {
 			dirtyAG[g] = struct{}{}
-			r.refs[g]--
-			if r.refs[g] <= 0 {
-				delete(r.refs, g)
-			}
 		}
 	}
 	if spec == nil {
@@ -203,7 +197,6 @@ func (r *RuleSetReconciler) setDesiredRS(name string, spec *v1alpha1.NodeRuleSet
 	r.desiredRS[name] = *spec
 	for _, g := range spec.AddressGroups {
 		dirtyAG[g] = struct{}{}
-		r.refs[g]++
 	}
 }
 
@@ -244,302 +237,12 @@ func (r *RuleSetReconciler) requeue(rs, ag map[string]struct{}) {
 	}
 }
 
-// converge writes the given outputs where the API differs from the compiled
-// state: groups first (a rule set never references a group that does not
-// exist yet), then rule sets, then deletions of rule sets of deleted nodes
-// and of groups nothing references.
-func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[string]struct{}) error {
-	logger := log.FromContext(ctx)
-	failedRS, failedAG := map[string]struct{}{}, map[string]struct{}{}
-	var errs []error
-	keepGroups := map[string]bool{}
-
-	for _, name := range sortedKeys(dirtyAG) {
-		spec, ok := r.desiredAG[name]
-		if !ok {
-			continue
-		}
-		delete(r.oversized, "AddressGroup/"+name)
-		if size := specSize(spec); size > r.maxBytes() {
-			r.oversized["AddressGroup/"+name] = size
-			logger.Error(nil, "Address group exceeds the object size limit; not written", "addressGroup", name, "bytes", size, "limit", r.maxBytes())
-			r.reportOversizedGroup(ctx, name, size)
-			continue
-		}
-		cur, err := r.getGroup(ctx, name)
-		if err == nil {
-			err = r.writeGroup(ctx, name, spec, cur)
-		}
-		if err == nil {
-			err = r.writeGroupStatus(ctx, name, spec, r.refs[name])
-		}
-		if err != nil {
-			errs = append(errs, err)
-			failedAG[name] = struct{}{}
-		}
-	}
-
-	largest := 0
-	for _, name := range sortedKeys(dirtyRS) {
-		cur := &v1alpha1.NodeRuleSet{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, cur); err != nil {
-			if !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("reading NodeRuleSet %s: %w", name, err))
-				failedRS[name] = struct{}{}
-				continue
-			}
-			cur = nil
-		}
-		spec, ok := r.desiredRS[name]
-		if !ok {
-			if cur != nil {
-				if err := r.deleteStaleRuleSet(ctx, cur); err != nil {
-					errs = append(errs, err)
-					failedRS[name] = struct{}{}
-				}
-			}
-			continue
-		}
-		node := &corev1.Node{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
-			// The engine saw the node; the cache will too. Try again then.
-			errs = append(errs, fmt.Errorf("reading Node %s: %w", name, err))
-			failedRS[name] = struct{}{}
-			continue
-		}
-		delete(r.oversized, "NodeRuleSet/"+name)
-		size := specSize(spec)
-		largest = max(largest, size)
-		if size > r.maxBytes() {
-			r.oversized["NodeRuleSet/"+name] = size
-			logger.Error(nil, "Rule set exceeds the object size limit; the node keeps its last rule set", "node", name, "bytes", size, "limit", r.maxBytes())
-			r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "RuleSetTooLarge", "Compile",
-				"Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", size, r.maxBytes())
-			if cur != nil {
-				for _, g := range cur.Spec.AddressGroups {
-					keepGroups[g] = true
-				}
-			}
-			continue
-		}
-		if err := r.writeRuleSet(ctx, node, spec, cur); err != nil {
-			errs = append(errs, err)
-			failedRS[name] = struct{}{}
-			if cur != nil {
-				for _, g := range cur.Spec.AddressGroups {
-					keepGroups[g] = true
-				}
-			}
-		}
-	}
-	largestRuleSetBytes.Set(float64(max(largest, r.largestKnown())))
-	oversizedObjects.Set(float64(len(r.oversized)))
-
-	for _, name := range sortedKeys(dirtyAG) {
-		if _, ok := r.desiredAG[name]; ok {
-			continue
-		}
-		if keepGroups[name] {
-			failedAG[name] = struct{}{} // delete it once no stale rule set needs it
-			continue
-		}
-		ag := &v1alpha1.AddressGroup{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
-			if !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("reading AddressGroup %s: %w", name, err))
-				failedAG[name] = struct{}{}
-			}
-			continue
-		}
-		logger.V(1).Info("Deleting unreferenced address group", "addressGroup", name)
-		if err := r.Client.Delete(ctx, ag, client.Preconditions{UID: &ag.UID}); err != nil && !apierrors.IsNotFound(err) {
-			writeErrors.WithLabelValues("AddressGroup").Inc()
-			errs = append(errs, fmt.Errorf("deleting AddressGroup %s: %w", name, err))
-			failedAG[name] = struct{}{}
-			continue
-		}
-		objectWrites.WithLabelValues("AddressGroup", "delete").Inc()
-	}
-
-	if len(failedRS)+len(failedAG) > 0 {
-		r.requeue(failedRS, failedAG)
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("converging rule sets: %d writes failed, first: %w", len(errs), errs[0])
-	}
-	return nil
-}
-
-// reportOversizedGroup records a warning on every node whose rule set
-// references a group too large to write: those nodes keep the group's last
-// written members, or cannot program the rule set if it was never written.
-func (r *RuleSetReconciler) reportOversizedGroup(ctx context.Context, group string, size int) {
-	for name, spec := range r.desiredRS {
-		if !slices.Contains(spec.AddressGroups, group) {
-			continue
-		}
-		node := &corev1.Node{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
-			continue
-		}
-		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, "AddressGroupTooLarge", "Compile",
-			"Address group %s is %d bytes, above the %d-byte object limit; its membership is not updated", group, size, r.maxBytes())
-	}
-}
-
-// largestKnown is the largest desired rule set recorded as oversized.
-func (r *RuleSetReconciler) largestKnown() int {
-	n := 0
-	for k, v := range r.oversized {
-		if strings.HasPrefix(k, "NodeRuleSet/") {
-			n = max(n, v)
-		}
-	}
-	return n
-}
-
-// deleteStaleRuleSet deletes the rule set of a node that no longer exists.
-// The owner reference lets the garbage collector do this too; doing it here
-// makes it independent of it.
-func (r *RuleSetReconciler) deleteStaleRuleSet(ctx context.Context, rs *v1alpha1.NodeRuleSet) error {
-	node := &corev1.Node{}
-	err := r.Client.Get(ctx, client.ObjectKey{Name: rs.Name}, node)
-	if err == nil && node.DeletionTimestamp.IsZero() {
-		return nil // the engine has not seen this node yet; its event will come
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("reading Node %s: %w", rs.Name, err)
-	}
-	log.FromContext(ctx).Info("Deleting rule set of a deleted node", "node", rs.Name)
-	if err := r.Client.Delete(ctx, rs, client.Preconditions{UID: &rs.UID}); err != nil && !apierrors.IsNotFound(err) {
-		writeErrors.WithLabelValues("NodeRuleSet").Inc()
-		return fmt.Errorf("deleting NodeRuleSet %s: %w", rs.Name, err)
-	}
-	objectWrites.WithLabelValues("NodeRuleSet", "delete").Inc()
-	return nil
-}
-
-func (r *RuleSetReconciler) getGroup(ctx context.Context, name string) (*v1alpha1.AddressGroup, error) {
-	ag := &v1alpha1.AddressGroup{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("reading AddressGroup %s: %w", name, err)
-	}
-	return ag, nil
-}
-
+// maxBytes is the size limit of a written spec.
 func (r *RuleSetReconciler) maxBytes() int {
 	if r.MaxObjectBytes > 0 {
 		return r.MaxObjectBytes
 	}
 	return DefaultMaxObjectBytes
-}
-
-func specSize(spec any) int {
-	b, err := json.Marshal(spec)
-	if err != nil {
-		return 0
-	}
-	return len(b)
-}
-
-// writeGroup and writeRuleSet give the client a copy of the spec: the client
-// decodes the API server's response into the object it is given, reusing its
-// slices, maps and pointers, and the desired specs are shared with the
-// compiler.Engine, which must not see them change.
-func (r *RuleSetReconciler) writeGroup(ctx context.Context, name string, spec v1alpha1.AddressGroupSpec, cur *v1alpha1.AddressGroup) error {
-	if cur == nil {
-		ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, Spec: *spec.DeepCopy()}
-		if err := r.Client.Create(ctx, ag); err != nil && !apierrors.IsAlreadyExists(err) {
-			writeErrors.WithLabelValues("AddressGroup").Inc()
-			return fmt.Errorf("creating AddressGroup %s: %w", name, err)
-		}
-		objectWrites.WithLabelValues("AddressGroup", "create").Inc()
-		return nil
-	}
-	if equality.Semantic.DeepEqual(cur.Spec, spec) {
-		return nil
-	}
-	// A merge patch without a resource version: the controller is the only
-	// writer of specs, and its own status writes must not make it retry.
-	ag := cur.DeepCopy()
-	ag.Spec = *spec.DeepCopy()
-	if err := r.Client.Patch(ctx, ag, client.MergeFrom(cur)); err != nil {
-		writeErrors.WithLabelValues("AddressGroup").Inc()
-		return fmt.Errorf("updating AddressGroup %s: %w", name, err)
-	}
-	objectWrites.WithLabelValues("AddressGroup", "update").Inc()
-	return nil
-}
-
-func (r *RuleSetReconciler) writeGroupStatus(ctx context.Context, name string, spec v1alpha1.AddressGroupSpec, nodes int32) error {
-	var cur v1alpha1.AddressGroup
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, &cur); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil // the create is not in the cache yet; its watch event brings us back
-		}
-		return fmt.Errorf("reading AddressGroup %s: %w", name, err)
-	}
-	want := v1alpha1.AddressGroupStatus{Size: int32(len(spec.Addresses) + len(spec.Endpoints)), Nodes: nodes}
-	if cur.Status == want {
-		return nil
-	}
-	patch := client.MergeFrom(cur.DeepCopy())
-	cur.Status = want
-	if err := r.Client.Status().Patch(ctx, &cur, patch); err != nil && !apierrors.IsNotFound(err) {
-		writeErrors.WithLabelValues("AddressGroup").Inc()
-		return fmt.Errorf("updating AddressGroup %s status: %w", name, err)
-	}
-	objectWrites.WithLabelValues("AddressGroup", "status").Inc()
-	return nil
-}
-
-func (r *RuleSetReconciler) writeRuleSet(ctx context.Context, node *corev1.Node, spec v1alpha1.NodeRuleSetSpec, cur *v1alpha1.NodeRuleSet) error {
-	if cur == nil {
-		rs := &v1alpha1.NodeRuleSet{
-			ObjectMeta: metav1.ObjectMeta{
-				Name:   node.Name,
-				Labels: managedLabels(),
-				OwnerReferences: []metav1.OwnerReference{{
-					APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID,
-					Controller: ptr.To(true),
-				}},
-			},
-			Spec: *spec.DeepCopy(),
-		}
-		if err := r.Client.Create(ctx, rs); err != nil && !apierrors.IsAlreadyExists(err) {
-			writeErrors.WithLabelValues("NodeRuleSet").Inc()
-			return fmt.Errorf("creating NodeRuleSet %s: %w", node.Name, err)
-		}
-		objectWrites.WithLabelValues("NodeRuleSet", "create").Inc()
-		return nil
-	}
-	if equality.Semantic.DeepEqual(cur.Spec, spec) && ownedBy(cur, node) {
-		return nil
-	}
-	rs := cur.DeepCopy()
-	rs.Spec = *spec.DeepCopy()
-	if !ownedBy(cur, node) {
-		// A node deleted and re-created under the same name gets a new UID.
-		rs.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr.To(true)}}
-	}
-	// A merge patch without a resource version: the controller is the only
-	// writer of specs, and the agent writes status all the time, so an
-	// optimistic update from the cache would keep conflicting.
-	if err := r.Client.Patch(ctx, rs, client.MergeFrom(cur)); err != nil {
-		writeErrors.WithLabelValues("NodeRuleSet").Inc()
-		return fmt.Errorf("updating NodeRuleSet %s: %w", node.Name, err)
-	}
-	objectWrites.WithLabelValues("NodeRuleSet", "update").Inc()
-	return nil
-}
-
-func ownedBy(rs *v1alpha1.NodeRuleSet, node *corev1.Node) bool {
-	return slices.ContainsFunc(rs.OwnerReferences, func(o metav1.OwnerReference) bool {
-		return o.Kind == "Node" && o.UID == node.UID
-	})
 }
 
 // ManagedByLabel marks the objects the controller owns.
@@ -570,10 +273,11 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.dirtyRS, r.dirtyAG = map[string]struct{}{}, map[string]struct{}{}
 	r.desiredRS = map[string]v1alpha1.NodeRuleSetSpec{}
 	r.desiredAG = map[string]v1alpha1.AddressGroupSpec{}
-	r.refs = map[string]int32{}
+	r.targets = map[string]v1alpha1.NodeRuleSetSpec{}
 	r.spans = map[string]compiler.PolicySpan{}
 	r.gens = map[string]int64{}
-	r.oversized = map[string]int{}
+	r.oversizedRS = map[string]int{}
+	r.oversizedAG = map[string]int{}
 
 	pods := r.feed(func(o client.Object) {
 		r.engine.UpsertPod(o.(*corev1.Pod))
@@ -590,7 +294,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}, func(o client.Object) { r.engine.DeleteNode(o.GetName()) })
 	nps := r.feed(func(o client.Object) {
 		r.engine.UpsertNetworkPolicy(o.(*networkingv1.NetworkPolicy))
-		r.pendingGens["NetworkPolicy/"+o.GetNamespace()+"/"+o.GetName()] = o.GetGeneration()
+		r.pendingGens[v1alpha1.NetworkPolicyKey(o.GetNamespace(), o.GetName())] = o.GetGeneration()
 	}, func(o client.Object) { r.engine.DeleteNetworkPolicy(o.GetNamespace(), o.GetName()) })
 	dds := r.feed(func(o client.Object) {
 		if !o.GetDeletionTimestamp().IsZero() {
@@ -598,7 +302,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return
 		}
 		r.engine.UpsertDefaultDeny(o.(*v1alpha1.DefaultDeny))
-		r.pendingGens["DefaultDeny/"+o.GetName()] = o.GetGeneration()
+		r.pendingGens[v1alpha1.DefaultDenyKey(o.GetName())] = o.GetGeneration()
 	}, func(o client.Object) { r.engine.DeleteDefaultDeny(o.GetName()) })
 	ruleSets := r.feed(func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} },
 		func(o client.Object) { r.dirtyRS[o.GetName()] = struct{}{} })

@@ -346,8 +346,15 @@ var _ = Describe("Rule sets", func() {
 			g.Expect(c.Reason).To(Equal("RuleSetTooLarge"))
 			g.Expect(c.Message).To(ContainSubstring(node.Name))
 		}).Should(Succeed())
-		By("keeping the last rule set that fit")
-		Expect(len(ruleSet(Default, node.Name).Spec.Pods)).To(BeNumerically("<", 11))
+		By("keeping the last rule set that fit, saying in it why")
+		Eventually(func(g Gomega) {
+			rs := ruleSet(g, node.Name)
+			g.Expect(len(rs.Spec.Pods)).To(BeNumerically("<", 11))
+			g.Expect(rs.Spec.Unwritten).NotTo(BeNil())
+			g.Expect(rs.Spec.Unwritten.Reason).To(Equal(v1alpha1.ReasonRuleSetTooLarge))
+			g.Expect(rs.Spec.Unwritten.Limit).To(BeEquivalentTo(testMaxObjectBytes))
+			g.Expect(rs.Spec.Unwritten.Bytes).To(BeNumerically(">", testMaxObjectBytes))
+		}).Should(Succeed())
 		By("recording a warning event on the node")
 		Eventually(func(g Gomega) {
 			var evs eventsv1.EventList
@@ -363,7 +370,9 @@ var _ = Describe("Rule sets", func() {
 		By("writing it again once it fits")
 		Expect(admin.DeleteAllOf(ctx, &networkingv1.NetworkPolicy{}, client.InNamespace(ns.Name))).To(Succeed())
 		Eventually(func(g Gomega) {
-			g.Expect(ruleSet(g, node.Name).Spec.Pods).To(HaveLen(11))
+			rs := ruleSet(g, node.Name)
+			g.Expect(rs.Spec.Pods).To(HaveLen(11))
+			g.Expect(rs.Spec.Unwritten).To(BeNil())
 		}, 20*time.Second).Should(Succeed())
 	})
 })
@@ -524,6 +533,12 @@ var _ = Describe("Oversized address groups", func() {
 			group = rs.Spec.AddressGroups[0]
 		}).Should(Succeed())
 		Expect(isNotFound(admin.Get(ctx, client.ObjectKey{Name: group}, &v1alpha1.AddressGroup{}))).To(BeTrue())
+		Eventually(func(g Gomega) {
+			u := ruleSet(g, node.Name).Spec.Unwritten
+			g.Expect(u).NotTo(BeNil())
+			g.Expect(u.Reason).To(Equal(v1alpha1.ReasonAddressGroupTooLarge))
+			g.Expect(u.AddressGroups).To(Equal([]string{group}))
+		}).Should(Succeed())
 		Eventually(func(g Gomega) {
 			var evs eventsv1.EventList
 			g.Expect(admin.List(ctx, &evs)).To(Succeed())

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,15 +25,16 @@ import (
 	"github.com/nftguard/nftguard/internal/compiler"
 )
 
-// State carries the outcome of the latest compile from the rule-set
-// reconciler to the status reconciler.
+// State carries the outcome of the latest pass from the rule-set
+// reconciler to the status reconciler: the spec each node's NodeRuleSet is
+// to have, the policies' spans and the generations compiled. Whether a
+// node enforces its rule set is read from the stored NodeRuleSet.
 type State struct {
 	mu          sync.RWMutex
 	compiled    bool
-	desired     map[string]v1alpha1.NodeRuleSetSpec
+	targets     map[string]v1alpha1.NodeRuleSetSpec
 	spans       map[string]compiler.PolicySpan
 	generations map[string]int64 // policy key -> generation compiled
-	oversized   map[string]int   // "NodeRuleSet/<node>" or "AddressGroup/<name>" -> bytes
 	notify      chan event.GenericEvent
 }
 
@@ -43,19 +43,33 @@ func NewState() *State {
 	return &State{notify: make(chan event.GenericEvent, 1)}
 }
 
-// publish hands a copy of the compiled state to the status reconciler and
+// publish hands a copy of the pass's outcome to the status reconciler and
 // wakes it.
-func (s *State) publish(desired map[string]v1alpha1.NodeRuleSetSpec, spans map[string]compiler.PolicySpan, gens map[string]int64, oversized map[string]int) {
+func (s *State) publish(targets map[string]v1alpha1.NodeRuleSetSpec, spans map[string]compiler.PolicySpan, gens map[string]int64) {
 	s.mu.Lock()
 	s.compiled = true
-	s.desired = maps.Clone(desired)
+	s.targets = maps.Clone(targets)
 	s.spans = maps.Clone(spans)
 	s.generations = maps.Clone(gens)
-	s.oversized = maps.Clone(oversized)
 	s.mu.Unlock()
 	select {
 	case s.notify <- event.GenericEvent{Object: &v1alpha1.NodeRuleSet{}}:
 	default: // a status pass is already due
+	}
+}
+
+// progress returns a memoizing function giving each node's progress from
+// the stored rule sets.
+func (s *State) progress(present map[string]*v1alpha1.NodeRuleSet) func(string) v1alpha1.Progress {
+	memo := make(map[string]v1alpha1.Progress, len(s.targets))
+	return func(node string) v1alpha1.Progress {
+		if p, ok := memo[node]; ok {
+			return p
+		}
+		target, ok := s.targets[node]
+		p := nodeProgress(present[node], target, ok)
+		memo[node] = p
+		return p
 	}
 }
 
@@ -93,16 +107,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	for i := range rsList.Items {
 		present[rsList.Items[i].Name] = &rsList.Items[i]
 	}
-	nodes := make(map[string]NodeState, len(r.State.desired))
-	for name, spec := range r.State.desired {
-		_, tooLarge := r.State.oversized["NodeRuleSet/"+name]
-		for _, g := range spec.AddressGroups {
-			if _, over := r.State.oversized["AddressGroup/"+g]; over {
-				tooLarge = true
-			}
-		}
-		nodes[name] = nodeStateOf(present[name], spec, tooLarge)
-	}
+	progress := r.State.progress(present)
 
 	var errs []error
 	var dds v1alpha1.DefaultDenyList
@@ -111,12 +116,13 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	}
 	for i := range dds.Items {
 		dd := &dds.Items[i]
-		key := "DefaultDeny/" + dd.Name
+		key := v1alpha1.DefaultDenyKey(dd.Name)
 		gen, ok := r.State.generations[key]
 		if !ok || gen != dd.Generation {
 			continue // not compiled yet; the compile that includes it notifies us
 		}
-		want := defaultDenyStatus(dd.Status, aggregate(r.State.spans[key], nodes), dd.Generation)
+		span := r.State.spans[key]
+		want := defaultDenyStatus(dd.Status, v1alpha1.SummarizeProgress(span.Nodes, progress), span.SelectedPods, progress, dd.Generation)
 		if equality.Semantic.DeepEqual(dd.Status, want) {
 			continue
 		}
@@ -134,7 +140,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	if err := r.Client.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, fmt.Errorf("listing NetworkPolicies: %w", err)
 	}
-	r.reportPolicies(ctx, nps.Items, nodes)
+	r.reportPolicies(ctx, nps.Items, progress)
 
 	if len(errs) > 0 {
 		return reconcile.Result{}, errs[0]
@@ -144,8 +150,8 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 
 // reportPolicies records an Event on each NetworkPolicy whose enforcement
 // changed: Enforced once every node it spans programmed it, a warning when a
-// node failed or its rule set is too large.
-func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv1.NetworkPolicy, nodes map[string]NodeState) {
+// node failed, is uninstalled or its rule set is too large.
+func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv1.NetworkPolicy, progress func(string) v1alpha1.Progress) {
 	if r.reported == nil {
 		r.reported = map[types.NamespacedName]string{}
 	}
@@ -154,25 +160,17 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 		np := &nps[i]
 		id := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
 		seen[id] = true
-		key := "NetworkPolicy/" + np.Namespace + "/" + np.Name
+		key := v1alpha1.NetworkPolicyKey(np.Namespace, np.Name)
 		if gen, ok := r.State.generations[key]; !ok || gen != np.Generation {
 			continue
 		}
-		e := aggregate(r.State.spans[key], nodes)
-		var typ, reason, note string
-		switch {
-		case len(e.TooLarge) > 0:
-			typ, reason = corev1.EventTypeWarning, ReasonRuleSetTooLarge
-			note = fmt.Sprintf("Not enforced on %s: the node's rule set or one of its address groups exceeds the object size limit", list(e.TooLarge))
-		case len(e.Failed) > 0:
-			typ, reason = corev1.EventTypeWarning, ReasonProgramFailed
-			note = fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(e.Failed), e.Desired, list(e.Failed))
-		case e.Desired > 0 && e.Enforced == e.Desired:
-			typ, reason = corev1.EventTypeNormal, ReasonEnforced
-			note = fmt.Sprintf("Enforced on all %d nodes hosting its %d selected pods (generation %d)", e.Desired, e.SelectedPods, np.Generation)
-		default:
+		span := r.State.spans[key]
+		p := v1alpha1.SummarizeProgress(span.Nodes, progress)
+		typ, note, ok := policyEvent(p, span.SelectedPods, progress, np.Generation)
+		if !ok {
 			continue // nothing selected, or still programming: nothing new to say
 		}
+		reason := p.Reason
 		state := strings.Join([]string{reason, fmt.Sprint(np.Generation), note}, "|")
 		if r.reported[id] == state {
 			continue

@@ -54,30 +54,41 @@ func TestWritesLeaveSpecsAlone(t *testing.T) {
 		PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
 		Addresses:   []string{"198.18.0.1", "198.18.0.2"},
 	}
-	wantGroup := group.DeepCopy()
-	if err := r.writeGroup(ctx, "ag-1", group, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.writeGroup(ctx, "ag-1", group, &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: "ag-1"}}); err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(wantGroup, &group); diff != "" {
-		t.Errorf("writing a group modified the desired spec (-before +after):\n%s", diff)
-	}
-
 	rs := v1alpha1.NodeRuleSetSpec{
 		Pods: []v1alpha1.LocalPod{{Namespace: "x", Name: "a", IPs: []string{"198.18.0.1"},
 			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/x/p"}, Rules: []string{"r-1"}}}},
 		Rules: []v1alpha1.Rule{{ID: "r-1", Direction: v1alpha1.DirectionIngress, Policies: []string{"NetworkPolicy/x/p"},
 			Peers: []v1alpha1.Peer{{IPBlock: &v1alpha1.IPBlock{CIDR: "10.0.0.0/8"}}}}},
 	}
-	wantRS := rs.DeepCopy()
+	wantGroup, wantRS := group.DeepCopy(), rs.DeepCopy()
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "u1"}}
-	if err := r.writeRuleSet(ctx, node, rs, nil); err != nil {
-		t.Fatal(err)
+	for _, cur := range []struct {
+		rs *v1alpha1.NodeRuleSet
+		ag *v1alpha1.AddressGroup
+	}{
+		{nil, nil}, // creates
+		{&v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: "ag-1"}}}, // updates
+	} {
+		in := planInput{
+			RuleSets: []string{"n1"}, Groups: []string{"ag-1"},
+			DesiredRuleSets: map[string]v1alpha1.NodeRuleSetSpec{"n1": rs},
+			DesiredGroups:   map[string]v1alpha1.AddressGroupSpec{"ag-1": group},
+			CurRuleSets:     map[string]*v1alpha1.NodeRuleSet{}, CurGroups: map[string]*v1alpha1.AddressGroup{},
+			Nodes: map[string]*corev1.Node{"n1": node}, MaxBytes: DefaultMaxObjectBytes,
+		}
+		if cur.rs != nil {
+			in.CurRuleSets["n1"], in.CurGroups["ag-1"] = cur.rs, cur.ag
+		}
+		p := planWrites(in)
+		if len(p.Writes) < 2 {
+			t.Fatalf("planned %+v, want a group and a rule set write", p.Writes)
+		}
+		if errs := r.execute(ctx, p, map[string]struct{}{}, map[string]struct{}{}); len(errs) > 0 {
+			t.Fatal(errs)
+		}
 	}
-	if err := r.writeRuleSet(ctx, node, rs, &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}); err != nil {
-		t.Fatal(err)
+	if diff := cmp.Diff(wantGroup, &group); diff != "" {
+		t.Errorf("writing a group modified the desired spec (-before +after):\n%s", diff)
 	}
 	if diff := cmp.Diff(wantRS, &rs); diff != "" {
 		t.Errorf("writing a rule set modified the desired spec (-before +after):\n%s", diff)

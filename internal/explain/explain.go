@@ -290,7 +290,7 @@ func (x *index) side(p *corev1.Pod, dir v1alpha1.Direction, pkt packet) Side {
 	s.Node = ref.node
 	if uninstalled(ref.rs) {
 		s.Allowed = true
-		s.Reason = fmt.Sprintf("node %s deleted its nftguard table for uninstall (annotation %s): it filters no traffic", ref.node, uninstallAnnotation)
+		s.Reason = fmt.Sprintf("node %s deleted its nftguard table for uninstall (annotation %s): it filters no traffic", ref.node, v1alpha1.UninstallAnnotation)
 		return s
 	}
 	s.Notes = programNotes(ref.rs)
@@ -477,36 +477,29 @@ func blockContains(b *v1alpha1.IPBlock, ip netip.Addr) bool {
 	return true
 }
 
-// The agent's side of uninstall (agent.UninstallAnnotation and
-// agent.ReasonUninstalled; this package does not import the agent, which
-// only builds on Linux).
-const (
-	uninstallAnnotation = "nftguard.io/uninstall"
-	reasonUninstalled   = "Uninstalled"
-)
-
 // uninstalled reports whether the node's agent has deleted its table for
 // uninstall: it then enforces nothing, whatever its rule set says, until it
 // programs the rule set again (and reports Programmed=True).
 func uninstalled(rs *v1alpha1.NodeRuleSet) bool {
-	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	return c != nil && c.Status == metav1.ConditionFalse && c.Reason == reasonUninstalled
+	return v1alpha1.NodeProgress(rs, rs.Generation).State == v1alpha1.NodeUninstalled
 }
 
+// programNotes warn when the node's table may not hold its rule set, as
+// v1alpha1.NodeProgress says.
 func programNotes(rs *v1alpha1.NodeRuleSet) []string {
-	for _, c := range rs.Status.Conditions {
-		if c.Type != v1alpha1.ConditionProgrammed {
-			continue
-		}
-		switch {
-		case c.Status != "True":
-			return []string{fmt.Sprintf("node %s has not programmed this rule set (Programmed=%s, %s: %s): its table may hold an older one", rs.Name, c.Status, c.Reason, c.Message)}
-		case rs.Status.ObservedGeneration != rs.Generation:
-			return []string{fmt.Sprintf("node %s has programmed generation %d, not %d yet", rs.Name, rs.Status.ObservedGeneration, rs.Generation)}
-		}
+	p := v1alpha1.NodeProgress(rs, rs.Generation)
+	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+	switch {
+	case p.State == v1alpha1.NodeTooLarge:
+		return []string{fmt.Sprintf("node %s does not hold the latest compile (%s: %s): its table may hold an older rule set", rs.Name, p.Reason, p.Message)}
+	case p.State == v1alpha1.NodeProgrammed:
 		return nil
+	case c == nil:
+		return []string{fmt.Sprintf("node %s has not reported its rule set programmed (is its agent running?)", rs.Name)}
+	case c.Status != metav1.ConditionTrue:
+		return []string{fmt.Sprintf("node %s has not programmed this rule set (Programmed=%s, %s: %s): its table may hold an older one", rs.Name, c.Status, c.Reason, c.Message)}
 	}
-	return []string{fmt.Sprintf("node %s has not reported its rule set programmed (is its agent running?)", rs.Name)}
+	return []string{fmt.Sprintf("node %s has programmed generation %d, not %d yet", rs.Name, rs.Status.ObservedGeneration, rs.Generation)}
 }
 
 func describePorts(ps []v1alpha1.Port) string {

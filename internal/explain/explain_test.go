@@ -437,6 +437,24 @@ func TestExplainNotes(t *testing.T) {
 	}
 }
 
+// TestExplainNotesUnwritten: a rule set the controller marked as not holding
+// the latest compile gets a note, though its agent programmed it.
+func TestExplainNotesUnwritten(t *testing.T) {
+	c := newCluster()
+	c.NetworkPolicies = append(c.NetworkPolicies, np("x", "deny", ingressOnly, nil, nil, sel("app", "a")))
+	in := c.compile(t)
+	for i := range in.RuleSets {
+		in.RuleSets[i].Spec.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: 2000, Limit: 1000}
+	}
+	v, err := explain.Explain(in, explain.Query{FromNamespace: "x", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Ingress.Notes) == 0 || !strings.Contains(v.Ingress.Notes[0], "does not hold the latest compile (RuleSetTooLarge: Compiled rule set is 2000 bytes") {
+		t.Errorf("verdict %s", dump(v))
+	}
+}
+
 // TestExplainUninstalled: a node whose agent deleted its table for
 // uninstall enforces nothing, whatever its rule set says; the other nodes
 // still do.

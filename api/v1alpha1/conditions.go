@@ -1,0 +1,63 @@
+package v1alpha1
+
+// The status contract: the condition types, reasons and annotations the
+// controller, the agents, the kubectl plugin and explain agree on.
+
+// Condition types.
+const (
+	// ConditionProgrammed is the NodeRuleSet condition its agent sets: True
+	// when the node's nftables table holds the rule set of
+	// status.observedGeneration.
+	ConditionProgrammed = "Programmed"
+	// ConditionEnforced is the DefaultDeny condition that is True when every
+	// node hosting a selected pod has programmed the current rule set.
+	ConditionEnforced = "Enforced"
+)
+
+// Reasons of the NodeRuleSet Programmed condition, set by the node's agent.
+const (
+	// ReasonProgrammed (True): the table holds the rule set.
+	ReasonProgrammed = "Programmed"
+	// ReasonAddressGroupMissing (False): a referenced AddressGroup does not
+	// exist; the previous rule set stays in force.
+	ReasonAddressGroupMissing = "AddressGroupMissing"
+	// ReasonRenderFailed (False): the rule set could not be rendered into a
+	// table; the previous rule set stays in force.
+	ReasonRenderFailed = "RenderFailed"
+	// ReasonProgramFailed (False): the kernel refused the transaction; the
+	// previous rule set stays in force. Also the reason of the DefaultDeny
+	// Enforced condition and the NetworkPolicy Event when an agent failed.
+	ReasonProgramFailed = "ProgramFailed"
+	// ReasonUninstalled (False): the agent deleted the table because the
+	// NodeRuleSet carries UninstallAnnotation; the node filters no traffic.
+	// Also the reason of the DefaultDeny Enforced condition and the
+	// NetworkPolicy Event when a node the policy needs is uninstalled.
+	ReasonUninstalled = "Uninstalled"
+)
+
+// Reasons of the DefaultDeny Enforced condition and of the Events on
+// NetworkPolicies (besides ReasonProgramFailed and ReasonUninstalled).
+const (
+	// ReasonEnforced (True): every node the policy spans programmed it.
+	ReasonEnforced = "Enforced"
+	// ReasonNoSelectedPods (True): the policy selects no pod.
+	ReasonNoSelectedPods = "NoSelectedPods"
+	// ReasonProgramming (False): some node has not programmed it yet.
+	ReasonProgramming = "Programming"
+	// ReasonRuleSetTooLarge (False): the compiled rule set of some node, or
+	// an address group it references, exceeds the object size limit. Also
+	// the reason the controller records in a NodeRuleSet's spec.unwritten
+	// and on a warning Event on the Node when the node's own rule set is
+	// too large.
+	ReasonRuleSetTooLarge = "RuleSetTooLarge"
+	// ReasonAddressGroupTooLarge is the reason of spec.unwritten, and of the
+	// warning Event on the Node, when an address group the rule set
+	// references exceeds the object size limit.
+	ReasonAddressGroupTooLarge = "AddressGroupTooLarge"
+)
+
+// UninstallAnnotation on a NodeRuleSet asks its agent to delete the node's
+// nftables table and stop programming it; the agent then reports
+// Programmed=False with reason Uninstalled. Removing it programs the rule
+// set again.
+const UninstallAnnotation = "nftguard.io/uninstall"
