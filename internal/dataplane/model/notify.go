@@ -37,7 +37,9 @@ type Notification struct {
 	Handle uint64
 	RuleID string
 	// Generation, PID and Process describe the end of a transaction: the
-	// ruleset generation it made and the process that committed it.
+	// ruleset generation it made and the task that committed it (PID is
+	// the kernel's id of the committing thread, so a process tells its own
+	// transactions by its threads, /proc/self/task/<PID>).
 	Generation uint32
 	PID        uint32
 	Process    string

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -217,25 +218,64 @@ func serve(t testing.TB, ns netns.NsHandle) {
 	})
 }
 
-// tcpConnect reports whether a TCP connection from ns to dst:port is
-// established within timeout.
-func tcpConnect(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) bool {
-	var ok bool
+// outcome is what a probe saw. A flow the table blocks gets no answer at
+// all (nftguard drops, never rejects); a refusal (a TCP reset, an ICMP
+// unreachable) means the packet got through to a host that answered, so it
+// never counts as blocked.
+type outcome int
+
+const (
+	connected outcome = iota
+	noAnswer
+	refused
+)
+
+func (o outcome) String() string {
+	switch o {
+	case connected:
+		return "connected"
+	case noAnswer:
+		return "no answer"
+	}
+	return "refused"
+}
+
+// outcomeOf classifies a dial or read error.
+func outcomeOf(err error) outcome {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return connected
+	case errors.As(err, &ne) && ne.Timeout():
+		return noAnswer
+	}
+	return refused
+}
+
+// tcpDial tries a TCP connection from ns to dst:port for timeout.
+func tcpDial(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) outcome {
+	o := refused
 	_ = inNS(ns, func() error {
 		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dst, uint16(port)).String(), timeout)
+		o = outcomeOf(err)
 		if err == nil {
-			ok = true
 			c.Close()
 		}
 		return nil
 	})
-	return ok
+	return o
 }
 
-// udpEcho reports whether a UDP datagram from ns to dst:port gets its echo
-// back within timeout.
-func udpEcho(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) bool {
-	var ok bool
+// tcpConnect reports whether a TCP connection from ns to dst:port is
+// established within timeout.
+func tcpConnect(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) bool {
+	return tcpDial(ns, dst, port, timeout) == connected
+}
+
+// udpProbeOnce sends a UDP datagram from ns to dst:port and waits timeout
+// for its echo; a port unreachable comes back as a refusal.
+func udpProbeOnce(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) outcome {
+	o := refused
 	_ = inNS(ns, func() error {
 		c, err := net.Dial("udp", netip.AddrPortFrom(dst, uint16(port)).String())
 		if err != nil {
@@ -248,10 +288,19 @@ func udpEcho(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration)
 		}
 		buf := make([]byte, 16)
 		n, err := c.Read(buf)
-		ok = err == nil && string(buf[:n]) == "ping"
+		o = outcomeOf(err)
+		if err == nil && string(buf[:n]) != "ping" {
+			o = refused
+		}
 		return nil
 	})
-	return ok
+	return o
+}
+
+// udpEcho reports whether a UDP datagram from ns to dst:port gets its echo
+// back within timeout.
+func udpEcho(ns netns.NsHandle, dst netip.Addr, port int, timeout time.Duration) bool {
+	return udpProbeOnce(ns, dst, port, timeout) == connected
 }
 
 // sctpInit builds an SCTP packet holding one INIT chunk: verification tag 0
@@ -337,32 +386,42 @@ func sctpDelivered(src, dstNS netns.NsHandle, dst netip.Addr, port uint16, timeo
 	}
 }
 
-// expect is one probe and its expected outcome.
+// expect is one probe and whether it should get through: allowed means
+// connected, blocked means no answer at all.
 type expect struct {
 	name string
 	want bool
-	fn   func() (bool, error)
+	fn   func() (outcome, error)
 }
 
 func tcpProbe(name string, from netns.NsHandle, dst netip.Addr, port int, want bool) expect {
 	return expect{name: fmt.Sprintf("%s tcp %s", name, netip.AddrPortFrom(dst, uint16(port))), want: want,
-		fn: func() (bool, error) { return tcpConnect(from, dst, port, probeTimeout(want)), nil }}
+		fn: func() (outcome, error) { return tcpDial(from, dst, port, probeTimeout(want)), nil }}
 }
 
 func udpProbe(name string, from netns.NsHandle, dst netip.Addr, port int, want bool) expect {
 	return expect{name: fmt.Sprintf("%s udp %s", name, netip.AddrPortFrom(dst, uint16(port))), want: want,
-		fn: func() (bool, error) { return udpEcho(from, dst, port, probeTimeout(want)), nil }}
+		fn: func() (outcome, error) { return udpProbeOnce(from, dst, port, probeTimeout(want)), nil }}
 }
 
+// sctpProbe sends an INIT and watches for it at the destination: seen is
+// connected, unseen is no answer (the destination has no SCTP stack to
+// refuse with).
 func sctpProbe(name string, from *testPod, to *testPod, dst netip.Addr, port int, want bool) expect {
 	return expect{name: fmt.Sprintf("%s sctp %s", name, netip.AddrPortFrom(dst, uint16(port))), want: want,
-		fn: func() (bool, error) { return sctpDelivered(from.ns, to.ns, dst, uint16(port), probeTimeout(want)) }}
+		fn: func() (outcome, error) {
+			seen, err := sctpDelivered(from.ns, to.ns, dst, uint16(port), probeTimeout(want))
+			if seen {
+				return connected, err
+			}
+			return noAnswer, err
+		}}
 }
 
 // check runs probes concurrently and reports those with the wrong outcome.
 func check(t testing.TB, probes ...expect) {
 	t.Helper()
-	got := make([]bool, len(probes))
+	got := make([]outcome, len(probes))
 	errs := make([]error, len(probes))
 	var wg sync.WaitGroup
 	for i, p := range probes {
@@ -377,10 +436,10 @@ func check(t testing.TB, probes ...expect) {
 		switch {
 		case errs[i] != nil:
 			t.Errorf("%s: %v", p.name, errs[i])
-		case got[i] != p.want && p.want:
-			t.Errorf("%s: blocked, want allowed", p.name)
-		case got[i] != p.want:
-			t.Errorf("%s: allowed, want blocked", p.name)
+		case p.want && got[i] != connected:
+			t.Errorf("%s: %s, want connected", p.name, got[i])
+		case !p.want && got[i] != noAnswer:
+			t.Errorf("%s: %s, want blocked (no answer)", p.name, got[i])
 		}
 	}
 }
@@ -399,3 +458,30 @@ func programmer(t testing.TB, ns netns.NsHandle) *Programmer {
 func newNetNS(t testing.TB) netns.NsHandle { return netnstest.New(t) }
 
 func inNS(ns netns.NsHandle, fn func() error) error { return netnstest.Do(ns, fn) }
+
+// recorder is a testing.TB that records errors instead of failing.
+type recorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *recorder) Helper() {}
+
+func (r *recorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// TestRefusedIsNotBlocked: a deny cell passes only when the probe got no
+// answer. A port nothing listens on answers with a reset (TCP) or a port
+// unreachable (UDP): such a cell fails, and says the flow was refused.
+func TestRefusedIsNotBlocked(t *testing.T) {
+	topo := newTopology(t, "a", "b")
+	a, b := topo.pods["a"], topo.pods["b"]
+	const dead = 9 // nothing listens there
+	r := &recorder{TB: t}
+	check(r, tcpProbe("a->b dead", a.ns, b.ip4, dead, false), udpProbe("a->b dead", a.ns, b.ip6, dead, false))
+	if len(r.errs) != 2 || !strings.Contains(r.errs[0], "refused, want blocked") || !strings.Contains(r.errs[1], "refused, want blocked") {
+		t.Fatalf("a dead listener passed a deny cell: %q", r.errs)
+	}
+	check(t, tcpProbe("a->b live", a.ns, b.ip4, servedPorts[0], true))
+}
