@@ -1,7 +1,6 @@
 package compiler
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -409,13 +408,5 @@ func checkOracle(t *testing.T, s *Snapshot, res *Result) {
 	}
 	if failures > 5 {
 		t.Errorf("... %d disagreements in all", failures)
-	}
-}
-
-func TestOracleAgreesOnSynthetic(t *testing.T) {
-	s := Synthetic(Params{Seed: 3, Nodes: 3, PodsPerNode: 12, Namespaces: 4, NetworkPolicies: 32, DefaultDenies: true, DualStackEvery: 4})
-	checkOracle(t, s, Compile(s))
-	if testing.Verbose() {
-		fmt.Println("oracle: synthetic cluster agrees")
 	}
 }
