@@ -140,6 +140,7 @@ func dialEcho(t *testing.T, from, to string, port int) net.Conn {
 }
 
 func TestChaosAgentKilled(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	echoServer(t, "x/a", 9000)
 	conn := dialEcho(t, "x/b", "x/a", 9000)
@@ -164,6 +165,7 @@ func TestChaosAgentKilled(t *testing.T) {
 }
 
 func TestChaosControllerRestart(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	ref, err := cl.Kill(localcluster.RoleController, "", syscall.SIGKILL)
 	if err != nil {
@@ -181,6 +183,7 @@ func TestChaosControllerRestart(t *testing.T) {
 }
 
 func TestChaosAPIServerOutage(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	echoServer(t, "x/a", 9001)
 	conn := dialEcho(t, "x/b", "x/a", 9001)
@@ -230,6 +233,7 @@ func mustPod(t *testing.T, key string) localcluster.Pod {
 // the other node (and the time it takes is reported), and a deleted pod's
 // address stops being allowed everywhere, even when a new pod reuses it.
 func TestPodLifecycle(t *testing.T) {
+	needCluster(t)
 	ctx := context.Background()
 	resetPolicies(t)
 	create(t,

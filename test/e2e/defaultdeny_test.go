@@ -43,6 +43,7 @@ func probeOne(t *testing.T, from, to string, p probe) bool {
 }
 
 func TestDefaultDeny(t *testing.T) {
+	needCluster(t)
 	t.Run("cluster-wide deny with NetworkPolicy allowances", func(t *testing.T) {
 		resetPolicies(t)
 		create(t,
@@ -167,6 +168,7 @@ func waitLine(t *testing.T, mark auditMark, from, to string, p probe) logLine {
 // scenario: ingress to x isolated by a NetworkPolicy and a DefaultDeny,
 // egress of y/c isolated by a NetworkPolicy alone.
 func TestDropLogAttribution(t *testing.T) {
+	needCluster(t)
 	resetPolicies(t)
 	create(t,
 		defaultDeny("x-ingress", v1alpha1.ModeEnforce, v1alpha1.PolicyTypeIngress),

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ var (
 	// binDir holds the controller and agent built for this run.
 	binDir string
 	keep   = flag.Bool("e2e.keep", false, "leave the cluster running after the suite (remove it with nftguard-dev down)")
+
+	clusterOnce sync.Once
+	clusterErr  error
+	stateDir    string
 )
 
 // conformanceTopology is the upstream layout: namespaces x, y, z (labelled
@@ -72,34 +77,53 @@ func conformanceTopology() *localcluster.Topology {
 
 func TestMain(m *testing.M) {
 	localcluster.MaybeRunChild()
-	flag.Parse()
-	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped: the local cluster needs root (network namespaces)")
-		os.Exit(0)
-	}
 	os.Exit(run(m))
 }
 
+// run runs the tests, then removes the cluster if a test started one.
 func run(m *testing.M) int {
+	code := m.Run()
+	if err := stopCluster(); err != nil {
+		fmt.Fprintf(os.Stderr, "removing the local cluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// needCluster skips the test without root, and otherwise starts the local
+// cluster for the first test that needs it; every test that uses the
+// cluster calls it first (TestWithoutRootEveryTestSkips checks that they
+// all skip without root).
+func needCluster(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the local cluster needs root (network namespaces)")
+	}
+	clusterOnce.Do(func() { clusterErr = startCluster() })
+	if clusterErr != nil {
+		t.Fatalf("starting the local cluster: %v", clusterErr)
+	}
+}
+
+// startCluster builds the controller and agent from this checkout and
+// starts the conformance topology with them.
+func startCluster() error {
 	root := localcluster.RepoRoot()
 	var err error
 	if binDir, err = os.MkdirTemp("", "nftguard-e2e-bin-"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer os.RemoveAll(binDir)
 	for _, cmd := range []string{"controller", "agent"} {
 		b := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "./cmd/"+cmd)
 		b.Dir, b.Stdout, b.Stderr = root, os.Stderr, os.Stderr
 		if err := b.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", cmd, err)
-			return 1
+			return fmt.Errorf("building %s: %w", cmd, err)
 		}
 	}
-	stateDir, err := os.MkdirTemp("", "nftguard-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	if stateDir, err = os.MkdirTemp("", "nftguard-e2e-"); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -116,22 +140,28 @@ func run(m *testing.M) int {
 		Logf:      func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting the local cluster: %v\n", err)
-		return 1
+		return fmt.Errorf("starting the local cluster: %w", err)
 	}
-	code := m.Run()
+	return nil
+}
+
+// stopCluster removes the cluster and the run's directories, unless
+// -e2e.keep asks to leave the cluster running.
+func stopCluster() error {
+	if binDir != "" {
+		defer os.RemoveAll(binDir)
+	}
+	if cl == nil {
+		return nil
+	}
 	if *keep {
 		fmt.Fprintf(os.Stderr, "e2e: cluster left running; export KUBECONFIG=%s\n", cl.Kubeconfig())
-		return code
+		return nil
 	}
 	if err := cl.Down(); err != nil {
-		fmt.Fprintf(os.Stderr, "removing the local cluster: %v\n", err)
-		if code == 0 {
-			code = 1
-		}
+		return err
 	}
-	_ = os.RemoveAll(stateDir)
-	return code
+	return os.RemoveAll(stateDir)
 }
 
 // waitConverged waits until what the agents enforce is exactly what the
