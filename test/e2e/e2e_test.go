@@ -306,8 +306,9 @@ var (
 	tcp80v6 = probe{80, corev1.ProtocolTCP, localcluster.IPv6}
 )
 
-// observe runs the full 9x9 matrix for one probe.
-func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
+// observe runs the full 9x9 matrix for one probe and returns each cell's
+// outcome.
+func observe(t *testing.T, p probe) (map[[2]string]localcluster.Outcome, *localcluster.Matrix) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -315,14 +316,14 @@ func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
 		Port: intstr.FromInt32(p.port), Protocol: p.proto, Family: p.family,
 		From: allPods(), To: allPods(), Parallel: 12,
 	})
-	got := map[[2]string]bool{}
+	got := map[[2]string]localcluster.Outcome{}
 	for i, f := range m.From {
 		for j, to := range m.To {
 			r := m.Results[i][j]
 			if r.Err != nil {
 				t.Fatalf("probe %s: %v", r, r.Err)
 			}
-			got[[2]string{f, to}] = r.Reachable()
+			got[[2]string{f, to}] = r.Outcome
 		}
 	}
 	return got, m
@@ -358,14 +359,17 @@ func explainInput(t *testing.T) explain.Input {
 
 // checkExplain asserts that explain's verdict, computed from the live rule
 // sets, agrees with the probed reachability of every cell.
-func checkExplain(t *testing.T, p probe, got map[[2]string]bool) {
+func checkExplain(t *testing.T, p probe, got map[[2]string]localcluster.Outcome) {
 	t.Helper()
 	in := explainInput(t)
 	var wrong []string
-	for cell, reachable := range got {
+	for cell, outcome := range got {
 		if cell[0] == cell[1] {
 			continue
 		}
+		// A refusal came from the target: the policies let the packet
+		// through (the model check reports the cell on its own).
+		reachable := outcome != localcluster.Blocked
 		fns, fpod, _ := strings.Cut(cell[0], "/")
 		tns, tpod, _ := strings.Cut(cell[1], "/")
 		v, err := explain.Explain(in, explain.Query{FromNamespace: fns, FromPod: fpod, ToNamespace: tns, ToPod: tpod,
@@ -404,13 +408,39 @@ func expectMatrix(t *testing.T, r *Reachability, withExplain bool, probes ...pro
 			var details []string
 			for i, f := range m.From {
 				for j, to := range m.To {
-					if got[[2]string{f, to}] != r.Expected(f, to) {
+					if !agrees(r.Expected(f, to), got[[2]string{f, to}]) {
 						details = append(details, m.Results[i][j].String())
 					}
 				}
 			}
-			t.Errorf("port %d/%s %s: %d cells differ from the expectation (* marks them; . reachable, X blocked):\n%s%s",
+			t.Errorf("port %d/%s %s: %d cells differ from the expectation (* marks them; . connected, X blocked, R refused):\n%s%s",
 				p.port, p.proto, p.family, wrong, table, strings.Join(details, "\n"))
+		}
+	}
+}
+
+// TestRefusalIsNotBlocked: nothing listens on port 82, so every probe of it
+// is refused (a reset, ICMP port unreachable, an SCTP ABORT), and a matrix
+// expected to be all denied must report every cell wrong: a dead listener
+// cannot pass a denied cell.
+func TestRefusalIsNotBlocked(t *testing.T) {
+	needCluster(t)
+	resetPolicies(t)
+	for _, p := range []probe{
+		{82, corev1.ProtocolTCP, localcluster.IPv4}, {82, corev1.ProtocolUDP, localcluster.IPv4},
+		{82, corev1.ProtocolSCTP, localcluster.IPv4}, {82, corev1.ProtocolTCP, localcluster.IPv6},
+	} {
+		got, m := observe(t, p)
+		for cell, o := range got {
+			if o != localcluster.Refused {
+				r, _ := m.Result(cell[0], cell[1])
+				t.Errorf("%s: want refused, nothing listens on port 82", r)
+			}
+		}
+		table, wrong := NewReachability(false).Table(got)
+		if wrong != len(got) {
+			t.Errorf("port %d/%s %s: %d of %d refused cells count as wrong against an all-denied expectation:\n%s",
+				p.port, p.proto, p.family, wrong, len(got), table)
 		}
 	}
 }
