@@ -215,11 +215,15 @@ func probeTCP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, 
 		return o, "", why, err
 	}
 	defer conn.Close()
+	// The handshake went through, so the policies let the connection in:
+	// the server sends its name at once, but give it a moment past a short
+	// probe timeout. A server that stays silent is the harness's problem.
+	if grace := time.Now().Add(time.Second); grace.After(deadline) {
+		deadline = grace
+	}
 	_ = conn.SetReadDeadline(deadline)
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
-		// The handshake went through: whatever stops the name now is the
-		// server's, not a policy's.
 		return "", "", "", fmt.Errorf("%s accepted the connection but sent no name: %w", dst, err)
 	}
 	return Connected, strings.TrimSpace(line), "", nil
