@@ -444,7 +444,7 @@ func cmdMatrix(ctx context.Context, args []string, out io.Writer) error {
 		what = *portFlag
 	}
 	conn, blocked, refused, errs := m.Counts()
-	fmt.Fprintf(out, "Reachability over %s to %s (ok: answered, X: blocked, refused: nothing serves it, -: no such port)\n", req.Family, what)
+	fmt.Fprintf(out, "Reachability over %s to %s (ok: answered, X: blocked (no answer), refused: a reset or an ICMP error, -: no such port)\n", req.Family, what)
 	fmt.Fprint(out, m.String())
 	fmt.Fprintf(out, "%d connected, %d blocked, %d refused, %d errors\n", conn, blocked, refused, errs)
 	return nil

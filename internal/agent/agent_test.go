@@ -1,8 +1,6 @@
 package agent_test
 
 import (
-	"time"
-
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -11,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/agent"
 	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 )
 
@@ -141,8 +140,12 @@ var _ = Describe("Agent", Ordered, func() {
 	It("programs a group that existed before the node referenced it", func() {
 		// Cached while unreferenced, so the cache holds no members for it.
 		Expect(k8s.Create(ctx, group("ag-late", "198.18.7.1"))).To(Succeed())
-		Eventually(func() bool { return !groupFilter.Referenced("ag-late") }).Should(BeTrue())
-		time.Sleep(500 * time.Millisecond) // let the watch deliver it to the cache, stripped
+		Eventually(func(g Gomega) {
+			cached := &v1alpha1.AddressGroup{}
+			g.Expect(agentCache.Get(ctx, client.ObjectKey{Name: "ag-late"}, cached)).To(Succeed())
+			g.Expect(cached.Annotations).To(HaveKey(agent.StrippedAnnotation))
+			g.Expect(cached.Spec.Addresses).To(BeEmpty())
+		}).Should(Succeed())
 		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
 				return err

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -10,19 +11,13 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/vishvananda/netns"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes/scheme"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/agent"
-	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
 
@@ -38,8 +33,8 @@ var (
 	cancel context.CancelFunc
 	// nodeNS is the throwaway network namespace the agent programs.
 	nodeNS netns.NsHandle
-	// groupFilter is the agent's AddressGroup cache transform.
-	groupFilter = &agent.GroupFilter{}
+	// agentCache reads what the agent's cache holds.
+	agentCache client.Reader
 )
 
 func TestAgent(t *testing.T) {
@@ -79,32 +74,21 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 
 	nodeNS = newNetNS()
-	programmer, err := nftnl.NewProgrammerInNetNS(int(nodeNS))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(programmer.Close)
-
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme.Scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1alpha1.NodeRuleSet{}:  {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
-			&v1alpha1.AddressGroup{}: {Transform: groupFilter.Transform},
-		}},
+	// The agent as cmd/agent builds it, in the node's namespace; the drop
+	// log goes to a file, the endpoints are off.
+	a, err := agent.Setup(cfg, agent.Options{
+		NodeName:           nodeName,
+		MetricsBindAddress: "0",
+		AuditLog:           filepath.Join(GinkgoT().TempDir(), "drops.log"),
+		ResyncPeriod:       resyncPeriod,
+		NetNS:              int(nodeNS),
+		Log:                logf.Log.WithName("agent"),
 	})
 	Expect(err).NotTo(HaveOccurred())
-	r := &agent.Reconciler{
-		Client:       mgr.GetClient(),
-		APIReader:    mgr.GetAPIReader(),
-		NodeName:     nodeName,
-		Programmer:   programmer,
-		Resolver:     &agent.Resolver{Reader: mgr.GetAPIReader()},
-		ResyncPeriod: resyncPeriod,
-		Groups:       groupFilter,
-	}
-	Expect(r.SetupWithManager(mgr)).To(Succeed())
+	agentCache = a.Manager().GetClient()
 	go func() {
 		defer GinkgoRecover()
-		Expect(mgr.Start(ctx)).To(Succeed())
+		Expect(a.Run(ctx)).To(Succeed())
 	}()
 })
 

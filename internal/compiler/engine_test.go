@@ -254,10 +254,14 @@ func FuzzEngine(f *testing.F) {
 	})
 }
 
-// TestEngineSynthetic loads a synthetic cluster into an engine, then changes
-// it the way a cluster changes, checking against Compile.
-func TestEngineSynthetic(t *testing.T) {
-	s := Synthetic(Params{Seed: 5, Nodes: 8, PodsPerNode: 20, Namespaces: 10, NetworkPolicies: 60, DefaultDenies: true, DualStackEvery: 5})
+// checkEngineFollows loads a cluster into an engine, then changes it the way
+// a cluster changes (pods relabelled and replaced, namespaces relabelled,
+// policies edited), checking the engine's result and the state rebuilt from
+// its deltas against Compile after each step. The cluster's pods need a
+// "tier" label and its namespaces an "env" label (compilertest's synthetic
+// clusters have both; see synthetic_test.go).
+func checkEngineFollows(t *testing.T, s *Snapshot) {
+	t.Helper()
 	e := NewEngine()
 	w := world{}
 	for _, o := range allObjects(s) {
@@ -332,48 +336,6 @@ func allObjects(s *Snapshot) []any {
 		out = append(out, o)
 	}
 	return out
-}
-
-// BenchmarkEnginePodEvent measures one pod event and the Changes that
-// follow, on a loaded cluster of the chosen tier: a relabel that changes no
-// group, and a pod replaced by another (which changes every group holding it,
-// the cluster-wide ones included).
-func BenchmarkEnginePodEvent(b *testing.B) {
-	p, ok := benchTiers[*benchTier]
-	if !ok {
-		b.Fatalf("unknown tier %q", *benchTier)
-	}
-	s := Synthetic(p)
-	e := NewEngine()
-	for _, o := range allObjects(s) {
-		upsert(e, o)
-	}
-	e.Changes()
-	rng := rand.New(rand.NewPCG(1, 2))
-	b.Run(fmt.Sprintf("%s/pods=%d", *benchTier, p.Nodes*p.PodsPerNode), func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			pod := s.Pods[rng.IntN(len(s.Pods))].DeepCopy()
-			pod.Labels["version"] = fmt.Sprint("v", i)
-			i++
-			e.UpsertPod(pod)
-			e.Changes()
-		}
-	})
-	b.Run(fmt.Sprintf("%s/pods=%d/replace", *benchTier, p.Nodes*p.PodsPerNode), func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			old := s.Pods[rng.IntN(len(s.Pods))]
-			e.DeletePod(old.Namespace, old.Name)
-			pod := old.DeepCopy()
-			pod.Name = fmt.Sprint(old.Name, "-", i)
-			i++
-			e.UpsertPod(pod)
-			e.Changes()
-		}
-	})
 }
 
 // TestEnginePinnedGroups covers groups whose namespace selector names their

@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/compiler/compilertest"
 )
 
 // tierParams turns a tier name (or pods/namespaces/policies) into
 // synthetic cluster parameters: nodes of 110 pods, the Enforce and Audit
 // DefaultDenies, every tenth pod dual-stack.
-func tierParams(tier string) (compiler.Params, error) {
+func tierParams(tier string) (compilertest.Params, error) {
 	switch tier {
 	case "10k":
 		tier = "10000/1000/2000"
@@ -26,22 +27,22 @@ func tierParams(tier string) (compiler.Params, error) {
 	}
 	parts := strings.Split(tier, "/")
 	if len(parts) != 3 {
-		return compiler.Params{}, fmt.Errorf("tier %q: want 10k, 100k or pods/namespaces/policies", tier)
+		return compilertest.Params{}, fmt.Errorf("tier %q: want 10k, 100k or pods/namespaces/policies", tier)
 	}
 	var n [3]int
 	for i, s := range parts {
 		v, err := strconv.Atoi(s)
 		if err != nil || v <= 0 {
-			return compiler.Params{}, fmt.Errorf("tier %q: %q is not a positive number", tier, s)
+			return compilertest.Params{}, fmt.Errorf("tier %q: %q is not a positive number", tier, s)
 		}
 		n[i] = v
 	}
 	const podsPerNode = 110
-	return compiler.Params{Seed: 1, Nodes: (n[0] + podsPerNode - 1) / podsPerNode, PodsPerNode: podsPerNode,
+	return compilertest.Params{Seed: 1, Nodes: (n[0] + podsPerNode - 1) / podsPerNode, PodsPerNode: podsPerNode,
 		Namespaces: n[1], NetworkPolicies: n[2], DefaultDenies: true, DualStackEvery: 10}, nil
 }
 
-func tierName(p compiler.Params) string {
+func tierName(p compilertest.Params) string {
 	return fmt.Sprintf("pods=%d/ns=%d/policies=%d", p.Nodes*p.PodsPerNode, p.Namespaces, p.NetworkPolicies)
 }
 
@@ -102,7 +103,7 @@ func BenchmarkCompile(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := compiler.Synthetic(p)
+	s := compilertest.Synthetic(p)
 	b.Run(tierName(p), func(b *testing.B) {
 		b.ReportAllocs()
 		base := liveHeap()
@@ -160,7 +161,7 @@ func BenchmarkEnginePodEvent(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := compiler.Synthetic(p)
+	s := compilertest.Synthetic(p)
 	base := liveHeap()
 	e := loadEngine(s)
 	engineHeap := liveHeap() - base

@@ -26,6 +26,7 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/compiler/compilertest"
 	"github.com/nftguard/nftguard/internal/controller"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
@@ -58,7 +59,7 @@ func (c *writeCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 // generator's shapes with pod addresses from 198.18.0.0/15, single stack.
 func cpSnapshot() *compiler.Snapshot {
 	nodes := max(*cpNodes, 1)
-	s := compiler.Synthetic(compiler.Params{Seed: 1, Nodes: nodes, PodsPerNode: max(*cpPods/nodes, 1),
+	s := compilertest.Synthetic(compilertest.Params{Seed: 1, Nodes: nodes, PodsPerNode: max(*cpPods/nodes, 1),
 		Namespaces: max(*cpPods/10, 1), NetworkPolicies: *cpPolicies, DefaultDenies: true})
 	for i, p := range s.Pods {
 		ip := addrAt(peerBase, i).String()

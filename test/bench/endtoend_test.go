@@ -75,6 +75,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 			if r.Err != nil {
 				b.Fatalf("probe %s", r)
 			}
+			if r.Outcome == localcluster.Refused {
+				// A dead listener: neither reachable nor blocked.
+				b.Fatalf("probe %s: refused", r)
+			}
 			if r.Reachable() == want && (want || fails >= 2) {
 				return time.Since(start)
 			}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/compiler/compilertest"
 	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
@@ -79,7 +79,7 @@ func BenchmarkControllerMemory(b *testing.B) {
 	b.Run(tierName(p), func(b *testing.B) {
 		for b.Loop() {
 			heap0 := liveHeap()
-			s := compiler.Synthetic(p)
+			s := compilertest.Synthetic(p)
 			heap1 := liveHeap()
 			e := loadEngine(s)
 			heap2 := liveHeap()

@@ -57,11 +57,20 @@ type traffic struct {
 	echoFailures, echoes atomic.Int64
 	leaks, blockedProbes atomic.Int64
 	stop                 chan struct{}
+	stopOnce             sync.Once
 	wg                   sync.WaitGroup
+}
+
+// halt stops the traffic and waits for it. A test that ends early halts it
+// in its cleanup, so that no probe reports after the test has finished.
+func (tr *traffic) halt() {
+	tr.stopOnce.Do(func() { close(tr.stop) })
+	tr.wg.Wait()
 }
 
 func startTraffic(t *testing.T, conn net.Conn, blockedFrom, blockedTo string) *traffic {
 	tr := &traffic{stop: make(chan struct{})}
+	t.Cleanup(tr.halt)
 	tr.wg.Add(2)
 	go func() {
 		defer tr.wg.Done()
@@ -94,7 +103,14 @@ func startTraffic(t *testing.T, conn net.Conn, blockedFrom, blockedTo string) *t
 			default:
 			}
 			tr.blockedProbes.Add(1)
-			if probeOne(t, blockedFrom, blockedTo, tcp80) {
+			// Not probeOne: its t.Fatalf must not run off the test's goroutine.
+			r := cl.ProbeWith(context.Background(), localcluster.ProbeRequest{
+				From: blockedFrom, To: blockedTo, Port: intstr.FromInt32(tcp80.port), Protocol: tcp80.proto,
+			})
+			switch {
+			case r.Err != nil || r.Outcome == localcluster.Refused:
+				t.Errorf("probe %s: want blocked", r)
+			case r.Reachable():
 				tr.leaks.Add(1)
 			}
 		}
@@ -104,8 +120,7 @@ func startTraffic(t *testing.T, conn net.Conn, blockedFrom, blockedTo string) *t
 
 func (tr *traffic) finish(t *testing.T) {
 	t.Helper()
-	close(tr.stop)
-	tr.wg.Wait()
+	tr.halt()
 	t.Logf("established connection: %d echoes, %d failures; blocked flow: %d probes, %d leaks",
 		tr.echoes.Load(), tr.echoFailures.Load(), tr.blockedProbes.Load(), tr.leaks.Load())
 	if tr.echoFailures.Load() > 0 {
@@ -140,6 +155,7 @@ func dialEcho(t *testing.T, from, to string, port int) net.Conn {
 }
 
 func TestChaosAgentKilled(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	echoServer(t, "x/a", 9000)
 	conn := dialEcho(t, "x/b", "x/a", 9000)
@@ -164,6 +180,7 @@ func TestChaosAgentKilled(t *testing.T) {
 }
 
 func TestChaosControllerRestart(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	ref, err := cl.Kill(localcluster.RoleController, "", syscall.SIGKILL)
 	if err != nil {
@@ -181,6 +198,7 @@ func TestChaosControllerRestart(t *testing.T) {
 }
 
 func TestChaosAPIServerOutage(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	echoServer(t, "x/a", 9001)
 	conn := dialEcho(t, "x/b", "x/a", 9001)
@@ -230,6 +248,7 @@ func mustPod(t *testing.T, key string) localcluster.Pod {
 // the other node (and the time it takes is reported), and a deleted pod's
 // address stops being allowed everywhere, even when a new pod reuses it.
 func TestPodLifecycle(t *testing.T) {
+	needCluster(t)
 	ctx := context.Background()
 	resetPolicies(t)
 	create(t,

@@ -73,6 +73,7 @@ func podIP(t *testing.T, key string) string {
 // TestConformance reproduces the shapes of the upstream NetworkPolicy e2e
 // suite on the full 9x9 matrix. Each case starts from no policy.
 func TestConformance(t *testing.T) {
+	needCluster(t)
 	cases := []struct {
 		name   string
 		setup  func(t *testing.T)
@@ -217,6 +218,7 @@ func TestConformance(t *testing.T) {
 // TestConformanceChanges covers policy update and delete, and pod and
 // namespace label changes, on the same matrix.
 func TestConformanceChanges(t *testing.T) {
+	needCluster(t)
 	ctx := context.Background()
 	c := cl.Client()
 	resetPolicies(t)

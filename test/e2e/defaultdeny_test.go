@@ -30,7 +30,10 @@ func defaultDeny(name string, mode v1alpha1.DefaultDenyMode, types ...v1alpha1.P
 	}
 }
 
-// probeOne runs one probe and fails the test on a harness error.
+// probeOne runs one probe and reports whether it connected; false means it
+// got no answer (blocked). It fails the test on a harness error and on a
+// refusal: every pod serves the probed ports, so a refusal is a dead
+// listener, which must not pass for a denied connection.
 func probeOne(t *testing.T, from, to string, p probe) bool {
 	t.Helper()
 	r := cl.ProbeWith(context.Background(), localcluster.ProbeRequest{
@@ -39,10 +42,14 @@ func probeOne(t *testing.T, from, to string, p probe) bool {
 	if r.Err != nil {
 		t.Fatalf("probe %s", r)
 	}
+	if r.Outcome == localcluster.Refused {
+		t.Fatalf("probe %s: refused, so neither connected nor blocked", r)
+	}
 	return r.Reachable()
 }
 
 func TestDefaultDeny(t *testing.T) {
+	needCluster(t)
 	t.Run("cluster-wide deny with NetworkPolicy allowances", func(t *testing.T) {
 		resetPolicies(t)
 		create(t,
@@ -167,6 +174,7 @@ func waitLine(t *testing.T, mark auditMark, from, to string, p probe) logLine {
 // scenario: ingress to x isolated by a NetworkPolicy and a DefaultDeny,
 // egress of y/c isolated by a NetworkPolicy alone.
 func TestDropLogAttribution(t *testing.T) {
+	needCluster(t)
 	resetPolicies(t)
 	create(t,
 		defaultDeny("x-ingress", v1alpha1.ModeEnforce, v1alpha1.PolicyTypeIngress),

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ var (
 	// binDir holds the controller and agent built for this run.
 	binDir string
 	keep   = flag.Bool("e2e.keep", false, "leave the cluster running after the suite (remove it with nftguard-dev down)")
+
+	clusterOnce sync.Once
+	clusterErr  error
+	stateDir    string
 )
 
 // conformanceTopology is the upstream layout: namespaces x, y, z (labelled
@@ -72,34 +77,53 @@ func conformanceTopology() *localcluster.Topology {
 
 func TestMain(m *testing.M) {
 	localcluster.MaybeRunChild()
-	flag.Parse()
-	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped: the local cluster needs root (network namespaces)")
-		os.Exit(0)
-	}
 	os.Exit(run(m))
 }
 
+// run runs the tests, then removes the cluster if a test started one.
 func run(m *testing.M) int {
+	code := m.Run()
+	if err := stopCluster(); err != nil {
+		fmt.Fprintf(os.Stderr, "removing the local cluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// needCluster skips the test without root, and otherwise starts the local
+// cluster for the first test that needs it; every test that uses the
+// cluster calls it first (TestWithoutRootEveryTestSkips checks that they
+// all skip without root).
+func needCluster(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the local cluster needs root (network namespaces)")
+	}
+	clusterOnce.Do(func() { clusterErr = startCluster() })
+	if clusterErr != nil {
+		t.Fatalf("starting the local cluster: %v", clusterErr)
+	}
+}
+
+// startCluster builds the controller and agent from this checkout and
+// starts the conformance topology with them.
+func startCluster() error {
 	root := localcluster.RepoRoot()
 	var err error
 	if binDir, err = os.MkdirTemp("", "nftguard-e2e-bin-"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer os.RemoveAll(binDir)
 	for _, cmd := range []string{"controller", "agent"} {
 		b := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "./cmd/"+cmd)
 		b.Dir, b.Stdout, b.Stderr = root, os.Stderr, os.Stderr
 		if err := b.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", cmd, err)
-			return 1
+			return fmt.Errorf("building %s: %w", cmd, err)
 		}
 	}
-	stateDir, err := os.MkdirTemp("", "nftguard-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	if stateDir, err = os.MkdirTemp("", "nftguard-e2e-"); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -116,22 +140,28 @@ func run(m *testing.M) int {
 		Logf:      func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting the local cluster: %v\n", err)
-		return 1
+		return fmt.Errorf("starting the local cluster: %w", err)
 	}
-	code := m.Run()
+	return nil
+}
+
+// stopCluster removes the cluster and the run's directories, unless
+// -e2e.keep asks to leave the cluster running.
+func stopCluster() error {
+	if binDir != "" {
+		defer os.RemoveAll(binDir)
+	}
+	if cl == nil {
+		return nil
+	}
 	if *keep {
 		fmt.Fprintf(os.Stderr, "e2e: cluster left running; export KUBECONFIG=%s\n", cl.Kubeconfig())
-		return code
+		return nil
 	}
 	if err := cl.Down(); err != nil {
-		fmt.Fprintf(os.Stderr, "removing the local cluster: %v\n", err)
-		if code == 0 {
-			code = 1
-		}
+		return err
 	}
-	_ = os.RemoveAll(stateDir)
-	return code
+	return os.RemoveAll(stateDir)
 }
 
 // waitConverged waits until what the agents enforce is exactly what the
@@ -276,8 +306,9 @@ var (
 	tcp80v6 = probe{80, corev1.ProtocolTCP, localcluster.IPv6}
 )
 
-// observe runs the full 9x9 matrix for one probe.
-func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
+// observe runs the full 9x9 matrix for one probe and returns each cell's
+// outcome.
+func observe(t *testing.T, p probe) (map[[2]string]localcluster.Outcome, *localcluster.Matrix) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -285,14 +316,14 @@ func observe(t *testing.T, p probe) (map[[2]string]bool, *localcluster.Matrix) {
 		Port: intstr.FromInt32(p.port), Protocol: p.proto, Family: p.family,
 		From: allPods(), To: allPods(), Parallel: 12,
 	})
-	got := map[[2]string]bool{}
+	got := map[[2]string]localcluster.Outcome{}
 	for i, f := range m.From {
 		for j, to := range m.To {
 			r := m.Results[i][j]
 			if r.Err != nil {
 				t.Fatalf("probe %s: %v", r, r.Err)
 			}
-			got[[2]string{f, to}] = r.Reachable()
+			got[[2]string{f, to}] = r.Outcome
 		}
 	}
 	return got, m
@@ -328,14 +359,17 @@ func explainInput(t *testing.T) explain.Input {
 
 // checkExplain asserts that explain's verdict, computed from the live rule
 // sets, agrees with the probed reachability of every cell.
-func checkExplain(t *testing.T, p probe, got map[[2]string]bool) {
+func checkExplain(t *testing.T, p probe, got map[[2]string]localcluster.Outcome) {
 	t.Helper()
 	in := explainInput(t)
 	var wrong []string
-	for cell, reachable := range got {
+	for cell, outcome := range got {
 		if cell[0] == cell[1] {
 			continue
 		}
+		// A refusal came from the target: the policies let the packet
+		// through (the model check reports the cell on its own).
+		reachable := outcome != localcluster.Blocked
 		fns, fpod, _ := strings.Cut(cell[0], "/")
 		tns, tpod, _ := strings.Cut(cell[1], "/")
 		v, err := explain.Explain(in, explain.Query{FromNamespace: fns, FromPod: fpod, ToNamespace: tns, ToPod: tpod,
@@ -374,13 +408,39 @@ func expectMatrix(t *testing.T, r *Reachability, withExplain bool, probes ...pro
 			var details []string
 			for i, f := range m.From {
 				for j, to := range m.To {
-					if got[[2]string{f, to}] != r.Expected(f, to) {
+					if !agrees(r.Expected(f, to), got[[2]string{f, to}]) {
 						details = append(details, m.Results[i][j].String())
 					}
 				}
 			}
-			t.Errorf("port %d/%s %s: %d cells differ from the expectation (* marks them; . reachable, X blocked):\n%s%s",
+			t.Errorf("port %d/%s %s: %d cells differ from the expectation (* marks them; . connected, X blocked, R refused):\n%s%s",
 				p.port, p.proto, p.family, wrong, table, strings.Join(details, "\n"))
+		}
+	}
+}
+
+// TestRefusalIsNotBlocked: nothing listens on port 82, so every probe of it
+// is refused (a reset, ICMP port unreachable, an SCTP ABORT), and a matrix
+// expected to be all denied must report every cell wrong: a dead listener
+// cannot pass a denied cell.
+func TestRefusalIsNotBlocked(t *testing.T) {
+	needCluster(t)
+	resetPolicies(t)
+	for _, p := range []probe{
+		{82, corev1.ProtocolTCP, localcluster.IPv4}, {82, corev1.ProtocolUDP, localcluster.IPv4},
+		{82, corev1.ProtocolSCTP, localcluster.IPv4}, {82, corev1.ProtocolTCP, localcluster.IPv6},
+	} {
+		got, m := observe(t, p)
+		for cell, o := range got {
+			if o != localcluster.Refused {
+				r, _ := m.Result(cell[0], cell[1])
+				t.Errorf("%s: want refused, nothing listens on port 82", r)
+			}
+		}
+		table, wrong := NewReachability(false).Table(got)
+		if wrong != len(got) {
+			t.Errorf("port %d/%s %s: %d of %d refused cells count as wrong against an all-denied expectation:\n%s",
+				p.port, p.proto, p.family, wrong, len(got), table)
 		}
 	}
 }

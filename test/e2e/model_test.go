@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/nftguard/nftguard/test/localcluster"
 )
 
 // The upstream NetworkPolicy e2e layout: namespaces x, y, z with pods a, b, c.
@@ -69,9 +71,20 @@ func (r *Reachability) Expected(from, to string) bool {
 	return r.expected[[2]string{from, to}]
 }
 
-// Table prints a matrix of "." (reachable) and "X" (blocked), marking
-// cells that differ from the expectation with "*".
-func (r *Reachability) Table(got map[[2]string]bool) (string, int) {
+// agrees reports whether a probe's outcome meets the expectation of its
+// cell: an allowed cell must connect; a denied cell must get no answer at
+// all. A refusal meets neither: it comes from the target (nothing serves the
+// port), so it says nothing about the policy.
+func agrees(allowed bool, o localcluster.Outcome) bool {
+	if allowed {
+		return o == localcluster.Connected
+	}
+	return o == localcluster.Blocked
+}
+
+// Table prints a matrix of "." (connected), "X" (blocked) and "R"
+// (refused), marking cells that differ from the expectation with "*".
+func (r *Reachability) Table(got map[[2]string]localcluster.Outcome) (string, int) {
 	var b strings.Builder
 	b.WriteString("from\\to")
 	for _, t := range r.pods {
@@ -82,15 +95,12 @@ func (r *Reachability) Table(got map[[2]string]bool) (string, int) {
 	for _, f := range r.pods {
 		fmt.Fprintf(&b, "%7s", f)
 		for _, t := range r.pods {
-			g, ok := got[[2]string{f, t}]
-			cell := "."
-			if !g {
-				cell = "X"
-			}
+			o, ok := got[[2]string{f, t}]
+			cell := map[localcluster.Outcome]string{localcluster.Connected: ".", localcluster.Blocked: "X", localcluster.Refused: "R"}[o]
 			if !ok {
 				cell = "?"
 			}
-			if ok && g != r.Expected(f, t) {
+			if ok && !agrees(r.Expected(f, t), o) {
 				cell += "*"
 				wrong++
 			}

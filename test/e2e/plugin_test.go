@@ -263,6 +263,7 @@ func stopAgent(t *testing.T, node string, sig syscall.Signal) localcluster.Proce
 // following a policy from Programming (its node's agent is down) to
 // Enforced.
 func TestPluginStatus(t *testing.T) {
+	needCluster(t)
 	resetPolicies(t)
 	t.Cleanup(func() { resetPolicies(t) })
 	kc := cl.Kubeconfig()
@@ -583,6 +584,7 @@ var (
 // their policies, in table and JSON, with each filter; a token without the
 // permission is refused, per node.
 func TestPluginDrops(t *testing.T) {
+	needCluster(t)
 	resetPolicies(t)
 	t.Cleanup(func() { resetPolicies(t) })
 	create(t,
@@ -829,6 +831,7 @@ func unmarkUninstall(t *testing.T) {
 // from every node and nothing is blocked any more; `uninstall --cancel`
 // brings enforcement back.
 func TestUninstall(t *testing.T) {
+	needCluster(t)
 	resetPolicies(t)
 	t.Cleanup(func() { resetPolicies(t) })
 	kc := cl.Kubeconfig()
@@ -981,6 +984,7 @@ func runningAgent(t *testing.T, node string) localcluster.ProcessRef {
 // the kernel keeps the same table and rules, an established connection keeps
 // working and a blocked flow stays blocked throughout.
 func TestUpgradeAdoptsTable(t *testing.T) {
+	needCluster(t)
 	isolateXA(t)
 	t.Cleanup(func() { resetPolicies(t) })
 	const marker = "github.com/nftguard/nftguard/e2e.upgradedBuild=v2"

@@ -17,6 +17,9 @@ const (
 	RoleAPIServer  = roleAPIServer
 	RoleController = roleController
 	RoleAgent      = roleAgent
+	// RolePodServer is a pod's server; its name is the pod's key. A pod
+	// whose server is killed has nothing listening on any port.
+	RolePodServer = rolePodServer
 )
 
 // Kill sends sig to the running process of a role (and, for an agent, its

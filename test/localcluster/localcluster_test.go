@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,15 +42,17 @@ pods:
 - {namespace: "y", name: c, node: node-2, labels: {app: c}, ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}, {name: assoc, port: 9000, protocol: SCTP}]}
 `
 
-// binaries builds the controller and, when its source exists, the agent
-// from this checkout into a temporary directory (cached builds take a few
-// seconds), or takes them from $NFTGUARD_BIN_DIR.
+// binaries builds the controller and the agent from this checkout into a
+// temporary directory (cached builds take a few seconds), or takes them
+// from $NFTGUARD_BIN_DIR.
 func binaries(t *testing.T) (controller, agent string) {
 	t.Helper()
 	if dir := os.Getenv("NFTGUARD_BIN_DIR"); dir != "" {
-		controller = filepath.Join(dir, "controller")
-		if _, err := os.Stat(filepath.Join(dir, "agent")); err == nil {
-			agent = filepath.Join(dir, "agent")
+		controller, agent = filepath.Join(dir, "controller"), filepath.Join(dir, "agent")
+		for _, b := range []string{controller, agent} {
+			if _, err := os.Stat(b); err != nil {
+				t.Fatalf("NFTGUARD_BIN_DIR: %v", err)
+			}
 		}
 		return controller, agent
 	}
@@ -64,11 +67,7 @@ func binaries(t *testing.T) (controller, agent string) {
 		}
 		return bin
 	}
-	controller = build("cmd/controller")
-	if srcs, _ := filepath.Glob(filepath.Join(root, "cmd", "agent", "*.go")); len(srcs) > 0 {
-		agent = build("cmd/agent")
-	}
-	return controller, agent
+	return build("cmd/controller"), build("cmd/agent")
 }
 
 func TestLocalCluster(t *testing.T) {
@@ -119,12 +118,8 @@ func TestLocalCluster(t *testing.T) {
 	t.Run("objects", func(t *testing.T) { checkObjects(t, ctx, c) })
 	t.Run("reachability", func(t *testing.T) { checkReachability(t, ctx, c) })
 	t.Run("pod churn", func(t *testing.T) { checkChurn(t, ctx, c) })
-	t.Run("enforcement", func(t *testing.T) {
-		if agent == "" {
-			t.Skip("cmd/agent does not exist yet: no agent runs, so no policy can be enforced")
-		}
-		checkEnforcement(t, ctx, c)
-	})
+	t.Run("dead listener", func(t *testing.T) { checkDeadListener(t, ctx, c) })
+	t.Run("enforcement", func(t *testing.T) { checkEnforcement(t, ctx, c) })
 	if t.Failed() {
 		dumpLogs(t, c)
 	}
@@ -265,6 +260,46 @@ func checkChurn(t *testing.T, ctx context.Context, c *localcluster.Cluster) {
 	}
 	if err := c.DeletePod(ctx, "x/e"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkDeadListener: a pod whose server is gone answers every probe with a
+// refusal (a TCP reset, ICMP port unreachable for UDP, and for SCTP, which
+// the kernel lacks, ICMP protocol unreachable or ICMPv6 unrecognized next
+// header), never with silence: a dead listener cannot pass for a denied
+// connection.
+func checkDeadListener(t *testing.T, ctx context.Context, c *localcluster.Cluster) {
+	spec := localcluster.PodSpec{Namespace: "x", Name: "dead", Node: "node-2", Labels: map[string]string{"app": "dead"},
+		Ports: []localcluster.PortSpec{{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, {Name: "assoc", Port: 9000, Protocol: corev1.ProtocolSCTP}}}
+	if _, err := c.AddPod(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.DeletePod(ctx, "x/dead"); err != nil {
+			t.Errorf("removing x/dead: %v", err)
+		}
+	})
+	probeAll := func() []localcluster.ProbeResult {
+		var out []localcluster.ProbeResult
+		for _, fam := range []localcluster.Family{localcluster.IPv4, localcluster.IPv6} {
+			for _, port := range []string{"http", "dns", "assoc"} {
+				out = append(out, c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/a", To: "x/dead", Port: intstr.FromString(port), Family: fam}))
+			}
+		}
+		return out
+	}
+	for _, r := range probeAll() {
+		if !r.Reachable() {
+			t.Fatalf("%s: want connected while the server runs", r)
+		}
+	}
+	if _, err := c.Kill(localcluster.RolePodServer, "x/dead", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range probeAll() {
+		if r.Err != nil || r.Outcome != localcluster.Refused || r.Blocked() {
+			t.Errorf("%s: want refused, not blocked, with nothing listening", r)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package localcluster
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -32,10 +33,14 @@ type Outcome string
 const (
 	// Connected: the target answered with its name.
 	Connected Outcome = "connected"
-	// Refused: the target's namespace answered that nothing serves the
-	// port (TCP reset, ICMP port unreachable, SCTP ABORT).
+	// Refused: an answer other than the target's name: a TCP reset, an
+	// ICMP error (port, protocol, host or network unreachable,
+	// administratively prohibited) or an SCTP ABORT. Nothing serves the
+	// port, or something rejected the packet; a policy drop never answers,
+	// so a refusal is never a denied connection.
 	Refused Outcome = "refused"
-	// Blocked: no answer within the timeout, or a network unreachable.
+	// Blocked: no answer at all within the timeout, which is what a
+	// policy drop looks like.
 	Blocked Outcome = "blocked"
 )
 
@@ -72,6 +77,11 @@ type ProbeResult struct {
 // Reachable reports whether the probe connected.
 func (r ProbeResult) Reachable() bool { return r.Err == nil && r.Outcome == Connected }
 
+// Blocked reports whether the probe got no answer at all: what a denied
+// cell must show. A refusal is not blocked: a dead listener on a port the
+// policy allows answers with a reset or an ICMP error.
+func (r ProbeResult) Blocked() bool { return r.Err == nil && r.Outcome == Blocked }
+
 func (r ProbeResult) String() string {
 	if r.Err != nil {
 		return fmt.Sprintf("%s -> %s: error: %v", r.From, r.To, r.Err)
@@ -84,9 +94,9 @@ func (r ProbeResult) String() string {
 }
 
 // Probe connects over IPv4 from one pod to another on a port (a number, or
-// a name the target declares) and reports whether the target answered.
-// Refusals and timeouts are false with a nil error; err is for problems of
-// the harness.
+// a name the target declares) and reports whether the target answered with
+// its name. Refusals and timeouts are false with a nil error (ProbeWith
+// tells them apart); err is for problems of the harness.
 func (c *Cluster) Probe(ctx context.Context, from, to string, port intstr.IntOrString, protocol corev1.Protocol) (bool, error) {
 	r := c.ProbeWith(ctx, ProbeRequest{From: from, To: to, Port: port, Protocol: protocol})
 	return r.Reachable(), r.Err
@@ -172,25 +182,27 @@ func resolvePort(to Pod, port intstr.IntOrString, proto corev1.Protocol) (int32,
 	return port.IntVal, proto, nil
 }
 
-// classify turns a socket error into an outcome.
-func classify(err error) (Outcome, string) {
+// classify turns a socket error into an outcome: a timeout is Blocked, an
+// answer from the network (a reset, an ICMP error) Refused. Any other error
+// is the harness's: no verdict.
+func classify(err error) (Outcome, string, error) {
 	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return Refused, "connection refused"
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
-		return Blocked, "no answer"
-	case errors.Is(err, syscall.EHOSTUNREACH):
-		return Blocked, "host unreachable"
-	case errors.Is(err, syscall.ENETUNREACH):
-		return Blocked, "network unreachable"
-	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		return Blocked, "administratively prohibited"
+		return Blocked, "no answer", nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Refused, "connection refused", nil
 	case errors.Is(err, syscall.ECONNRESET):
-		return Refused, "connection reset"
+		return Refused, "connection reset", nil
 	case errors.Is(err, syscall.ENOPROTOOPT):
-		return Refused, "protocol unreachable"
+		return Refused, "protocol unreachable", nil
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return Refused, "host unreachable", nil
+	case errors.Is(err, syscall.ENETUNREACH):
+		return Refused, "network unreachable", nil
+	case errors.Is(err, syscall.EACCES):
+		return Refused, "administratively prohibited", nil
 	}
-	return Blocked, err.Error()
+	return "", "", fmt.Errorf("probe socket: %w", err)
 }
 
 func probeTCP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, error) {
@@ -199,15 +211,20 @@ func probeTCP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, 
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
-		o, why := classify(err)
-		return o, "", why, nil
+		o, why, err := classify(err)
+		return o, "", why, err
 	}
 	defer conn.Close()
+	// The handshake went through, so the policies let the connection in:
+	// the server sends its name at once, but give it a moment past a short
+	// probe timeout. A server that stays silent is the harness's problem.
+	if grace := time.Now().Add(time.Second); grace.After(deadline) {
+		deadline = grace
+	}
 	_ = conn.SetReadDeadline(deadline)
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
-		o, why := classify(err)
-		return o, "", "connected, then " + why, nil
+		return "", "", "", fmt.Errorf("%s accepted the connection but sent no name: %w", dst, err)
 	}
 	return Connected, strings.TrimSpace(line), "", nil
 }
@@ -215,90 +232,189 @@ func probeTCP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, 
 func probeUDP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
 	if err != nil {
-		o, why := classify(err)
-		return o, "", why, nil
+		o, why, err := classify(err)
+		return o, "", why, err
 	}
 	defer conn.Close()
 	buf := make([]byte, 512)
 	// Resend a few times within the deadline: a datagram may be lost
-	// while the neighbour entry resolves.
+	// while the neighbour entry resolves. An ICMP error about an earlier
+	// datagram shows up on the next write or read.
 	const every = 250 * time.Millisecond
-	var last error
 	for time.Now().Before(deadline) {
 		if _, err := conn.Write([]byte("probe\n")); err != nil {
-			o, why := classify(err)
-			if o == Refused {
-				return o, "", why, nil
+			o, why, err := classify(err)
+			if err != nil || o == Refused {
+				return o, "", why, err
 			}
-			last = err
 		}
 		_ = conn.SetReadDeadline(minTime(time.Now().Add(every), deadline))
 		n, err := conn.Read(buf)
 		if err == nil {
 			return Connected, strings.TrimSpace(string(buf[:n])), "", nil
 		}
-		if o, why := classify(err); o == Refused {
-			return o, "", why, nil
+		if o, why, err := classify(err); err != nil || o == Refused {
+			return o, "", why, err
 		}
-		last = err
 	}
-	o, why := classify(last)
-	return o, "", why, nil
+	return Blocked, "", "no answer", nil
+}
+
+// sctpAnswer is what came back to an SCTP probe.
+type sctpAnswer struct {
+	outcome       Outcome
+	reply, detail string
 }
 
 func probeSCTP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string, error) {
-	network := "ip4:132"
+	network, icmpNetwork := "ip4:132", "ip4:icmp"
 	if dst.Addr().Is6() {
-		network = "ip6:132"
+		network, icmpNetwork = "ip6:132", "ip6:ipv6-icmp"
 	}
 	conn, err := net.ListenIP(network, nil)
 	if err != nil {
 		return "", "", "", fmt.Errorf("raw SCTP socket: %w", err)
 	}
 	defer conn.Close()
+	// The kernel has no SCTP: where no pod server holds a raw SCTP socket,
+	// it answers an INIT with an ICMP error, which only a raw ICMP socket
+	// sees.
+	icmp, err := net.ListenIP(icmpNetwork, nil)
+	if err != nil {
+		return "", "", "", fmt.Errorf("raw ICMP socket: %w", err)
+	}
+	defer icmp.Close()
 	src := uint16(32768 + rand.IntN(28000))
 	tag := rand.Uint32() | 1
 	init := sctpInit(src, dst.Port(), tag)
 	to := &net.IPAddr{IP: dst.Addr().AsSlice()}
-	buf := make([]byte, 65536)
-	const every = 250 * time.Millisecond
-	for time.Now().Before(deadline) {
+	answers := make(chan sctpAnswer, 2)
+	go readSCTPAnswer(conn, dst, src, tag, answers)
+	go readICMPAnswer(icmp, dst, src, protoSCTP, answers)
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
+	resend := time.NewTicker(250 * time.Millisecond)
+	defer resend.Stop()
+	for {
 		if _, err := conn.WriteTo(init, to); err != nil {
-			o, why := classify(err)
-			if o == Blocked && time.Now().Add(every).After(deadline) {
-				return o, "", why, nil
+			o, why, err := classify(err)
+			if err != nil || o == Refused {
+				return o, "", why, err
 			}
 		}
-		resend := minTime(time.Now().Add(every), deadline)
-		for {
-			_ = conn.SetReadDeadline(resend)
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				// An ICMP error queued on the raw socket may be about
-				// another probe's packet from this pod: only an SCTP
-				// answer counts.
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(from.(*net.IPAddr).IP)
-			if !ok || ip.Unmap() != dst.Addr() {
-				continue
-			}
-			pkt, err := parseSCTP(buf[:n])
-			if err != nil || pkt.SrcPort != dst.Port() || pkt.DstPort != src || pkt.VerificationTag != tag {
-				continue
-			}
-			switch pkt.ChunkType {
-			case chunkInitAck:
-				return Connected, string(pkt.Cookie), "", nil
-			case chunkAbort:
-				return Refused, "", "ABORT", nil
-			}
+		select {
+		case a := <-answers:
+			return a.outcome, a.reply, a.detail, nil
+		case <-timeout.C:
+			return Blocked, "", "no answer", nil
+		case <-resend.C:
 		}
 	}
-	return Blocked, "", "no answer", nil
+}
+
+// readSCTPAnswer reads the raw SCTP socket until it finds the answer to
+// the INIT from src with tag (INIT ACK or ABORT) or the socket closes.
+func readSCTPAnswer(conn *net.IPConn, dst netip.AddrPort, src uint16, tag uint32, answers chan<- sctpAnswer) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+		if !ok || ip.Unmap() != dst.Addr() {
+			continue
+		}
+		pkt, err := parseSCTP(buf[:n])
+		if err != nil || pkt.SrcPort != dst.Port() || pkt.DstPort != src || pkt.VerificationTag != tag {
+			continue
+		}
+		switch pkt.ChunkType {
+		case chunkInitAck:
+			answers <- sctpAnswer{outcome: Connected, reply: string(pkt.Cookie)}
+			return
+		case chunkAbort:
+			answers <- sctpAnswer{outcome: Refused, detail: "ABORT"}
+			return
+		}
+	}
+}
+
+// readICMPAnswer reads a raw ICMP socket until it finds an error about a
+// packet of protocol proto from port src to dst, or the socket closes.
+func readICMPAnswer(conn *net.IPConn, dst netip.AddrPort, src uint16, proto uint8, answers chan<- sctpAnswer) {
+	buf := make([]byte, 65536)
+	for {
+		n, _, err := conn.ReadFrom(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		e, ok := parseICMPError(buf[:n], dst.Addr().Is6())
+		if ok && e.proto == proto && e.dst == dst && e.srcPort == src {
+			answers <- sctpAnswer{outcome: Refused, detail: e.what}
+			return
+		}
+	}
+}
+
+// icmpError is an ICMP error message and the packet it quotes.
+type icmpError struct {
+	what    string // e.g. "ICMP protocol unreachable"
+	proto   uint8  // the quoted packet's protocol (next header)
+	dst     netip.AddrPort
+	srcPort uint16
+}
+
+// parseICMPError decodes an ICMP (or, with v6, ICMPv6) destination
+// unreachable or parameter problem message without its IP header, with the
+// start of the packet it quotes: IP header (IPv6 without extension
+// headers) and the first four bytes of the transport header, the ports.
+func parseICMPError(b []byte, v6 bool) (icmpError, bool) {
+	if len(b) < 8 {
+		return icmpError{}, false
+	}
+	typ, code, q := b[0], b[1], b[8:]
+	var e icmpError
+	if !v6 {
+		if typ != 3 || len(q) < 20 || q[0]>>4 != 4 {
+			return e, false
+		}
+		e.what = map[uint8]string{0: "ICMP network unreachable", 1: "ICMP host unreachable", 2: "ICMP protocol unreachable",
+			3: "ICMP port unreachable", 9: "ICMP network prohibited", 10: "ICMP host prohibited", 13: "ICMP administratively prohibited"}[code]
+		ihl := int(q[0]&0x0f) * 4
+		if ihl < 20 || len(q) < ihl+4 {
+			return e, false
+		}
+		e.proto = q[9]
+		e.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(q[16:20])), binary.BigEndian.Uint16(q[ihl+2:]))
+		e.srcPort = binary.BigEndian.Uint16(q[ihl:])
+	} else {
+		switch {
+		case typ == 1:
+			e.what = map[uint8]string{0: "ICMPv6 no route", 1: "ICMPv6 administratively prohibited", 3: "ICMPv6 address unreachable",
+				4: "ICMPv6 port unreachable", 5: "ICMPv6 source address failed policy", 6: "ICMPv6 reject route"}[code]
+		case typ == 4 && code == 1:
+			e.what = "ICMPv6 unrecognized next header"
+		default:
+			return e, false
+		}
+		if len(q) < 44 || q[0]>>4 != 6 {
+			return e, false
+		}
+		e.proto = q[6]
+		e.dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(q[24:40])), binary.BigEndian.Uint16(q[42:]))
+		e.srcPort = binary.BigEndian.Uint16(q[40:])
+	}
+	if e.what == "" {
+		e.what = fmt.Sprintf("ICMP type %d code %d", typ, code)
+	}
+	return e, true
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -1,9 +1,14 @@
 package localcluster
 
 import (
+	"context"
+	"errors"
 	"hash/crc32"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -180,3 +185,78 @@ func crc32cOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 func intstrName(s string) intstr.IntOrString { return intstr.FromString(s) }
 func intstrInt(n int32) intstr.IntOrString   { return intstr.FromInt32(n) }
+
+// TestClassify: only a timeout is blocked; a reset or an ICMP error is a
+// refusal; any other socket error gives no verdict.
+func TestClassify(t *testing.T) {
+	opErr := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", err)}
+	}
+	for _, tc := range []struct {
+		err  error
+		want Outcome
+	}{
+		{os.ErrDeadlineExceeded, Blocked},
+		{context.DeadlineExceeded, Blocked},
+		{opErr(syscall.ECONNREFUSED), Refused},
+		{opErr(syscall.ECONNRESET), Refused},
+		{opErr(syscall.ENOPROTOOPT), Refused},
+		{opErr(syscall.EHOSTUNREACH), Refused},
+		{opErr(syscall.ENETUNREACH), Refused},
+		{opErr(syscall.EACCES), Refused},
+		{opErr(syscall.EPERM), ""},
+		{errors.New("something else"), ""},
+	} {
+		got, why, err := classify(tc.err)
+		if got != tc.want || (tc.want == "") != (err != nil) {
+			t.Errorf("classify(%v) = %q (%s), error %v; want %q", tc.err, got, why, err, tc.want)
+		}
+	}
+	for _, r := range []ProbeResult{
+		{Outcome: Refused, Detail: "connection refused"},
+		{Outcome: Connected},
+		{Outcome: Blocked, Err: errors.New("harness")},
+	} {
+		if r.Blocked() {
+			t.Errorf("%v counts as blocked: a denied cell would pass on it", r)
+		}
+	}
+	if !(ProbeResult{Outcome: Blocked}).Blocked() {
+		t.Error("a probe with no answer does not count as blocked")
+	}
+}
+
+// TestParseICMPError reads the errors a kernel without SCTP sends for an
+// INIT: ICMP protocol unreachable and ICMPv6 unrecognized next header,
+// each quoting the INIT's IP header and ports.
+func TestParseICMPError(t *testing.T) {
+	init := sctpInit(40000, 9000, 7)
+	v4 := append([]byte{3, 2, 0, 0, 0, 0, 0, 0}, // type 3 code 2, checksum, unused
+		0x45, 0, 0, 52, 0, 0, 0, 0, 64, protoSCTP, 0, 0, 198, 18, 0, 1, 198, 18, 1, 2)
+	v4 = append(v4, init...)
+	e, ok := parseICMPError(v4, false)
+	want := icmpError{what: "ICMP protocol unreachable", proto: protoSCTP, dst: netip.MustParseAddrPort("198.18.1.2:9000"), srcPort: 40000}
+	if !ok || e != want {
+		t.Errorf("ICMP: %+v %v, want %+v", e, ok, want)
+	}
+	v6 := []byte{4, 1, 0, 0, 0, 0, 0, 40} // type 4 code 1, checksum, pointer to the next header field
+	v6 = append(v6, 0x60, 0, 0, 0, 0, byte(len(init)), protoSCTP, 64)
+	v6 = append(v6, netip.MustParseAddr("fd00::1").AsSlice()...)
+	v6 = append(v6, netip.MustParseAddr("fd00::1:2").AsSlice()...)
+	v6 = append(v6, init...)
+	e, ok = parseICMPError(v6, true)
+	want = icmpError{what: "ICMPv6 unrecognized next header", proto: protoSCTP, dst: netip.MustParseAddrPort("[fd00::1:2]:9000"), srcPort: 40000}
+	if !ok || e != want {
+		t.Errorf("ICMPv6: %+v %v, want %+v", e, ok, want)
+	}
+	// An echo reply and a truncated quote are no errors about a probe.
+	if _, ok := parseICMPError([]byte{0, 0, 0, 0, 0, 1, 0, 1}, false); ok {
+		t.Error("an echo reply parsed as an error")
+	}
+	if _, ok := parseICMPError(v4[:30], false); ok {
+		t.Error("a quote without the ports parsed")
+	}
+	if _, ok := parseICMPError([]byte{128, 0, 0, 0, 0, 1, 0, 1}, true); ok {
+		t.Error("an ICMPv6 echo request parsed as an error")
+	}
+}

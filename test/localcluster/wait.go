@@ -34,11 +34,10 @@ func (c *Cluster) programmed(ctx context.Context, node string) (bool, error) {
 	return isProgrammed(nrs), nil
 }
 
+// isProgrammed reports whether the agent programmed the rule set the
+// NodeRuleSet holds, as the controller and the plugin decide it.
 func isProgrammed(nrs *v1alpha1.NodeRuleSet) bool {
-	cond := meta.FindStatusCondition(nrs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	return cond != nil && cond.Status == metav1.ConditionTrue &&
-		nrs.Status.ObservedGeneration == nrs.Generation &&
-		(cond.ObservedGeneration == 0 || cond.ObservedGeneration == nrs.Generation)
+	return v1alpha1.NodeProgress(nrs, nrs.Generation).State == v1alpha1.NodeProgrammed
 }
 
 // WaitEnforced waits until the policies in the API are in force on every
@@ -119,7 +118,7 @@ func (c *Cluster) notEnforced(ctx context.Context) (string, error) {
 		if err != nil {
 			continue
 		}
-		key := "NetworkPolicy/" + np.Namespace + "/" + np.Name
+		key := v1alpha1.NetworkPolicyKey(np.Namespace, np.Name)
 		ingress, egress := npTypes(&np)
 		for _, pod := range pods.Items {
 			if pod.Namespace != np.Namespace || !sel.Matches(labels.Set(pod.Labels)) || pod.Spec.NodeName == "" || pod.Status.PodIP == "" {

@@ -1,4 +1,4 @@
-package compiler
+package compilertest
 
 import (
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/compiler"
 )
 
 // Params sizes a synthetic cluster.
@@ -46,9 +47,9 @@ var syntheticApps = []struct {
 // deny, allow from same-namespace tiers, from other namespaces by label,
 // named ports, DNS and ipBlock egress, matchExpressions) and optionally
 // DefaultDenies. It is meant for scale tests and benchmarks.
-func Synthetic(p Params) *Snapshot {
+func Synthetic(p Params) *compiler.Snapshot {
 	rng := rand.New(rand.NewPCG(p.Seed, p.Seed^0x9e3779b97f4a7c15))
-	s := &Snapshot{}
+	s := &compiler.Snapshot{}
 	for i := range p.Nodes {
 		s.Nodes = append(s.Nodes, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%04d", i)}})
 	}

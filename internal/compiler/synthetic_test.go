@@ -1,10 +1,11 @@
-package compiler
+package compiler_test
 
 import (
 	"encoding/json"
-	"flag"
-	"fmt"
 	"testing"
+
+	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/compiler/compilertest"
 )
 
 // TestScale compiles a cluster of 100 nodes of 110 pods with 1,000
@@ -14,8 +15,8 @@ func TestScale(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short mode")
 	}
-	s := Synthetic(Params{Seed: 1, Nodes: 100, PodsPerNode: 110, Namespaces: 200, NetworkPolicies: 1000, DefaultDenies: true, DualStackEvery: 10})
-	res := Compile(s)
+	s := compilertest.Synthetic(compilertest.Params{Seed: 1, Nodes: 100, PodsPerNode: 110, Namespaces: 200, NetworkPolicies: 1000, DefaultDenies: true, DualStackEvery: 10})
+	res := compiler.Compile(s)
 	if len(res.NodeRuleSets) != 100 {
 		t.Fatalf("got %d rule sets, want 100", len(res.NodeRuleSets))
 	}
@@ -48,27 +49,20 @@ func TestScale(t *testing.T) {
 		t.Errorf("degenerate cluster: %d isolated pods, %d rules, %d groups", isolated, rules, len(res.AddressGroups))
 	}
 	t.Logf("largest rule set %d bytes; %d rules over all nodes; %d groups; %d isolated pods", biggest, rules, len(res.AddressGroups), isolated)
-	checkIntegrity(t, res)
+	compiler.CheckIntegrity(t, res)
 }
 
-var benchTier = flag.String("compiler.tier", "small", "BenchmarkCompile tier: small (10k pods, 1k namespaces, 2k policies), medium or large (100k pods)")
-
-var benchTiers = map[string]Params{
-	"small":  {Seed: 1, Nodes: 91, PodsPerNode: 110, Namespaces: 1000, NetworkPolicies: 2000, DefaultDenies: true, DualStackEvery: 10},
-	"medium": {Seed: 1, Nodes: 455, PodsPerNode: 110, Namespaces: 5000, NetworkPolicies: 10000, DefaultDenies: true, DualStackEvery: 10},
-	"large":  {Seed: 1, Nodes: 910, PodsPerNode: 110, Namespaces: 10000, NetworkPolicies: 20000, DefaultDenies: true, DualStackEvery: 10},
+func TestDeterministicSynthetic(t *testing.T) {
+	compiler.CheckDeterministic(t, compilertest.Synthetic(compilertest.Params{Seed: 7, Nodes: 6, PodsPerNode: 30, Namespaces: 12, NetworkPolicies: 60, DefaultDenies: true, DualStackEvery: 3}))
 }
 
-func BenchmarkCompile(b *testing.B) {
-	p, ok := benchTiers[*benchTier]
-	if !ok {
-		b.Fatalf("unknown tier %q", *benchTier)
-	}
-	s := Synthetic(p)
-	b.Run(fmt.Sprintf("%s/pods=%d/policies=%d", *benchTier, p.Nodes*p.PodsPerNode, p.NetworkPolicies), func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			Compile(s)
-		}
-	})
+// TestEngineSynthetic loads a synthetic cluster into an engine, then changes
+// it the way a cluster changes, checking against Compile.
+func TestEngineSynthetic(t *testing.T) {
+	compiler.CheckEngineFollows(t, compilertest.Synthetic(compilertest.Params{Seed: 5, Nodes: 8, PodsPerNode: 20, Namespaces: 10, NetworkPolicies: 60, DefaultDenies: true, DualStackEvery: 5}))
+}
+
+func TestOracleAgreesOnSynthetic(t *testing.T) {
+	s := compilertest.Synthetic(compilertest.Params{Seed: 3, Nodes: 3, PodsPerNode: 12, Namespaces: 4, NetworkPolicies: 32, DefaultDenies: true, DualStackEvery: 4})
+	compiler.CheckOracle(t, s, compiler.Compile(s))
 }

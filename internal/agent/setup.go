@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
+)
+
+// Options configures the agent Setup builds.
+type Options struct {
+	// NodeName is the node whose NodeRuleSet the agent programs (required).
+	NodeName string
+	// MetricsBindAddress is where the Prometheus metrics endpoint listens;
+	// "0" disables it.
+	MetricsBindAddress string
+	// HealthProbeBindAddress is where /healthz and /readyz listen; "0" or
+	// empty disables them.
+	HealthProbeBindAddress string
+	// DropsBindAddress is where the drops endpoint listens (see
+	// DropsServer); "0" or empty disables it.
+	DropsBindAddress string
+	// DropsCertDir holds the drops endpoint's tls.crt and tls.key; empty: a
+	// self-signed certificate.
+	DropsCertDir string
+	// Render sets the NFLOG group and rate limit of the drop log rules
+	// (dataplane defaults for zero values); the drop log reads that group.
+	Render render.Options
+	// AuditLog is the drop log file, or "-" for standard output.
+	AuditLog string
+	// AuditMaxSize is the size in bytes past which the drop log is rotated,
+	// AuditMaxFiles the rotated files kept (audit defaults for zero values).
+	AuditMaxSize  int64
+	AuditMaxFiles int
+	// ResyncPeriod is how often the table is checked for drift and the
+	// status counters refreshed (default one minute).
+	ResyncPeriod time.Duration
+	// NetNS is a file descriptor of the network namespace whose table the
+	// agent programs and whose NFLOG group it reads; 0: the agent's own.
+	NetNS int
+	// Log is the agent's logger; its parts log under their own names.
+	Log logr.Logger
+}
+
+// recentDrops is how many drop log lines the drops endpoint can summarize.
+const recentDrops = 4096
+
+// Agent is a node agent whose parts are wired into one manager: the
+// Reconciler programming the node's NodeRuleSet, the drop log, the drops
+// endpoint and the health checks. Run starts it.
+type Agent struct {
+	mgr        ctrl.Manager
+	programmer *nftnl.Programmer
+	log        logr.Logger
+	opts       Options
+}
+
+// Setup opens the node's nftables and builds the agent. On error nothing
+// it opened stays open; otherwise Run releases it.
+func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
+	if opts.NodeName == "" {
+		return nil, errors.New("agent needs a node name")
+	}
+	if opts.Render.LogGroup == 0 {
+		opts.Render.LogGroup = render.DefaultLogGroup
+	}
+	logger := opts.Log
+	scheme, err := v1alpha1.NewScheme()
+	if err != nil {
+		return nil, fmt.Errorf("building the scheme: %w", err)
+	}
+
+	// Seed the cache filter with the groups the node references now, so the
+	// first list of AddressGroups keeps only those in memory.
+	groups := &GroupFilter{}
+	direct, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating the API client: %w", err)
+	}
+	var current v1alpha1.NodeRuleSet
+	if err := direct.Get(context.Background(), client.ObjectKey{Name: opts.NodeName}, &current); err == nil {
+		groups.SetReferenced(current.Spec.AddressGroups)
+	} else if !apierrors.IsNotFound(err) {
+		logger.Error(err, "Reading this node's NodeRuleSet; caching every AddressGroup until it is known")
+	}
+	probeAddr := opts.HealthProbeBindAddress
+	if probeAddr == "" {
+		probeAddr = "0"
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Logger:                 logger,
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsBindAddress},
+		HealthProbeBindAddress: probeAddr,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Only this node's rule set is watched.
+			&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
+			// Every group is watched, but only referenced ones keep members.
+			&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the manager: %w", err)
+	}
+
+	var programmer *nftnl.Programmer
+	if opts.NetNS != 0 {
+		programmer, err = nftnl.NewProgrammerInNetNS(opts.NetNS)
+	} else {
+		programmer, err = nftnl.NewProgrammer()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables: %w", err)
+	}
+	a := &Agent{mgr: mgr, programmer: programmer, log: logger, opts: opts}
+	if err := a.wire(cfg, groups); err != nil {
+		programmer.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// wire adds the drop log, the drops endpoint, the reconciler and the
+// health checks to the manager.
+func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
+	opts, mgr := a.opts, a.mgr
+	resolver := &Resolver{Reader: mgr.GetAPIReader()}
+	drops, err := audit.New(audit.Config{
+		Node:       opts.NodeName,
+		Group:      opts.Render.LogGroup,
+		NetNS:      opts.NetNS,
+		Output:     opts.AuditLog,
+		MaxSize:    opts.AuditMaxSize,
+		MaxFiles:   opts.AuditMaxFiles,
+		RecentSize: recentDrops,
+		Resolver:   resolver,
+		Registerer: metrics.Registry,
+		Log:        a.log.WithName("audit"),
+	})
+	if err != nil {
+		return fmt.Errorf("opening the drop log: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(drops.Run)); err != nil {
+		return fmt.Errorf("adding the drop log: %w", err)
+	}
+	if opts.DropsBindAddress != "" && opts.DropsBindAddress != "0" {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("creating the drops endpoint's client: %w", err)
+		}
+		if err := mgr.Add(&DropsServer{
+			BindAddress: opts.DropsBindAddress, NodeName: opts.NodeName, Lines: drops, CertDir: opts.DropsCertDir,
+			TokenReviews:         cs.AuthenticationV1().TokenReviews(),
+			SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
+			Log:                  a.log.WithName("drops"),
+		}); err != nil {
+			return fmt.Errorf("adding the drops endpoint: %w", err)
+		}
+	}
+	r := &Reconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		NodeName:     opts.NodeName,
+		Programmer:   a.programmer,
+		Render:       opts.Render,
+		Resolver:     resolver,
+		Counters:     drops,
+		Groups:       groups,
+		ResyncPeriod: opts.ResyncPeriod,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the reconciler: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding the health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding the ready check: %w", err)
+	}
+	return nil
+}
+
+// Manager is the manager the agent's parts run in.
+func (a *Agent) Manager() ctrl.Manager { return a.mgr }
+
+// Run runs the agent until ctx is done, then closes its nftables
+// connection. The table stays: isolated pods stay isolated while the agent
+// is away. Run is called once.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.programmer.Close()
+	a.log.Info("Starting agent", "auditLog", a.opts.AuditLog, "nflogGroup", a.opts.Render.LogGroup, "resyncPeriod", a.opts.ResyncPeriod)
+	if err := a.mgr.Start(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("running the agent: %w", err)
+	}
+	a.log.Info("Agent stopped; the nftables table stays in force")
+	return nil
+}
