@@ -42,3 +42,15 @@ bench: test-binaries bench-tools ## Run the benchmarks and print the table of ta
 	    $(BENCH_RUN) -test.bench '$(BENCH_ONCE)' $(BENCH_ARGS)); \
 	  fi; \
 	} | $(BIN)/bench-summary | tee $(BENCH_OUT)
+
+BENCHSTAT_VERSION ?= v0.0.0-20260908200009-22c9c6c9d4da
+BENCHSTAT ?= $(BIN)/benchstat
+BENCH_OLD ?= e727cf3
+BENCH_ROUNDS ?= 10
+
+$(BENCHSTAT):
+	GOBIN=$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+
+.PHONY: bench-compare
+bench-compare: $(BENCHSTAT) ## Compare render and programming speed with BENCH_OLD, interleaved BENCH_ROUNDS times (benchstat).
+	BENCHSTAT=$(BENCHSTAT) hack/bench-compare.sh $(BENCH_OLD) $(BENCH_ROUNDS)
