@@ -28,15 +28,7 @@ import (
 // checks that the DefaultDeny condition, the NetworkPolicy Events and the
 // plugin's states say the same.
 func TestStatusAgreesWithController(t *testing.T) {
-	env, err := testenv.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = env.Stop() }()
+	cfg := testenv.Start(t)
 	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
 		t.Fatal(err)

@@ -35,15 +35,7 @@ func (l lines) RecentCapacity() int   { return 100 }
 // callers are authenticated with ServiceAccount tokens from TokenRequest and
 // authorized by RBAC on noderulesets/drops of the node.
 func TestDropsEndpoint(t *testing.T) {
-	env, err := testenv.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := testenv.Start(t)
 	cs := kubernetes.NewForConfigOrDie(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
