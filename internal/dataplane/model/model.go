@@ -529,15 +529,15 @@ func rangePrefixBits(from, to netip.Addr) (int, bool) {
 		if p.Masked().Addr() != from {
 			continue
 		}
-		if lastAddr(p) == to {
+		if LastAddr(p) == to {
 			return bits, true
 		}
 	}
 	return 0, false
 }
 
-// lastAddr returns the last address of a prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr returns the last address of a prefix.
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Masked().Addr().AsSlice()
 	for i := p.Bits(); i < len(b)*8; i++ {
 		b[i/8] |= 0x80 >> (i % 8)

@@ -18,7 +18,7 @@ func TestIntervalElements(t *testing.T) {
 		if p.Addr().Is6() {
 			kind = model.SetIPv6Interval
 		}
-		elems := []model.Element{{Key: p.Addr().AsSlice(), KeyEnd: lastAddr(p).AsSlice()}}
+		elems := []model.Element{{Key: p.Addr().AsSlice(), KeyEnd: model.LastAddr(p).AsSlice()}}
 		kel := kernelElements(t, kind, elems)
 		wantN := 2
 		if strings.HasSuffix(cidr, "/0") {
@@ -49,23 +49,13 @@ func TestIntervalElements(t *testing.T) {
 	}
 }
 
-// lastAddr returns the last address of a prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}
-
 // ipRange parses "a-b" or a prefix into its first and last address.
 func ipRange(s string) (from, to netip.Addr) {
 	if a, b, ok := strings.Cut(s, "-"); ok {
 		return netip.MustParseAddr(a), netip.MustParseAddr(b)
 	}
 	p := netip.MustParsePrefix(s)
-	return p.Addr(), lastAddr(p)
+	return p.Addr(), model.LastAddr(p)
 }
 
 // kernelElements collects eachKernelElement's elements.

@@ -17,13 +17,7 @@ func (r ipRange) String() string { return model.RangeString(r.from, r.to) }
 // prefixRange returns the addresses of a prefix (host bits ignored).
 func prefixRange(p netip.Prefix) ipRange {
 	p = p.Masked()
-	first := p.Addr()
-	b := first.AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	last, _ := netip.AddrFromSlice(b)
-	return ipRange{from: first, to: last}
+	return ipRange{from: p.Addr(), to: model.LastAddr(p)}
 }
 
 // parsePrefix parses a CIDR, or a bare address as a host prefix. IPv4-mapped
