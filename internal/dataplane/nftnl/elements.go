@@ -16,6 +16,8 @@ type kernelElement struct {
 	key, keyEnd []byte
 	end         bool
 	verdict     *model.Verdict
+	// code is the kernel's code of verdict, set by eachKernelElement.
+	code int32
 }
 
 // eachKernelElement calls fn with each element as the kernel stores it. A
@@ -24,11 +26,13 @@ type kernelElement struct {
 func eachKernelElement(kind model.SetKind, elems []model.Element, fn func(kernelElement)) error {
 	for i := range elems {
 		e := &elems[i]
+		var code int32
 		if kind.IsMap() {
 			if e.Verdict == nil {
 				return fmt.Errorf("element %s of a verdict map has no verdict", kind.Format(*e))
 			}
-			if _, err := verdictCode(*e.Verdict); err != nil {
+			var err error
+			if code, err = verdictCode(*e.Verdict); err != nil {
 				return fmt.Errorf("element %s: %w", kind.Format(*e), err)
 			}
 		} else if e.Verdict != nil {
@@ -41,9 +45,9 @@ func eachKernelElement(kind model.SetKind, elems []model.Element, fn func(kernel
 				fn(kernelElement{key: next, end: true})
 			}
 		case kind == model.SetPorts || kind == model.MapPortsVerdict:
-			fn(kernelElement{key: e.Key, keyEnd: e.KeyEnd, verdict: e.Verdict})
+			fn(kernelElement{key: e.Key, keyEnd: e.KeyEnd, verdict: e.Verdict, code: code})
 		default:
-			fn(kernelElement{key: e.Key, verdict: e.Verdict})
+			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code})
 		}
 	}
 	return nil

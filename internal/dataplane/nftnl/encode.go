@@ -590,10 +590,8 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 			b.value(nftaSetElemKeyEnd, e.keyEnd)
 		}
 		if e.verdict != nil {
-			// eachKernelElement checked the verdict.
-			code, _ := verdictCode(*e.verdict)
 			data := b.nest(unix.NFTA_SET_ELEM_DATA)
-			b.verdict(code, e.verdict.Chain)
+			b.verdict(e.code, e.verdict.Chain)
 			b.end(data)
 		}
 		b.end(at)
