@@ -312,55 +312,56 @@ func probeSCTP(dst netip.AddrPort, deadline time.Time) (Outcome, string, string,
 	}
 }
 
-// readSCTPAnswer reads the raw SCTP socket until it finds the answer to
-// the INIT from src with tag (INIT ACK or ABORT) or the socket closes.
-func readSCTPAnswer(conn *net.IPConn, dst netip.AddrPort, src uint16, tag uint32, answers chan<- sctpAnswer) {
+// readPackets reads a raw socket until the socket closes or match returns
+// true for a packet.
+func readPackets(conn *net.IPConn, match func(pkt []byte, from net.Addr) bool) {
 	buf := make([]byte, 65536)
 	for {
 		n, from, err := conn.ReadFrom(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		if err != nil {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(from.(*net.IPAddr).IP)
-		if !ok || ip.Unmap() != dst.Addr() {
-			continue
-		}
-		pkt, err := parseSCTP(buf[:n])
-		if err != nil || pkt.SrcPort != dst.Port() || pkt.DstPort != src || pkt.VerificationTag != tag {
-			continue
-		}
-		switch pkt.ChunkType {
-		case chunkInitAck:
-			answers <- sctpAnswer{outcome: Connected, reply: string(pkt.Cookie)}
-			return
-		case chunkAbort:
-			answers <- sctpAnswer{outcome: Refused, detail: "ABORT"}
+		if err == nil && match(buf[:n], from) {
 			return
 		}
 	}
 }
 
+// readSCTPAnswer reads the raw SCTP socket until it finds the answer to
+// the INIT from src with tag (INIT ACK or ABORT) or the socket closes.
+func readSCTPAnswer(conn *net.IPConn, dst netip.AddrPort, src uint16, tag uint32, answers chan<- sctpAnswer) {
+	readPackets(conn, func(buf []byte, from net.Addr) bool {
+		ip, ok := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+		if !ok || ip.Unmap() != dst.Addr() {
+			return false
+		}
+		pkt, err := parseSCTP(buf)
+		if err != nil || pkt.SrcPort != dst.Port() || pkt.DstPort != src || pkt.VerificationTag != tag {
+			return false
+		}
+		switch pkt.ChunkType {
+		case chunkInitAck:
+			answers <- sctpAnswer{outcome: Connected, reply: string(pkt.Cookie)}
+			return true
+		case chunkAbort:
+			answers <- sctpAnswer{outcome: Refused, detail: "ABORT"}
+			return true
+		}
+		return false
+	})
+}
+
 // readICMPAnswer reads a raw ICMP socket until it finds an error about a
 // packet of protocol proto from port src to dst, or the socket closes.
 func readICMPAnswer(conn *net.IPConn, dst netip.AddrPort, src uint16, proto uint8, answers chan<- sctpAnswer) {
-	buf := make([]byte, 65536)
-	for {
-		n, _, err := conn.ReadFrom(buf)
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			continue
-		}
-		e, ok := parseICMPError(buf[:n], dst.Addr().Is6())
+	readPackets(conn, func(buf []byte, _ net.Addr) bool {
+		e, ok := parseICMPError(buf, dst.Addr().Is6())
 		if ok && e.proto == proto && e.dst == dst && e.srcPort == src {
 			answers <- sctpAnswer{outcome: Refused, detail: e.what}
-			return
+			return true
 		}
-	}
+		return false
+	})
 }
 
 // icmpError is an ICMP error message and the packet it quotes.
