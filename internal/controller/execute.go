@@ -68,6 +68,18 @@ func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[s
 	return nil
 }
 
+// get reads the cluster-scoped object name of a kind from the cache into
+// obj; found is false when it does not exist.
+func (r *RuleSetReconciler) get(ctx context.Context, kind, name string, obj client.Object) (found bool, err error) {
+	switch err := r.Client.Get(ctx, client.ObjectKey{Name: name}, obj); {
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("reading %s %s: %w", kind, name, err)
+	}
+	return true, nil
+}
+
 // read gets from the cache the objects a plan compares: the rule sets and
 // groups named, and the nodes of the rule sets. A name whose read fails is
 // left out of the plan and returned to be compared again.
@@ -78,47 +90,40 @@ func (r *RuleSetReconciler) read(ctx context.Context, dirtyRS, dirtyAG map[strin
 	in.Nodes = map[string]*corev1.Node{}
 	for _, name := range sortedKeys(dirtyAG) {
 		ag := &v1alpha1.AddressGroup{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
-			if !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("reading AddressGroup %s: %w", name, err))
-				retryAG[name] = struct{}{}
-				continue
-			}
-			ag = nil
+		found, err := r.get(ctx, "AddressGroup", name, ag)
+		if err != nil {
+			errs = append(errs, err)
+			retryAG[name] = struct{}{}
+			continue
 		}
-		if ag != nil {
+		if found {
 			in.CurGroups[name] = ag
 		}
 		in.Groups = append(in.Groups, name)
 	}
 	for _, name := range sortedKeys(dirtyRS) {
 		rs := &v1alpha1.NodeRuleSet{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, rs); err != nil {
-			if !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("reading NodeRuleSet %s: %w", name, err))
-				retryRS[name] = struct{}{}
-				continue
-			}
-			rs = nil
+		found, err := r.get(ctx, "NodeRuleSet", name, rs)
+		if err != nil {
+			errs = append(errs, err)
+			retryRS[name] = struct{}{}
+			continue
 		}
-		_, desired := r.desiredRS[name]
-		if rs == nil && !desired {
+		if _, desired := r.desiredRS[name]; !found && !desired {
 			in.RuleSets = append(in.RuleSets, name)
 			continue
 		}
 		node := &corev1.Node{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
-			if !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("reading Node %s: %w", name, err))
-				retryRS[name] = struct{}{}
-				continue
-			}
-			node = nil
+		nodeFound, err := r.get(ctx, "Node", name, node)
+		if err != nil {
+			errs = append(errs, err)
+			retryRS[name] = struct{}{}
+			continue
 		}
-		if rs != nil {
+		if found {
 			in.CurRuleSets[name] = rs
 		}
-		if node != nil {
+		if nodeFound {
 			in.Nodes[name] = node
 		}
 		in.RuleSets = append(in.RuleSets, name)
