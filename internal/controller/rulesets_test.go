@@ -470,7 +470,15 @@ var _ = Describe("Large address groups", func() {
 			return out
 		}
 		var before map[string]*v1alpha1.AddressGroup
-		Eventually(func(g Gomega) { before = shards(g, ips) }).Should(Succeed())
+		// The baseline waits for the shards' status too: it is written in
+		// the pass after their creation reaches the cache.
+		Eventually(func(g Gomega) {
+			before = shards(g, ips)
+			for n, ag := range before {
+				g.Expect(ag.Status.Size).To(Equal(int32(len(ag.Spec.Addresses))), "status of shard %s", n)
+				g.Expect(ag.Status.Nodes).To(Equal(int32(1)), "status of shard %s", n)
+			}
+		}).Should(Succeed())
 		// Let any in-flight writes settle before taking the baseline.
 		Consistently(func(g Gomega) {
 			now := shards(g, ips)
