@@ -307,7 +307,7 @@ func TestPodLifecycle(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s never reached x/a", key)
+				t.Fatalf("%s never reached x/a; the last probe: %s", key, r)
 			}
 		}
 		durations = append(durations, time.Since(ready))
