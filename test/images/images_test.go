@@ -33,7 +33,10 @@ func buildClone(t *testing.T, dir string) (digests string, archives map[string]s
 	run := func(name string, env []string, args ...string) {
 		t.Helper()
 		cmd := exec.Command(name, args...)
-		cmd.Dir = dir
+		cmd.Dir = filepath.Dir(dir)
+		if name != "git" {
+			cmd.Dir = dir
+		}
 		cmd.Env = append(cleanEnv(), env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
