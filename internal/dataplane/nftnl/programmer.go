@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftguard/nftguard/internal/dataplane/model"
@@ -90,31 +89,38 @@ type Programmer struct {
 
 var errClosed = errors.New("dataplane: programmer is closed")
 
-// NewProgrammer returns a Programmer for the network namespace of the
-// calling thread.
+// NewProgrammer returns a Programmer for the process's own network
+// namespace. Its sockets are opened where the process is, without setns:
+// entering a namespace needs CAP_SYS_ADMIN, which the agent's container
+// does not have (it has NET_ADMIN only).
 func NewProgrammer() (*Programmer, error) {
-	h, err := netns.Get()
-	if err != nil {
-		return nil, fmt.Errorf("opening the current network namespace: %w", err)
-	}
-	defer h.Close()
-	return NewProgrammerInNetNS(int(h))
+	return newProgrammer(0)
 }
 
 // NewProgrammerInNetNS returns a Programmer for the network namespace fd
-// refers to. The Programmer keeps its own duplicate of fd.
+// refers to (entering it needs CAP_SYS_ADMIN). The Programmer keeps its own
+// duplicate of fd.
 func NewProgrammerInNetNS(fd int) (*Programmer, error) {
 	own, err := unix.Dup(fd)
 	if err != nil {
 		return nil, fmt.Errorf("duplicating network namespace fd: %w", err)
 	}
 	unix.CloseOnExec(own)
+	return newProgrammer(own)
+}
+
+// newProgrammer: own is the namespace fd the Programmer owns, or 0 for the
+// process's own namespace (netlink.Config.NetNS 0 enters nothing).
+func newProgrammer(own int) (*Programmer, error) {
+	var err error
 	p := &Programmer{netns: own, rd: &reader{netns: own}, maxBatchBytes: defaultMaxBatchBytes}
 	p.newConn = func() (sender, error) {
 		return newBatchSocket(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes))
 	}
 	if p.conn, err = p.newConn(); err != nil {
-		unix.Close(own)
+		if own > 0 {
+			unix.Close(own)
+		}
 		return nil, fmt.Errorf("opening nftables connection: %w", err)
 	}
 	return p, nil
