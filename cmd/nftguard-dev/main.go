@@ -139,6 +139,10 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 	agent := fs.String("agent", "", "agent binary, or none (default: <bin-dir>/agent if present)")
 	agentArgs := fs.String("agent-args", "", "extra agent flags, space-separated")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
+	real := fs.Bool("real-nodes", false, "real nodes: kubelet, containerd and kube-proxy in each node; nftguard installed from its images (make real-nodes)")
+	proxyMode := fs.String("proxy-mode", "nftables", "kube-proxy's mode on real nodes: nftables or iptables")
+	images := fs.String("images", "", "comma-separated OCI archives imported into every real node (default: bin/node-images/*.tar and bin/images/*.tar)")
+	install := fs.String("install", "", "kustomize directory applied on real nodes, or none (default: <bin-dir>/../config/default)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -152,6 +156,21 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if cfg.ManifestsDir == "" {
 		cfg.ManifestsDir = filepath.Join(*binDir, "..", "config")
+	}
+	if *real {
+		rn := &localcluster.RealNodes{ProxyMode: *proxyMode, Install: *install}
+		switch rn.Install {
+		case "none":
+			rn.Install = ""
+		case "":
+			rn.Install = filepath.Join(cfg.ManifestsDir, "default")
+		}
+		if *images != "" {
+			rn.Images = strings.Split(*images, ",")
+		} else {
+			rn.Images = localcluster.DefaultImages(*binDir)
+		}
+		cfg.RealNodes, cfg.Controller, cfg.Agent = rn, "", ""
 	}
 	t := localcluster.ShopTopology()
 	if *topo != "" {
@@ -182,10 +201,10 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	}
-	if cfg.Controller == "" {
+	if cfg.Controller == "" && cfg.RealNodes == nil {
 		fmt.Fprintln(out, "No controller binary: the cluster runs without one (`make build` builds it)")
 	}
-	if cfg.Agent == "" {
+	if cfg.Agent == "" && cfg.RealNodes == nil {
 		fmt.Fprintln(out, "No agent binary: the cluster runs without agents, so no policy is enforced")
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)

@@ -43,36 +43,9 @@ var (
 	stateDir    string
 )
 
-// conformanceTopology is the upstream layout: namespaces x, y, z (labelled
-// ns=<name>) with pods a, b, c (labelled pod=<name>), each serving ports 80
-// and 81 over TCP, UDP and SCTP with ports named serve-80-tcp and so on,
-// spread over two nodes; plus a DNS pod in kube-system.
+// conformanceTopology is the upstream layout (localcluster.ConformanceTopology).
 func conformanceTopology() *localcluster.Topology {
-	t := &localcluster.Topology{Nodes: []localcluster.NodeSpec{{Name: "node-1"}, {Name: "node-2"}}}
-	var ports []localcluster.PortSpec
-	for _, port := range []int32{80, 81} {
-		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
-			ports = append(ports, localcluster.PortSpec{
-				Name: fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto))), Port: port, Protocol: proto,
-			})
-		}
-	}
-	i := 0
-	for _, ns := range namespaces {
-		t.Namespaces = append(t.Namespaces, localcluster.NamespaceSpec{Name: ns, Labels: map[string]string{"ns": ns}})
-		for _, p := range podNames {
-			t.Pods = append(t.Pods, localcluster.PodSpec{
-				Namespace: ns, Name: p, Node: t.Nodes[i%2].Name, Labels: map[string]string{"pod": p}, Ports: ports,
-			})
-			i++
-		}
-	}
-	t.Namespaces = append(t.Namespaces, localcluster.NamespaceSpec{Name: "kube-system"})
-	t.Pods = append(t.Pods, localcluster.PodSpec{
-		Namespace: "kube-system", Name: "dns", Node: "node-2", Labels: map[string]string{"k8s-app": "kube-dns"},
-		Ports: []localcluster.PortSpec{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP}},
-	})
-	return t
+	return localcluster.ConformanceTopology(namespaces, podNames)
 }
 
 func TestMain(m *testing.M) {

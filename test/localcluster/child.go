@@ -39,9 +39,11 @@ func MaybeRunChild() {
 	}
 	switch role {
 	case rolePodServer:
-		os.Exit(runPodServer(args))
+		os.Exit(RunPodServer(args))
 	case roleForward:
 		os.Exit(runForward(args))
+	case roleNode:
+		os.Exit(runNode(args))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s %q\n", childRoleEnv, role)
 		os.Exit(2)
@@ -79,11 +81,12 @@ func (l *portList) Set(s string) error {
 	return nil
 }
 
-// runPodServer is a pod's workload, started inside the pod's network
-// namespace. It answers its name ("namespace/pod") on each TCP port (on
+// RunPodServer is a pod's workload: started inside the pod's network
+// namespace by the namespace-only cluster, and the test-server image's
+// command on real nodes. It answers its name ("namespace/pod") on each TCP port (on
 // connect) and UDP port (to any datagram), and answers SCTP INITs on its SCTP
 // ports with an INIT ACK through raw IP protocol 132 sockets.
-func runPodServer(args []string) int {
+func RunPodServer(args []string) int {
 	fs := flag.NewFlagSet(rolePodServer, flag.ContinueOnError)
 	name := fs.String("name", "", "the pod's namespace/name, answered to every probe")
 	var tcp, udp, sctp portList
@@ -182,28 +185,44 @@ func serveSCTP(conn *net.IPConn, ports portList, name []byte, logger *log.Logger
 
 // runForward listens inside a node's network namespace and carries each
 // connection to an address in the machine's own namespace (the API server
-// on loopback), so that the node's agent needs no route out of its node.
+// on loopback), so that the node's agent needs no route out of its node; or,
+// with --dial-netns, listens in its own namespace and connects from another
+// (the machine's loopback to a real cluster's API server).
 func runForward(args []string) int {
 	fs := flag.NewFlagSet(roleForward, flag.ContinueOnError)
-	nsPath := fs.String("netns", "", "network namespace to listen in (a path such as /run/netns/<name>)")
+	nsPath := fs.String("netns", "", "network namespace to listen in (a path such as /run/netns/<name>); empty: this process's own")
+	dialPath := fs.String("dial-netns", "", "network namespace to connect from; empty: this process's own")
 	listen := fs.String("listen", "", "address to listen on inside the namespace")
-	to := fs.String("to", "", "address to connect to from this process's own namespace")
+	to := fs.String("to", "", "address to connect to")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
-	fd, err := unix.Open(*nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		logger.Printf("opening %s: %v", *nsPath, err)
-		return 1
-	}
 	var l net.Listener
-	err = inNetNSFd(fd, func() error {
+	listenIn := func() error {
 		var err error
 		l, err = net.Listen("tcp", *listen)
 		return err
-	})
-	unix.Close(fd)
+	}
+	var err error
+	if *nsPath == "" {
+		err = listenIn()
+	} else {
+		var fd int
+		if fd, err = unix.Open(*nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			logger.Printf("opening %s: %v", *nsPath, err)
+			return 1
+		}
+		err = inNetNSFd(fd, listenIn)
+		unix.Close(fd)
+	}
+	dialFD := -1
+	if *dialPath != "" {
+		if dialFD, err = unix.Open(*dialPath, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			logger.Printf("opening %s: %v", *dialPath, err)
+			return 1
+		}
+	}
 	if err != nil {
 		logger.Printf("listening on %s in %s: %v", *listen, *nsPath, err)
 		return 1
@@ -221,7 +240,7 @@ func runForward(args []string) int {
 				time.Sleep(50 * time.Millisecond)
 				continue
 			}
-			go forwardConn(in, *to, logger)
+			go forwardConn(in, *to, dialFD, logger)
 		}
 	}()
 	sig := waitSignal()
@@ -230,9 +249,19 @@ func runForward(args []string) int {
 	return 0
 }
 
-func forwardConn(in net.Conn, to string, logger *log.Logger) {
+func forwardConn(in net.Conn, to string, dialFD int, logger *log.Logger) {
 	defer in.Close()
-	out, err := net.DialTimeout("tcp", to, 5*time.Second)
+	var out net.Conn
+	dial := func() (err error) {
+		out, err = net.DialTimeout("tcp", to, 5*time.Second)
+		return err
+	}
+	var err error
+	if dialFD < 0 {
+		err = dial()
+	} else {
+		err = inNetNSFd(dialFD, dial)
+	}
 	if err != nil {
 		logger.Printf("connecting to %s: %v", to, err)
 		return

@@ -55,6 +55,10 @@ type Config struct {
 	// Owned records this process as the cluster's owner: once it is gone,
 	// SweepStale removes the cluster (test binaries that crashed).
 	Owned bool
+	// RealNodes, when set, makes the nodes real (kubelet, containerd,
+	// kube-proxy) and installs nftguard from its manifests and images;
+	// Controller and Agent must then be empty.
+	RealNodes *RealNodes
 	// Logf reports progress; nil is silent.
 	Logf func(format string, args ...any)
 }
@@ -123,6 +127,16 @@ func (cfg *Config) setDefaults() error {
 		}
 		cfg.Helper = self
 	}
+	if cfg.RealNodes != nil {
+		if cfg.Controller != "" || cfg.Agent != "" {
+			return errors.New("a cluster of real nodes runs the controller and the agent from their images: leave Controller and Agent empty")
+		}
+		rn := *cfg.RealNodes
+		if err := rn.setDefaults(cfg); err != nil {
+			return err
+		}
+		cfg.RealNodes = &rn
+	}
 	for _, b := range []string{filepath.Join(cfg.BinDir, "etcd"), filepath.Join(cfg.BinDir, "kube-apiserver"), cfg.Controller, cfg.Agent, cfg.Helper} {
 		if b == "" {
 			continue
@@ -159,16 +173,24 @@ func Fingerprint(cfg Config) (string, error) {
 		}
 		return bin{p, fi.Size(), fi.ModTime()}
 	}
+	var real []bin
+	if rn := cfg.RealNodes; rn != nil {
+		for _, p := range append([]string{filepath.Join(cfg.BinDir, "kube"), filepath.Join(cfg.BinDir, "containerd")}, rn.Images...) {
+			real = append(real, stat(p))
+		}
+	}
 	b, err := json.Marshal(struct {
 		Name, StateDir, Manifests string
 		Topology                  *Topology
 		Bins                      []bin
 		ControllerArgs, AgentArgs []string
+		RealNodes                 *RealNodes
+		Images                    []bin
 	}{
 		cfg.Name, cfg.StateDir, cfg.ManifestsDir, cfg.Topology,
 		[]bin{stat(filepath.Join(cfg.BinDir, "etcd")), stat(filepath.Join(cfg.BinDir, "kube-apiserver")),
 			stat(cfg.Controller), stat(cfg.Agent), stat(cfg.Helper)},
-		cfg.ControllerArgs, cfg.AgentArgs,
+		cfg.ControllerArgs, cfg.AgentArgs, cfg.RealNodes, real,
 	})
 	if err != nil {
 		return "", err
@@ -230,7 +252,11 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			c = nil
 		}
 	}()
-	if err := c.up(ctx); err != nil {
+	up := c.up
+	if cfg.RealNodes != nil {
+		up = c.upReal
+	}
+	if err := up(ctx); err != nil {
 		return c, err
 	}
 	return c, nil
@@ -259,7 +285,7 @@ func (c *Cluster) up(ctx context.Context) error {
 	go func() { netErr <- c.buildNetwork(nodes, pods) }()
 	cfg.Logf("Starting etcd and kube-apiserver")
 	cpErr := func() error {
-		etcdURL, err := c.startEtcd(ctx)
+		etcdURL, err := c.startEtcd(ctx, "")
 		if err != nil {
 			return err
 		}
@@ -453,6 +479,11 @@ func Cleanup(dir string) error {
 
 func down(st *State, live map[int]*proc) error {
 	errs := []error{stopAll(st.Processes, live)}
+	for _, cg := range st.Cgroups {
+		if err := removeCgroups(cg); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	// Pods first, then nodes, then the underlay: the reverse of creation.
 	ns := slices.Clone(st.NetNS)
 	slices.Reverse(ns)

@@ -45,21 +45,29 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startEtcd starts etcd on loopback with its data in the state directory.
-func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
-	client, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	peer, err := freePort()
-	if err != nil {
-		return "", err
+// startEtcd starts etcd on loopback with its data in the state directory:
+// the machine's loopback, or that of network namespace netns (a real
+// cluster's control plane), where its own ports are free.
+func (c *Cluster) startEtcd(ctx context.Context, netns string) (string, error) {
+	client, peer := 2379, 2380
+	hc := &http.Client{Timeout: 2 * time.Second}
+	if netns == "" {
+		var err error
+		if client, err = freePort(); err != nil {
+			return "", err
+		}
+		if peer, err = freePort(); err != nil {
+			return "", err
+		}
+	} else {
+		hc = netnsHTTPClient(netns, http.DefaultTransport.(*http.Transport))
+		hc.Timeout = 2 * time.Second
 	}
 	clientURL := fmt.Sprintf("http://127.0.0.1:%d", client)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
 	name := "ngd-" + c.cfg.Name
 	p, err := c.start(procSpec{
-		role: roleEtcd, path: filepath.Join(c.cfg.BinDir, "etcd"), log: c.logPath("etcd"),
+		role: roleEtcd, path: filepath.Join(c.cfg.BinDir, "etcd"), log: c.logPath("etcd"), netns: netns,
 		args: []string{
 			"--name=" + name,
 			"--data-dir=" + filepath.Join(c.cfg.StateDir, "etcd"),
@@ -75,7 +83,6 @@ func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	hc := &http.Client{Timeout: 2 * time.Second}
 	err = waitFor(ctx, p, 60*time.Second, func() (bool, error) {
 		resp, err := hc.Get(clientURL + "/health")
 		if err != nil {

@@ -21,7 +21,15 @@ const netnsDir = "/run/netns"
 // netnsPrefix is the prefix of every network namespace of cluster name.
 func netnsPrefix(name string) string { return "ngd-" + name + "-" }
 
-func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+// netnsPath is a named namespace's path, or name itself when it is a path
+// already (a real node's pods live in its own /run/netns, reached from the
+// machine through /proc/<node init>/root).
+func netnsPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(netnsDir, name)
+}
 
 // ensureNetNSDir prepares /run/netns as `ip netns add` does: a shared mount,
 // so that a namespace unmounted here is unmounted in every mount namespace
@@ -178,3 +186,5 @@ func nsHandle(name string) (*netlink.Handle, int, error) {
 	}
 	return h, fd, nil
 }
+
+func closeFD(fd int) { _ = unix.Close(fd) }

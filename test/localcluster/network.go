@@ -212,6 +212,9 @@ func (c *Cluster) routeNodes(nodes []Node) error {
 					dst netip.Prefix
 					via netip.Addr
 				}{{o.PodCIDRv4, o.IPv4}, {o.PodCIDRv6, o.IPv6}} {
+					if !r.dst.IsValid() {
+						continue // the real cluster's control plane runs no pods
+					}
 					if err := h.RouteAdd(&netlink.Route{
 						LinkIndex: up.Attrs().Index, Dst: ipNet(r.dst), Gw: r.via.AsSlice(),
 					}); err != nil {

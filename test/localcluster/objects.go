@@ -128,18 +128,7 @@ func (c *Cluster) createPods(ctx context.Context, pods []Pod) error {
 func (c *Cluster) startPodServers(pods []Pod) error {
 	var started []*proc
 	for _, p := range pods {
-		args := []string{rolePodServer, "--name", p.Key()}
-		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
-			var nums []string
-			for _, pp := range p.Ports {
-				if pp.Protocol == proto {
-					nums = append(nums, strconv.Itoa(int(pp.Port)))
-				}
-			}
-			if len(nums) > 0 {
-				args = append(args, "--"+strings.ToLower(string(proto)), strings.Join(nums, ","))
-			}
-		}
+		args := append([]string{rolePodServer}, podServerArgs(p.Key(), p.Ports)...)
 		pr, err := c.start(procSpec{
 			role: rolePodServer, name: p.Key(), path: c.cfg.Helper, args: args,
 			env: []string{childRoleEnv + "=" + rolePodServer}, netns: p.NetNS,
@@ -156,6 +145,23 @@ func (c *Cluster) startPodServers(pods []Pod) error {
 		}
 	}
 	return nil
+}
+
+// podServerArgs is the pod server's command line for a pod's ports.
+func podServerArgs(key string, ports []PortSpec) []string {
+	args := []string{"--name", key}
+	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+		var nums []string
+		for _, pp := range ports {
+			if pp.Protocol == proto {
+				nums = append(nums, strconv.Itoa(int(pp.Port)))
+			}
+		}
+		if len(nums) > 0 {
+			args = append(args, "--"+strings.ToLower(string(proto)), strings.Join(nums, ","))
+		}
+	}
+	return args
 }
 
 // markPodsRunning writes each pod's status as a kubelet would once its

@@ -23,6 +23,43 @@ type pki struct {
 
 	caCert []byte // PEM
 	admin  struct{ cert, key []byte }
+
+	// The CA itself, to issue further certificates (nil once loaded).
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+}
+
+// issue signs a certificate for tmpl with a new key.
+func (p *pki) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now().Add(-time.Hour)
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = now, now.Add(certValidity)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", kb), nil
+}
+
+// issueFiles issues a certificate and writes it as <name>.crt and <name>.key.
+func (p *pki) issueFiles(name string, tmpl *x509.Certificate) error {
+	cert, key, err := p.issue(tmpl)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(p.path(name+".crt"), cert); err != nil {
+		return err
+	}
+	return writePEM(p.path(name+".key"), key)
 }
 
 func (p *pki) path(name string) string { return filepath.Join(p.dir, name) }
@@ -61,24 +98,15 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 
-	issue := func(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, nil, err
-		}
-		tmpl.SerialNumber = serial()
-		tmpl.NotBefore, tmpl.NotAfter = now, now.Add(certValidity)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return nil, nil, err
-		}
-		kb, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", kb), nil
+	kb, err := x509.MarshalECPrivateKey(caKey)
+	if err != nil {
+		return nil, err
 	}
+	if err := writePEM(p.path("ca.key"), pemBlock("EC PRIVATE KEY", kb)); err != nil {
+		return nil, err
+	}
+	p.ca, p.caKey = ca, caKey
+	issue := p.issue
 
 	// The API server answers on loopback in the machine's namespace, and
 	// through each node's forwarder on loopback inside the node.
@@ -116,7 +144,7 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	kb, err := x509.MarshalECPrivateKey(saKey)
+	kb, err = x509.MarshalECPrivateKey(saKey)
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,10 @@ type ProbeRequest struct {
 	Protocol corev1.Protocol
 	Family   Family        // default IPv4
 	Timeout  time.Duration // default DefaultProbeTimeout
+	// Service probes the target's own Service ClusterIP (real nodes: IPv4,
+	// the Service port equal to the container port), as upstream's
+	// conformance suite does, instead of the pod's address.
+	Service bool
 }
 
 // ProbeResult is what a probe saw.
@@ -130,6 +134,13 @@ func (c *Cluster) ProbeWith(ctx context.Context, req ProbeRequest) ProbeResult {
 	}
 	res.Protocol = proto
 	res.Dst = netip.AddrPortFrom(to.IP(fam), uint16(number))
+	if req.Service {
+		if !to.ServiceIP.IsValid() || fam != IPv4 {
+			res.Err = fmt.Errorf("pod %s has no %s Service address", to.Key(), fam)
+			return res
+		}
+		res.Dst = netip.AddrPortFrom(to.ServiceIP, uint16(number))
+	}
 	start := time.Now()
 	deadline := start.Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -433,6 +444,8 @@ type MatrixRequest struct {
 	Family   Family
 	From, To []string // default: every pod
 	Timeout  time.Duration
+	// Service probes each target's Service ClusterIP (ProbeRequest.Service).
+	Service bool
 	// Parallel bounds the probes in flight (default 8).
 	Parallel int
 }
@@ -468,7 +481,7 @@ func (c *Cluster) Matrix(ctx context.Context, req MatrixRequest) *Matrix {
 	for i, from := range m.From {
 		m.Results[i] = make([]ProbeResult, len(m.To))
 		for j, to := range m.To {
-			pr := ProbeRequest{From: from, To: to, Port: req.Port, Protocol: req.Protocol, Family: req.Family, Timeout: req.Timeout}
+			pr := ProbeRequest{From: from, To: to, Port: req.Port, Protocol: req.Protocol, Family: req.Family, Timeout: req.Timeout, Service: req.Service}
 			if req.Port.Type == intstr.Int && req.Port.IntVal == 0 {
 				target, ok := c.Pod(to)
 				if !ok || len(target.Ports) == 0 {

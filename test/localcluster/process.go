@@ -28,6 +28,9 @@ type procSpec struct {
 	// ready: the process writes a line to file descriptor 3 once it
 	// serves (the harness's own helper roles).
 	ready bool
+	// cloneflags are namespaces the process gets of its own (a real
+	// node's init: mount and PID).
+	cloneflags uintptr
 }
 
 // proc is a process this harness started in this process's lifetime.
@@ -57,7 +60,7 @@ func (c *Cluster) start(spec procSpec) (*proc, error) {
 	cmd.Env = append(os.Environ(), spec.env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.Dir = c.cfg.StateDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: c.cfg.Detach}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: c.cfg.Detach, Cloneflags: spec.cloneflags}
 	p := &proc{cmd: cmd, done: make(chan struct{})}
 	var w *os.File
 	if spec.ready {
@@ -252,8 +255,12 @@ func stopAll(refs []ProcessRef, live map[int]*proc) error {
 				continue
 			}
 			grace := 5 * time.Second
-			if r.Role == rolePodServer || r.Role == roleForward {
+			switch r.Role {
+			case rolePodServer, roleForward:
 				grace = time.Second
+			case roleNode:
+				// It stops its node's components first (killNode).
+				grace = 20 * time.Second
 			}
 			wg.Add(1)
 			go func(r ProcessRef) {

@@ -39,6 +39,12 @@ type State struct {
 	// Agents tells whether an agent runs on every node.
 	Agents bool `json:"agents"`
 
+	// RealNodes tells whether the nodes run kubelet and containerd.
+	RealNodes bool `json:"realNodes,omitempty"`
+	// Cgroups are the real nodes' cgroup roots, created in every
+	// hierarchy and removed on teardown.
+	Cgroups []string `json:"cgroups,omitempty"`
+
 	NetNS     []string     `json:"netns"`
 	Processes []ProcessRef `json:"processes"`
 	Nodes     []Node       `json:"nodes"`
@@ -89,6 +95,8 @@ type Pod struct {
 	IPv6      netip.Addr        `json:"ipv6"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Ports     []PortSpec        `json:"ports,omitempty"`
+	// ServiceIP is the ClusterIP of the pod's own Service (real nodes).
+	ServiceIP netip.Addr `json:"serviceIP,omitzero"`
 }
 
 // Key is the pod's "namespace/name".

@@ -84,6 +84,39 @@ func ShopTopology() *Topology {
 	return t
 }
 
+// ConformanceTopology is the layout of upstream's NetworkPolicy suite:
+// namespaces (x, y, z; labelled ns=<name>) with pods (a, b, c; labelled
+// pod=<name>), each serving ports 80 and 81 over TCP, UDP and SCTP with
+// ports named serve-80-tcp and so on, spread over two nodes; plus a DNS pod
+// in kube-system (replaced by real CoreDNS on real nodes).
+func ConformanceTopology(namespaces, pods []string) *Topology {
+	t := &Topology{Nodes: []NodeSpec{{Name: "node-1"}, {Name: "node-2"}}}
+	var ports []PortSpec
+	for _, port := range []int32{80, 81} {
+		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+			ports = append(ports, PortSpec{
+				Name: fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto))), Port: port, Protocol: proto,
+			})
+		}
+	}
+	i := 0
+	for _, ns := range namespaces {
+		t.Namespaces = append(t.Namespaces, NamespaceSpec{Name: ns, Labels: map[string]string{"ns": ns}})
+		for _, p := range pods {
+			t.Pods = append(t.Pods, PodSpec{
+				Namespace: ns, Name: p, Node: t.Nodes[i%2].Name, Labels: map[string]string{"pod": p}, Ports: slices.Clone(ports),
+			})
+			i++
+		}
+	}
+	t.Namespaces = append(t.Namespaces, NamespaceSpec{Name: "kube-system"})
+	t.Pods = append(t.Pods, PodSpec{
+		Namespace: "kube-system", Name: "dns", Node: "node-2", Labels: map[string]string{"k8s-app": "kube-dns"},
+		Ports: []PortSpec{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP}},
+	})
+	return t
+}
+
 // LoadTopology reads a topology from a YAML or JSON file.
 func LoadTopology(path string) (*Topology, error) {
 	b, err := os.ReadFile(path)
