@@ -14,7 +14,9 @@ KUBECTL ?= $(BIN)/kubectl
 KUBE_VERSION ?= v1.36.3
 KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36 -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION)
 # Packages whose tests need root and network namespaces (skipped otherwise).
-GOTEST_FLAGS ?= -count=1
+# The image reproducibility test builds twice from empty caches and the
+# real-node suites start clusters: well past go test's default 10 minutes.
+GOTEST_FLAGS ?= -count=1 -timeout 60m
 export KUBEBUILDER_ASSETS ?= $(BIN)
 
 .PHONY: all
