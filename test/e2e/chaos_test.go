@@ -105,7 +105,7 @@ func startTraffic(t *testing.T, conn net.Conn, blockedFrom, blockedTo string) *t
 			tr.blockedProbes.Add(1)
 			// Not probeOne: its t.Fatalf must not run off the test's goroutine.
 			r := cl.ProbeWith(context.Background(), localcluster.ProbeRequest{
-				From: blockedFrom, To: blockedTo, Port: intstr.FromInt32(tcp80.port), Protocol: tcp80.proto,
+				From: blockedFrom, To: blockedTo, Port: intstr.FromInt32(tcp80.Port), Protocol: tcp80.Proto,
 			})
 			switch {
 			case r.Err != nil || r.Outcome == localcluster.Refused:
@@ -299,7 +299,7 @@ func TestPodLifecycle(t *testing.T) {
 		// Short probes: the figure's resolution is the probe timeout.
 		for {
 			r := cl.ProbeWith(ctx, localcluster.ProbeRequest{From: key, To: "x/a", Port: intstr.FromInt32(80),
-				Protocol: tcp80.proto, Timeout: 50 * time.Millisecond})
+				Protocol: tcp80.Proto, Timeout: 50 * time.Millisecond})
 			if r.Err != nil {
 				t.Fatalf("probe %s", r)
 			}

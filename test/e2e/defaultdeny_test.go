@@ -37,7 +37,7 @@ func defaultDeny(name string, mode v1alpha1.DefaultDenyMode, types ...v1alpha1.P
 func probeOne(t *testing.T, from, to string, p probe) bool {
 	t.Helper()
 	r := cl.ProbeWith(context.Background(), localcluster.ProbeRequest{
-		From: from, To: to, Port: intstr.FromInt32(p.port), Protocol: p.proto, Family: p.family,
+		From: from, To: to, Port: intstr.FromInt32(p.Port), Protocol: p.Proto, Family: p.Family,
 	})
 	if r.Err != nil {
 		t.Fatalf("probe %s", r)
@@ -78,10 +78,10 @@ func TestDefaultDeny(t *testing.T) {
 		create(t, dd)
 		waitConverged(t)
 		for _, from := range allPods() {
-			if !probeOne(t, from, "kube-system/dns", probe{53, corev1.ProtocolUDP, localcluster.IPv4}) {
+			if !probeOne(t, from, "kube-system/dns", probe{Port: 53, Proto: corev1.ProtocolUDP, Family: localcluster.IPv4}) {
 				t.Errorf("%s cannot reach DNS over UDP", from)
 			}
-			if probeOne(t, from, "kube-system/dns", probe{53, corev1.ProtocolTCP, localcluster.IPv4}) {
+			if probeOne(t, from, "kube-system/dns", probe{Port: 53, Proto: corev1.ProtocolTCP, Family: localcluster.IPv4}) {
 				t.Errorf("%s reaches DNS over TCP, which the DefaultDeny does not allow", from)
 			}
 		}
@@ -153,7 +153,7 @@ func waitLine(t *testing.T, mark auditMark, from, to string, p probe) logLine {
 	dst, _ := cl.Pod(to)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	flow := localcluster.MatchFlow(src.IP(p.family), dst.IP(p.family), uint16(p.port), p.proto)
+	flow := localcluster.MatchFlow(src.IP(p.Family), dst.IP(p.Family), uint16(p.Port), p.Proto)
 	lines := cl.WaitAuditLines(ctx, mark.logs, func(line string) bool {
 		var l struct {
 			Time time.Time `json:"time"`
@@ -161,7 +161,7 @@ func waitLine(t *testing.T, mark auditMark, from, to string, p probe) logLine {
 		return flow(line) && json.Unmarshal([]byte(line), &l) == nil && !l.Time.Before(mark.at)
 	})
 	if len(lines) == 0 {
-		t.Fatalf("no drop-log line for %s -> %s %d/%s", from, to, p.port, p.proto)
+		t.Fatalf("no drop-log line for %s -> %s %d/%s", from, to, p.Port, p.Proto)
 	}
 	var l logLine
 	if err := json.Unmarshal([]byte(lines[0].Line), &l); err != nil {
@@ -189,7 +189,7 @@ func TestDropLogAttribution(t *testing.T) {
 	r := NewReachability(true).Set("*/*", "x/*", false).Set("y/c", "*/*", false)
 	expect(t, r, tcp80)
 
-	for _, pair := range r.denied() {
+	for _, pair := range r.Denied() {
 		from, to := pair[0], pair[1]
 		line := waitLine(t, mark, from, to, tcp80)
 		src, _ := cl.Pod(from)

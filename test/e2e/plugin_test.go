@@ -513,7 +513,7 @@ func (w wantFlow) node(t *testing.T) string {
 }
 
 func (w wantFlow) key(t *testing.T) string {
-	return fmt.Sprintf("%s > %s %s/%d %s %s drop", w.from, w.to, w.p.proto, w.p.port, w.node(t), w.dir)
+	return fmt.Sprintf("%s > %s %s/%d %s %s drop", w.from, w.to, w.p.Proto, w.p.Port, w.node(t), w.dir)
 }
 
 // dropsReader creates a ServiceAccount with a ClusterRole of rules bound to
@@ -607,7 +607,7 @@ func TestPluginDrops(t *testing.T) {
 	for _, f := range flows {
 		for i := 0; i < f.times; i++ {
 			if probeOne(t, f.from, f.to, f.p) {
-				t.Fatalf("%s reached %s on %d/%s", f.from, f.to, f.p.port, f.p.proto)
+				t.Fatalf("%s reached %s on %d/%s", f.from, f.to, f.p.Port, f.p.Proto)
 			}
 		}
 	}
@@ -670,7 +670,7 @@ func TestPluginDrops(t *testing.T) {
 			g := got[w.key(t)]
 			src, dst := mustPod(t, w.from), mustPod(t, w.to)
 			countOK := g.Count == w.times
-			if w.p.proto != corev1.ProtocolTCP {
+			if w.p.Proto != corev1.ProtocolTCP {
 				countOK = g.Count >= w.times // datagrams are resent within a probe
 			}
 			if !countOK || g.Src.IP != src.IPv4.String() || g.Dst.IP != dst.IPv4.String() || g.Src.Port != 0 ||
@@ -689,7 +689,7 @@ func TestPluginDrops(t *testing.T) {
 		got := mine(all)
 		for _, w := range flows {
 			// LAST is a date and a time: two fields.
-			want := []string{w.node(t), "drop", w.dir, string(w.p.proto), w.from, w.to, strconv.Itoa(int(w.p.port)),
+			want := []string{w.node(t), "drop", w.dir, string(w.p.Proto), w.from, w.to, strconv.Itoa(int(w.p.Port)),
 				strconv.Itoa(got[w.key(t)].Count), w.policy}
 			if !slices.ContainsFunc(rows[1:], func(row []string) bool { return len(row) == 11 && slices.Equal(row[2:], want) }) {
 				t.Errorf("no row %q:\n%s", want, r)

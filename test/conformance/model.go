@@ -1,4 +1,10 @@
-package e2e
+// Package conformance holds the shapes of upstream Kubernetes'
+// NetworkPolicy e2e suite: its layout (namespaces x, y, z with pods a, b,
+// c), its reachability model, its policy cases, and the checks that probe
+// the full matrix. The namespace-only e2e suite and the real-node suite run
+// the same cases; the real-node one probes through each pod's Service
+// ClusterIP, as upstream does.
+package conformance
 
 import (
 	"fmt"
@@ -10,15 +16,20 @@ import (
 
 // The upstream NetworkPolicy e2e layout: namespaces x, y, z with pods a, b, c.
 var (
-	namespaces = []string{"x", "y", "z"}
-	podNames   = []string{"a", "b", "c"}
+	Namespaces = []string{"x", "y", "z"}
+	PodNames   = []string{"a", "b", "c"}
 )
 
-// allPods lists "ns/pod" for the nine conformance pods.
-func allPods() []string {
+// Topology is the layout on two nodes (localcluster.ConformanceTopology).
+func Topology() *localcluster.Topology {
+	return localcluster.ConformanceTopology(Namespaces, PodNames)
+}
+
+// AllPods lists "ns/pod" for the nine conformance pods.
+func AllPods() []string {
 	var out []string
-	for _, ns := range namespaces {
-		for _, p := range podNames {
+	for _, ns := range Namespaces {
+		for _, p := range PodNames {
 			out = append(out, ns+"/"+p)
 		}
 	}
@@ -34,7 +45,7 @@ type Reachability struct {
 
 // NewReachability expects every pair to be allowed (or denied).
 func NewReachability(allowed bool) *Reachability {
-	r := &Reachability{pods: allPods(), expected: map[[2]string]bool{}}
+	r := &Reachability{pods: AllPods(), expected: map[[2]string]bool{}}
 	for _, f := range r.pods {
 		for _, t := range r.pods {
 			r.expected[[2]string{f, t}] = allowed
@@ -71,11 +82,11 @@ func (r *Reachability) Expected(from, to string) bool {
 	return r.expected[[2]string{from, to}]
 }
 
-// agrees reports whether a probe's outcome meets the expectation of its
+// Agrees reports whether a probe's outcome meets the expectation of its
 // cell: an allowed cell must connect; a denied cell must get no answer at
 // all. A refusal meets neither: it comes from the target (nothing serves the
 // port), so it says nothing about the policy.
-func agrees(allowed bool, o localcluster.Outcome) bool {
+func Agrees(allowed bool, o localcluster.Outcome) bool {
 	if allowed {
 		return o == localcluster.Connected
 	}
@@ -100,7 +111,7 @@ func (r *Reachability) Table(got map[[2]string]localcluster.Outcome) (string, in
 			if !ok {
 				cell = "?"
 			}
-			if ok && !agrees(r.Expected(f, t), o) {
+			if ok && !Agrees(r.Expected(f, t), o) {
 				cell += "*"
 				wrong++
 			}
@@ -111,8 +122,8 @@ func (r *Reachability) Table(got map[[2]string]localcluster.Outcome) (string, in
 	return b.String(), wrong
 }
 
-// denied lists the pairs expected to be blocked, sorted.
-func (r *Reachability) denied() [][2]string {
+// Denied lists the pairs expected to be blocked, sorted.
+func (r *Reachability) Denied() [][2]string {
 	var out [][2]string
 	for k, v := range r.expected {
 		if !v && k[0] != k[1] {
