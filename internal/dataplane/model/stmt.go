@@ -1,6 +1,7 @@
 package model
 
 import (
+	"net/netip"
 	"strconv"
 )
 
@@ -126,6 +127,29 @@ func (s ICMPv6Types) appendText(b []byte) []byte {
 	b = appendUint(b, uint64(s.From))
 	b = append(b, '-')
 	return appendUint(b, uint64(s.To))
+}
+
+// AddrIs matches one address: "ip saddr 198.18.1.3". The family is the
+// address's.
+type AddrIs struct {
+	Field AddrField
+	Addr  netip.Addr
+}
+
+// Family is the family of the address matched.
+func (s AddrIs) Family() Family {
+	if s.Addr.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+func (s AddrIs) text() string { return string(s.appendText(nil)) }
+
+func (s AddrIs) appendText(b []byte) []byte {
+	b = appendFamilyField(b, s.Family(), s.Field)
+	b = append(b, ' ')
+	return s.Addr.AppendTo(b)
 }
 
 // AddrInSet matches an address against a named set: "ip saddr @set".

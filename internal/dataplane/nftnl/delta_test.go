@@ -117,6 +117,8 @@ func TestIncrementalApply(t *testing.T) {
 			"add chain in-x.a",
 			"add element in4 { 198.18.0.1 : goto in-x.a }",
 			"add element in6 { fd00::1 : goto in-x.a }",
+			"add rule in-x.a ip saddr 198.18.0.1 accept",
+			"add rule in-x.a ip6 saddr fd00::1 accept",
 			"add rule in-x.a jump rule-from-a",
 			`add rule in-x.a limit rate 10/second burst 20 packets log prefix "nftguard:drop:in:`+render.PodKey("x", "a")+`" group 100`,
 			"add rule in-x.a drop",
@@ -431,7 +433,8 @@ func TestDriftRepair(t *testing.T) {
 		// An empty pod chain returns to the base chain: c gets in.
 		check(t, tcpProbe("c->b (tampered)", c.ns, b.ip4, 80, true))
 		st := repair(t, "add rule in-x.b jump rule-from-a")
-		if st.Changes.RulesAdded != 3 || st.Changes.ElementsAdded != 0 {
+		// Its two self-accept rules, the jump, the log and the drop.
+		if st.Changes.RulesAdded != 5 || st.Changes.ElementsAdded != 0 {
 			t.Errorf("repair sent %+v", st.Changes)
 		}
 		check(t, tcpProbe("c->b", c.ns, b.ip4, 80, false), tcpProbe("a->b", a.ns, b.ip4, 80, true))

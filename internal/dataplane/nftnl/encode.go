@@ -294,6 +294,13 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.payload(nextReg(reg1, 4), unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
 		b.lookup(reg1, s.Set, 0, false)
 
+	case model.AddrIs:
+		// ip saddr 198.18.1.3
+		off, n := addrOffset(s.Family(), s.Field)
+		b.familyCheck(s.Family())
+		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.cmp(unix.NFT_CMP_EQ, reg1, s.Addr.AsSlice())
+
 	case model.AddrInSet:
 		// ip saddr @set
 		off, n := addrOffset(s.Family, s.Field)

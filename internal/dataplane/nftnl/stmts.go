@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -393,6 +394,10 @@ func matchFamily(exprs []rawExpr) (model.Stmt, int) {
 	field, ok := addrFieldOf(f, base, off, n)
 	if !ok {
 		return nil, 0
+	}
+	if v, ok := cmpEq(exprs, 3); ok && uint32(len(v)) == n {
+		a, _ := netip.AddrFromSlice(v)
+		return model.AddrIs{Field: field, Addr: a}, 4
 	}
 	if l, ok := isLookup(exprs, 3); ok {
 		if l.vmap {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nftguard/nftguard/internal/dataplane/model"
 )
 
 // The upgrade tests start from tables that earlier releases wrote, stored
@@ -93,12 +95,21 @@ func TestUpgradeFromFirstRelease(t *testing.T) {
 	}
 }
 
-// TestUpgradeFromE727cf3: the layout written before the dataplane split is
-// today's layout, so an agent adopts it without a single change. (When a
-// release changes the layout, this test states the rewrite it expects.)
+// TestUpgradeFromE727cf3: the layout written before the dataplane split
+// differs from today's only by the rules that accept an isolated pod's
+// traffic to itself (through a Service), so an agent adopts it by inserting
+// those, in one transaction, and touches nothing else. (When a release
+// changes the layout, this test states the rewrite it expects.)
 func TestUpgradeFromE727cf3(t *testing.T) {
 	fresh, st := upgrade(t, "e727cf3")
-	if !st.Full || st.Transactions != 0 || !st.Changes.Empty() {
-		t.Fatalf("adopting the e727cf3 table changed it: %+v\n%s", st, fresh.lastPlan)
+	want := model.Changes{RulesAdded: 2}
+	if !st.Full || st.Transactions != 1 || st.Changes != want {
+		t.Fatalf("adopting the e727cf3 table: %+v, want only %+v\n%s", st, want, fresh.lastPlan)
+	}
+	plan := fresh.lastPlan.String()
+	for _, rule := range []string{"ip saddr 198.18.0.2 accept", "ip6 saddr fd00::2 accept"} {
+		if !strings.Contains(plan, rule) {
+			t.Errorf("upgrade plan lacks %q:\n%s", rule, plan)
+		}
 	}
 }

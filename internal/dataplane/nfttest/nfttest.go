@@ -110,6 +110,13 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 			&expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: []byte{s.From}, ToData: []byte{s.To}},
 		), nil
 
+	case model.AddrIs:
+		// ip saddr 198.18.1.3  (meta nfproto ipv4 ip saddr 198.18.1.3)
+		p, _ := addrPayload(s.Family(), s.Field, reg1)
+		return append(familyCheck(s.Family()), p,
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: s.Addr.AsSlice()},
+		), nil
+
 	case model.AddrInSet:
 		// ip saddr @set  (meta nfproto ipv4 ip saddr @set)
 		p, _ := addrPayload(s.Family, s.Field, reg1)

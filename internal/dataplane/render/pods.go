@@ -128,6 +128,17 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			return nil, fmt.Errorf("pod %s/%s: unknown %s isolation mode %q", pod.Namespace, pod.Name, d.direction, d.iso.Mode)
 		}
 		c := &model.Chain{Name: PodChainName(d.short, pod.Namespace, pod.Name)}
+		// A pod's traffic to itself through a Service (kube-proxy DNATs it
+		// back to the pod: hairpin) passes the forward hook with the pod's
+		// address on both sides. No policy can isolate a pod from itself,
+		// so it is accepted whatever the rules say.
+		self := model.Saddr
+		if d.direction == v1alpha1.DirectionEgress {
+			self = model.Daddr
+		}
+		for _, a := range pm.addrs {
+			c.Rules = append(c.Rules, model.NewRule(model.AddrIs{Field: self, Addr: a}, model.Verdict{Kind: model.VerdictAccept}))
+		}
 		seen := make(map[string]bool, len(d.iso.Rules))
 		var ids, ported, anyPort []string
 		for _, id := range d.iso.Rules {

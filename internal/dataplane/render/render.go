@@ -54,7 +54,10 @@ func (o Options) withDefaults() Options {
 //     eg4/eg6 on saddr, to one chain per isolated pod direction
 //     (in-<namespace>.<name>, eg-...). A pod that is not isolated in a
 //     direction has no chain and no map element for it.
-//   - A pod chain jumps to the chain of each rule it references
+//   - A pod chain first accepts the pod's traffic to itself (through a
+//     Service, hairpin: "ip saddr <its address> accept" in its ingress
+//     chain, daddr in its egress chain), then jumps to the chain of each
+//     rule it references
 //     (rule-<id>); a rule chain accepts what the rule allows, or returns.
 //     The pod chain then logs (rate limited, NFLOG, prefix
 //     nftguard:<drop|audit>:<in|eg>:<podkey>) and drops (Enforce) or

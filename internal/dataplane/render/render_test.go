@@ -136,8 +136,8 @@ func TestRenderLogPrefix(t *testing.T) {
 	if got := a.Rules[len(a.Rules)-1].String(); got != "accept" {
 		t.Fatalf("audit chain ends with %q", got)
 	}
-	if !strings.Contains(a.Rules[0].String(), `"nftguard:audit:eg:`) {
-		t.Fatalf("audit log rule %q", a.Rules[0].String())
+	if got := a.Rules[len(a.Rules)-2].String(); !strings.Contains(got, `"nftguard:audit:eg:`) {
+		t.Fatalf("audit log rule %q", got)
 	}
 	if tab.Chain("in-shop.idle") != nil || tab.Chain("eg-shop.idle") != nil {
 		t.Fatal("a pod that is not isolated got a chain")
@@ -219,8 +219,40 @@ func TestRenderFamilies(t *testing.T) {
 		}
 	}
 	// The pod chain still jumps to the rule that matches nothing.
-	if c := tab.Chain("in-x.a"); c == nil || c.Rules[1].String() != "jump rule-r-none" {
+	if c := tab.Chain("in-x.a"); c == nil || len(c.Rules) < 4 || c.Rules[3].String() != "jump rule-r-none" {
 		t.Errorf("in-x.a: %v", c)
+	}
+}
+
+// TestRenderPodReachesItself: each pod chain starts by accepting the pod's
+// own traffic to itself (a Service that DNATs back to the pod), by source
+// address on ingress and destination address on egress, in both families.
+func TestRenderPodReachesItself(t *testing.T) {
+	spec := v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{{
+		Namespace: "x", Name: "a", IPs: []string{"198.18.0.1", "fd00::1"},
+		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce},
+		Egress:  &v1alpha1.Isolation{Mode: v1alpha1.IsolationAudit},
+	}}}
+	tab, err := Render(spec, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for chain, want := range map[string][]string{
+		"in-x.a": {"ip saddr 198.18.0.1 accept", "ip6 saddr fd00::1 accept"},
+		"eg-x.a": {"ip daddr 198.18.0.1 accept", "ip6 daddr fd00::1 accept"},
+	} {
+		c := tab.Chain(chain)
+		if c == nil || len(c.Rules) < 4 {
+			t.Fatalf("chain %s: %v", chain, c)
+		}
+		for i, w := range want {
+			if got := c.Rules[i].String(); got != w {
+				t.Errorf("chain %s rule %d: %q, want %q", chain, i, got, w)
+			}
+		}
+		if last := c.Rules[len(c.Rules)-1].String(); last == "accept" && chain == "in-x.a" {
+			t.Errorf("chain %s ends with accept: the pod is not isolated from others", chain)
+		}
 	}
 }
 
