@@ -157,6 +157,9 @@ func (c *Cluster) upReal(ctx context.Context) error {
 	if err := c.waitRealPods(ctx); err != nil {
 		return err
 	}
+	if err := c.waitServices(ctx); err != nil {
+		return err
+	}
 	cfg.Logf("CoreDNS and %d pods running (%s)", len(cfg.Topology.Pods), since())
 	return c.state.update(func(s *State) { s.Ready = true })
 }

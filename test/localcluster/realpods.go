@@ -394,3 +394,37 @@ func execCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd.Env = os.Environ()
 	return cmd
 }
+
+// waitServices waits until kube-proxy on every node serves each pod's
+// Service: a probe from a pod on each node reaches every Service through
+// its ClusterIP (until then kube-proxy rejects what has no endpoints yet).
+func (c *Cluster) waitServices(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	from := map[string]string{} // node -> a pod on it
+	for _, p := range c.Pods() {
+		if _, ok := from[p.Node]; !ok {
+			from[p.Node] = p.Key()
+		}
+	}
+	for _, src := range from {
+		for _, dst := range c.Pods() {
+			if !dst.ServiceIP.IsValid() || len(dst.Ports) == 0 {
+				continue
+			}
+			pp := dst.Ports[0]
+			for {
+				r := c.ProbeWith(ctx, ProbeRequest{From: src, To: dst.Key(), Port: intstr.FromInt32(pp.Port), Protocol: pp.Protocol, Service: true})
+				if r.Reachable() {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("Service of pod %s does not serve from %s: %s", dst.Key(), src, r)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return nil
+}

@@ -8,10 +8,13 @@
 package realnodes
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,9 +24,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/test/conformance"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
@@ -33,11 +38,6 @@ var (
 
 	clustersMu sync.Mutex
 	clusters   = map[string]*clusterOnce{}
-)
-
-var (
-	namespaces = []string{"x", "y", "z"}
-	podNames   = []string{"a", "b", "c"}
 )
 
 type clusterOnce struct {
@@ -108,13 +108,14 @@ func startCluster(mode string) (*localcluster.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := "rn" + strings.ReplaceAll(mode, "tables", "")
+	// Unique per run: two runs on one machine must not share namespaces.
+	name := fmt.Sprintf("rn%s%d", mode[:2], os.Getpid()%1000000)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	start := time.Now()
 	c, err := localcluster.Up(ctx, localcluster.Config{
 		Name: name, StateDir: dir, BinDir: bin, Owned: true,
-		Topology: localcluster.ConformanceTopology(namespaces, podNames),
+		Topology: conformance.Topology(),
 		RealNodes: &localcluster.RealNodes{
 			ProxyMode: mode, Images: localcluster.DefaultImages(bin), Install: filepath.Join(root, "config", "default"),
 		},
@@ -123,63 +124,102 @@ func startCluster(mode string) (*localcluster.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(os.Stderr, "[%s] cluster up in %s\n", name, time.Since(start).Round(time.Second))
+	if err := waitInstalled(ctx, c); err != nil {
+		return nil, errors.Join(err, c.Down())
+	}
+	fmt.Fprintf(os.Stderr, "[%s] cluster up and nftguard running in %s\n", name, time.Since(start).Round(time.Second))
 	return c, nil
 }
 
-// TestInstalledAsAUserWould: the controller runs as its Deployment, the
-// agent as its DaemonSet on every node, both from the images, and every
-// node's rule set is programmed by its agent.
+// waitInstalled waits until the controller runs as its Deployment, the
+// agent as its DaemonSet on every node, and every node's rule set is
+// programmed by its agent.
+func waitInstalled(ctx context.Context, c *localcluster.Cluster) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	why := ""
+	for {
+		var ok bool
+		why, ok = notInstalled(ctx, c)
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nftguard not running after 3m: %s", why)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func notInstalled(ctx context.Context, c *localcluster.Cluster) (string, bool) {
+	d, err := c.Clientset().AppsV1().Deployments("nftguard-system").Get(ctx, "nftguard-controller", metav1.GetOptions{})
+	if err != nil {
+		return err.Error(), false
+	}
+	if d.Status.AvailableReplicas < 1 {
+		return fmt.Sprintf("controller Deployment: %d available; %s", d.Status.AvailableReplicas, podProblems(ctx, c)), false
+	}
+	ds, err := c.Clientset().AppsV1().DaemonSets("nftguard-system").Get(ctx, "nftguard-agent", metav1.GetOptions{})
+	if err != nil {
+		return err.Error(), false
+	}
+	if n := int32(len(c.Nodes())); ds.Status.NumberReady != n || ds.Status.UpdatedNumberScheduled != n {
+		return fmt.Sprintf("agent DaemonSet: %d of %d ready; %s", ds.Status.NumberReady, n, podProblems(ctx, c)), false
+	}
+	var list v1alpha1.NodeRuleSetList
+	if err := c.Client().List(ctx, &list); err != nil {
+		return err.Error(), false
+	}
+	if len(list.Items) != len(c.Nodes()) {
+		return fmt.Sprintf("%d NodeRuleSets for %d nodes", len(list.Items), len(c.Nodes())), false
+	}
+	for _, rs := range list.Items {
+		cond := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
+		if cond == nil || cond.Status != metav1.ConditionTrue || rs.Status.ObservedGeneration != rs.Generation {
+			return fmt.Sprintf("NodeRuleSet %s: %+v", rs.Name, cond), false
+		}
+	}
+	return "", true
+}
+
+// TestInstalledAsAUserWould: nftguard runs from the images the kustomize
+// entry names, the agent on the host network, as installed by kubectl
+// apply -k (the cluster waits for it to run and program every node).
 func TestInstalledAsAUserWould(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
-		waitFor(t, 3*time.Minute, "nftguard's controller and agents to run", func() (string, bool) {
-			d, err := c.Clientset().AppsV1().Deployments("nftguard-system").Get(ctx, "nftguard-controller", metav1.GetOptions{})
-			if err != nil {
-				return err.Error(), false
-			}
-			if d.Status.AvailableReplicas < 1 {
-				return fmt.Sprintf("controller Deployment: %d available; %s", d.Status.AvailableReplicas, podProblems(ctx, c)), false
-			}
-			ds, err := c.Clientset().AppsV1().DaemonSets("nftguard-system").Get(ctx, "nftguard-agent", metav1.GetOptions{})
-			if err != nil {
-				return err.Error(), false
-			}
-			if n := int32(len(c.Nodes())); ds.Status.NumberReady != n || ds.Status.UpdatedNumberScheduled != n {
-				return fmt.Sprintf("agent DaemonSet: %d of %d ready; %s", ds.Status.NumberReady, n, podProblems(ctx, c)), false
-			}
-			return "", true
-		})
 		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		agents := 0
 		for _, p := range pods.Items {
 			for _, cs := range p.Status.ContainerStatuses {
 				if !strings.HasPrefix(cs.Image, "ghcr.io/nftguard/") {
 					t.Errorf("pod %s runs image %q, not the kustomize entry's", p.Name, cs.Image)
 				}
 			}
-			if p.Labels["app.kubernetes.io/component"] == "agent" && !p.Spec.HostNetwork {
-				t.Errorf("agent pod %s is not on the host network", p.Name)
-			}
-		}
-		waitFor(t, 2*time.Minute, "every NodeRuleSet to be programmed", func() (string, bool) {
-			var list v1alpha1.NodeRuleSetList
-			if err := c.Client().List(ctx, &list); err != nil {
-				return err.Error(), false
-			}
-			if len(list.Items) != len(c.Nodes()) {
-				return fmt.Sprintf("%d NodeRuleSets for %d nodes", len(list.Items), len(c.Nodes())), false
-			}
-			for _, rs := range list.Items {
-				cond := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-				if cond == nil || cond.Status != metav1.ConditionTrue || rs.Status.ObservedGeneration != rs.Generation {
-					return fmt.Sprintf("NodeRuleSet %s: %+v", rs.Name, cond), false
+			if p.Labels["app.kubernetes.io/component"] == "agent" {
+				agents++
+				if !p.Spec.HostNetwork {
+					t.Errorf("agent pod %s is not on the host network", p.Name)
 				}
 			}
-			return "", true
-		})
+		}
+		if agents != len(c.Nodes()) {
+			t.Errorf("%d agent pods for %d nodes", agents, len(c.Nodes()))
+		}
+	})
+}
+
+// TestConformanceThroughServices runs the upstream shapes probing each
+// pod through its Service ClusterIP, so that kube-proxy's DNAT sits
+// between every probe and nftguard's hooks.
+func TestConformanceThroughServices(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s.Run(t, conformance.Cases())
 	})
 }
 
@@ -211,22 +251,6 @@ func podProblems(ctx context.Context, c *localcluster.Cluster) string {
 	return strings.Join(out, "; ")
 }
 
-// waitFor polls cond every 250 ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (string, bool)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		why, ok := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting %s for %s: %s", d, what, why)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // lastLog is the end of a crashed container's previous run's log.
 func lastLog(ctx context.Context, c *localcluster.Cluster, ns, pod string) string {
 	b, err := c.Clientset().CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Previous: true, TailLines: ptr.To(int64(3))}).DoRaw(ctx)
@@ -234,4 +258,121 @@ func lastLog(ctx context.Context, c *localcluster.Cluster, ns, pod string) strin
 		return err.Error()
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// kubectlExec runs the test server's own client in a pod (the image has
+// no shell) with kubectl exec, as a user would.
+func kubectlExec(ctx context.Context, c *localcluster.Cluster, ns, pod string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	argv := append([]string{"--kubeconfig", c.Kubeconfig(), "exec", "-n", ns, pod, "--", "/testserver"}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(localcluster.RepoRoot(), "bin", "kubectl"), argv...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return strings.TrimSpace(stdout.String()), fmt.Errorf("kubectl exec %s/%s -- %s: %w: %s", ns, pod, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// dnsDefaultDeny isolates the egress of namespace ns, keeping DNS to
+// kube-dns when withDNS.
+func dnsDefaultDeny(name, ns string, withDNS bool) *v1alpha1.DefaultDeny {
+	dd := &v1alpha1.DefaultDeny{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1alpha1.DefaultDenySpec{
+			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
+			PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeEgress},
+			Mode:              v1alpha1.ModeEnforce,
+		},
+	}
+	if withDNS {
+		dd.Spec.AllowedEgress = []v1alpha1.EgressRule{{
+			To: []v1alpha1.NetworkPolicyPeer{{
+				NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
+				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
+			}},
+			Ports: []v1alpha1.NetworkPolicyPort{
+				{Protocol: ptr.To(v1alpha1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))},
+				{Protocol: ptr.To(v1alpha1.ProtocolTCP), Port: ptr.To(intstr.FromInt32(53))},
+			},
+		}}
+	}
+	return dd
+}
+
+// TestClusterDNS: through kubectl exec, a pod resolves a Service name with
+// CoreDNS and reaches it through its ClusterIP. An egress-isolated pod
+// whose DefaultDeny allows DNS still resolves (and is denied the
+// connection); one whose DefaultDeny does not, cannot resolve.
+func TestClusterDNS(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s.ResetPolicies(t)
+		yb, _ := c.Pod("y/b")
+		if out, err := kubectlExec(ctx, c, "x", "a", "connect", "b.y:80"); err != nil || out != "y/b" {
+			t.Fatalf("x/a connecting to b.y:80 answered %q, %v; want y/b", out, err)
+		}
+		if out, err := kubectlExec(ctx, c, "z", "a", "resolve", "b.y.svc.cluster.local"); err != nil || out != yb.ServiceIP.String() {
+			t.Fatalf("z/a resolving b.y.svc.cluster.local: %q, %v; want %s", out, err, yb.ServiceIP)
+		}
+		s.Create(t, dnsDefaultDeny("x-egress-with-dns", "x", true), dnsDefaultDeny("z-egress-no-dns", "z", false))
+		s.WaitConverged(t)
+		if out, err := kubectlExec(ctx, c, "x", "a", "resolve", "b.y.svc.cluster.local"); err != nil || out != yb.ServiceIP.String() {
+			t.Errorf("x/a (egress isolated, DNS allowed) resolving b.y.svc.cluster.local: %q, %v; want %s", out, err, yb.ServiceIP)
+		}
+		if out, err := kubectlExec(ctx, c, "x", "a", "connect", "b.y:80"); err == nil {
+			t.Errorf("x/a (egress isolated) reached b.y:80: %q", out)
+		}
+		if out, err := kubectlExec(ctx, c, "z", "a", "resolve", "--timeout", "3s", "b.y.svc.cluster.local"); err == nil {
+			t.Errorf("z/a (egress isolated, no DNS allowance) resolved b.y.svc.cluster.local: %q", out)
+		}
+		s.ResetPolicies(t)
+	})
+}
+
+// TestReadinessProbesOfIsolatedPods: kubelet's probes come from the node,
+// which no policy isolates a pod from: pods whose ingress is denied to
+// everyone stay Ready through many probe periods (1 s, 3 failures).
+func TestReadinessProbesOfIsolatedPods(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s.ResetPolicies(t)
+		s.Create(t, conformance.Policy("y", "deny-ingress", nil, conformance.Ingress))
+		s.WaitConverged(t)
+		since := time.Now()
+		// The policy holds: nothing else reaches y.
+		s.Expect(t, conformance.NewReachability(true).Set("*/*", "y/*", false), conformance.TCP80)
+		for time.Since(since) < 8*time.Second {
+			time.Sleep(time.Second)
+		}
+		pods, err := c.Clientset().CoreV1().Pods("y").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pods.Items {
+			cond := podCondition(&p, corev1.PodReady)
+			if cond == nil || cond.Status != corev1.ConditionTrue || cond.LastTransitionTime.Time.After(since) {
+				t.Errorf("pod y/%s: Ready %+v after its ingress was denied at %s", p.Name, cond, since.Format(time.RFC3339))
+			}
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.RestartCount > 0 {
+					t.Errorf("pod y/%s: container %s restarted %d times", p.Name, cs.Name, cs.RestartCount)
+				}
+			}
+		}
+		s.ResetPolicies(t)
+	})
+}
+
+func podCondition(p *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition {
+	for i := range p.Status.Conditions {
+		if p.Status.Conditions[i].Type == t {
+			return &p.Status.Conditions[i]
+		}
+	}
+	return nil
 }
