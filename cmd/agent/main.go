@@ -5,6 +5,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"time"
 
@@ -13,11 +14,32 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nftguard/nftguard/internal/agent"
+	"github.com/nftguard/nftguard/internal/audit"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "follow-drop-log" {
+		os.Exit(followDropLog(os.Args[2:]))
+	}
 	os.Exit(run())
+}
+
+// followDropLog is the DaemonSet's drop-log container: it copies the drop
+// log file to its standard output, across rotations, so that `kubectl logs
+// <agent pod> -c drop-log` shows the drops (the image has no shell or tail).
+func followDropLog(args []string) int {
+	fs := flag.NewFlagSet("follow-drop-log", flag.ContinueOnError)
+	path := fs.String("file", "/var/log/nftguard/drops.log", "Drop log file to follow.")
+	poll := fs.Duration("poll", 250*time.Millisecond, "How often to look for new lines.")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := audit.Follow(ctrl.SetupSignalHandler(), *path, os.Stdout, *poll); err != nil {
+		fmt.Fprintf(os.Stderr, "following %s: %v\n", *path, err)
+		return 1
+	}
+	return 0
 }
 
 func run() int {
