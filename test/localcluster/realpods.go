@@ -428,3 +428,28 @@ func (c *Cluster) waitServices(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ImportImage imports an OCI archive into every real node's containerd, as
+// the nodes' init does at start (every platform, by digest).
+func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
+	if !c.state.snapshot().RealNodes {
+		return fmt.Errorf("importing %s: the cluster's nodes are not real", archive)
+	}
+	for _, n := range c.Nodes() {
+		root, err := c.nodeRoot(n.Name)
+		if err != nil {
+			return err
+		}
+		bin := c.cfg.BinDir
+		if bin == "" { // attached
+			bin = filepath.Join(RepoRoot(), "bin")
+		}
+		sock := filepath.Join(root, containerdSocket)
+		cmd := execCommand(ctx, filepath.Join(bin, "ctr"), "--address", sock, "--namespace", "k8s.io",
+			"images", "import", "--all-platforms", "--digests", archive)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("node %s: importing %s: %w: %s", n.Name, archive, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}

@@ -10,12 +10,15 @@ package realnodes
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -375,4 +378,178 @@ func podCondition(p *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition
 		}
 	}
 	return nil
+}
+
+// TestDropLogThroughKubectlLogs: a denied connection through a Service
+// shows up, named and attributed, in `kubectl logs` of the destination
+// node's agent pod (its drop-log container follows the drop log file).
+func TestDropLogThroughKubectlLogs(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s.ResetPolicies(t)
+		s.Create(t, conformance.Policy("y", "deny-ingress", nil, conformance.Ingress))
+		s.WaitConverged(t)
+		dst, _ := c.Pod("y/b")
+		r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/a", To: "y/b", Port: intstr.FromInt32(80), Protocol: corev1.ProtocolTCP, Service: true})
+		if !r.Blocked() {
+			t.Fatalf("x/a -> y/b through its Service: %s, want blocked", r)
+		}
+		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + dst.Node,
+		})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("the agent pod of node %s: %v, %v", dst.Node, pods, err)
+		}
+		agent := pods.Items[0].Name
+		var last string
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := exec.CommandContext(ctx, filepath.Join(localcluster.RepoRoot(), "bin", "kubectl"), "--kubeconfig", c.Kubeconfig(),
+				"logs", "-n", "nftguard-system", agent, "-c", "drop-log").CombinedOutput()
+			if err != nil {
+				t.Fatalf("kubectl logs %s -c drop-log: %v\n%s", agent, err, out)
+			}
+			last = string(out)
+			if found := dropLine(last, "x", "a", "y", "b", "NetworkPolicy/y/deny-ingress"); found != "" {
+				t.Logf("kubectl logs %s -c drop-log: %s", agent, found)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no drop line for x/a -> y/b in kubectl logs %s -c drop-log after 30s:\n%s", agent, last)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		s.ResetPolicies(t)
+	})
+}
+
+// dropLine finds a drop line (docs/audit-log.md) from srcNS/srcPod to
+// dstNS/dstPod naming policy.
+func dropLine(logs, srcNS, srcPod, dstNS, dstPod, policy string) string {
+	for _, line := range strings.Split(logs, "\n") {
+		var l struct {
+			Action   string   `json:"action"`
+			Policies []string `json:"policies"`
+			Src, Dst struct {
+				Namespace string `json:"namespace"`
+				Pod       string `json:"pod"`
+			}
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		if l.Action == "drop" && l.Src.Namespace == srcNS && l.Src.Pod == srcPod && l.Dst.Namespace == dstNS && l.Dst.Pod == dstPod && slices.Contains(l.Policies, policy) {
+			return line
+		}
+	}
+	return ""
+}
+
+// TestAgentRollout: rolling the agent DaemonSet to a new image, node by
+// node, drops no allowed connection and lets no denied one through: the
+// table stays in the kernel while a node's agent is replaced, and the new
+// agent adopts it.
+func TestAgentRollout(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		root := localcluster.RepoRoot()
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s.ResetPolicies(t)
+
+		// The next version: the agent rebuilt under another tag (its
+		// labels, so its digest, differ), imported into every node.
+		tag := fmt.Sprintf("v0.1.0-next%d", time.Now().UnixNano()%1e6)
+		dir := t.TempDir()
+		build := exec.CommandContext(ctx, filepath.Join(root, "bin", "imagebuild"), "-out", dir, "-registry", "ghcr.io/nftguard",
+			"-tag", tag, "-platforms", "linux/"+runtime.GOARCH, "agent=./cmd/agent,user=0:0")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("building the next agent image: %v\n%s", err, out)
+		}
+		if err := c.ImportImage(ctx, filepath.Join(dir, "agent.tar")); err != nil {
+			t.Fatal(err)
+		}
+
+		s.Create(t, conformance.AllowIngress(conformance.Policy("y", "from-x", nil, conformance.Ingress), nil,
+			conformance.NsPeer(conformance.Labels("ns", "x"))))
+		s.WaitConverged(t)
+		allowed := [][2]string{{"x/a", "y/b"}, {"x/b", "y/a"}, {"x/c", "y/c"}}
+		denied := [][2]string{{"z/a", "y/b"}, {"z/b", "y/a"}, {"z/c", "y/c"}}
+
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var dropped, leaked []string
+		probes := 0
+		loop := func(pair [2]string, want bool) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: pair[0], To: pair[1], Port: intstr.FromInt32(80),
+					Protocol: corev1.ProtocolTCP, Service: true})
+				mu.Lock()
+				probes++
+				switch {
+				case r.Err != nil:
+					dropped = append(dropped, r.String())
+				case want && !r.Reachable():
+					dropped = append(dropped, time.Now().Format("15:04:05.000")+" "+r.String())
+				case !want && !r.Blocked():
+					leaked = append(leaked, time.Now().Format("15:04:05.000")+" "+r.String())
+				}
+				mu.Unlock()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		for _, p := range allowed {
+			wg.Add(1)
+			go loop(p, true)
+		}
+		for _, p := range denied {
+			wg.Add(1)
+			go loop(p, false)
+		}
+		kubectl := func(args ...string) {
+			t.Helper()
+			out, err := exec.CommandContext(ctx, filepath.Join(root, "bin", "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig(), "-n", "nftguard-system"}, args...)...).CombinedOutput()
+			if err != nil {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+		time.Sleep(time.Second)
+		image := "ghcr.io/nftguard/agent:" + tag
+		kubectl("set", "image", "daemonset/nftguard-agent", "agent="+image, "drop-log="+image)
+		kubectl("rollout", "status", "daemonset/nftguard-agent", "--timeout=3m")
+		if err := waitInstalled(ctx, c); err != nil {
+			t.Error(err)
+		}
+		time.Sleep(2 * time.Second)
+		close(stop)
+		wg.Wait()
+
+		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pods.Items {
+			if p.Spec.Containers[0].Image != image {
+				t.Errorf("agent pod %s runs %s after the rollout, want %s", p.Name, p.Spec.Containers[0].Image, image)
+			}
+		}
+		t.Logf("%d probes during the rollout", probes)
+		if len(dropped) > 0 {
+			t.Errorf("%d allowed probes failed during the rollout:\n%s", len(dropped), strings.Join(dropped, "\n"))
+		}
+		if len(leaked) > 0 {
+			t.Errorf("%d denied probes got through during the rollout:\n%s", len(leaked), strings.Join(leaked, "\n"))
+		}
+		s.ResetPolicies(t)
+	})
 }
