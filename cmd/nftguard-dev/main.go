@@ -363,6 +363,7 @@ func cmdProbe(ctx context.Context, args []string, out io.Writer) error {
 	expect := fs.String("expect", "", "connected, blocked or refused: exit 0 only on that outcome")
 	drops := fs.Bool("drops", false, "print the drop-log lines the probe caused")
 	dropsWait := fs.Duration("drops-wait", 5*time.Second, "how long to wait for drop-log lines")
+	service := fs.Bool("service", false, "probe the target's Service ClusterIP (real nodes)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -383,7 +384,7 @@ func cmdProbe(ctx context.Context, args []string, out io.Writer) error {
 		fam = localcluster.IPv6
 	}
 	mark := c.MarkAuditLogs()
-	r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: pos[0], To: pos[1], Port: port, Protocol: proto, Family: fam, Timeout: *timeout})
+	r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: pos[0], To: pos[1], Port: port, Protocol: proto, Family: fam, Timeout: *timeout, Service: *service})
 	fmt.Fprintln(out, r.String())
 	if r.Err != nil {
 		return exitError(2)
@@ -410,11 +411,13 @@ func printDrops(ctx context.Context, out io.Writer, c *localcluster.Cluster, mar
 		return
 	}
 	src, _ := c.Pod(r.From)
+	dst, _ := c.Pod(r.To)
 	fam := localcluster.IPv4
 	if r.Dst.Addr().Is6() {
 		fam = localcluster.IPv6
 	}
-	match := localcluster.MatchFlow(src.IP(fam), r.Dst.Addr(), r.Dst.Port(), r.Protocol)
+	// The drop log names the pod's address, behind its Service's.
+	match := localcluster.MatchFlow(src.IP(fam), dst.IP(fam), r.Dst.Port(), r.Protocol)
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	lines := c.WaitAuditLines(ctx, mark, match)
@@ -435,6 +438,7 @@ func cmdMatrix(ctx context.Context, args []string, out io.Writer) error {
 	from := fs.String("from", "", "comma-separated source pods (default: all)")
 	to := fs.String("to", "", "comma-separated target pods (default: all)")
 	timeout := fs.Duration("timeout", localcluster.DefaultProbeTimeout, "how long a probe waits for an answer")
+	service := fs.Bool("service", false, "probe each target's Service ClusterIP (real nodes)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -442,7 +446,7 @@ func cmdMatrix(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	req := localcluster.MatrixRequest{Family: localcluster.IPv4, Timeout: *timeout}
+	req := localcluster.MatrixRequest{Family: localcluster.IPv4, Timeout: *timeout, Service: *service}
 	if *v6 {
 		req.Family = localcluster.IPv6
 	}
@@ -463,7 +467,11 @@ func cmdMatrix(ctx context.Context, args []string, out io.Writer) error {
 		what = *portFlag
 	}
 	conn, blocked, refused, errs := m.Counts()
-	fmt.Fprintf(out, "Reachability over %s to %s (ok: answered, X: blocked (no answer), refused: a reset or an ICMP error, -: no such port)\n", req.Family, what)
+	via := ""
+	if *service {
+		via = " through each target's Service"
+	}
+	fmt.Fprintf(out, "Reachability over %s to %s%s (ok: answered, X: blocked (no answer), refused: a reset or an ICMP error, -: no such port)\n", req.Family, what, via)
 	fmt.Fprint(out, m.String())
 	fmt.Fprintf(out, "%d connected, %d blocked, %d refused, %d errors\n", conn, blocked, refused, errs)
 	return nil

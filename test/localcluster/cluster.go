@@ -230,7 +230,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	st := &State{
 		Version: stateVersion, Name: cfg.Name, Dir: cfg.StateDir, Created: time.Now().UTC(),
-		Fingerprint: fp, Agents: cfg.Agent != "", Topology: cfg.Topology,
+		Fingerprint: fp, Agents: cfg.Agent != "" || (cfg.RealNodes != nil && cfg.RealNodes.Install != ""), Topology: cfg.Topology,
 	}
 	if cfg.Owned {
 		start, err := processStartTime(os.Getpid())

@@ -45,6 +45,9 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (Pod, error) {
 		return Pod{}, err
 	}
 	spec = topo.Pods[0]
+	if st.RealNodes {
+		return c.addRealPod(ctx, spec, topo.Namespaces)
+	}
 	var node Node
 	used := map[int]bool{}
 	for _, n := range st.Nodes {
@@ -100,6 +103,9 @@ func (c *Cluster) DeletePod(ctx context.Context, key string) error {
 	pod, ok := c.Pod(key)
 	if !ok {
 		return fmt.Errorf("no pod %q", key)
+	}
+	if c.state.snapshot().RealNodes {
+		return c.deleteRealPod(ctx, pod)
 	}
 	var errs []error
 	err := c.clientset.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})

@@ -115,6 +115,12 @@ func (c *Cluster) upReal(ctx context.Context) error {
 		return err
 	}
 	nodes, _ := plan(cfg.Name, cfg.Topology)
+	for i := range nodes {
+		if cfg.RealNodes.Install != "" {
+			// The DaemonSet's hostPath, in the node's own /var/log.
+			nodes[i].AuditLog = filepath.Join(c.nodeDir(nodes[i]), "var", "log", "nftguard", "drops.log")
+		}
+	}
 	if err := c.realPKI(nodes); err != nil {
 		return err
 	}

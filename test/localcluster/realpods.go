@@ -7,12 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -452,4 +454,87 @@ func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
 		}
 	}
 	return nil
+}
+
+// addRealPod is AddPod on real nodes: the pod and its Service are created
+// as a user would, kubelet and containerd start it, and it is recorded once
+// Ready, with its address and network namespace.
+func (c *Cluster) addRealPod(ctx context.Context, spec PodSpec, namespaces []NamespaceSpec) (Pod, error) {
+	if err := c.state.update(func(s *State) { s.Topology.Namespaces = namespaces }); err != nil {
+		return Pod{}, err
+	}
+	c.cfg.Topology = c.state.snapshot().Topology
+	if err := c.registerNamespaces(ctx); err != nil {
+		return Pod{}, err
+	}
+	pod, svc := realPodObjects(spec)
+	if _, err := c.clientset.CoreV1().Pods(spec.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return Pod{}, fmt.Errorf("pod %s: %w", spec.Key(), err)
+	}
+	if svc != nil {
+		if _, err := c.clientset.CoreV1().Services(spec.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return Pod{}, fmt.Errorf("service %s: %w", spec.Key(), err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		got, err := c.clientset.CoreV1().Pods(spec.Namespace).Get(wctx, spec.Name, metav1.GetOptions{})
+		if err == nil && podReady(got) {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return Pod{}, fmt.Errorf("pod %s not Ready after 2m: %v", spec.Key(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	p, err := c.recordRealPod(ctx, spec)
+	if err != nil {
+		return Pod{}, err
+	}
+	return p, c.state.update(func(s *State) {
+		s.Pods = append(s.Pods, p)
+		s.Topology.Pods = append(s.Topology.Pods, spec)
+	})
+}
+
+// deleteRealPod deletes a pod and its Service and waits until the pod is
+// gone (kubelet has stopped it and its sandbox).
+func (c *Cluster) deleteRealPod(ctx context.Context, pod Pod) error {
+	key := pod.Key()
+	err := c.clientset.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting pod %s: %w", key, err)
+	}
+	err = c.clientset.CoreV1().Services(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting service %s: %w", key, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		_, err := c.clientset.CoreV1().Pods(pod.Namespace).Get(wctx, pod.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("pod %s still there after 2m", key)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return c.state.update(func(s *State) {
+		s.Pods = slices.DeleteFunc(s.Pods, func(p Pod) bool { return p.Key() == key })
+		s.Topology.Pods = slices.DeleteFunc(s.Topology.Pods, func(p PodSpec) bool { return p.Key() == key })
+	})
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
 }
