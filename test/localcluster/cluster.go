@@ -246,8 +246,17 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	defer func() {
 		if err != nil {
-			if derr := c.Down(); derr != nil {
+			// Everything started is removed; the logs the error points
+			// to stay (only the state file goes, so nothing thinks a
+			// cluster is there).
+			st := c.state.snapshot()
+			c.mu.Lock()
+			live := maps(c.procs)
+			c.mu.Unlock()
+			if derr := teardown(&st, live, true); derr != nil {
 				err = errors.Join(err, fmt.Errorf("cleaning up: %w", derr))
+			} else {
+				err = fmt.Errorf("%w\n(everything the cluster started is removed; its logs are kept in %s)", err, filepath.Join(cfg.StateDir, "logs"))
 			}
 			c = nil
 		}
@@ -477,7 +486,11 @@ func Cleanup(dir string) error {
 	return down(st, nil)
 }
 
-func down(st *State, live map[int]*proc) error {
+func down(st *State, live map[int]*proc) error { return teardown(st, live, false) }
+
+// teardown stops the processes and removes the namespaces and cgroups of
+// st, then its directory, or with keepLogs only its state file.
+func teardown(st *State, live map[int]*proc, keepLogs bool) error {
 	errs := []error{stopAll(st.Processes, live)}
 	for _, cg := range st.Cgroups {
 		if err := removeCgroups(cg); err != nil {
@@ -496,7 +509,11 @@ func down(st *State, live map[int]*proc) error {
 	if err == nil && st.Dir != "" {
 		// Keep the directory (logs, state) when something is left, so
 		// that a second Cleanup can finish the job.
-		err = os.RemoveAll(st.Dir)
+		if keepLogs {
+			err = os.Remove(filepath.Join(st.Dir, StateFile))
+		} else {
+			err = os.RemoveAll(st.Dir)
+		}
 	}
 	return err
 }

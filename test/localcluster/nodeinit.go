@@ -59,6 +59,8 @@ func runNode(args []string) int {
 	bin := fs.String("bin", "", "directory of kube, containerd, ctr, the shim and cni/")
 	logDir := fs.String("log-dir", "", "directory for the components' logs")
 	images := fs.String("images", "", "comma-separated OCI archives to import")
+	var kubeletArgs argList
+	fs.Var(&kubeletArgs, "kubelet-arg", "an extra kubelet argument (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -135,13 +137,13 @@ func runNode(args []string) int {
 		}
 		logger.Printf("imported %s", img)
 	}
-	if _, err := start("kubelet", filepath.Join(*bin, "kube"), "kubelet",
-		"--config="+filepath.Join(cfg, "kubelet.yaml"),
-		"--kubeconfig="+filepath.Join(cfg, "kubelet.kubeconfig"),
-		"--hostname-override="+*name,
-		"--node-ip="+readFileString(filepath.Join(cfg, "node-ip")),
+	if _, err := start("kubelet", filepath.Join(*bin, "kube"), append([]string{"kubelet",
+		"--config=" + filepath.Join(cfg, "kubelet.yaml"),
+		"--kubeconfig=" + filepath.Join(cfg, "kubelet.kubeconfig"),
+		"--hostname-override=" + *name,
+		"--node-ip=" + readFileString(filepath.Join(cfg, "node-ip")),
 		"--v=1",
-	); err != nil {
+	}, kubeletArgs...)...); err != nil {
 		return fail("%v", err)
 	}
 	if _, err := start("kube-proxy", filepath.Join(*bin, "kube"), "kube-proxy",
@@ -343,3 +345,9 @@ func copyFile(src, dst string) error {
 	}
 	return out.Close()
 }
+
+// argList is a repeatable string flag.
+type argList []string
+
+func (l *argList) String() string     { return strings.Join(*l, " ") }
+func (l *argList) Set(s string) error { *l = append(*l, s); return nil }

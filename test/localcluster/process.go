@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -114,6 +115,14 @@ func (p *proc) waitReady(timeout time.Duration) error {
 	line, err := bufio.NewReader(p.ready).ReadString('\n')
 	if err == nil && strings.TrimSpace(line) == "ready" {
 		return nil
+	}
+	if errors.Is(err, io.EOF) {
+		// The pipe closed without a word: the process is exiting; give
+		// it a moment to be reaped, so that the error says so.
+		select {
+		case <-p.done:
+		case <-time.After(2 * time.Second):
+		}
 	}
 	select {
 	case <-p.done:

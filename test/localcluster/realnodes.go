@@ -39,6 +39,8 @@ type RealNodes struct {
 	Install string
 	// Kubectl applies Install (default: <BinDir>/kubectl).
 	Kubectl string
+	// KubeletArgs are appended to every kubelet's command line.
+	KubeletArgs []string
 }
 
 // The images every real node needs, built from this repository by
@@ -492,8 +494,8 @@ func (c *Cluster) startRealNode(n Node) error {
 	}
 	p, err := c.start(procSpec{
 		role: roleNode, name: n.Name, path: c.cfg.Helper, netns: n.NetNS, log: c.logPath("node-" + n.Name),
-		args: []string{roleNode, "--name", n.Name, "--dir", dir, "--bin", c.cfg.BinDir, "--log-dir", filepath.Join(c.cfg.StateDir, "logs"),
-			"--images", strings.Join(c.cfg.RealNodes.Images, ",")},
+		args: append([]string{roleNode, "--name", n.Name, "--dir", dir, "--bin", c.cfg.BinDir, "--log-dir", filepath.Join(c.cfg.StateDir, "logs"),
+			"--images", strings.Join(c.cfg.RealNodes.Images, ",")}, kubeletArgFlags(c.cfg.RealNodes.KubeletArgs)...),
 		env:        []string{childRoleEnv + "=" + roleNode},
 		cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID,
 		ready:      true,
@@ -502,7 +504,7 @@ func (c *Cluster) startRealNode(n Node) error {
 		return err
 	}
 	if err := p.waitReady(5 * time.Minute); err != nil {
-		return fmt.Errorf("%w\n%s", err, tail(c.logPath("node-"+n.Name), 10))
+		return err // with the tail of the node's log, which says what failed
 	}
 	return nil
 }
@@ -708,6 +710,14 @@ func DefaultImages(binDir string) []string {
 	var out []string
 	for _, n := range []string{"node-images/pause", "node-images/coredns", "node-images/testserver", "images/controller", "images/agent"} {
 		out = append(out, filepath.Join(binDir, n+".tar"))
+	}
+	return out
+}
+
+func kubeletArgFlags(args []string) []string {
+	var out []string
+	for _, a := range args {
+		out = append(out, "--kubelet-arg="+a)
 	}
 	return out
 }

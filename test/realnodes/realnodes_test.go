@@ -553,3 +553,74 @@ func TestAgentRollout(t *testing.T) {
 		s.ResetPolicies(t)
 	})
 }
+
+// TestBadInputSaysWhereAndCleansUp: an image archive that does not import,
+// or a node component that does not start, fails the cluster with the node,
+// the component and its log in the error; everything started is removed
+// (processes, network namespaces, cgroups) and the logs stay.
+func TestBadInputSaysWhereAndCleansUp(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the real-node cluster needs root (network, mount and PID namespaces)")
+	}
+	bin := filepath.Join(localcluster.RepoRoot(), "bin")
+	for i, tc := range []struct {
+		name   string
+		mutate func(rn *localcluster.RealNodes, dir string)
+		want   []string
+		log    string // the log the error must point to, which must exist
+	}{
+		{
+			name: "an image that does not import",
+			mutate: func(rn *localcluster.RealNodes, dir string) {
+				bad := filepath.Join(dir, "broken.tar")
+				if err := os.WriteFile(bad, []byte("not an archive\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				rn.Images = append(rn.Images, bad)
+			},
+			want: []string{"node node-1", "exited before it was ready", "FAILED: importing image", "broken.tar"},
+			log:  "node-node-1.log",
+		},
+		{
+			name:   "a kubelet that does not start",
+			mutate: func(rn *localcluster.RealNodes, _ string) { rn.KubeletArgs = []string{"--no-such-flag"} },
+			want:   []string{"node node-1", "FAILED: kubelet exited", "node-1-kubelet.log"},
+			log:    "node-1-kubelet.log",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("rnbad%d%d", i, os.Getpid()%100000)
+			dir := t.TempDir()
+			rn := &localcluster.RealNodes{Images: localcluster.DefaultImages(bin)}
+			tc.mutate(rn, t.TempDir())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			c, err := localcluster.Up(ctx, localcluster.Config{
+				Name: name, StateDir: dir, BinDir: bin, Owned: true, RealNodes: rn,
+				Topology: &localcluster.Topology{Nodes: []localcluster.NodeSpec{{Name: "node-1"}}},
+			})
+			if err == nil {
+				c.Down()
+				t.Fatal("the cluster came up")
+			}
+			t.Logf("Up: %v", err)
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the error does not say %q", w)
+				}
+			}
+			if b, rerr := os.ReadFile(filepath.Join(dir, "logs", tc.log)); rerr != nil || len(b) == 0 {
+				t.Errorf("the log %s is not kept: %v", tc.log, rerr)
+			}
+			if left, _ := filepath.Glob("/run/netns/ngd-" + name + "-*"); len(left) > 0 {
+				t.Errorf("network namespaces left: %v", left)
+			}
+			if left, _ := filepath.Glob("/sys/fs/cgroup/*/nftguard-" + name + "-*"); len(left) > 0 {
+				t.Errorf("cgroups left: %v", left)
+			}
+			if _, err := os.Stat(filepath.Join(dir, localcluster.StateFile)); !os.IsNotExist(err) {
+				t.Errorf("the state file is left: %v", err)
+			}
+		})
+	}
+}
