@@ -17,7 +17,7 @@ BENCH_OUT ?= $(BIN)/bench.txt
 BENCH_TEST := $(BIN)/bench.test
 BENCH_RUN = (cd test/bench && $(BENCH_TEST) -test.run '^$$' -test.benchtime 1x -test.count $(BENCH_COUNT)
 BENCH_TIERED := ^Benchmark(Compile|EnginePodEvent|ControllerMemory)$$
-BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd)$$
+BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd|EndToEndRealNodes)$$
 
 # The data path benchmark loads its iptables-style comparison table with nft.
 .PHONY: bench-tools
@@ -26,7 +26,7 @@ bench-tools:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables; }
 
 .PHONY: bench
-bench: test-binaries bench-tools ## Run the benchmarks and print the table of targets (BENCH, BENCH_TIERS, BENCH_ARGS).
+bench: test-binaries real-nodes bench-tools ## Run the benchmarks and print the table of targets (BENCH, BENCH_TIERS, BENCH_ARGS).
 	$(GO) test -c -o $(BENCH_TEST) ./test/bench
 	$(GO) build -o $(BIN)/bench-summary ./test/bench/summary
 	@{ \

@@ -62,6 +62,42 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Down()
+	endToEnd(ctx, b, cl, false)
+}
+
+// BenchmarkEndToEndRealNodes is BenchmarkEndToEnd on real nodes (kubelet,
+// containerd, kube-proxy; nftguard installed from its images), probing
+// through the Services' ClusterIPs. A new pod's clock starts when its Pod
+// object is created: the time includes kubelet starting its sandbox and
+// container and reporting its address.
+func BenchmarkEndToEndRealNodes(b *testing.B) {
+	needRoot(b)
+	ctx := context.Background()
+	root := localcluster.RepoRoot()
+	bin := filepath.Join(root, "bin")
+	topo, err := localcluster.ParseTopology([]byte(e2eTopology))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cl, err := localcluster.Up(ctx, localcluster.Config{
+		Name: fmt.Sprintf("benchrn%d", os.Getpid()%100000), StateDir: filepath.Join(b.TempDir(), "cluster"), Topology: topo,
+		BinDir: bin, Owned: true,
+		RealNodes: &localcluster.RealNodes{Images: localcluster.DefaultImages(bin), Install: filepath.Join(root, "config", "default")},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Down()
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := cl.WaitEnforced(wctx); err != nil {
+		b.Fatal(err)
+	}
+	endToEnd(ctx, b, cl, true)
+}
+
+// endToEnd measures the two latencies on a running cluster.
+func endToEnd(ctx context.Context, b *testing.B, cl *localcluster.Cluster, service bool) {
 	c := cl.Client()
 
 	// reachable polls short probes until the connection passes (want) or
@@ -71,7 +107,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		fails := 0
 		for time.Since(start) < 30*time.Second {
 			r := cl.ProbeWith(ctx, localcluster.ProbeRequest{From: from, To: to, Port: intstr.FromInt32(80),
-				Protocol: corev1.ProtocolTCP, Timeout: 20 * time.Millisecond})
+				Protocol: corev1.ProtocolTCP, Timeout: 20 * time.Millisecond, Service: service})
 			if r.Err != nil {
 				b.Fatalf("probe %s", r)
 			}
@@ -104,7 +140,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	reachable("x/b", "x/a", false)
 
 	for b.Loop() {
-		var policy, pod []time.Duration
+		var policy, pod, afterReady []time.Duration
 		for i := 0; i < *e2eTrials; i++ {
 			np := &netv1.NetworkPolicy{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "allow-b"},
@@ -142,11 +178,19 @@ func BenchmarkEndToEnd(b *testing.B) {
 		}
 		for i := 0; i < *e2eTrials; i++ {
 			name := fmt.Sprintf("client-%d", i)
+			start := time.Now()
 			if _, err := cl.AddPod(ctx, localcluster.PodSpec{Namespace: "y", Name: name, Node: "node-2",
 				Labels: map[string]string{"role": "client"}, Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}}); err != nil {
 				b.Fatal(err)
 			}
-			pod = append(pod, reachable("y/"+name, "x/a", true))
+			ready := time.Since(start)
+			after := reachable("y/"+name, "x/a", true)
+			afterReady = append(afterReady, after)
+			if service {
+				pod = append(pod, ready+after) // from the Pod's creation
+			} else {
+				pod = append(pod, after) // from Running, which AddPod writes
+			}
 			if err := cl.DeletePod(ctx, "y/"+name); err != nil {
 				b.Fatal(err)
 			}
@@ -158,5 +202,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.ReportMetric(float64(percentile(policy, 99))/1e6, "policy-p99-ms")
 		b.ReportMetric(float64(percentile(pod, 50))/1e6, "pod-p50-ms")
 		b.ReportMetric(float64(percentile(pod, 99))/1e6, "pod-p99-ms")
+		if service {
+			// Real nodes: also from Ready (kubelet's status) to reachable.
+			b.ReportMetric(float64(percentile(afterReady, 50))/1e6, "pod-ready-p50-ms")
+			b.ReportMetric(float64(percentile(afterReady, 99))/1e6, "pod-ready-p99-ms")
+		}
 	}
 }

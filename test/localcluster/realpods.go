@@ -346,9 +346,10 @@ func (c *Cluster) recordRealPod(ctx context.Context, spec PodSpec) (Pod, error) 
 	return p, nil
 }
 
-// nodeRoot is a real node's root directory seen from the machine: its
-// init's /proc/<pid>/root, where its /run/netns is.
-func (c *Cluster) nodeRoot(node string) (string, error) {
+// NodeRoot is a real node's root directory seen from the machine: its
+// init's /proc/<pid>/root, where its /run/netns is and what kubelet mounts
+// (projected volumes are tmpfs mounts of the node's own).
+func (c *Cluster) NodeRoot(node string) (string, error) {
 	for _, r := range c.state.snapshot().Processes {
 		if r.Role == roleNode && r.Name == node && r.alive() {
 			return "/proc/" + strconv.Itoa(r.PID) + "/root", nil
@@ -360,7 +361,7 @@ func (c *Cluster) nodeRoot(node string) (string, error) {
 // findPodNetNS returns the path of the network namespace on node that
 // holds addr.
 func (c *Cluster) findPodNetNS(node string, addr netip.Addr) (string, error) {
-	root, err := c.nodeRoot(node)
+	root, err := c.NodeRoot(node)
 	if err != nil {
 		return "", err
 	}
@@ -438,7 +439,7 @@ func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
 		return fmt.Errorf("importing %s: the cluster's nodes are not real", archive)
 	}
 	for _, n := range c.Nodes() {
-		root, err := c.nodeRoot(n.Name)
+		root, err := c.NodeRoot(n.Name)
 		if err != nil {
 			return err
 		}

@@ -25,10 +25,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/test/conformance"
@@ -623,4 +626,60 @@ func TestBadInputSaysWhereAndCleansUp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAgentTokenIsBoundToItsNode: the agent's ServiceAccount token, as
+// kubelet issued it into the agent pod on node-1, names node-1, so the
+// admission policy lets it write node-1's NodeRuleSet status and refuses
+// node-2's.
+func TestAgentTokenIsBoundToItsNode(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=node-1",
+		})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("the agent pod of node-1: %v, %v", pods, err)
+		}
+		// kubelet's projected volume, a tmpfs in node-1's mount namespace.
+		root, err := c.NodeRoot("node-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pattern := filepath.Join(root, "var", "lib", "kubelet", "pods", string(pods.Items[0].UID),
+			"volumes", "kubernetes.io~projected", "*", "token")
+		files, _ := filepath.Glob(pattern)
+		if len(files) != 1 {
+			t.Fatalf("the agent's token %s: %v", pattern, files)
+		}
+		token, err := os.ReadFile(files[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := rest.AnonymousClientConfig(c.RESTConfig())
+		cfg.BearerToken = string(token)
+		scheme, err := v1alpha1.NewScheme()
+		if err != nil {
+			t.Fatal(err)
+		}
+		agent, err := client.New(cfg, client.Options{Scheme: scheme})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, node := range []string{"node-1", "node-2"} {
+			var rs v1alpha1.NodeRuleSet
+			if err := agent.Get(ctx, client.ObjectKey{Name: node}, &rs); err != nil {
+				t.Fatalf("the agent reading NodeRuleSet %s: %v", node, err)
+			}
+			err := agent.Status().Update(ctx, &rs)
+			switch {
+			case node == "node-1" && err != nil:
+				t.Errorf("node-1's agent writing its own NodeRuleSet status: %v", err)
+			case node == "node-2" && !apierrors.IsForbidden(err):
+				t.Errorf("node-1's agent writing node-2's NodeRuleSet status: %v, want Forbidden", err)
+			case node == "node-2" && !strings.Contains(err.Error(), "its credentials are for node node-1"):
+				t.Errorf("the refusal does not name the token's node: %v", err)
+			}
+		}
+	})
 }
