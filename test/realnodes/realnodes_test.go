@@ -219,13 +219,19 @@ func TestInstalledAsAUserWould(t *testing.T) {
 	})
 }
 
-// TestConformanceThroughServices runs the upstream shapes probing each
-// pod through its Service ClusterIP, so that kube-proxy's DNAT sits
-// between every probe and nftguard's hooks.
+// TestConformanceThroughServices runs the upstream shapes, and the policy,
+// pod-label and namespace-label changes, probing each pod through its
+// Service ClusterIP, so that kube-proxy's DNAT sits between every probe and
+// nftguard's hooks.
 func TestConformanceThroughServices(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
 		s.Run(t, conformance.Cases())
+		t.Run("changes", func(t *testing.T) {
+			s.ResetPolicies(t)
+			s.RunChanges(t)
+			s.ResetPolicies(t)
+		})
 	})
 }
 
