@@ -208,8 +208,37 @@ func realPodObjects(p PodSpec) (*corev1.Pod, *corev1.Service) {
 	return pod, svc
 }
 
+// waitDefaultServiceAccount waits until kube-controller-manager has made
+// the namespace's default ServiceAccount: until then the ServiceAccount
+// admission plugin refuses the namespace's pods.
+func (c *Cluster) waitDefaultServiceAccount(ctx context.Context, ns string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		_, err := c.clientset.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("namespace %s has no default ServiceAccount after 1m (kube-controller-manager's log: %s): %w",
+				ns, c.logPath(roleKCM), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // createRealPods creates the topology's pods and their Services.
 func (c *Cluster) createRealPods(ctx context.Context) error {
+	seen := map[string]bool{}
+	for _, p := range c.cfg.Topology.Pods {
+		if !seen[p.Namespace] {
+			seen[p.Namespace] = true
+			if err := c.waitDefaultServiceAccount(ctx, p.Namespace); err != nil {
+				return err
+			}
+		}
+	}
 	for _, p := range c.cfg.Topology.Pods {
 		if isClusterDNS(p) {
 			c.cfg.Logf("Pod %s: real CoreDNS serves kube-dns on real nodes", p.Key())
@@ -466,6 +495,9 @@ func (c *Cluster) addRealPod(ctx context.Context, spec PodSpec, namespaces []Nam
 	}
 	c.cfg.Topology = c.state.snapshot().Topology
 	if err := c.registerNamespaces(ctx); err != nil {
+		return Pod{}, err
+	}
+	if err := c.waitDefaultServiceAccount(ctx, spec.Namespace); err != nil {
 		return Pod{}, err
 	}
 	pod, svc := realPodObjects(spec)
