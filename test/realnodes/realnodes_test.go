@@ -52,9 +52,18 @@ type clusterOnce struct {
 	err  error
 }
 
+// stateRoot holds each run's cluster state directories; clusters of runs
+// that died (a timeout, a kill) are swept from it before this run starts.
+var stateRoot = filepath.Join(os.TempDir(), "nftguard-realnodes")
+
 func TestMain(m *testing.M) {
 	localcluster.MaybeRunChild()
 	flag.Parse()
+	if os.Geteuid() == 0 {
+		if err := localcluster.SweepStale(stateRoot); err != nil {
+			fmt.Fprintf(os.Stderr, "removing the clusters of earlier runs that died: %v\n", err)
+		}
+	}
 	code := m.Run()
 	clustersMu.Lock()
 	defer clustersMu.Unlock()
@@ -110,7 +119,10 @@ func cluster(t *testing.T, mode string) *localcluster.Cluster {
 func startCluster(mode string) (*localcluster.Cluster, error) {
 	root := localcluster.RepoRoot()
 	bin := filepath.Join(root, "bin")
-	dir, err := os.MkdirTemp("", "nftguard-realnodes-")
+	if err := os.MkdirAll(stateRoot, 0o755); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(stateRoot, "run-")
 	if err != nil {
 		return nil, err
 	}
