@@ -15,7 +15,45 @@ nftguard-dev: ## Build bin/nftguard-dev, the local cluster's command.
 .PHONY: demo-build
 demo-build: test-binaries real-nodes nftguard-dev plugin ## Build everything the demo runs.
 
+# The demo's story, on either cluster: the matrix before any policy,
+# config/samples, enforcement, the matrix again, an allowed and a denied
+# connection with its drop-log lines (on real nodes also as kubectl logs of
+# the agent shows them), and explain. DEMO_PROBE is how probes reach a pod
+# (--service: its Service ClusterIP), DEMO_THROUGH says so in the headings.
+define DEMO_STORY
+@echo
+@echo "==> Reachability before any policy$(DEMO_THROUGH): every pod reaches every pod"
+@$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR) $(DEMO_PROBE)
+@echo
+@echo "==> Applying config/samples: the shop-baseline DefaultDeny and the shop's NetworkPolicies"
+$(DEMO_KUBECTL) apply -k config/samples
+@set -x; \
+$(DEMO_KUBECTL) wait --for=condition=Enforced defaultdeny/shop-baseline --timeout=90s; \
+$(NFTGUARD_DEV) wait --state-dir $(DEMO_DIR) --timeout 90s; \
+{ set +x; } 2>/dev/null; \
+echo; echo "==> Enforcement"; \
+$(DEMO_KUBECTL) get nftguard; \
+echo; echo "==> Reachability with the policies$(DEMO_THROUGH): only the shop's paths and DNS remain"; \
+$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR) $(DEMO_PROBE); \
+echo; echo "==> An allowed connection, then a denied one and the drop-log lines it produced"; \
+$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) $(DEMO_PROBE) storefront/web backend/api http; \
+$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) $(DEMO_PROBE) --expect blocked --drops storefront/web payments/payments https; \
+if [ "$(DEMO_REAL)" = yes ]; then \
+  echo; echo "==> The same drop as a security team reads it: kubectl logs of the agent on payments' node"; \
+  node=$$($(DEMO_KUBECTL) -n payments get pod payments -o jsonpath='{.spec.nodeName}'); \
+  agent=$$($(DEMO_KUBECTL) -n nftguard-system get pod -l app.kubernetes.io/component=agent --field-selector spec.nodeName=$$node -o name); \
+  echo "$$ kubectl -n nftguard-system logs $$agent -c drop-log --tail 3"; \
+  $(DEMO_KUBECTL) -n nftguard-system logs $$agent -c drop-log --tail 3; \
+fi; \
+echo; echo "==> Why it was denied, from the rule sets the agents program"; \
+echo "$$ kubectl nftguard explain --from storefront/web --to payments/payments --port https"; \
+$(BIN)/kubectl-nftguard --kubeconfig $(DEMO_DIR)/kubeconfig explain --from storefront/web --to payments/payments --port https || true
+endef
+
 .PHONY: demo
+demo: DEMO_PROBE := --service
+demo: DEMO_THROUGH := , through the Services
+demo: DEMO_REAL := yes
 demo: demo-build ## Install nftguard from its images on 2 real nodes (kubelet, containerd, kube-proxy) and run the shop (root).
 	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root: its nodes are network, mount and PID namespaces"; exit 1; }
 	@echo "==> Starting $(DEMO_NODES) real nodes (kubelet, containerd, runc, kube-proxy), CoreDNS and the shop;"
@@ -25,31 +63,7 @@ demo: demo-build ## Install nftguard from its images on 2 real nodes (kubelet, c
 	$(DEMO_KUBECTL) -n nftguard-system rollout status deployment/nftguard-controller --timeout=3m
 	$(DEMO_KUBECTL) -n nftguard-system rollout status daemonset/nftguard-agent --timeout=3m
 	$(DEMO_KUBECTL) get pods -A -o wide
-	@echo
-	@echo "==> Reachability before any policy, through each pod's Service: every pod reaches every pod"
-	@$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR) --service
-	@echo
-	@echo "==> Applying config/samples: the shop-baseline DefaultDeny and the shop's NetworkPolicies"
-	$(DEMO_KUBECTL) apply -k config/samples
-	@set -x; \
-	$(DEMO_KUBECTL) wait --for=condition=Enforced defaultdeny/shop-baseline --timeout=90s; \
-	$(NFTGUARD_DEV) wait --state-dir $(DEMO_DIR) --timeout 90s; \
-	{ set +x; } 2>/dev/null; \
-	echo; echo "==> Enforcement"; \
-	$(DEMO_KUBECTL) get nftguard; \
-	echo; echo "==> Reachability with the policies, through the Services: only the shop's paths and DNS remain"; \
-	$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR) --service; \
-	echo; echo "==> An allowed connection, then a denied one and the drop-log lines it produced"; \
-	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) --service storefront/web backend/api http; \
-	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) --service --expect blocked --drops storefront/web payments/payments https; \
-	echo; echo "==> The same drop as a security team reads it: kubectl logs of the agent on payments' node"; \
-	node=$$($(DEMO_KUBECTL) -n payments get pod payments -o jsonpath='{.spec.nodeName}'); \
-	agent=$$($(DEMO_KUBECTL) -n nftguard-system get pod -l app.kubernetes.io/component=agent --field-selector spec.nodeName=$$node -o name); \
-	echo "$$ kubectl -n nftguard-system logs $$agent -c drop-log --tail 3"; \
-	$(DEMO_KUBECTL) -n nftguard-system logs $$agent -c drop-log --tail 3; \
-	echo; echo "==> Why it was denied, from the rule sets the agents program"; \
-	echo "$$ kubectl nftguard explain --from storefront/web --to payments/payments --port https"; \
-	$(BIN)/kubectl-nftguard --kubeconfig $(DEMO_DIR)/kubeconfig explain --from storefront/web --to payments/payments --port https || true
+	$(DEMO_STORY)
 	@echo
 	@echo "==> The cluster keeps running. From this directory:"
 	@echo "  export KUBECONFIG=$(DEMO_DIR)/kubeconfig"
@@ -70,26 +84,7 @@ demo-netns: test-binaries nftguard-dev build plugin ## The demo on the namespace
 	@echo "==> Starting a $(DEMO_NODES)-node local cluster (nodes and pods are network namespaces)"
 	$(NFTGUARD_DEV) up --state-dir $(DEMO_DIR) --name $(DEMO_NAME) --nodes $(DEMO_NODES) --recreate \
 		--bin-dir $(BIN) --controller $(BIN)/controller --agent $(BIN)/agent
-	@echo
-	@echo "==> Reachability before any policy: every pod reaches every pod"
-	@$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR)
-	@echo
-	@echo "==> Applying config/samples: the shop-baseline DefaultDeny and the shop's NetworkPolicies"
-	$(DEMO_KUBECTL) apply -k config/samples
-	@set -x; \
-	$(DEMO_KUBECTL) wait --for=condition=Enforced defaultdeny/shop-baseline --timeout=90s; \
-	$(NFTGUARD_DEV) wait --state-dir $(DEMO_DIR) --timeout 90s; \
-	{ set +x; } 2>/dev/null; \
-	echo; echo "==> Enforcement"; \
-	$(DEMO_KUBECTL) get nftguard; \
-	echo; echo "==> Reachability with the policies: only the shop's paths and DNS remain"; \
-	$(NFTGUARD_DEV) matrix --state-dir $(DEMO_DIR); \
-	echo; echo "==> An allowed connection, then a denied one and the drop-log lines it produced"; \
-	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) storefront/web backend/api http; \
-	$(NFTGUARD_DEV) probe --state-dir $(DEMO_DIR) --expect blocked --drops storefront/web payments/payments https; \
-	echo; echo "==> Why it was denied, from the rule sets the agents program"; \
-	echo "$$ kubectl nftguard explain --from storefront/web --to payments/payments --port https"; \
-	$(BIN)/kubectl-nftguard --kubeconfig $(DEMO_DIR)/kubeconfig explain --from storefront/web --to payments/payments --port https || true
+	$(DEMO_STORY)
 	@echo
 	@echo "==> The cluster keeps running. From this directory:"
 	@echo "  export KUBECONFIG=$(DEMO_DIR)/kubeconfig"
