@@ -284,20 +284,47 @@ func lastLog(ctx context.Context, c *localcluster.Cluster, ns, pod string) strin
 	return strings.TrimSpace(string(b))
 }
 
+// kubectl runs bin/kubectl with the cluster's admin kubeconfig, as a user
+// would, and returns its standard output; the error carries its standard
+// error.
+func kubectl(ctx context.Context, c *localcluster.Cluster, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(localcluster.RepoRoot(), "bin", "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
 // kubectlExec runs the test server's own client in a pod (the image has
-// no shell) with kubectl exec, as a user would.
+// no shell) with kubectl exec.
 func kubectlExec(ctx context.Context, c *localcluster.Cluster, ns, pod string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	argv := append([]string{"--kubeconfig", c.Kubeconfig(), "exec", "-n", ns, pod, "--", "/testserver"}, args...)
-	cmd := exec.CommandContext(ctx, filepath.Join(localcluster.RepoRoot(), "bin", "kubectl"), argv...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		return strings.TrimSpace(stdout.String()), fmt.Errorf("kubectl exec %s/%s -- %s: %w: %s", ns, pod, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	out, err := kubectl(ctx, c, append([]string{"exec", "-n", ns, pod, "--", "/testserver"}, args...)...)
+	return strings.TrimSpace(out), err
+}
+
+// policySuite is the conformance checks through Services on c, from no
+// policy.
+func policySuite(t *testing.T, c *localcluster.Cluster) *conformance.Suite {
+	t.Helper()
+	s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+	s.ResetPolicies(t)
+	return s
+}
+
+// agentPod is the agent pod of node.
+func agentPod(ctx context.Context, t *testing.T, c *localcluster.Cluster, node string) corev1.Pod {
+	t.Helper()
+	pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + node,
+	})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("the agent pod of node %s: %v, %v", node, pods, err)
 	}
-	return strings.TrimSpace(stdout.String()), nil
+	return pods.Items[0]
 }
 
 // dnsDefaultDeny isolates the egress of namespace ns, keeping DNS to
@@ -333,8 +360,7 @@ func dnsDefaultDeny(name, ns string, withDNS bool) *v1alpha1.DefaultDeny {
 func TestClusterDNS(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
-		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
-		s.ResetPolicies(t)
+		s := policySuite(t, c)
 		yb, _ := c.Pod("y/b")
 		if out, err := kubectlExec(ctx, c, "x", "a", "connect", "b.y:80"); err != nil || out != "y/b" {
 			t.Fatalf("x/a connecting to b.y:80 answered %q, %v; want y/b", out, err)
@@ -363,8 +389,7 @@ func TestClusterDNS(t *testing.T) {
 func TestReadinessProbesOfIsolatedPods(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
-		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
-		s.ResetPolicies(t)
+		s := policySuite(t, c)
 		s.Create(t, conformance.Policy("y", "deny-ingress", nil, conformance.Ingress))
 		s.WaitConverged(t)
 		since := time.Now()
@@ -407,8 +432,7 @@ func podCondition(p *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition
 func TestDropLogThroughKubectlLogs(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
-		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
-		s.ResetPolicies(t)
+		s := policySuite(t, c)
 		s.Create(t, conformance.Policy("y", "deny-ingress", nil, conformance.Ingress))
 		s.WaitConverged(t)
 		dst, _ := c.Pod("y/b")
@@ -416,22 +440,15 @@ func TestDropLogThroughKubectlLogs(t *testing.T) {
 		if !r.Blocked() {
 			t.Fatalf("x/a -> y/b through its Service: %s, want blocked", r)
 		}
-		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{
-			LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + dst.Node,
-		})
-		if err != nil || len(pods.Items) != 1 {
-			t.Fatalf("the agent pod of node %s: %v, %v", dst.Node, pods, err)
-		}
-		agent := pods.Items[0].Name
+		agent := agentPod(ctx, t, c, dst.Node).Name
 		var last string
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			out, err := exec.CommandContext(ctx, filepath.Join(localcluster.RepoRoot(), "bin", "kubectl"), "--kubeconfig", c.Kubeconfig(),
-				"logs", "-n", "nftguard-system", agent, "-c", "drop-log").CombinedOutput()
+			out, err := kubectl(ctx, c, "logs", "-n", "nftguard-system", agent, "-c", "drop-log")
 			if err != nil {
-				t.Fatalf("kubectl logs %s -c drop-log: %v\n%s", agent, err, out)
+				t.Fatal(err)
 			}
-			last = string(out)
+			last = out
 			if found := dropLine(last, "x", "a", "y", "b", "NetworkPolicy/y/deny-ingress"); found != "" {
 				t.Logf("kubectl logs %s -c drop-log: %s", agent, found)
 				break
@@ -475,8 +492,7 @@ func TestAgentRollout(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
 		root := localcluster.RepoRoot()
-		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
-		s.ResetPolicies(t)
+		s := policySuite(t, c)
 
 		// The next version: the agent rebuilt under another tag (its
 		// labels, so its digest, differ), imported into every node.
@@ -535,19 +551,18 @@ func TestAgentRollout(t *testing.T) {
 			wg.Add(1)
 			go loop(p, false)
 		}
-		kubectl := func(args ...string) {
+		run := func(args ...string) {
 			t.Helper()
-			out, err := exec.CommandContext(ctx, filepath.Join(root, "bin", "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig(), "-n", "nftguard-system"}, args...)...).CombinedOutput()
-			if err != nil {
+			if _, err := kubectl(ctx, c, append([]string{"-n", "nftguard-system"}, args...)...); err != nil {
 				close(stop)
 				wg.Wait()
-				t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+				t.Fatal(err)
 			}
 		}
 		time.Sleep(time.Second)
 		image := "ghcr.io/nftguard/agent:" + tag
-		kubectl("set", "image", "daemonset/nftguard-agent", "agent="+image, "drop-log="+image)
-		kubectl("rollout", "status", "daemonset/nftguard-agent", "--timeout=3m")
+		run("set", "image", "daemonset/nftguard-agent", "agent="+image, "drop-log="+image)
+		run("rollout", "status", "daemonset/nftguard-agent", "--timeout=3m")
 		if err := waitInstalled(ctx, c); err != nil {
 			t.Error(err)
 		}
@@ -653,18 +668,13 @@ func TestBadInputSaysWhereAndCleansUp(t *testing.T) {
 func TestAgentTokenIsBoundToItsNode(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
-		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{
-			LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=node-1",
-		})
-		if err != nil || len(pods.Items) != 1 {
-			t.Fatalf("the agent pod of node-1: %v, %v", pods, err)
-		}
+		pod := agentPod(ctx, t, c, "node-1")
 		// kubelet's projected volume, a tmpfs in node-1's mount namespace.
 		root, err := c.NodeRoot("node-1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		pattern := filepath.Join(root, "var", "lib", "kubelet", "pods", string(pods.Items[0].UID),
+		pattern := filepath.Join(root, "var", "lib", "kubelet", "pods", string(pod.UID),
 			"volumes", "kubernetes.io~projected", "*", "token")
 		files, _ := filepath.Glob(pattern)
 		if len(files) != 1 {
