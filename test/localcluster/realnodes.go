@@ -375,7 +375,7 @@ func (c *Cluster) startRealControlPlane(ctx context.Context) error {
 		}},
 		{roleScheduler, nil},
 	} {
-		kc, err := c.certKubeconfig(comp.role, inside)
+		kc, err := c.certKubeconfig(comp.role, inside, "")
 		if err != nil {
 			return err
 		}
@@ -390,8 +390,9 @@ func (c *Cluster) startRealControlPlane(ctx context.Context) error {
 	return nil
 }
 
-// certKubeconfig writes a kubeconfig for the client certificate name.
-func (c *Cluster) certKubeconfig(name, server string) (string, error) {
+// certKubeconfig writes a kubeconfig for the client certificate name, to
+// path or (empty) to <state>/pki/<name>.kubeconfig.
+func (c *Cluster) certKubeconfig(name, server, path string) (string, error) {
 	cert, err := os.ReadFile(c.pki.path(name + ".crt"))
 	if err != nil {
 		return "", err
@@ -400,8 +401,10 @@ func (c *Cluster) certKubeconfig(name, server string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p := filepath.Join(c.cfg.StateDir, "pki", name+".kubeconfig")
-	return p, writeKubeconfig(p, server, c.pki.caCert, name, cert, key, "")
+	if path == "" {
+		path = filepath.Join(c.cfg.StateDir, "pki", name+".kubeconfig")
+	}
+	return path, writeKubeconfig(path, server, c.pki.caCert, name, cert, key, "")
 }
 
 // createCgroups makes the node's cgroup in every mounted hierarchy, with
@@ -513,11 +516,10 @@ func (c *Cluster) writeNodeConfig(n Node, dir string) error {
 	pk := c.pki
 	rn := c.cfg.RealNodes
 	api := fmt.Sprintf("https://%s:%d", controlPlaneIPv4, apiServerPort)
-	kubeletKC, err := c.certKubeconfig("kubelet-"+n.Name, api)
-	if err != nil {
+	if _, err := c.certKubeconfig("kubelet-"+n.Name, api, filepath.Join(dir, "kubelet.kubeconfig")); err != nil {
 		return err
 	}
-	proxyKC, err := c.certKubeconfig("kube-proxy", api)
+	proxyKC, err := c.certKubeconfig("kube-proxy", api, "")
 	if err != nil {
 		return err
 	}
@@ -529,9 +531,8 @@ func (c *Cluster) writeNodeConfig(n Node, dir string) error {
 		"node-ip": n.IPv4.String() + "," + n.IPv6.String(),
 		// No upstream resolver: the machine's is never used. Pods with
 		// dnsPolicy ClusterFirst get kube-dns from kubelet.
-		"resolv.conf":        "# the node has no resolver of its own; pods use kube-dns\noptions ndots:1\n",
-		"hosts":              hosts,
-		"kubelet.kubeconfig": mustRead(kubeletKC),
+		"resolv.conf": "# the node has no resolver of its own; pods use kube-dns\noptions ndots:1\n",
+		"hosts":       hosts,
 		"10-ptp.conflist": fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "pods",
@@ -636,14 +637,6 @@ conntrack:
 		}
 	}
 	return nil
-}
-
-func mustRead(p string) string {
-	b, err := os.ReadFile(p)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
 }
 
 // waitNodesReady waits for every node to register, gives it its pod
