@@ -295,10 +295,8 @@ func (c *Cluster) waitRealPods(ctx context.Context) error {
 func (c *Cluster) podsNotReady(ctx context.Context) ([]string, error) {
 	var out []string
 	check := func(pod *corev1.Pod) {
-		for _, cond := range pod.Status.Conditions {
-			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-				return
-			}
+		if podReady(pod) {
+			return
 		}
 		what := string(pod.Status.Phase)
 		for _, cs := range pod.Status.ContainerStatuses {
