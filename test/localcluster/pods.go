@@ -17,7 +17,10 @@ import (
 // network namespace, veth and routes on its node (empty Node: the node with
 // the fewest pods), its server, then its Pod object and Running status. The
 // pod gets the lowest free address of its node, so a deleted pod's address
-// is reused, as a CNI plugin would.
+// is reused, as a CNI plugin would. On real nodes the Pod and its Service
+// are created as a user creates them and AddPod returns once kubelet reports
+// the pod Ready; kube-proxy serves the new Service a moment later, as in any
+// cluster.
 func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (Pod, error) {
 	if c.clientset == nil {
 		return Pod{}, errors.New("the cluster has no API server")

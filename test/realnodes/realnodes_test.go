@@ -711,3 +711,51 @@ func TestAgentTokenIsBoundToItsNode(t *testing.T) {
 		}
 	})
 }
+
+// TestAddAndDeletePod: AddPod on real nodes creates the Pod and its
+// Service as a user would and returns once the pod is Ready, with its
+// address and network namespace, so that probes from and to it work;
+// DeletePod removes both and the pod from the cluster's record.
+func TestAddAndDeletePod(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		policySuite(t, c)
+		p, err := c.AddPod(ctx, localcluster.PodSpec{Namespace: "y", Name: "added", Node: "node-2",
+			Labels: map[string]string{"pod": "added"}, Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.IPv4.IsValid() || !p.ServiceIP.IsValid() || p.NetNS == "" || p.Node != "node-2" {
+			t.Fatalf("added pod recorded as %+v", p)
+		}
+		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "y/added", To: "x/a", Port: intstr.FromInt32(80), Service: true}); !r.Reachable() {
+			t.Errorf("%s: want connected", r)
+		}
+		// Its own Service: kube-proxy serves it once the EndpointSlice
+		// reaches every node, a moment after the pod is Ready (until then
+		// it rejects: refused; once, a probe in that moment got no answer).
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/a", To: "y/added", Port: intstr.FromString("http"), Service: true})
+			if r.Reachable() {
+				break
+			}
+			if r.Err != nil || time.Now().After(deadline) {
+				t.Fatalf("%s: want connected", r)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := c.DeletePod(ctx, "y/added"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.Pod("y/added"); ok {
+			t.Error("the deleted pod is still recorded")
+		}
+		if _, err := c.Clientset().CoreV1().Pods("y").Get(ctx, "added", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the deleted Pod object: %v, want NotFound", err)
+		}
+		if _, err := c.Clientset().CoreV1().Services("y").Get(ctx, "added", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the deleted pod's Service: %v, want NotFound", err)
+		}
+	})
+}
