@@ -29,11 +29,21 @@ const (
 // needs to program nftables, with no Kubernetes selector left to evaluate.
 // It is written only by the controller.
 type NodeRuleSetSpec struct {
-	// pods are the pods running on the node that have IPs and are not
-	// hostNetwork, sorted by namespace and name.
+	// pods are the pods scheduled to the node that are not hostNetwork and
+	// not terminated, sorted by namespace and name. A pod is listed from the
+	// moment it is scheduled, before it has addresses: the node's agent
+	// programs it as soon as the CNI plugin reports its addresses, with no
+	// round trip through the controller.
 	// +optional
 	// +listType=atomic
 	Pods []LocalPod `json:"pods,omitempty"`
+	// podCIDRs are the node's pod address ranges (Node.spec.podCIDRs), as
+	// canonical CIDRs. When the node's agent knows them (from here or from
+	// its own flag), traffic of addresses in them that it has not marked
+	// ready is dropped.
+	// +optional
+	// +listType=atomic
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
 	// rules are the allow rules the pods reference, deduplicated, sorted by id.
 	// +optional
 	// +listType=atomic
@@ -75,9 +85,15 @@ type Unwritten struct {
 type LocalPod struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
-	// ips are the pod's addresses (one per family for dual-stack pods).
+	// uid is the pod's UID. The CNI plugin reports addresses by pod UID: an
+	// address is ready only for the pod whose sandbox was given it.
+	// +optional
+	UID string `json:"uid,omitempty"`
+	// ips are the pod's addresses from its status (one per family for
+	// dual-stack pods); absent until kubelet reports them.
+	// +optional
 	// +listType=atomic
-	IPs []string `json:"ips"`
+	IPs []string `json:"ips,omitempty"`
 	// ingress is absent when no policy isolates the pod's ingress.
 	// +optional
 	Ingress *Isolation `json:"ingress,omitempty"`

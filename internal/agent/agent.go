@@ -217,7 +217,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	if r.renderer == nil {
 		r.renderer = render.NewRenderer(r.Render)
 	}
-	table, err := r.renderer.Render(rs.Spec, groups)
+	table, err := r.renderer.Render(r.effectiveSpec(rs), groups)
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
 	}
@@ -244,6 +244,16 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 		"chains", chains, "setElements", elements, "full", stats.Full, "transactions", stats.Transactions, "duration", r.now().Sub(start))
 	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
 		Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
+}
+
+// effectiveSpec is the rule set as this node programs it. The pod ranges
+// are dropped: traffic of pod-range addresses that are not ready is dropped
+// only on a node whose CNI plugin reports its pods' addresses, and without
+// it the node behaves as before (the rule set's pod addresses are ready).
+func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) v1alpha1.NodeRuleSetSpec {
+	spec := rs.Spec
+	spec.PodCIDRs = nil
+	return spec
 }
 
 // groups reads every AddressGroup the rule set references, and returns with

@@ -507,8 +507,11 @@ func TestEligibility(t *testing.T) {
 			got[node] = append(got[node], local{p.Name, string(ips)})
 		}
 	}
+	// Pods without a valid address yet are listed (by UID) so that their
+	// node can program them the moment they have one; they are peers of
+	// nothing.
 	want := map[string][]local{
-		"n1":    {{"legacy", `["198.18.0.3"]`}, {"running", `["198.18.0.1"]`}},
+		"n1":    {{"bad-ip", `null`}, {"legacy", `["198.18.0.3"]`}, {"no-ip", `null`}, {"running", `["198.18.0.1"]`}},
 		"n2":    {{"dual", `["198.18.0.4","fd00::4"]`}, {"pending-with-ip", `["198.18.0.2"]`}, {"v6", `["fd00::5"]`}},
 		"empty": {},
 	}
@@ -529,7 +532,7 @@ func TestEligibility(t *testing.T) {
 			t.Errorf("members (-want +got):\n%s", diff)
 		}
 	}
-	if diff := cmp.Diff(PolicySpan{SelectedPods: 5, Nodes: []string{"n1", "n2"}}, res.Policies["NetworkPolicy/x/p"]); diff != "" {
+	if diff := cmp.Diff(PolicySpan{SelectedPods: 7, Nodes: []string{"n1", "n2"}}, res.Policies["NetworkPolicy/x/p"]); diff != "" {
 		t.Errorf("span (-want +got):\n%s", diff)
 	}
 	checkIntegrity(t, res)

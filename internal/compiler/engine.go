@@ -443,12 +443,17 @@ func (e *Engine) setNamespace(name string, ns *corev1.Namespace) {
 	})
 }
 
-// UpsertNode adds a node (its labels and status do not matter).
+// UpsertNode adds or updates a node: only its pod CIDRs matter (its labels
+// and status do not).
 func (e *Engine) UpsertNode(n *corev1.Node) {
-	if _, ok := e.ix.nodes[n.Name]; ok || n.Name == "" {
+	if n.Name == "" {
 		return
 	}
-	e.ix.nodes[n.Name] = struct{}{}
+	cidrs := podCIDRs(n)
+	if old, ok := e.ix.nodes[n.Name]; ok && slices.Equal(old, cidrs) {
+		return
+	}
+	e.ix.nodes[n.Name] = cidrs
 	e.dirtyNodes[n.Name] = struct{}{}
 }
 

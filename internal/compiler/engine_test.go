@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
@@ -275,8 +276,8 @@ func checkEngineFollows(t *testing.T, s *Snapshot) {
 	m.apply(e.Changes())
 
 	rng := rand.New(rand.NewPCG(1, 1))
-	for i := range 40 {
-		switch i % 4 {
+	for i := range 60 {
+		switch i % 6 {
 		case 0: // relabel a pod
 			p := s.Pods[rng.IntN(len(s.Pods))].DeepCopy()
 			p.Labels["tier"] = []string{"web", "api", "db", "worker"}[rng.IntN(4)]
@@ -301,11 +302,26 @@ func checkEngineFollows(t *testing.T, s *Snapshot) {
 			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{Ports: ports(tcp(1000 + i))})
 			upsert(e, np)
 			w[objectKey(np)] = np
+		case 4: // a pod is replaced under its name: scheduled, no address yet
+			p := w[objectKey(s.Pods[rng.IntN(len(s.Pods))])]
+			if p == nil {
+				continue
+			}
+			q := p.(*corev1.Pod).DeepCopy()
+			q.UID = types.UID(fmt.Sprintf("%s-%d", q.UID, i))
+			q.Status.PodIP, q.Status.PodIPs = "", nil
+			upsert(e, q)
+			w[objectKey(q)] = q
+		case 5: // a node is given pod CIDRs, or another one
+			n := s.Nodes[rng.IntN(len(s.Nodes))].DeepCopy()
+			n.Spec.PodCIDRs = []string{fmt.Sprintf("198.18.%d.1/24", i), "fd00:0:0:1::/64"}
+			upsert(e, n)
+			w[objectKey(n)] = n
 		}
 		m.unchanged(t)
 		d := e.Changes()
 		m.apply(d)
-		if len(d.NodeRuleSets) > 2 && i%4 == 0 {
+		if len(d.NodeRuleSets) > 2 && i%6 == 0 {
 			t.Errorf("relabelling one pod rewrote %d rule sets", len(d.NodeRuleSets))
 		}
 		want := Compile(w.snapshot())

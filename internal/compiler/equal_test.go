@@ -85,7 +85,7 @@ func TestEqualNodeSpecs(t *testing.T) {
 	}
 	spec := &v1alpha1.NodeRuleSetSpec{
 		Pods: []v1alpha1.LocalPod{
-			{Namespace: "x", Name: "a", IPs: []string{"10.0.0.1"}, Ingress: iso(), Egress: iso()},
+			{Namespace: "x", Name: "a", UID: "u", IPs: []string{"10.0.0.1"}, Ingress: iso(), Egress: iso()},
 			{Namespace: "x", Name: "b", IPs: []string{}},
 		},
 		Rules: []v1alpha1.Rule{{
@@ -95,6 +95,7 @@ func TestEqualNodeSpecs(t *testing.T) {
 			Policies: []string{"p"},
 		}},
 		AddressGroups: []string{"g"},
+		PodCIDRs:      []string{"10.0.0.0/24"},
 	}
 	if !equalNodeSpecs(spec, spec.DeepCopy()) {
 		t.Fatal("a spec differs from its copy")

@@ -141,10 +141,9 @@ func fuzzClusterFrom(data []byte) *fuzzCluster {
 			node = "gone" // a peer, not a local pod
 		}
 		v4, v6 := fmt.Sprintf("198.18.0.%d", i+1), fmt.Sprintf("fd00::%x", i+1)
+		// A pod without a valid address yet is still a local pod (listed
+		// by UID before it has addresses), and a peer of nothing.
 		ips := pick(r, v4, v4, v6, v4+","+v6, "", "bogus")
-		if ips == "" || ips == "bogus" {
-			eligible = false
-		}
 		var opts []podOpt
 		labels := []string{}
 		if r.bool() {

@@ -37,6 +37,7 @@ func compareNsNames(a, b nsName) int {
 // podInfo is what the compiler keeps of an eligible pod.
 type podInfo struct {
 	key    nsName
+	uid    string
 	node   string
 	labels labels.Set
 	ips    []netip.Addr // normalised, unique, in the pod's order
@@ -55,8 +56,10 @@ type containerPort struct {
 }
 
 // newPodInfo returns nil for a pod that is neither a target nor a peer: not
-// scheduled, hostNetwork, terminated, or without a valid IP. The podInfo
-// shares the pod's labels unless copyLabels is set.
+// scheduled, hostNetwork or terminated. A scheduled pod without a valid IP
+// yet is a target (its node lists it by UID, so that its agent can program
+// it the moment its sandbox has addresses) and a peer of no rule. The
+// podInfo shares the pod's labels unless copyLabels is set.
 func newPodInfo(p *corev1.Pod, copyLabels bool) *podInfo {
 	if p == nil || p.Spec.NodeName == "" || p.Spec.HostNetwork {
 		return nil
@@ -73,6 +76,7 @@ func newPodInfo(p *corev1.Pod, copyLabels bool) *podInfo {
 	}
 	info := &podInfo{
 		key:    nsName{p.Namespace, p.Name},
+		uid:    string(p.UID),
 		node:   p.Spec.NodeName,
 		labels: labels.Set(p.Labels),
 	}
@@ -94,9 +98,6 @@ func newPodInfo(p *corev1.Pod, copyLabels bool) *podInfo {
 			s = string(t)
 		}
 		info.ipStrs = append(info.ipStrs, s)
-	}
-	if len(info.ips) == 0 {
-		return nil
 	}
 	if copyLabels {
 		info.labels = maps.Clone(info.labels)
@@ -141,7 +142,7 @@ func (p *podInfo) namedPort(name string, proto v1alpha1.Protocol) (int32, bool) 
 
 // same reports whether two versions of a pod compile the same.
 func (p *podInfo) same(q *podInfo) bool {
-	return p.key == q.key && p.node == q.node && maps.Equal(p.labels, q.labels) &&
+	return p.key == q.key && p.uid == q.uid && p.node == q.node && maps.Equal(p.labels, q.labels) &&
 		slices.Equal(p.ipStrs, q.ipStrs) && slices.Equal(p.ports, q.ports)
 }
 
@@ -316,7 +317,7 @@ func ddRule(ports []v1alpha1.NetworkPolicyPort, peers []v1alpha1.NetworkPolicyPe
 
 // index holds the eligible objects of a snapshot and what is derived from them.
 type index struct {
-	nodes      map[string]struct{}
+	nodes      map[string][]string   // node -> its pod CIDRs, canonical
 	namespaces map[string]labels.Set // labels of the known namespaces, name label included
 	pods       map[nsName]*podInfo
 	podsByNs   map[string]map[nsName]*podInfo
@@ -346,7 +347,7 @@ type index struct {
 
 func newIndex() *index {
 	return &index{
-		nodes:      map[string]struct{}{},
+		nodes:      map[string][]string{},
 		namespaces: map[string]labels.Set{},
 		pods:       map[nsName]*podInfo{},
 		podsByNs:   map[string]map[nsName]*podInfo{},
@@ -368,7 +369,7 @@ func (ix *index) load(s *Snapshot) {
 	ix.pods = make(map[nsName]*podInfo, len(s.Pods))
 	for _, n := range s.Nodes {
 		if n != nil && n.Name != "" {
-			ix.nodes[n.Name] = struct{}{}
+			ix.nodes[n.Name] = podCIDRs(n)
 		}
 	}
 	for _, ns := range sortedObjects(s.Namespaces) {

@@ -2,7 +2,10 @@ package compiler
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 )
@@ -23,6 +26,7 @@ type nodeResult struct {
 // the right size.
 func (ix *index) compileNode(node string) *nodeResult {
 	out := &nodeResult{counts: map[string]int{}}
+	out.spec.PodCIDRs = ix.nodes[node]
 	nb := ix.nodeScratch()
 	local := ix.podsByNode[node]
 	pods := nb.pods[:0]
@@ -64,7 +68,10 @@ func (ix *index) compileNode(node string) *nodeResult {
 	for i, p := range pods {
 		lb := nb.local[i]
 		lp := &out.spec.Pods[i]
-		*lp = v1alpha1.LocalPod{Namespace: p.key.ns, Name: p.key.name, IPs: list(lb.ips)}
+		*lp = v1alpha1.LocalPod{Namespace: p.key.ns, Name: p.key.name, UID: p.uid}
+		if lb.ips.n > 0 {
+			lp.IPs = list(lb.ips)
+		}
 		if lb.ingress >= 0 {
 			lp.Ingress = &isos[lb.ingress]
 		}
@@ -263,14 +270,14 @@ func (nb *nodeBuilder) isolation(p *podInfo, sel []*policy, d int) int {
 func equalNodeSpecs(a, b *v1alpha1.NodeRuleSetSpec) bool {
 	return equalList(a.Pods, b.Pods, equalLocalPods) &&
 		equalList(a.Rules, b.Rules, equalRules) &&
-		equalStrings(a.AddressGroups, b.AddressGroups) &&
+		equalStrings(a.AddressGroups, b.AddressGroups) && equalStrings(a.PodCIDRs, b.PodCIDRs) &&
 		equalPtr(a.Unwritten, b.Unwritten, func(x, y *v1alpha1.Unwritten) bool {
 			return x.Reason == y.Reason && x.Bytes == y.Bytes && x.Limit == y.Limit && equalStrings(x.AddressGroups, y.AddressGroups)
 		})
 }
 
 func equalLocalPods(a, b *v1alpha1.LocalPod) bool {
-	return a.Namespace == b.Namespace && a.Name == b.Name && equalStrings(a.IPs, b.IPs) &&
+	return a.Namespace == b.Namespace && a.Name == b.Name && a.UID == b.UID && equalStrings(a.IPs, b.IPs) &&
 		equalPtr(a.Ingress, b.Ingress, equalIsolations) && equalPtr(a.Egress, b.Egress, equalIsolations)
 }
 
@@ -309,4 +316,26 @@ func equalPtr[T any](a, b *T, eq func(x, y *T) bool) bool {
 		return a == b
 	}
 	return eq(a, b)
+}
+
+// podCIDRs returns a node's pod CIDRs in canonical form (network address,
+// no zone), in the node's order, without invalid or repeated ones.
+func podCIDRs(n *corev1.Node) []string {
+	var out []string
+	for _, s := range n.Spec.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		c := p.Masked().String()
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 && n.Spec.PodCIDR != "" {
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
+			out = append(out, p.Masked().String())
+		}
+	}
+	return out
 }

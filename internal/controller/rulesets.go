@@ -375,10 +375,16 @@ func containerPorts(p *corev1.Pod) []corev1.ContainerPort {
 	return out
 }
 
-// nodeChanged passes node creation and deletion, and the start of a deletion.
+// nodeChanged passes node creation and deletion, the start of a deletion,
+// and changes of the node's pod CIDRs (its rule set carries them).
 var nodeChanged = predicate.Funcs{
 	UpdateFunc: func(e event.UpdateEvent) bool {
-		return e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() ||
-			e.ObjectOld.GetUID() != e.ObjectNew.GetUID()
+		if e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero() ||
+			e.ObjectOld.GetUID() != e.ObjectNew.GetUID() {
+			return true
+		}
+		o, ok1 := e.ObjectOld.(*corev1.Node)
+		n, ok2 := e.ObjectNew.(*corev1.Node)
+		return !ok1 || !ok2 || o.Spec.PodCIDR != n.Spec.PodCIDR || !slices.Equal(o.Spec.PodCIDRs, n.Spec.PodCIDRs)
 	},
 }

@@ -5,6 +5,9 @@
 package dptest
 
 import (
+	"cmp"
+	"slices"
+
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 )
 
@@ -50,4 +53,17 @@ func Sample() (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
 // TCP is a TCP port of a rule.
 func TCP(port int32) v1alpha1.Port {
 	return v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: port}
+}
+
+// SampleWithPodRanges is Sample on a node whose pod ranges are known, with
+// a pod that is scheduled but has no address yet: the base chains drop the
+// traffic of pod-range addresses that are not ready.
+func SampleWithPodRanges() (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+	spec, groups := Sample()
+	spec.PodCIDRs = []string{"198.18.0.0/24", "fd00::/112"}
+	spec.Pods = append(spec.Pods, v1alpha1.LocalPod{Namespace: "shop", Name: "starting", UID: "5e1d0c3a-0000-4000-8000-000000000001"})
+	slices.SortFunc(spec.Pods, func(a, b v1alpha1.LocalPod) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return spec, groups
 }

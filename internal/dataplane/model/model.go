@@ -22,6 +22,12 @@ const (
 	MapIngress6         = "in6"
 	MapEgress4          = "eg4"
 	MapEgress6          = "eg6"
+	// The node's pod ranges (interval sets) and the addresses in them the
+	// agent has marked ready; present only when the pod ranges are known.
+	SetPodRanges4 = "podnets4"
+	SetPodRanges6 = "podnets6"
+	SetReady4     = "ready4"
+	SetReady6     = "ready6"
 )
 
 // Hook is the netfilter hook of a base chain.

@@ -152,17 +152,22 @@ func (s AddrIs) appendText(b []byte) []byte {
 	return s.Addr.AppendTo(b)
 }
 
-// AddrInSet matches an address against a named set: "ip saddr @set".
+// AddrInSet matches an address against a named set: "ip saddr @set", or
+// with Invert an address not in it: "ip saddr != @set".
 type AddrInSet struct {
 	Family Family
 	Field  AddrField
 	Set    string
+	Invert bool
 }
 
 func (s AddrInSet) text() string { return string(s.appendText(nil)) }
 
 func (s AddrInSet) appendText(b []byte) []byte {
 	b = appendFamilyField(b, s.Family, s.Field)
+	if s.Invert {
+		b = append(b, " !="...)
+	}
 	b = append(b, " @"...)
 	return append(b, s.Set...)
 }

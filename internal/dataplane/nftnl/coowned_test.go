@@ -11,12 +11,12 @@ import (
 	"github.com/nftguard/nftguard/internal/dataplane/nfttest"
 )
 
-// withReadySet returns the sample table with a co-owned set "ready4" that
+// withReadySet returns the sample table with a co-owned set "coowned4" that
 // another writer fills.
 func withReadySet(t *testing.T) *model.Table {
 	spec, groups := dptest.Sample()
 	tab := mustRender(t, spec, groups)
-	tab.Sets = append(slices.Clone(tab.Sets), &model.Set{Name: "ready4", Kind: model.SetIPv4, CoOwned: true})
+	tab.Sets = append(slices.Clone(tab.Sets), &model.Set{Name: "coowned4", Kind: model.SetIPv4, CoOwned: true})
 	slices.SortFunc(tab.Sets, func(a, b *model.Set) int {
 		if a.Name < b.Name {
 			return -1
@@ -39,7 +39,7 @@ func TestCoOwnedSetInKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := nfttest.Set(&model.Set{Name: "ready4", Kind: model.SetIPv4})
+	ready := nfttest.Set(&model.Set{Name: "coowned4", Kind: model.SetIPv4})
 	written := []model.Element{{Key: []byte{198, 18, 0, 10}}, {Key: []byte{198, 18, 0, 11}}}
 	libElems, err := nfttest.Elements(model.SetIPv4, written)
 	if err != nil {
@@ -57,9 +57,9 @@ func TestCoOwnedSetInKernel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s := tab.Set("ready4"); s == nil || !model.SortedElements(s.Elements) || len(s.Elements) != 2 ||
+		if s := tab.Set("coowned4"); s == nil || !model.SortedElements(s.Elements) || len(s.Elements) != 2 ||
 			model.ElemsString(s.Kind, s.Elements) != model.ElemsString(model.SetIPv4, written) {
-			t.Fatalf("%s: ready4 holds %v, want the other writer's %s", when, s, model.ElemsString(model.SetIPv4, written))
+			t.Fatalf("%s: coowned4 holds %v, want the other writer's %s", when, s, model.ElemsString(model.SetIPv4, written))
 		}
 	}
 	if d, err := p.Verify(); err != nil || len(d) != 0 {

@@ -609,7 +609,7 @@ func encodedExprs(t *testing.T, r *model.Rule) ([]byte, error) {
 // TestEncodeEveryStatement encodes every statement the renderer uses, and
 // refuses a verdict the kernel does not know.
 func TestEncodeEveryStatement(t *testing.T) {
-	spec, groups := dptest.Sample()
+	spec, groups := dptest.SampleWithPodRanges()
 	tab := mustRender(t, spec, groups)
 	kinds := map[string]bool{}
 	for _, c := range tab.Chains {
@@ -619,8 +619,14 @@ func TestEncodeEveryStatement(t *testing.T) {
 			}
 			for _, s := range r.Stmts {
 				kinds[fmt.Sprintf("%T", s)] = true
+				if s, ok := s.(model.AddrInSet); ok && s.Invert {
+					kinds["inverted model.AddrInSet"] = true
+				}
 			}
 		}
+	}
+	if !kinds["inverted model.AddrInSet"] {
+		t.Error("sample table has no inverted set match")
 	}
 	for _, k := range []string{"model.CtState", "model.ICMPv6Types", "model.AddrInSet", "model.AddrVmap",
 		"model.EndpointInSet", "model.PortsInSet", "model.DportIn", "model.LimitRate", "model.NFLog", "model.Verdict"} {
@@ -641,7 +647,7 @@ func TestEncodeEveryStatement(t *testing.T) {
 // TestDecompile: every rule the renderer writes decodes back from its
 // encoded expressions to the same text, hence the same id.
 func TestDecompile(t *testing.T) {
-	spec, groups := dptest.Sample()
+	spec, groups := dptest.SampleWithPodRanges()
 	tab := mustRender(t, spec, groups)
 	extra := []*model.Rule{model.NewRule(model.ProtoIs{Proto: model.ProtoUDP}, model.Verdict{Kind: model.VerdictAccept}), model.NewRule(model.DportIn{Proto: model.ProtoSCTP, From: 9, To: 9}, model.Verdict{Kind: model.VerdictGoto, Chain: "x"})}
 	for _, c := range append(tab.Chains, &model.Chain{Name: "extra", Rules: extra}) {

@@ -292,7 +292,7 @@ func (b *batch) stmt(s model.Stmt) error {
 		binary.NativeEndian.PutUint32(tag[:], s.Tag)
 		b.immediate(reg1, tag[:])
 		b.payload(nextReg(reg1, 4), unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.lookup(reg1, s.Set, 0, false)
+		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.AddrIs:
 		// ip saddr 198.18.1.3
@@ -302,18 +302,18 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.cmp(unix.NFT_CMP_EQ, reg1, s.Addr.AsSlice())
 
 	case model.AddrInSet:
-		// ip saddr @set
+		// ip saddr @set | ip saddr != @set
 		off, n := addrOffset(s.Family, s.Field)
 		b.familyCheck(s.Family)
 		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.lookup(reg1, s.Set, 0, false)
+		b.lookup(reg1, s.Set, 0, false, s.Invert)
 
 	case model.AddrVmap:
 		// ip daddr vmap @in4
 		off, n := addrOffset(s.Family, s.Field)
 		b.familyCheck(s.Family)
 		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.lookup(reg1, s.Vmap, regVerdict, true)
+		b.lookup(reg1, s.Vmap, regVerdict, true, false)
 
 	case model.EndpointInSet:
 		// ip daddr . meta l4proto . th dport @set
@@ -323,19 +323,19 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
 		b.meta(unix.NFT_META_L4PROTO, protoReg)
 		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
-		b.lookup(reg1, s.Set, 0, false)
+		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.PortsVmap:
 		// meta l4proto . th dport vmap @map
 		b.meta(unix.NFT_META_L4PROTO, reg1)
 		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
-		b.lookup(reg1, s.Vmap, regVerdict, true)
+		b.lookup(reg1, s.Vmap, regVerdict, true, false)
 
 	case model.PortsInSet:
 		// meta l4proto . th dport @set
 		b.meta(unix.NFT_META_L4PROTO, reg1)
 		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
-		b.lookup(reg1, s.Set, 0, false)
+		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.ProtoIs:
 		// meta l4proto tcp
@@ -458,13 +458,17 @@ func (b *batch) payload(dreg, base, off, n uint32) {
 	b.closeExpr(x)
 }
 
-// lookup appends a set lookup: a match when the key is in the set, or,
-// with dreg set, a verdict map lookup into the verdict register.
-func (b *batch) lookup(sreg uint32, set string, dreg uint32, hasDreg bool) {
+// lookup appends a set lookup: a match when the key is in the set (with
+// invert, when it is not), or, with dreg set, a verdict map lookup into the
+// verdict register.
+func (b *batch) lookup(sreg uint32, set string, dreg uint32, hasDreg, invert bool) {
 	x := b.openExpr("lookup")
 	b.u32(unix.NFTA_LOOKUP_SREG, sreg)
 	if hasDreg {
 		b.u32(unix.NFTA_LOOKUP_DREG, dreg)
+	}
+	if invert {
+		b.u32(unix.NFTA_LOOKUP_FLAGS, unix.NFT_LOOKUP_F_INV)
 	}
 	b.str(unix.NFTA_LOOKUP_SET, set)
 	b.u32(unix.NFTA_LOOKUP_SET_ID, 0)

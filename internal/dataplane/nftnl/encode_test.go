@@ -162,7 +162,7 @@ func sameAttributes(a, b []byte, path string) error {
 // encodeSample returns a table using every statement, set kind and port
 // dispatch.
 func encodeSample(t *testing.T) *model.Table {
-	spec, groups := dptest.Sample()
+	spec, groups := dptest.SampleWithPodRanges()
 	var ids []string
 	for i := range 10 {
 		id := fmt.Sprintf("d-%d", i)

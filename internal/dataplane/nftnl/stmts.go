@@ -181,21 +181,35 @@ func isPayload(exprs []rawExpr, i int, base, off, n, reg uint32) bool {
 // lookup is a set lookup from register 1: a match, or with vmap set a
 // verdict map lookup.
 type lookup struct {
-	set  string
-	vmap bool
+	set    string
+	vmap   bool
+	invert bool // a match when the key is not in the set
 }
 
+// isLookup recognises a lookup; only plain address matches may be
+// inverted (isInvertedLookup).
 func isLookup(exprs []rawExpr, i int) (lookup, bool) {
+	l, ok := isInvertedLookup(exprs, i)
+	return l, ok && !l.invert
+}
+
+func isInvertedLookup(exprs []rawExpr, i int) (lookup, bool) {
 	l, ok := at(exprs, i, "lookup")
 	if !ok || !l.u32Is(unix.NFTA_LOOKUP_SREG, reg1) {
 		return lookup{}, false
 	}
-	if flags, ok := l.u32(unix.NFTA_LOOKUP_FLAGS); ok && flags != 0 {
-		return lookup{}, false // inverted
-	}
 	out := lookup{set: l.str(unix.NFTA_LOOKUP_SET)}
+	if flags, ok := l.u32(unix.NFTA_LOOKUP_FLAGS); ok {
+		switch flags {
+		case 0:
+		case unix.NFT_LOOKUP_F_INV:
+			out.invert = true
+		default:
+			return lookup{}, false
+		}
+	}
 	if l.has(unix.NFTA_LOOKUP_DREG) {
-		if !l.u32Is(unix.NFTA_LOOKUP_DREG, regVerdict) {
+		if out.invert || !l.u32Is(unix.NFTA_LOOKUP_DREG, regVerdict) {
 			return lookup{}, false
 		}
 		out.vmap = true
@@ -399,11 +413,11 @@ func matchFamily(exprs []rawExpr) (model.Stmt, int) {
 		a, _ := netip.AddrFromSlice(v)
 		return model.AddrIs{Field: field, Addr: a}, 4
 	}
-	if l, ok := isLookup(exprs, 3); ok {
+	if l, ok := isInvertedLookup(exprs, 3); ok {
 		if l.vmap {
 			return model.AddrVmap{Family: f, Field: field, Vmap: l.set}, 4
 		}
-		return model.AddrInSet{Family: f, Field: field, Set: l.set}, 4
+		return model.AddrInSet{Family: f, Field: field, Set: l.set, Invert: l.invert}, 4
 	}
 	protoReg := nextReg(reg1, n)
 	if field == model.Daddr && isMeta(exprs, 3, unix.NFT_META_L4PROTO, protoReg) &&

@@ -118,10 +118,10 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 		), nil
 
 	case model.AddrInSet:
-		// ip saddr @set  (meta nfproto ipv4 ip saddr @set)
+		// ip saddr [!=] @set  (meta nfproto ipv4 ip saddr [!=] @set)
 		p, _ := addrPayload(s.Family, s.Field, reg1)
 		return append(familyCheck(s.Family), p,
-			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Set, Invert: s.Invert},
 		), nil
 
 	case model.TaggedAddrInSet:

@@ -1,6 +1,11 @@
 package render
 
 import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
 )
 
@@ -10,7 +15,92 @@ import (
 // pass the source's egress chain and then the destination's ingress chain.
 const ingressPriority = 10
 
-func baseChains() []*model.Chain {
+// podRanges adds the pod range and ready sets of a spec with pod CIDRs and
+// reports, per family, whether the base chains drop what is not ready.
+// Every address of the spec's pods is ready: the agent lists exactly the
+// pods it has programmed, with the addresses their sandboxes were given.
+func (r *renderer) podRanges(spec v1alpha1.NodeRuleSetSpec) ([2]bool, error) {
+	var on [2]bool
+	if len(spec.PodCIDRs) == 0 {
+		return on, nil
+	}
+	var rs [2][]ipRange
+	for _, c := range spec.PodCIDRs {
+		p, err := parsePrefix(c)
+		if err != nil {
+			return on, fmt.Errorf("pod CIDR %q: %w", c, err)
+		}
+		i := 0
+		if p.Addr().Is6() {
+			i = 1
+		}
+		rs[i] = append(rs[i], prefixRange(p))
+	}
+	var ready [2][]netip.Addr
+	for _, pod := range spec.Pods {
+		for _, s := range pod.IPs {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return on, fmt.Errorf("pod %s/%s: IP %q: %w", pod.Namespace, pod.Name, s, err)
+			}
+			a = a.Unmap()
+			i := 0
+			if a.Is6() {
+				i = 1
+			}
+			ready[i] = append(ready[i], a)
+		}
+	}
+	names := [2][2]string{{model.SetPodRanges4, model.SetReady4}, {model.SetPodRanges6, model.SetReady6}}
+	kinds := [2][2]model.SetKind{{model.SetIPv4Interval, model.SetIPv4}, {model.SetIPv6Interval, model.SetIPv6}}
+	for i := range 2 {
+		ranges := normalizeRanges(rs[i])
+		if len(ranges) == 0 {
+			continue
+		}
+		on[i] = true
+		nets := &model.Set{Name: names[i][0], Kind: kinds[i][0]}
+		for _, rg := range ranges {
+			nets.Elements = append(nets.Elements, model.Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
+		}
+		rd := &model.Set{Name: names[i][1], Kind: kinds[i][1]}
+		slices.SortFunc(ready[i], netip.Addr.Compare)
+		for _, a := range slices.Compact(ready[i]) {
+			rd.Elements = append(rd.Elements, model.Element{Key: a.AsSlice()})
+		}
+		sortElements(nets)
+		sortElements(rd)
+		r.sets[nets.Name], r.sets[rd.Name] = nets, rd
+	}
+	return on, nil
+}
+
+// notReady returns the rules dropping traffic whose address (field) is in
+// the node's pod ranges but not ready, for the families whose ranges are
+// known.
+func notReady(ranges [2]bool, field model.AddrField) []*model.Rule {
+	var out []*model.Rule
+	for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+		if !ranges[i] {
+			continue
+		}
+		nets, ready := model.SetPodRanges4, model.SetReady4
+		if fam == model.IPv6 {
+			nets, ready = model.SetPodRanges6, model.SetReady6
+		}
+		out = append(out, model.NewRule(
+			model.AddrInSet{Family: fam, Field: field, Set: nets},
+			model.AddrInSet{Family: fam, Field: field, Set: ready, Invert: true},
+			model.Verdict{Kind: model.VerdictDrop},
+		))
+	}
+	return out
+}
+
+// baseChains returns the base chains; with the pod ranges of a family
+// known, traffic of not-ready addresses in them is dropped after the
+// prologue (after established flows and neighbour discovery are accepted).
+func baseChains(ranges [2]bool) []*model.Chain {
 	prologue := func() []*model.Rule {
 		return []*model.Rule{
 			model.NewRule(model.CtState{Bits: model.CtEstablished | model.CtRelated}, model.Verdict{Kind: model.VerdictAccept}),
@@ -21,7 +111,7 @@ func baseChains() []*model.Chain {
 		}
 	}
 	egress := func(name string, hook model.Hook) *model.Chain {
-		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(prologue(),
+		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(append(prologue(), notReady(ranges, model.Saddr)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Saddr, Vmap: model.MapEgress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Saddr, Vmap: model.MapEgress6}),
 		)}
@@ -29,7 +119,7 @@ func baseChains() []*model.Chain {
 	return []*model.Chain{
 		egress(model.ChainEgressForward, model.HookForward),
 		egress(model.ChainEgressInput, model.HookInput),
-		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(prologue(),
+		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(append(prologue(), notReady(ranges, model.Daddr)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Daddr, Vmap: model.MapIngress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Daddr, Vmap: model.MapIngress6}),
 		)},

@@ -50,6 +50,12 @@ func (o Options) withDefaults() Options {
 //     with: ct state established,related accept; ICMPv6 neighbour discovery
 //     accept; ct state invalid drop. Output is not hooked: traffic from the
 //     node to its pods is never filtered, and its replies are established.
+//   - When the node's pod ranges are known (spec.podCIDRs), the base
+//     chains then drop traffic from (egress chains) or to (ingress chain)
+//     an address in them that is not ready: "ip saddr @podnets4 ip saddr
+//     != @ready4 drop". The ready sets hold the addresses of the spec's
+//     pods, so a pod whose sandbox has an address before the agent has
+//     programmed it is dropped, not passed (fail closed).
 //   - Dispatch by verdict maps keyed by local pod IP: in4/in6 on daddr,
 //     eg4/eg6 on saddr, to one chain per isolated pod direction
 //     (in-<namespace>.<name>, eg-...). A pod that is not isolated in a
@@ -159,7 +165,11 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
 
 	r.sharedSets()
-	t := &model.Table{Chains: append(baseChains(), chains...)}
+	ranges, err := r.podRanges(spec)
+	if err != nil {
+		return nil, err
+	}
+	t := &model.Table{Chains: append(baseChains(ranges), chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
 	}

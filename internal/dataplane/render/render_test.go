@@ -27,6 +27,7 @@ func TestRenderGolden(t *testing.T) {
 	longGroups := map[string]v1alpha1.AddressGroupSpec{long + "group": {Addresses: []string{"198.18.0.21"}}}
 
 	spec, groups := dptest.Sample()
+	ranged, rangedGroups := dptest.SampleWithPodRanges()
 	// Two pods dispatching on ports (to the peer chains of their rules)
 	// and one walking two of the same rules (in their rule chains).
 	dispatch, dispatchGroups := benchNode(2, 18, 3, 2)
@@ -42,6 +43,7 @@ func TestRenderGolden(t *testing.T) {
 		{name: "sample", spec: spec, groups: groups, opts: Options{LogGroup: 7, LogRate: 5, LogBurst: 10}},
 		{name: "long-names", spec: longSpec, groups: longGroups},
 		{name: "dispatch", spec: dispatch, groups: dispatchGroups},
+		{name: "pod-ranges", spec: ranged, groups: rangedGroups},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
