@@ -54,6 +54,10 @@ const (
 	// warning Event on the Node, when an address group the rule set
 	// references exceeds the object size limit.
 	ReasonAddressGroupTooLarge = "AddressGroupTooLarge"
+	// ReasonNotEnforced is the reason of the warning Event on a
+	// NetworkPolicy in nftguard's own namespace, whose pods no policy
+	// isolates.
+	ReasonNotEnforced = "NotEnforced"
 )
 
 // UninstallAnnotation on a NodeRuleSet asks its agent to delete the node's

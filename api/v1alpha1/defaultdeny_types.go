@@ -66,6 +66,13 @@ type DefaultDenyStatus struct {
 	// selectedPods counts the pods the DefaultDeny selects.
 	// +optional
 	SelectedPods int32 `json:"selectedPods"`
+	// exemptNamespaces lists the namespaces the namespaceSelector matches
+	// whose pods no policy isolates: nftguard's own, so that no DefaultDeny
+	// can cut its controller off the API server. Their pods are not counted
+	// in selectedPods.
+	// +optional
+	// +listType=set
+	ExemptNamespaces []string `json:"exemptNamespaces,omitempty"`
 	// desiredNodes counts the nodes that host a selected pod.
 	// +optional
 	DesiredNodes int32 `json:"desiredNodes"`
@@ -93,6 +100,7 @@ type DefaultDenyStatus struct {
 // +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.selectedPods`
 // +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=`.status.enforcement`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].status`,priority=1
+// +kubebuilder:printcolumn:name="Exempt",type=string,JSONPath=`.status.exemptNamespaces`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type DefaultDeny struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -6,6 +6,7 @@ package main
 import (
 	"flag"
 	"os"
+	"strings"
 
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -30,6 +31,7 @@ func run() int {
 		leaderElectNS  string
 		maxObjectBytes int
 		maxGroupSize   int
+		namespace      string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
@@ -37,6 +39,7 @@ func run() int {
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.IntVar(&maxObjectBytes, "max-object-bytes", controller.DefaultMaxObjectBytes, "Largest NodeRuleSet or AddressGroup spec written, in bytes.")
 	flag.IntVar(&maxGroupSize, "max-group-entries", compiler.DefaultMaxGroupEntries, "Most addresses (or endpoints) in one AddressGroup object; a larger group is split into shards.")
+	flag.StringVar(&namespace, "namespace", ownNamespace(), "nftguard's own namespace (default: the pod's). No DefaultDeny or NetworkPolicy isolates its pods, so that no policy can cut the controller off the API server.")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -68,7 +71,7 @@ func run() int {
 		setupLog.Error(err, "Creating manager")
 		return 1
 	}
-	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes, MaxGroupEntries: maxGroupSize}); err != nil {
+	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes, MaxGroupEntries: maxGroupSize, ExemptNamespaces: []string{namespace}}); err != nil {
 		setupLog.Error(err, "Setting up controllers")
 		return 1
 	}
@@ -80,11 +83,23 @@ func run() int {
 		setupLog.Error(err, "Adding ready check")
 		return 1
 	}
-	setupLog.Info("Starting controller", "leaderElect", leaderElect)
+	setupLog.Info("Starting controller", "leaderElect", leaderElect, "exemptNamespace", namespace)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "Running manager")
 		return 1
 	}
 	setupLog.Info("Controller stopped")
 	return 0
+}
+
+// ownNamespace is the namespace the controller runs in: POD_NAMESPACE (the
+// Deployment sets it), else the service account's, else nftguard-system.
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "nftguard-system"
 }

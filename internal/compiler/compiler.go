@@ -53,7 +53,7 @@ func Compile(s *Snapshot) *Result { return CompileWith(s, Options{}) }
 
 // CompileWith is Compile with options.
 func CompileWith(s *Snapshot, o Options) *Result {
-	ix := newIndex()
+	ix := newIndex(o)
 	if s != nil {
 		ix.load(s)
 	}

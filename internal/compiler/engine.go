@@ -299,7 +299,7 @@ func NewEngine() *Engine { return NewEngineWith(Options{}) }
 // they name (a controller starting again can pass those of the groups it
 // wrote, so that groups between two levels keep theirs).
 func NewEngineWith(o Options) *Engine {
-	ix := newIndex()
+	ix := newIndex(o)
 	ix.podsByIP = map[netip.Addr][]*podInfo{}
 	return &Engine{
 		ix:              ix,

@@ -251,17 +251,29 @@ func FuzzCompile(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := fuzzClusterFrom(data)
-		res := Compile(c.snap)
+		// Every third cluster runs with nftguard's namespace y exempt.
+		var opts Options
+		if len(data)%3 == 1 {
+			opts.ExemptNamespaces = []string{"y"}
+		}
+		res := CompileWith(c.snap, opts)
 		want := mustJSON(t, res)
-		if got := mustJSON(t, Compile(c.snap)); got != want {
+		if got := mustJSON(t, CompileWith(c.snap, opts)); got != want {
 			t.Fatal("two compilations differ")
 		}
-		if got := mustJSON(t, Compile(shuffled(c.snap, uint64(len(data))))); got != want {
+		if got := mustJSON(t, CompileWith(shuffled(c.snap, uint64(len(data))), opts)); got != want {
 			t.Fatal("shuffled input changes the result")
 		}
 		checkIntegrity(t, res)
 		checkInvariants(t, c, res)
-		checkOracle(t, c.snap, res)
+		checkOracle(t, c.snap, res, opts.ExemptNamespaces...)
+		for node, spec := range res.NodeRuleSets {
+			for _, p := range spec.Pods {
+				if slices.Contains(opts.ExemptNamespaces, p.Namespace) && (p.Ingress != nil || p.Egress != nil) {
+					t.Errorf("node %s: pod %s/%s of an exempt namespace is isolated", node, p.Namespace, p.Name)
+				}
+			}
+		}
 	})
 }
 

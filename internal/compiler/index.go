@@ -318,6 +318,7 @@ func ddRule(ports []v1alpha1.NetworkPolicyPort, peers []v1alpha1.NetworkPolicyPe
 // index holds the eligible objects of a snapshot and what is derived from them.
 type index struct {
 	nodes      map[string][]string   // node -> its pod CIDRs, canonical
+	exempt     map[string]bool       // namespaces whose pods no policy selects
 	namespaces map[string]labels.Set // labels of the known namespaces, name label included
 	pods       map[nsName]*podInfo
 	podsByNs   map[string]map[nsName]*podInfo
@@ -345,8 +346,8 @@ type index struct {
 	nb        *nodeBuilder    // scratch space for compileNode
 }
 
-func newIndex() *index {
-	return &index{
+func newIndex(o Options) *index {
+	ix := &index{
 		nodes:      map[string][]string{},
 		namespaces: map[string]labels.Set{},
 		pods:       map[nsName]*podInfo{},
@@ -360,6 +361,13 @@ func newIndex() *index {
 		nsMatches:  map[string][]string{},
 		npsSorted:  map[string][]*policy{},
 	}
+	for _, ns := range o.ExemptNamespaces {
+		if ix.exempt == nil {
+			ix.exempt = map[string]bool{}
+		}
+		ix.exempt[ns] = true
+	}
+	return ix
 }
 
 // load fills an empty index from a snapshot. Objects sharing a name are
@@ -540,8 +548,12 @@ func (ix *index) namespacesWithPods() []namespaceLabels {
 	return ix.nsList
 }
 
-// selecting appends to out the policies that select a pod, sorted by key.
+// selecting appends to out the policies that select a pod, sorted by key:
+// none for a pod of an exempt namespace.
 func (ix *index) selecting(out []*policy, pod *podInfo) []*policy {
+	if ix.exempt[pod.key.ns] {
+		return out
+	}
 	nps, ok := ix.npsSorted[pod.key.ns]
 	if !ok {
 		nps = sortedPolicies(ix.npsByNs[pod.key.ns])

@@ -31,6 +31,10 @@ type Options struct {
 	// keeps a level while it still fits (see chooseLevel), so that a group
 	// at a boundary does not change its shards back and forth.
 	ShardLevels map[string]int
+	// ExemptNamespaces are namespaces whose pods no policy isolates:
+	// nftguard's own, so that no DefaultDeny or NetworkPolicy can cut its
+	// controller off the API server. Their pods are still peers.
+	ExemptNamespaces []string
 }
 
 func (o Options) maxEntries() int {

@@ -58,6 +58,8 @@ type RuleSetReconciler struct {
 	// with more is written as several, its shards
 	// (compiler.DefaultMaxGroupEntries when 0).
 	MaxGroupEntries int
+	// ExemptNamespaces are namespaces whose pods no policy isolates.
+	ExemptNamespaces []string
 
 	coalesced atomic.Int64
 
@@ -268,7 +270,7 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.State == nil {
 		return fmt.Errorf("RuleSetReconciler needs a State")
 	}
-	r.engine = compiler.NewEngineWith(compiler.Options{MaxGroupEntries: r.MaxGroupEntries})
+	r.engine = compiler.NewEngineWith(compiler.Options{MaxGroupEntries: r.MaxGroupEntries, ExemptNamespaces: r.ExemptNamespaces})
 	r.pendingGens = map[string]int64{}
 	r.dirtyRS, r.dirtyAG = map[string]struct{}{}, map[string]struct{}{}
 	r.desiredRS = map[string]v1alpha1.NodeRuleSetSpec{}

@@ -241,6 +241,8 @@ var _ = Describe("Rule sets", func() {
 			g.Expect(rs.Spec.AddressGroups).To(HaveLen(1))
 			group = rs.Spec.AddressGroups[0]
 			g.Expect(addressGroup(g, group).Spec.Addresses).To(ConsistOf(a.Status.PodIP))
+			// The pod is listed from its creation: wait for its address.
+			g.Expect(localPod(rs, ns.Name, "a").IPs).To(Equal([]string{a.Status.PodIP}))
 			want = rs.Spec
 		}).Should(Succeed())
 

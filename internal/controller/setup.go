@@ -14,25 +14,31 @@ type Options struct {
 	// object; a larger group is split into shards
 	// (compiler.DefaultMaxGroupEntries when 0).
 	MaxGroupEntries int
+	// ExemptNamespaces are namespaces whose pods no DefaultDeny or
+	// NetworkPolicy isolates: nftguard's own, so that no policy can cut its
+	// controller off the API server.
+	ExemptNamespaces []string
 }
 
 // Setup registers nftguard's reconcilers with a manager.
 func Setup(mgr ctrl.Manager, opts Options) error {
 	state := NewState()
 	rs := &RuleSetReconciler{
-		Client:          mgr.GetClient(),
-		Recorder:        mgr.GetEventRecorder("nftguard-controller"),
-		State:           state,
-		MaxObjectBytes:  opts.MaxObjectBytes,
-		MaxGroupEntries: opts.MaxGroupEntries,
+		Client:           mgr.GetClient(),
+		Recorder:         mgr.GetEventRecorder("nftguard-controller"),
+		State:            state,
+		MaxObjectBytes:   opts.MaxObjectBytes,
+		MaxGroupEntries:  opts.MaxGroupEntries,
+		ExemptNamespaces: opts.ExemptNamespaces,
 	}
 	if err := rs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the rule-set controller: %w", err)
 	}
 	st := &StatusReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("nftguard-controller"),
-		State:    state,
+		Client:           mgr.GetClient(),
+		Recorder:         mgr.GetEventRecorder("nftguard-controller"),
+		State:            state,
+		ExemptNamespaces: opts.ExemptNamespaces,
 	}
 	if err := st.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the status controller: %w", err)

@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
+
+	corev1 "k8s.io/api/core/v1"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -80,6 +85,10 @@ type StatusReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
 	State    *State
+	// ExemptNamespaces are namespaces whose pods no policy isolates: a
+	// DefaultDeny's status lists those its selector matches, and each
+	// NetworkPolicy in one gets a warning that it is not enforced.
+	ExemptNamespaces []string
 
 	// reported remembers the last event per NetworkPolicy so each state is
 	// reported once.
@@ -123,6 +132,12 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 		}
 		span := r.State.spans[key]
 		want := defaultDenyStatus(dd.Status, v1alpha1.SummarizeProgress(span.Nodes, progress), span.SelectedPods, progress, dd.Generation)
+		exempt, err := r.exemptMatches(ctx, dd)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want.ExemptNamespaces = exempt
 		if equality.Semantic.DeepEqual(dd.Status, want) {
 			continue
 		}
@@ -164,6 +179,15 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 		if gen, ok := r.State.generations[key]; !ok || gen != np.Generation {
 			continue
 		}
+		if slices.Contains(r.ExemptNamespaces, np.Namespace) {
+			state := "NotEnforced|" + fmt.Sprint(np.Generation)
+			if r.reported[id] != state {
+				r.reported[id] = state
+				r.Recorder.Eventf(np, nil, corev1.EventTypeWarning, v1alpha1.ReasonNotEnforced, "Enforce",
+					"Not enforced: namespace %s is nftguard's own, whose pods no policy isolates, so that no policy can cut nftguard off the API server", np.Namespace)
+			}
+			continue
+		}
 		span := r.State.spans[key]
 		p := v1alpha1.SummarizeProgress(span.Nodes, progress)
 		typ, note, ok := policyEvent(p, span.SelectedPods, progress, np.Generation)
@@ -184,6 +208,37 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 			delete(r.reported, id)
 		}
 	}
+}
+
+// exemptMatches returns the exempt namespaces a DefaultDeny's namespace
+// selector matches, sorted; a namespace that does not exist matches by its
+// name label alone.
+func (r *StatusReconciler) exemptMatches(ctx context.Context, dd *v1alpha1.DefaultDeny) ([]string, error) {
+	if len(r.ExemptNamespaces) == 0 {
+		return nil, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(dd.Spec.NamespaceSelector.ToMeta())
+	if err != nil {
+		return nil, nil // admission rejects such selectors; it selects nothing
+	}
+	var out []string
+	for _, name := range r.ExemptNamespaces {
+		set := labels.Set{corev1.LabelMetadataName: name}
+		ns := &corev1.Namespace{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, ns); err == nil {
+			for k, v := range ns.Labels {
+				set[k] = v
+			}
+			set[corev1.LabelMetadataName] = name
+		} else if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("reading namespace %s: %w", name, err)
+		}
+		if sel.Matches(set) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // SetupWithManager registers the reconciler: it runs after each compile and

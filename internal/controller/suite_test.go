@@ -78,7 +78,7 @@ var _ = BeforeSuite(func() {
 		Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes, MaxGroupEntries: testMaxGroupEntries})).To(Succeed())
+	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes, MaxGroupEntries: testMaxGroupEntries, ExemptNamespaces: []string{controllerNamespace}})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())
