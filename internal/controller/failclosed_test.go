@@ -40,7 +40,9 @@ var _ = Describe("Pods before they have addresses", func() {
 		}).Should(Succeed())
 
 		By("allocating the node's pod CIDRs")
-		update(node, func() { node.Spec.PodCIDR, node.Spec.PodCIDRs = "198.18.4.0/24", []string{"198.18.4.0/24", "fd00:4::/64"} })
+		update(node, func() {
+			node.Spec.PodCIDR, node.Spec.PodCIDRs = "198.18.4.0/24", []string{"198.18.4.0/24", "fd00:4::/64"}
+		})
 		Eventually(func(g Gomega) {
 			g.Expect(ruleSet(g, node.Name).Spec.PodCIDRs).To(Equal([]string{"198.18.4.0/24", "fd00:4::/64"}))
 		}).Should(Succeed())
