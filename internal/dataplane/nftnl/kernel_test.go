@@ -67,7 +67,13 @@ func (topo *topology) addrs(pods ...string) v1alpha1.AddressGroupSpec {
 
 func (topo *topology) apply(t testing.TB, p *Programmer, pol policy) Stats {
 	t.Helper()
-	tab, err := render.Render(topo.spec(pol), pol.groups, render.Options{})
+	return applySpec(t, p, topo.spec(pol), pol.groups)
+}
+
+// applySpec renders a rule set, applies it and checks the table is in sync.
+func applySpec(t testing.TB, p *Programmer, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) Stats {
+	t.Helper()
+	tab, err := render.Render(spec, groups, render.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

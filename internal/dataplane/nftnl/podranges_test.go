@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // TestNotReadyAddressesAreDropped: on a node whose pod ranges are known, a
@@ -21,14 +20,7 @@ func TestNotReadyAddressesAreDropped(t *testing.T) {
 		spec := topo.spec(policy{})
 		spec.Pods = slices.DeleteFunc(spec.Pods, func(lp v1alpha1.LocalPod) bool { return !slices.Contains(listed, lp.Name) })
 		spec.PodCIDRs = []string{"198.18.0.0/24", "fd00::/64"}
-		tab, err := render.Render(spec, nil, render.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.Apply(tab); err != nil {
-			t.Fatal(err)
-		}
-		assertInSync(t, p)
+		applySpec(t, p, spec, nil)
 	}
 
 	t.Run("c not listed", func(t *testing.T) {

@@ -17,8 +17,9 @@ const ingressPriority = 10
 
 // podRanges adds the pod range and ready sets of a spec with pod CIDRs and
 // reports, per family, whether the base chains drop what is not ready.
-// Every address of the spec's pods is ready: the agent lists exactly the
-// pods it has programmed, with the addresses their sandboxes were given.
+// Every address of the spec's pods is ready (collected as the pods are
+// rendered): the agent lists exactly the pods it has programmed, with the
+// addresses their sandboxes were given.
 func (r *renderer) podRanges(spec v1alpha1.NodeRuleSetSpec) ([2]bool, error) {
 	var on [2]bool
 	if len(spec.PodCIDRs) == 0 {
@@ -36,21 +37,6 @@ func (r *renderer) podRanges(spec v1alpha1.NodeRuleSetSpec) ([2]bool, error) {
 		}
 		rs[i] = append(rs[i], prefixRange(p))
 	}
-	var ready [2][]netip.Addr
-	for _, pod := range spec.Pods {
-		for _, s := range pod.IPs {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				return on, fmt.Errorf("pod %s/%s: IP %q: %w", pod.Namespace, pod.Name, s, err)
-			}
-			a = a.Unmap()
-			i := 0
-			if a.Is6() {
-				i = 1
-			}
-			ready[i] = append(ready[i], a)
-		}
-	}
 	names := [2][2]string{{model.SetPodRanges4, model.SetReady4}, {model.SetPodRanges6, model.SetReady6}}
 	kinds := [2][2]model.SetKind{{model.SetIPv4Interval, model.SetIPv4}, {model.SetIPv6Interval, model.SetIPv6}}
 	for i := range 2 {
@@ -64,8 +50,8 @@ func (r *renderer) podRanges(spec v1alpha1.NodeRuleSetSpec) ([2]bool, error) {
 			nets.Elements = append(nets.Elements, model.Element{Key: rg.from.AsSlice(), KeyEnd: rg.to.AsSlice()})
 		}
 		rd := &model.Set{Name: names[i][1], Kind: kinds[i][1]}
-		slices.SortFunc(ready[i], netip.Addr.Compare)
-		for _, a := range slices.Compact(ready[i]) {
+		slices.SortFunc(r.ready[i], netip.Addr.Compare)
+		for _, a := range slices.Compact(r.ready[i]) {
 			rd.Elements = append(rd.Elements, model.Element{Key: a.AsSlice()})
 		}
 		sortElements(nets)

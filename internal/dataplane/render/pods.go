@@ -36,6 +36,13 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			r.memo.pods[key] = pm
 		}
 	}
+	for _, a := range pm.addrs {
+		i := 0
+		if a.Is6() {
+			i = 1
+		}
+		r.ready[i] = append(r.ready[i], a)
+	}
 	if len(pm.addrs) == 0 {
 		return nil, nil
 	}

@@ -207,6 +207,8 @@ type renderer struct {
 	// tagged lists, per family and shard, the groups rendered into the
 	// shared sets.
 	tagged [2][shards][]*groupMemo
+	// ready collects, per family, the addresses of the pods rendered.
+	ready [2][]netip.Addr
 	// vmapOwners records map/address pairs already dispatched.
 	vmapOwners map[string]bool
 	// text is a scratch buffer for the text of rules being identified;
