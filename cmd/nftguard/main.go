@@ -12,11 +12,13 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/nftguard/nftguard/internal/cni"
 )
 
 // supported are the CNI spec versions the plugin speaks (GC and STATUS
 // need 1.1.0).
-var supported = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
+var supported = version.PluginSupports(cni.SupportedVersions...)
 
 func main() { os.Exit(run()) }
 

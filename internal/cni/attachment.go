@@ -11,6 +11,13 @@ import (
 // configured otherwise.
 const DefaultSocket = "/run/nftguard/cni.sock"
 
+// PluginType is the plugin's binary name and its "type" in a conflist.
+const PluginType = "nftguard"
+
+// SupportedVersions are the CNI spec versions the plugin speaks; a network
+// configuration of another version cannot chain it.
+var SupportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
 // Attachment is one CNI attachment of a pod: what the runtime told the
 // plugin, and the addresses the pod network plugin gave the sandbox.
 type Attachment struct {
