@@ -41,7 +41,6 @@ const recordVersion = 1
 type Registry struct {
 	dir string
 	log logr.Logger
-	now func() time.Time
 	// writeFile is atomicfile.Write (tests make it fail).
 	writeFile func(path string, data []byte, mode os.FileMode) error
 
@@ -91,7 +90,6 @@ func OpenRegistry(dir string, log logr.Logger) (*Registry, error) {
 	r := &Registry{
 		dir:       dir,
 		log:       log,
-		now:       time.Now,
 		writeFile: atomicfile.Write,
 		records:   map[AttachmentKey]*record{},
 		owners:    map[netip.Addr]AttachmentKey{},
@@ -187,7 +185,7 @@ func (r *Registry) Add(a Attachment) error {
 	a.IPs = normalizeIPs(a.IPs)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := &record{Version: recordVersion, Seq: r.seq + 1, Added: r.now().UTC(), Attachment: a}
+	rec := &record{Version: recordVersion, Seq: r.seq + 1, Added: time.Now().UTC(), Attachment: a}
 	if err := r.write(rec); err != nil {
 		return err
 	}
@@ -216,7 +214,7 @@ func (r *Registry) claim(rec *record) {
 	}
 }
 
-// flush writes the unsaved records but skip's.
+// flush writes every unsaved record except skip's.
 func (r *Registry) flush(skip AttachmentKey) error {
 	var errs []error
 	for key := range r.unsaved {
@@ -297,7 +295,11 @@ func (r *Registry) DelPod(uid string) ([]AttachmentKey, error) {
 func (r *Registry) GC(valid []AttachmentKey) ([]AttachmentKey, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.delWhere(func(rec *record) bool { return !slices.Contains(valid, rec.Attachment.Key()) })
+	keep := make(map[AttachmentKey]bool, len(valid))
+	for _, k := range valid {
+		keep[k] = true
+	}
+	return r.delWhere(func(rec *record) bool { return !keep[rec.Attachment.Key()] })
 }
 
 // delWhere forgets the attachments drop selects, in key order, going on

@@ -77,7 +77,7 @@ func (s *Server) Path() string { return s.path }
 // error if serving fails earlier (the socket is removed then too).
 func (s *Server) Serve(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		Handler:           s.mux(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
@@ -104,9 +104,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-// Handler returns the HTTP handler of the protocol, for a listener of the
-// caller's own.
-func (s *Server) Handler() http.Handler {
+// mux routes the protocol's requests.
+func (s *Server) mux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PathAdd, s.attachment("ADD", true, s.handler.Add))
 	mux.HandleFunc("POST "+PathDel, s.attachment("DEL", false, s.handler.Del))

@@ -110,7 +110,7 @@ func (i *Installer) InstallBinary() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("reading the CNI plugin to install: %w", err)
 	}
-	if have, err := os.ReadFile(dst); err == nil && bytes.Equal(have, want) && fi.Mode().Perm() == 0o755 {
+	if have, err := os.ReadFile(dst); err == nil && fi != nil && bytes.Equal(have, want) && fi.Mode().Perm() == 0o755 {
 		i.installed = fi
 		return false, nil
 	}
