@@ -68,11 +68,9 @@ func (c *netConf) parsePrevResult() error {
 	return nil
 }
 
+// client returns a client of the agent whose requests give up after the
+// configured timeout.
 func (c *netConf) client() *cni.Client { return cni.NewClient(c.Socket, c.timeout) }
-
-func (c *netConf) context() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), c.timeout)
-}
 
 // podArgs are the CNI_ARGS Kubernetes runtimes pass (the field names are
 // the argument names); others are ignored.
@@ -165,9 +163,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := conf.context()
-	defer cancel()
-	if err := conf.client().Add(ctx, a); err != nil {
+	if err := conf.client().Add(context.Background(), a); err != nil {
 		// The runtime retries ADD: the pod starts once the agent runs.
 		return agentError(conf, "the pod cannot start before the agent programs it", types.ErrTryAgainLater, err)
 	}
@@ -184,9 +180,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		// The key is enough to delete.
 		fmt.Fprintf(os.Stderr, "nftguard: DEL of %s/%s: %v\n", args.ContainerID, args.IfName, err)
 	}
-	ctx, cancel := conf.context()
-	defer cancel()
-	err = conf.client().Del(ctx, attachment(args, pod))
+	err = conf.client().Del(context.Background(), attachment(args, pod))
 	if errors.Is(err, cni.ErrUnavailable) {
 		// The agent reconciles its attachments with the node's pods when it
 		// runs again, and a later ADD of a reused address takes it over;
@@ -206,9 +200,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := conf.context()
-	defer cancel()
-	if err := conf.client().Check(ctx, a); err != nil {
+	if err := conf.client().Check(context.Background(), a); err != nil {
 		return agentError(conf, "checking the attachment", types.ErrTryAgainLater, err)
 	}
 	return nil
@@ -223,9 +215,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	for i, v := range conf.ValidAttachments {
 		valid[i] = cni.AttachmentKey{ContainerID: v.ContainerID, IfName: v.IfName}
 	}
-	ctx, cancel := conf.context()
-	defer cancel()
-	if err := conf.client().GC(ctx, valid); err != nil {
+	if err := conf.client().GC(context.Background(), valid); err != nil {
 		return agentError(conf, "collecting stale attachments", types.ErrTryAgainLater, err)
 	}
 	return nil
@@ -236,9 +226,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := conf.context()
-	defer cancel()
-	if err := conf.client().Status(ctx); err != nil {
+	if err := conf.client().Status(context.Background()); err != nil {
 		if errors.Is(err, cni.ErrUnavailable) {
 			return types.NewError(errStatusUnavailable, fmt.Sprintf("nftguard agent not reachable at %s: pods cannot start", conf.Socket), err.Error())
 		}
