@@ -3,6 +3,7 @@ module github.com/nftguard/nftguard
 go 1.26.0
 
 require (
+	github.com/containernetworking/cni v1.3.0
 	github.com/florianl/go-nflog/v2 v2.3.0
 	github.com/go-logr/logr v1.4.3
 	github.com/google/go-cmp v0.7.0
