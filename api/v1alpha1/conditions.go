@@ -12,6 +12,17 @@ const (
 	// ConditionEnforced is the DefaultDeny condition that is True when every
 	// node hosting a selected pod has programmed the current rule set.
 	ConditionEnforced = "Enforced"
+	// ConditionCNIChained is the NodeRuleSet condition its agent sets when
+	// it runs with the CNI plugin: True when the container runtime's
+	// network configuration runs the nftguard plugin last. While it is
+	// False, pods the runtime starts are not announced to the agent and
+	// stay not ready (their traffic is dropped).
+	ConditionCNIChained = "CNIChained"
+	// ConditionFirstPacket is the NodeRuleSet condition its agent sets:
+	// True when traffic of pod-range addresses that are not ready is
+	// dropped (pods are isolated from their first packet); False says which
+	// part is missing (ReasonPluginDisabled, ReasonPodRangesUnknown).
+	ConditionFirstPacket = "FirstPacketIsolation"
 )
 
 // Reasons of the NodeRuleSet Programmed condition, set by the node's agent.
@@ -33,6 +44,32 @@ const (
 	// Also the reason of the DefaultDeny Enforced condition and the
 	// NetworkPolicy Event when a node the policy needs is uninstalled.
 	ReasonUninstalled = "Uninstalled"
+)
+
+// Reasons of the NodeRuleSet CNIChained and FirstPacketIsolation
+// conditions (CNIChained also uses the installer's reasons: Chained,
+// NoConfList, InvalidConfig, NotChained, BinaryMissing).
+const (
+	// ReasonHeldUntilReady (FirstPacketIsolation True): pod-range
+	// addresses pass only once the agent has programmed their pod.
+	ReasonHeldUntilReady = "HeldUntilReady"
+	// ReasonPluginDisabled (False): the agent runs without the CNI plugin;
+	// a new pod is not filtered until its node programs it.
+	ReasonPluginDisabled = "PluginDisabled"
+	// ReasonPodRangesUnknown (False): neither Node.spec.podCIDRs nor the
+	// agent's --pod-cidrs give the node's pod ranges, so addresses that are
+	// not ready cannot be told from others and are not dropped.
+	ReasonPodRangesUnknown = "PodRangesUnknown"
+)
+
+// Reasons of the Events the agent records on pods.
+const (
+	// ReasonNotReady (Warning): the pod stayed not ready past the agent's
+	// --not-ready-warning bound; its traffic is still dropped.
+	ReasonNotReady = "NotReady"
+	// ReasonReleased (Warning): the pod stayed not ready past the agent's
+	// --not-ready-release bound and now passes without its policies.
+	ReasonReleased = "Released"
 )
 
 // Reasons of the DefaultDeny Enforced condition and of the Events on

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -15,7 +16,10 @@ import (
 
 	"github.com/nftguard/nftguard/internal/agent"
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/cni"
+	"github.com/nftguard/nftguard/internal/cni/install"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
+	"github.com/nftguard/nftguard/internal/ownns"
 )
 
 func main() {
@@ -48,6 +52,7 @@ func run() int {
 		auditRate  uint
 		auditBurst uint
 		nflogGroup uint
+		podCIDRs   string
 	)
 	flag.StringVar(&opts.NodeName, "node-name", os.Getenv("NODE_NAME"), "Name of the node whose NodeRuleSet this agent programs (default: $NODE_NAME).")
 	flag.StringVar(&opts.MetricsBindAddress, "metrics-bind-address", ":9090", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
@@ -61,6 +66,17 @@ func run() int {
 	flag.DurationVar(&opts.ResyncPeriod, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed.")
 	flag.StringVar(&opts.DropsBindAddress, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
 	flag.StringVar(&opts.DropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
+	flag.StringVar(&opts.CNI.Socket, "cni-socket", "", "Unix socket the nftguard CNI plugin reaches the agent on (the plugin's default: "+cni.DefaultSocket+"); empty: run without the plugin, and new pods are not held until programmed.")
+	flag.StringVar(&opts.CNI.StateDir, "cni-state-dir", "/var/lib/nftguard/cni", "Directory of the CNI attachment registry; it must survive a reboot.")
+	flag.StringVar(&opts.CNI.Namespace, "namespace", ownns.Namespace(), "nftguard's own namespace, whose pods are never held (default: $POD_NAMESPACE, else the service account's).")
+	flag.StringVar(&podCIDRs, "pod-cidrs", "", "Comma-separated pod ranges of this node, used when Node.spec.podCIDRs is empty.")
+	flag.DurationVar(&opts.CNI.AddWait, "cni-add-wait", 3*time.Second, "How long a CNI ADD waits for its pod to be programmed before the pod starts anyway (held until programmed).")
+	flag.DurationVar(&opts.CNI.NotReadyWarning, "not-ready-warning", 30*time.Second, "How long a pod may stay not ready (its traffic dropped) before the agent records a NotReady Event on it; 0: never.")
+	flag.DurationVar(&opts.CNI.NotReadyRelease, "not-ready-release", 0, "How long a pod may stay not ready before its traffic passes without its policies (fail open); 0: never, it stays closed.")
+	flag.StringVar(&opts.CNI.PluginSource, "cni-plugin-source", "", "The nftguard CNI plugin binary to install and chain (the agent image's /nftguard); empty: the node's CNI configuration is managed elsewhere.")
+	flag.StringVar(&opts.CNI.ConfDir, "cni-conf-dir", install.DefaultConfDir, "The container runtime's CNI configuration directory.")
+	flag.StringVar(&opts.CNI.BinDir, "cni-bin-dir", install.DefaultBinDir, "The container runtime's CNI plugin directory.")
+	flag.DurationVar(&opts.CNI.InstallInterval, "cni-install-interval", 5*time.Second, "How often the plugin's binary and conflist entry are checked and repaired.")
 	zapOpts := zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -74,6 +90,9 @@ func run() int {
 	}
 	opts.Render = render.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst)}
 	opts.Log = logger
+	if podCIDRs != "" {
+		opts.CNI.PodCIDRs = strings.Split(podCIDRs, ",")
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

@@ -6,7 +6,6 @@ package main
 import (
 	"flag"
 	"os"
-	"strings"
 
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -17,6 +16,7 @@ import (
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
 	"github.com/nftguard/nftguard/internal/controller"
+	"github.com/nftguard/nftguard/internal/ownns"
 )
 
 func main() {
@@ -39,7 +39,7 @@ func run() int {
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.IntVar(&maxObjectBytes, "max-object-bytes", controller.DefaultMaxObjectBytes, "Largest NodeRuleSet or AddressGroup spec written, in bytes.")
 	flag.IntVar(&maxGroupSize, "max-group-entries", compiler.DefaultMaxGroupEntries, "Most addresses (or endpoints) in one AddressGroup object; a larger group is split into shards.")
-	flag.StringVar(&namespace, "namespace", ownNamespace(), "nftguard's own namespace (default: the pod's). No DefaultDeny or NetworkPolicy isolates its pods, so that no policy can cut the controller off the API server.")
+	flag.StringVar(&namespace, "namespace", ownns.Namespace(), "nftguard's own namespace (default: the pod's). No DefaultDeny or NetworkPolicy isolates its pods, so that no policy can cut the controller off the API server.")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -90,16 +90,4 @@ func run() int {
 	}
 	setupLog.Info("Controller stopped")
 	return 0
-}
-
-// ownNamespace is the namespace the controller runs in: POD_NAMESPACE (the
-// Deployment sets it), else the service account's, else nftguard-system.
-func ownNamespace() string {
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
-		return ns
-	}
-	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b))
-	}
-	return "nftguard-system"
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/audit"
@@ -96,6 +98,15 @@ type Reconciler struct {
 	// status counters refreshed.
 	ResyncPeriod time.Duration
 	Now          func() time.Time
+	// Attachments, when set, is the CNI plugin's side of the agent: pod
+	// addresses come from the runtime's ADDs, and traffic of pod-range
+	// addresses that are not ready is dropped. Nil: the rule set's
+	// addresses are used and nothing is held (the node says so in its
+	// status).
+	Attachments *Attachments
+	// PodCIDRs are the node's pod ranges when its rule set carries none
+	// (Node.spec.podCIDRs is empty).
+	PodCIDRs []string
 
 	mu sync.Mutex
 	// fetched holds groups read from the API because the cache had stripped
@@ -126,6 +137,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	rs := &v1alpha1.NodeRuleSet{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: r.NodeName}, rs); err != nil {
 		if apierrors.IsNotFound(err) {
+			if r.Attachments != nil && r.Attachments.Status(ctx) != nil {
+				// A node with no rule set yet: program an empty one, so that
+				// nftguard's own pods can start and every other pod is held.
+				logger.Info("No NodeRuleSet for this node yet; programming an empty one", "node", r.NodeName)
+				empty := &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
+				if c := r.program(ctx, empty, nil, "empty"); c.Status != metav1.ConditionTrue {
+					return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
+				}
+				return reconcile.Result{RequeueAfter: r.resync()}, nil
+			}
 			// No rule set (yet, or any more): keep whatever the table holds.
 			logger.Info("No NodeRuleSet for this node; keeping the current table", "node", r.NodeName)
 			return reconcile.Result{RequeueAfter: r.resync()}, nil
@@ -140,6 +161,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		r.Groups.SetReferenced(rs.Spec.AddressGroups)
 	}
 	groups, inputs, groupsErr := r.groups(ctx, rs)
+	if r.Attachments != nil {
+		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10)
+	}
 	r.mu.Lock()
 	upToDate := groupsErr == nil && r.inputs == inputs
 	r.mu.Unlock()
@@ -165,14 +189,62 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		cond = metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
 			Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
 	}
-	if err := r.writeStatus(ctx, rs, cond); err != nil {
+	if err := r.writeStatus(ctx, rs, append([]metav1.Condition{cond}, r.pluginConditions(rs)...)...); err != nil {
 		return reconcile.Result{}, err
+	}
+	after := r.resync()
+	if r.Attachments != nil {
+		release, next := r.Attachments.enforceBound()
+		if release {
+			r.Attachments.poke()
+		}
+		if next > 0 {
+			after = min(after, next)
+		}
 	}
 	if cond.Status != metav1.ConditionTrue {
 		// Retry: a missing group may appear, a transient kernel error may pass.
-		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
+		return reconcile.Result{RequeueAfter: min(5*time.Second, after)}, nil
 	}
-	return reconcile.Result{RequeueAfter: r.resync()}, nil
+	return reconcile.Result{RequeueAfter: after}, nil
+}
+
+// pluginConditions are the conditions on how the node holds pods until they
+// are programmed: FirstPacketIsolation, and CNIChained when the agent
+// chains the plugin itself.
+func (r *Reconciler) pluginConditions(rs *v1alpha1.NodeRuleSet) []metav1.Condition {
+	first := metav1.Condition{Type: v1alpha1.ConditionFirstPacket, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonHeldUntilReady,
+		ObservedGeneration: rs.Generation}
+	ranges := r.podCIDRs(rs)
+	switch {
+	case r.Attachments == nil:
+		first.Status, first.Reason = metav1.ConditionFalse, v1alpha1.ReasonPluginDisabled
+		first.Message = "The agent runs without the nftguard CNI plugin: a new pod's traffic is not filtered until this node has programmed it"
+	case len(ranges) == 0:
+		first.Status, first.Reason = metav1.ConditionFalse, v1alpha1.ReasonPodRangesUnknown
+		first.Message = "Node.spec.podCIDRs is empty and the agent has no --pod-cidrs: a new pod's traffic is not filtered until this node has programmed it"
+	default:
+		first.Message = fmt.Sprintf("Traffic of addresses in %s passes only once their pod is programmed", strings.Join(ranges, ", "))
+	}
+	conds := []metav1.Condition{first}
+	if r.Attachments != nil && r.Attachments.Chain != nil {
+		st := r.Attachments.Chain()
+		c := metav1.Condition{Type: v1alpha1.ConditionCNIChained, Status: metav1.ConditionFalse, Reason: st.Reason,
+			Message: st.Message, ObservedGeneration: rs.Generation}
+		if st.Chained {
+			c.Status = metav1.ConditionTrue
+		}
+		conds = append(conds, c)
+	}
+	return conds
+}
+
+// podCIDRs are the node's pod ranges: the rule set's, else the flag's.
+func (r *Reconciler) podCIDRs(rs *v1alpha1.NodeRuleSet) []string {
+	if len(rs.Spec.PodCIDRs) > 0 {
+		return rs.Spec.PodCIDRs
+	}
+	return r.PodCIDRs
 }
 
 // uninstall deletes the node's table and reports Programmed=False with
@@ -217,7 +289,11 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	if r.renderer == nil {
 		r.renderer = render.NewRenderer(r.Render)
 	}
-	table, err := r.renderer.Render(r.effectiveSpec(rs), groups)
+	spec, vw, err := r.effectiveSpec(rs)
+	if err != nil {
+		return r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("recording the pods that predate the CNI plugin: %w", err))
+	}
+	table, err := r.renderer.Render(spec, groups)
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
 	}
@@ -237,6 +313,9 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	r.lastApply = r.now()
 	r.lastTable = tableCounts{chains, rules, elements}
 	r.mu.Unlock()
+	if r.Attachments != nil {
+		r.Attachments.programmedView(vw)
+	}
 	if r.Resolver != nil {
 		r.Resolver.SetRuleSet(&rs.Spec)
 	}
@@ -246,14 +325,21 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 		Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
 }
 
-// effectiveSpec is the rule set as this node programs it. The pod ranges
-// are dropped: traffic of pod-range addresses that are not ready is dropped
-// only on a node whose CNI plugin reports its pods' addresses, and without
-// it the node behaves as before (the rule set's pod addresses are ready).
-func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) v1alpha1.NodeRuleSetSpec {
+// effectiveSpec is the rule set as this node programs it. Without the CNI
+// plugin the pod ranges are dropped: traffic of pod-range addresses that
+// are not ready is dropped only on a node whose plugin reports its pods'
+// addresses, and without it the rule set's pod addresses are used as they
+// are. With the plugin, pods take the addresses of their attachments, and
+// the pod ranges fall back to the agent's own.
+func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) (v1alpha1.NodeRuleSetSpec, view, error) {
 	spec := rs.Spec
-	spec.PodCIDRs = nil
-	return spec
+	if r.Attachments == nil {
+		spec.PodCIDRs = nil
+		return spec, view{}, nil
+	}
+	spec.PodCIDRs = r.podCIDRs(rs)
+	vw, err := r.Attachments.specFor(spec, r.Attachments.chained())
+	return vw.spec, vw, err
 }
 
 // groups reads every AddressGroup the rule set references, and returns with
@@ -307,8 +393,10 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 	return out, strings.Join(inputs, "/"), nil
 }
 
-// writeStatus patches the node's NodeRuleSet status when it changed.
-func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, cond metav1.Condition) error {
+// writeStatus patches the node's NodeRuleSet status when it changed; the
+// first condition is Programmed.
+func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, conds ...metav1.Condition) error {
+	cond := conds[0]
 	want := rs.Status.DeepCopy()
 	r.mu.Lock()
 	programmed, lastApply, counts := r.programmed, r.lastApply, r.lastTable
@@ -329,7 +417,9 @@ func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, 
 		want.Drops = int64(tot.Drops)
 		want.AuditEvents = int64(tot.AuditEvents)
 	}
-	meta.SetStatusCondition(&want.Conditions, cond)
+	for _, c := range conds {
+		meta.SetStatusCondition(&want.Conditions, c)
+	}
 	if equality.Semantic.DeepEqual(rs.Status, *want) {
 		return nil
 	}
@@ -375,9 +465,15 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return nil
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.Attachments != nil {
+		r.Attachments.init()
+		b = b.WatchesRawSource(source.Channel(r.Attachments.trigger, handler.EnqueueRequestsFromMapFunc(
+			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
+	}
+	return b.
 		Named("agent").
-		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
 		For(&v1alpha1.NodeRuleSet{}, builder.WithPredicates(
 			predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName }),
 			predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
@@ -21,6 +23,8 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/cni"
+	"github.com/nftguard/nftguard/internal/cni/install"
 	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
@@ -58,6 +62,39 @@ type Options struct {
 	NetNS int
 	// Log is the agent's logger; its parts log under their own names.
 	Log logr.Logger
+	// Registerer takes the drop log's metrics (nil: the manager's registry).
+	Registerer prometheus.Registerer
+
+	// CNI configures the agent's side of the nftguard CNI plugin; an empty
+	// Socket runs the agent without it.
+	CNI CNIOptions
+}
+
+// CNIOptions configures the CNI plugin's side of the agent.
+type CNIOptions struct {
+	// Socket is where the agent listens for the plugin; empty: no plugin,
+	// and pods are not held until they are programmed.
+	Socket string
+	// StateDir holds the attachment registry (it must survive a reboot).
+	StateDir string
+	// Namespace is nftguard's own namespace, whose pods are never held.
+	Namespace string
+	// PodCIDRs are the node's pod ranges when Node.spec.podCIDRs is empty.
+	PodCIDRs []string
+	// AddWait bounds how long an ADD waits for its pod to be programmed.
+	AddWait time.Duration
+	// NotReadyWarning and NotReadyRelease bound how long a pod stays not
+	// ready (see Attachments).
+	NotReadyWarning time.Duration
+	NotReadyRelease time.Duration
+	// PluginSource, when set, is the plugin binary the agent installs into
+	// BinDir, chaining it into ConfDir's configuration and repairing that
+	// every InstallInterval; empty: the node's configuration is managed
+	// elsewhere.
+	PluginSource    string
+	ConfDir         string
+	BinDir          string
+	InstallInterval time.Duration
 }
 
 // recentDrops is how many drop log lines the drops endpoint can summarize.
@@ -152,7 +189,7 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		MaxFiles:   opts.AuditMaxFiles,
 		RecentSize: recentDrops,
 		Resolver:   resolver,
-		Registerer: metrics.Registry,
+		Registerer: cmp.Or[prometheus.Registerer](opts.Registerer, metrics.Registry),
 		Log:        a.log.WithName("audit"),
 	})
 	if err != nil {
@@ -186,6 +223,14 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		Groups:       groups,
 		ResyncPeriod: opts.ResyncPeriod,
 	}
+	if opts.CNI.Socket != "" {
+		att, err := a.wireCNI(r)
+		if err != nil {
+			return err
+		}
+		r.Attachments = att
+		r.PodCIDRs = opts.CNI.PodCIDRs
+	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the reconciler: %w", err)
 	}
@@ -196,6 +241,54 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		return fmt.Errorf("adding the ready check: %w", err)
 	}
 	return nil
+}
+
+// wireCNI opens the attachment registry, listens on the plugin's socket and,
+// when the agent installs the plugin itself, keeps it chained.
+func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
+	o := a.opts.CNI
+	logger := a.log.WithName("cni")
+	if o.StateDir == "" {
+		return nil, errors.New("the CNI plugin needs a state directory")
+	}
+	reg, err := cni.OpenRegistry(o.StateDir, logger)
+	if err != nil {
+		return nil, fmt.Errorf("opening the attachment registry: %w", err)
+	}
+	att := &Attachments{
+		Registry: reg, StateDir: o.StateDir, Namespace: o.Namespace, AddWait: o.AddWait,
+		NotReadyWarning: o.NotReadyWarning, NotReadyRelease: o.NotReadyRelease,
+		Conntrack: NetlinkConntrack{NetNS: a.opts.NetNS},
+		Events:    a.mgr.GetEventRecorder("nftguard-agent"),
+		Log:       logger,
+	}
+	att.init()
+	if o.PluginSource != "" {
+		inst := &install.Installer{ConfDir: o.ConfDir, BinDir: o.BinDir, Source: o.PluginSource, Socket: o.Socket, Log: logger}
+		att.Chain = inst.Check
+		interval := cmp.Or(o.InstallInterval, 5*time.Second)
+		if err := a.mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			inst.Watch(ctx, interval, func(res install.Result, err error) {
+				if err != nil {
+					logger.Error(err, "Chaining the CNI plugin; pods the runtime starts meanwhile stay not ready")
+				} else {
+					logger.Info("Chained the CNI plugin", "path", res.Path, "binaryChanged", res.BinaryChanged)
+				}
+				att.poke()
+			})
+			return nil
+		})); err != nil {
+			return nil, fmt.Errorf("adding the CNI installer: %w", err)
+		}
+	}
+	srv, err := cni.Listen(o.Socket, att, logger)
+	if err != nil {
+		return nil, fmt.Errorf("listening for the CNI plugin: %w", err)
+	}
+	if err := a.mgr.Add(manager.RunnableFunc(srv.Serve)); err != nil {
+		return nil, fmt.Errorf("adding the CNI socket: %w", err)
+	}
+	return att, nil
 }
 
 // Manager is the manager the agent's parts run in.
