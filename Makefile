@@ -70,9 +70,10 @@ fuzz: ## Fuzz the compiler invariants for FUZZTIME (default 60s).
 ##@ Build
 
 .PHONY: build
-build: ## Build the controller and agent into bin/.
+build: ## Build the controller, the agent and the CNI plugin into bin/.
 	$(GO) build -o $(BIN)/controller ./cmd/controller
 	$(GO) build -o $(BIN)/agent ./cmd/agent
+	$(GO) build -o $(BIN)/nftguard ./cmd/nftguard
 
 
 ##@ Tools

@@ -138,6 +138,7 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 	controller := fs.String("controller", "", "controller binary, or none (default: <bin-dir>/controller if present)")
 	agent := fs.String("agent", "", "agent binary, or none (default: <bin-dir>/agent if present)")
 	agentArgs := fs.String("agent-args", "", "extra agent flags, space-separated")
+	cniPlugin := fs.String("cni-plugin", "", "nftguard CNI plugin binary, or none (default: <bin-dir>/nftguard if present): pods start through its ADD and are held until programmed")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
 	real := fs.Bool("real-nodes", false, "real nodes: kubelet, containerd and kube-proxy in each node; nftguard installed from its images (make real-nodes)")
 	proxyMode := fs.String("proxy-mode", "nftables", "kube-proxy's mode on real nodes: nftables or iptables")
@@ -151,6 +152,7 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 		Controller: pickBinary(*controller, filepath.Join(*binDir, "controller")),
 		Agent:      pickBinary(*agent, filepath.Join(*binDir, "agent")),
 		AgentArgs:  strings.Fields(*agentArgs),
+		CNIPlugin:  pickBinary(*cniPlugin, filepath.Join(*binDir, "nftguard")),
 		Detach:     true,
 		Logf:       func(f string, a ...any) { fmt.Fprintf(out, f+"\n", a...) },
 	}
@@ -170,7 +172,7 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 		} else {
 			rn.Images = localcluster.DefaultImages(*binDir)
 		}
-		cfg.RealNodes, cfg.Controller, cfg.Agent = rn, "", ""
+		cfg.RealNodes, cfg.Controller, cfg.Agent, cfg.CNIPlugin = rn, "", "", ""
 	}
 	t := localcluster.ShopTopology()
 	if *topo != "" {

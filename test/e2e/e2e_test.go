@@ -65,7 +65,7 @@ func needCluster(t *testing.T) {
 	}
 }
 
-// startCluster builds the controller and agent from this checkout and
+// startCluster builds the controller, agent and CNI plugin from this checkout and
 // starts the conformance topology with them.
 func startCluster() error {
 	root := localcluster.RepoRoot()
@@ -73,7 +73,7 @@ func startCluster() error {
 	if binDir, err = os.MkdirTemp("", "nftguard-e2e-bin-"); err != nil {
 		return err
 	}
-	for _, cmd := range []string{"controller", "agent"} {
+	for _, cmd := range []string{"controller", "agent", "nftguard"} {
 		b := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "./cmd/"+cmd)
 		b.Dir, b.Stdout, b.Stderr = root, os.Stderr, os.Stderr
 		if err := b.Run(); err != nil {
@@ -92,6 +92,9 @@ func startCluster() error {
 		Topology:   conformance.Topology(),
 		Controller: filepath.Join(binDir, "controller"),
 		Agent:      filepath.Join(binDir, "agent"),
+		// Pods start as a runtime starts them: the nftguard CNI plugin's
+		// ADD tells their node's agent, which holds them until programmed.
+		CNIPlugin: filepath.Join(binDir, "nftguard"),
 		// A short resync so that drift and restarts converge quickly.
 		AgentArgs: []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"},
 		Owned:     !*keep,

@@ -43,6 +43,10 @@ type Config struct {
 	// Agent is the agent binary; empty runs no agents. Otherwise one agent
 	// runs inside each node's network namespace.
 	Agent string
+	// CNIPlugin is the nftguard CNI plugin binary; when set (with Agent),
+	// the agents run with the plugin and the cluster runs its ADD and DEL
+	// for every pod, as a container runtime would.
+	CNIPlugin string
 	// ControllerArgs and AgentArgs are appended to their command lines.
 	ControllerArgs []string
 	AgentArgs      []string
@@ -128,8 +132,8 @@ func (cfg *Config) setDefaults() error {
 		cfg.Helper = self
 	}
 	if cfg.RealNodes != nil {
-		if cfg.Controller != "" || cfg.Agent != "" {
-			return errors.New("a cluster of real nodes runs the controller and the agent from their images: leave Controller and Agent empty")
+		if cfg.Controller != "" || cfg.Agent != "" || cfg.CNIPlugin != "" {
+			return errors.New("a cluster of real nodes runs the controller and the agent from their images: leave Controller, Agent and CNIPlugin empty")
 		}
 		rn := *cfg.RealNodes
 		if err := rn.setDefaults(cfg); err != nil {
@@ -137,7 +141,7 @@ func (cfg *Config) setDefaults() error {
 		}
 		cfg.RealNodes = &rn
 	}
-	for _, b := range []string{filepath.Join(cfg.BinDir, "etcd"), filepath.Join(cfg.BinDir, "kube-apiserver"), cfg.Controller, cfg.Agent, cfg.Helper} {
+	for _, b := range []string{filepath.Join(cfg.BinDir, "etcd"), filepath.Join(cfg.BinDir, "kube-apiserver"), cfg.Controller, cfg.Agent, cfg.Helper, cfg.CNIPlugin} {
 		if b == "" {
 			continue
 		}
@@ -189,7 +193,7 @@ func Fingerprint(cfg Config) (string, error) {
 	}{
 		cfg.Name, cfg.StateDir, cfg.ManifestsDir, cfg.Topology,
 		[]bin{stat(filepath.Join(cfg.BinDir, "etcd")), stat(filepath.Join(cfg.BinDir, "kube-apiserver")),
-			stat(cfg.Controller), stat(cfg.Agent), stat(cfg.Helper)},
+			stat(cfg.Controller), stat(cfg.Agent), stat(cfg.Helper), stat(cfg.CNIPlugin)},
 		cfg.ControllerArgs, cfg.AgentArgs, cfg.RealNodes, real,
 	})
 	if err != nil {
@@ -353,6 +357,11 @@ func (c *Cluster) up(ctx context.Context) error {
 		}
 		if err := c.startAgents(ctx, nodes, agentRole); err != nil {
 			return err
+		}
+		for _, p := range c.state.snapshot().Pods {
+			if err := c.cniAdd(ctx, p); err != nil {
+				return err
+			}
 		}
 		what := "every node's rule set programmed"
 		if cfg.Controller == "" {

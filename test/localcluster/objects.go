@@ -116,8 +116,18 @@ func (c *Cluster) createPods(ctx context.Context, pods []Pod) error {
 				}},
 			},
 		}
-		if _, err := c.clientset.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		created, err := c.clientset.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
 			return fmt.Errorf("pod %s: %w", p.Key(), err)
+		}
+		if err := c.state.update(func(s *State) {
+			for i := range s.Pods {
+				if s.Pods[i].Key() == p.Key() {
+					s.Pods[i].UID = string(created.UID)
+				}
+			}
+		}); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -278,13 +288,17 @@ func (c *Cluster) startAgents(ctx context.Context, nodes []Node, agentRole bool)
 		if err != nil {
 			return err
 		}
+		cniArgs, err := c.cniAgentArgs(n)
+		if err != nil {
+			return err
+		}
 		args := append([]string{
 			"--node-name=" + n.Name,
 			"--kubeconfig=" + kc,
 			"--audit-log=" + n.AuditLog,
 			"--metrics-bind-address=" + agentMetricsAddress,
 			"--health-probe-bind-address=" + agentHealthAddress,
-		}, c.cfg.AgentArgs...)
+		}, append(cniArgs, c.cfg.AgentArgs...)...)
 		p, err := c.start(procSpec{
 			role: roleAgent, name: n.Name, path: c.cfg.Agent, args: args,
 			env: []string{"NODE_NAME=" + n.Name}, netns: n.NetNS, log: c.logPath("agent-" + n.Name),

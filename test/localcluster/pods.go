@@ -22,6 +22,24 @@ import (
 // the pod Ready; kube-proxy serves the new Service a moment later, as in any
 // cluster.
 func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (Pod, error) {
+	return c.StartPod(ctx, spec, StartOptions{})
+}
+
+// StartOptions are the hooks of StartPod.
+type StartOptions struct {
+	// OnAddresses runs once the pod's interface has its addresses and
+	// routes, before the CNI plugin's ADD (so before nftguard has heard of
+	// its addresses): a process started here sends from the first moment
+	// a pod could. Only on the namespace-only cluster.
+	OnAddresses func(Pod) error
+}
+
+// StartPod is AddPod in the order a kubelet and a container runtime go
+// through: the Pod object (so the controller lists it by UID), its
+// network namespace and addresses (the pod network plugin), the OnAddresses
+// hook, the CNI ADD of the nftguard plugin (when the cluster runs it), its
+// server, and its Running status with its addresses.
+func (c *Cluster) StartPod(ctx context.Context, spec PodSpec, opts StartOptions) (Pod, error) {
 	if c.clientset == nil {
 		return Pod{}, errors.New("the cluster has no API server")
 	}
@@ -49,6 +67,9 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (Pod, error) {
 	}
 	spec = topo.Pods[0]
 	if st.RealNodes {
+		if opts.OnAddresses != nil {
+			return Pod{}, errors.New("OnAddresses needs the namespace-only cluster")
+		}
 		return c.addRealPod(ctx, spec, topo.Namespaces)
 	}
 	var node Node
@@ -82,13 +103,22 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (Pod, error) {
 		return Pod{}, err
 	}
 	c.cfg.Topology = c.state.snapshot().Topology
-	if err := c.buildPod(node, pod); err != nil {
-		return pod, err
-	}
 	if err := c.registerNamespaces(ctx); err != nil {
 		return pod, err
 	}
 	if err := c.createPods(ctx, []Pod{pod}); err != nil {
+		return pod, err
+	}
+	pod, _ = c.Pod(pod.Key())
+	if err := c.buildPod(node, pod); err != nil {
+		return pod, err
+	}
+	if opts.OnAddresses != nil {
+		if err := opts.OnAddresses(pod); err != nil {
+			return pod, err
+		}
+	}
+	if err := c.cniAdd(ctx, pod); err != nil {
 		return pod, err
 	}
 	if err := c.startPodServers([]Pod{pod}); err != nil {
@@ -111,6 +141,10 @@ func (c *Cluster) DeletePod(ctx context.Context, key string) error {
 		return c.deleteRealPod(ctx, pod)
 	}
 	var errs []error
+	// The runtime's DEL runs while the sandbox's network still exists.
+	if err := c.cniDel(ctx, pod); err != nil {
+		errs = append(errs, err)
+	}
 	err := c.clientset.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
 	if err != nil && !apierrors.IsNotFound(err) {
 		errs = append(errs, err)

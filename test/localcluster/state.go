@@ -86,15 +86,17 @@ type Node struct {
 
 // Pod is a pod of the running cluster.
 type Pod struct {
-	Namespace string            `json:"namespace"`
-	Name      string            `json:"name"`
-	Node      string            `json:"node"`
-	NetNS     string            `json:"netns"`
-	HostVeth  string            `json:"hostVeth"`
-	IPv4      netip.Addr        `json:"ipv4"`
-	IPv6      netip.Addr        `json:"ipv6"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Ports     []PortSpec        `json:"ports,omitempty"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// UID is the Pod object's, once it is created.
+	UID      string            `json:"uid,omitempty"`
+	Node     string            `json:"node"`
+	NetNS    string            `json:"netns"`
+	HostVeth string            `json:"hostVeth"`
+	IPv4     netip.Addr        `json:"ipv4"`
+	IPv6     netip.Addr        `json:"ipv6"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Ports    []PortSpec        `json:"ports,omitempty"`
 	// ServiceIP is the ClusterIP of the pod's own Service (real nodes).
 	ServiceIP netip.Addr `json:"serviceIP,omitzero"`
 }
