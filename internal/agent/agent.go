@@ -289,11 +289,11 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	if r.renderer == nil {
 		r.renderer = render.NewRenderer(r.Render)
 	}
-	spec, vw, err := r.effectiveSpec(rs)
+	vw, err := r.effectiveSpec(rs)
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("recording the pods that predate the CNI plugin: %w", err))
 	}
-	table, err := r.renderer.Render(spec, groups)
+	table, err := r.renderer.Render(vw.spec, groups)
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))
 	}
@@ -331,15 +331,14 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 // addresses, and without it the rule set's pod addresses are used as they
 // are. With the plugin, pods take the addresses of their attachments, and
 // the pod ranges fall back to the agent's own.
-func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) (v1alpha1.NodeRuleSetSpec, view, error) {
+func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) (view, error) {
 	spec := rs.Spec
 	if r.Attachments == nil {
 		spec.PodCIDRs = nil
-		return spec, view{}, nil
+		return view{spec: spec}, nil
 	}
 	spec.PodCIDRs = r.podCIDRs(rs)
-	vw, err := r.Attachments.specFor(spec, r.Attachments.chained())
-	return vw.spec, vw, err
+	return r.Attachments.specFor(spec, r.Attachments.chained())
 }
 
 // groups reads every AddressGroup the rule set references, and returns with

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -170,7 +171,7 @@ func (a *Attachments) bump() uint64 {
 // wait blocks until done() holds (checked under the lock after every pass),
 // the deadline passes or ctx ends; it reports whether done() held.
 func (a *Attachments) wait(ctx context.Context, deadline time.Time, done func() bool) bool {
-	timer := time.NewTimer(time.Until(deadline))
+	timer := time.NewTimer(deadline.Sub(a.now()))
 	defer timer.Stop()
 	for {
 		a.mu.Lock()
@@ -339,7 +340,7 @@ func (a *Attachments) currentVersion() uint64 {
 }
 
 func isAdopted(att cni.Attachment) bool {
-	return len(att.ContainerID) > len(adoptedPrefix) && att.ContainerID[:len(adoptedPrefix)] == adoptedPrefix
+	return strings.HasPrefix(att.ContainerID, adoptedPrefix)
 }
 
 // view is what a pass programs: the rule set with each listed pod's
@@ -365,7 +366,8 @@ func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec, adopt bool) (view, er
 	a.mu.Lock()
 	v := a.version
 	a.mu.Unlock()
-	owned := a.Registry.PodAddresses()
+	atts := a.Registry.Snapshot()
+	owned := cni.PodAddresses(atts)
 	spec := in
 	spec.Pods = make([]v1alpha1.LocalPod, 0, len(in.Pods))
 	listed := map[string]bool{}
@@ -384,7 +386,7 @@ func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec, adopt bool) (view, er
 	defer a.mu.Unlock()
 	a.listed = listed
 	seen := map[string]bool{}
-	for _, att := range a.Registry.Snapshot() {
+	for _, att := range atts {
 		if att.PodUID == "" || listed[att.PodUID] || len(att.IPs) == 0 {
 			continue
 		}

@@ -358,12 +358,15 @@ func (r *Registry) Get(key AttachmentKey) (Attachment, bool) {
 // addresses its attachments own, sorted (empty if newer attachments took
 // them all).
 func (r *Registry) PodAddresses() map[string][]netip.Addr {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	return PodAddresses(r.Snapshot())
+}
+
+// PodAddresses groups the addresses of attachments (a Snapshot) by pod
+// UID, sorted.
+func PodAddresses(atts []Attachment) map[string][]netip.Addr {
 	pods := map[string][]netip.Addr{}
-	for _, rec := range r.records {
-		uid := rec.Attachment.PodUID
-		pods[uid] = append(pods[uid], rec.Attachment.IPs...)
+	for _, att := range atts {
+		pods[att.PodUID] = append(pods[att.PodUID], att.IPs...)
 	}
 	for uid, ips := range pods {
 		pods[uid] = normalizeIPs(ips)
