@@ -21,9 +21,10 @@ func newUninstall(o *options) *cobra.Command {
 		Use:   "uninstall",
 		Short: "Remove nftguard's nftables table from every node, then say how to delete nftguard",
 		Long: `Mark every NodeRuleSet with the annotation nftguard.io/uninstall. Each node's
-agent then deletes its table inet nftguard (so no stale rule keeps blocking
-traffic once nftguard is gone) and reports Programmed=False with reason
-Uninstalled. The command waits until every node has, then prints the command
+agent then takes the nftguard CNI plugin out of the node's CNI configuration
+(so new pods do not wait for an agent about to go), deletes its table inet
+nftguard (so no stale rule keeps blocking traffic once nftguard is gone) and
+reports Programmed=False with reason Uninstalled. The command waits until every node has, then prints the command
 that deletes nftguard itself. From the moment a node reports Uninstalled it
 filters no traffic at all.
 

@@ -156,13 +156,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if _, ok := rs.Annotations[v1alpha1.UninstallAnnotation]; ok {
 		return r.uninstall(ctx, rs)
 	}
+	if r.Attachments != nil {
+		r.Attachments.resume()
+	}
 
 	if r.Groups != nil {
 		r.Groups.SetReferenced(rs.Spec.AddressGroups)
 	}
 	groups, inputs, groupsErr := r.groups(ctx, rs)
 	if r.Attachments != nil {
-		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10)
+		// The registry's version, and whether the runtime chains the
+		// plugin: the pass after it is chained adopts the running pods.
+		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10) +
+			"/chained:" + strconv.FormatBool(r.Attachments.chained())
 	}
 	r.mu.Lock()
 	upToDate := groupsErr == nil && r.inputs == inputs
@@ -227,8 +233,8 @@ func (r *Reconciler) pluginConditions(rs *v1alpha1.NodeRuleSet) []metav1.Conditi
 		first.Message = fmt.Sprintf("Traffic of addresses in %s passes only once their pod is programmed", strings.Join(ranges, ", "))
 	}
 	conds := []metav1.Condition{first}
-	if r.Attachments != nil && r.Attachments.Chain != nil {
-		st := r.Attachments.Chain()
+	if r.Attachments != nil && r.Attachments.Installer != nil {
+		st := r.Attachments.Installer.Check()
 		c := metav1.Condition{Type: v1alpha1.ConditionCNIChained, Status: metav1.ConditionFalse, Reason: st.Reason,
 			Message: st.Message, ObservedGeneration: rs.Generation}
 		if st.Chained {
@@ -258,7 +264,14 @@ func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (r
 	r.mu.Unlock()
 	cond := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonUninstalled,
 		Message: "Table inet nftguard deleted for uninstall; this node filters no traffic", ObservedGeneration: rs.Generation}
-	if err := r.Programmer.Delete(); err != nil {
+	if r.Attachments != nil {
+		cond.Message = "CNI plugin removed and table inet nftguard deleted for uninstall; this node filters no traffic"
+	}
+	if err := r.uninstallPlugin(); err != nil {
+		// The table stays: deleting it with the plugin still chained would
+		// leave pods to an agent about to be deleted.
+		cond = r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, err)
+	} else if err := r.Programmer.Delete(); err != nil {
 		cond = r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("deleting the table for uninstall: %w", err))
 	} else if had {
 		log.FromContext(ctx).Info("Deleted the table for uninstall", "generation", rs.Generation)
@@ -271,6 +284,15 @@ func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (r
 		return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
 	}
 	return reconcile.Result{RequeueAfter: r.resync()}, nil
+}
+
+// uninstallPlugin takes the CNI plugin out of the node, if the agent
+// serves it.
+func (r *Reconciler) uninstallPlugin() error {
+	if r.Attachments == nil {
+		return nil
+	}
+	return r.Attachments.uninstall()
 }
 
 // fail reports a rule set the agent did not program; the previous one stays.

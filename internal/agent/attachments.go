@@ -90,11 +90,12 @@ type Attachments struct {
 	NotReadyRelease time.Duration
 	// Conntrack deletes the entries of addresses whose owner changed.
 	Conntrack ConntrackFlusher
-	// Chain, when set, reports whether the runtime's configuration chains
-	// the plugin (the agent's installer); the pods that predate the plugin
-	// are adopted once it does. Nil: the configuration is managed outside
+	// Installer, when set, is the agent's own installer of the plugin: it
+	// reports whether the runtime's configuration chains the plugin (the
+	// pods that predate the plugin are adopted once it does), and removes
+	// the plugin on uninstall. Nil: the configuration is managed outside
 	// the agent, and taken as chained.
-	Chain func() install.Status
+	Installer PluginInstaller
 	// Events reports pods held too long (nil: no Events).
 	Events events.EventRecorder
 	Log    logr.Logger
@@ -109,6 +110,9 @@ type Attachments struct {
 	version    uint64
 	programmed uint64
 	started    bool
+	// uninstalled is set while the node is uninstalled: the table is gone,
+	// so ADDs wait for nothing.
+	uninstalled bool
 	// ready maps each ready address in the kernel to its pod UID.
 	ready map[netip.Addr]string
 	// changed is closed (and replaced) whenever the kernel changes.
@@ -118,6 +122,19 @@ type Attachments struct {
 	held map[string]*heldPod
 	// listed is the set of pod UIDs the last pass's rule set lists.
 	listed map[string]bool
+}
+
+// PluginInstaller puts the plugin in the runtime's configuration and takes
+// it out (install.Installer).
+type PluginInstaller interface {
+	// Check reports whether the runtime's configuration chains the plugin.
+	Check() install.Status
+	// Uninstall removes the plugin's entry, then its binary, and keeps
+	// them out until Resume.
+	Uninstall() ([]string, error)
+	// Resume chains the plugin again after Uninstall; it reports whether
+	// it was uninstalled.
+	Resume() bool
 }
 
 type heldPod struct {
@@ -191,12 +208,12 @@ func (a *Attachments) wait(ctx context.Context, deadline time.Time, done func() 
 }
 
 // Status reports whether the agent can take ADDs: once it has programmed
-// the node's table. Before that (a node that just booted) a pod would start
-// with no table at all.
+// the node's table, or deleted it for uninstall. Before that (a node that
+// just booted) a pod would start with no table at all.
 func (a *Attachments) Status(context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.started {
+	if !a.started && !a.uninstalled {
 		return errors.New("the agent has not programmed this node's table yet")
 	}
 	return nil
@@ -227,9 +244,13 @@ func (a *Attachments) Add(ctx context.Context, att cni.Attachment) error {
 			released = append(released, old.IPs...)
 		}
 	}
+	if a.isUninstalled() {
+		// Nothing filters this node: there is nothing to wait for.
+		return nil
+	}
 	v := a.bump()
 	deadline := start.Add(a.addWait())
-	a.wait(ctx, deadline, func() bool { return a.programmed >= v })
+	a.wait(ctx, deadline, func() bool { return a.programmed >= v || a.uninstalled })
 	if a.Conntrack != nil {
 		if err := a.Conntrack.Flush(append(slices.Clone(att.IPs), released...)); err != nil {
 			logger.Error(err, "Deleting the conntrack entries of the pod's addresses")
@@ -282,7 +303,7 @@ func (a *Attachments) Del(ctx context.Context, att cni.Attachment) error {
 // then deletes the conntrack entries of addrs.
 func (a *Attachments) settle(ctx context.Context, addrs []netip.Addr) {
 	v := a.bump()
-	a.wait(ctx, a.now().Add(a.addWait()), func() bool { return a.programmed >= v })
+	a.wait(ctx, a.now().Add(a.addWait()), func() bool { return a.programmed >= v || a.uninstalled })
 	if a.Conntrack != nil && len(addrs) > 0 {
 		if err := a.Conntrack.Flush(addrs); err != nil {
 			logr.FromContextOrDiscard(ctx).Error(err, "Deleting the conntrack entries of released addresses")
@@ -329,7 +350,47 @@ func (a *Attachments) GC(ctx context.Context, valid []cni.AttachmentKey) error {
 
 // chained reports whether the runtime runs the plugin.
 func (a *Attachments) chained() bool {
-	return a.Chain == nil || a.Chain().Chained
+	return a.Installer == nil || a.Installer.Check().Chained
+}
+
+// uninstall takes the plugin out of the runtime's configuration (entry,
+// then binary) before the reconciler deletes the table: once nftguard is
+// deleted, no pod's ADD may depend on an agent that is gone. It also
+// forgets the adoption, so that the pods started without the plugin are
+// adopted again if the uninstall is cancelled.
+func (a *Attachments) uninstall() error {
+	if a.Installer != nil {
+		changed, err := a.Installer.Uninstall()
+		if err != nil {
+			return fmt.Errorf("removing the CNI plugin from the runtime's configuration: %w", err)
+		}
+		if len(changed) > 0 {
+			a.Log.Info("Removed the CNI plugin for uninstall", "paths", changed)
+		}
+	}
+	if err := os.Remove(filepath.Join(a.StateDir, adoptedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forgetting the adoption: %w", err)
+	}
+	a.mu.Lock()
+	a.uninstalled = true
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.mu.Unlock()
+	return nil
+}
+
+// resume chains the plugin again after an uninstall was cancelled.
+func (a *Attachments) resume() {
+	if a.Installer != nil && a.Installer.Resume() {
+		a.Log.Info("Uninstall cancelled; chaining the CNI plugin again")
+	}
+}
+
+// isUninstalled reports whether the node is uninstalled.
+func (a *Attachments) isUninstalled() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.uninstalled
 }
 
 // currentVersion is the registry's version now.
@@ -468,6 +529,7 @@ func (a *Attachments) programmedView(vw view) {
 	a.ready = ready
 	a.programmed = max(a.programmed, vw.version)
 	a.started = true
+	a.uninstalled = false
 	close(a.changed)
 	a.changed = make(chan struct{})
 	notReady := 0

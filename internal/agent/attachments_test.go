@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -90,16 +91,25 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		plugin    *cni.Client
 		stopAgent context.CancelFunc
 		stopped   chan struct{}
+		// installs: the agent installs the plugin into confDir and binDir.
+		installs bool
 	)
+	confDir := func() string { return filepath.Join(stateDir, "net.d") }
+	binDir := func() string { return filepath.Join(stateDir, "bin") }
 	start := func() {
+		opts := agent.CNIOptions{
+			Socket: filepath.Join(stateDir, "cni.sock"), StateDir: filepath.Join(stateDir, "registry"),
+			Namespace: "nftguard-system", AddWait: time.Second, NotReadyWarning: 2 * time.Second,
+		}
+		if installs {
+			opts.PluginSource = filepath.Join(stateDir, "image-nftguard")
+			opts.ConfDir, opts.BinDir, opts.InstallInterval = confDir(), binDir(), 100*time.Millisecond
+		}
 		a, err := agent.Setup(env.Config, agent.Options{
 			NodeName: node, MetricsBindAddress: "0", ResyncPeriod: resyncPeriod, NetNS: int(nodeNS),
 			AuditLog: filepath.Join(stateDir, "drops.log"), Log: logf.Log.WithName("agent-cni"),
 			Registerer: prometheus.NewRegistry(),
-			CNI: agent.CNIOptions{
-				Socket: filepath.Join(stateDir, "cni.sock"), StateDir: filepath.Join(stateDir, "registry"),
-				Namespace: "nftguard-system", AddWait: time.Second, NotReadyWarning: 2 * time.Second,
-			},
+			CNI:        opts,
 		})
 		Expect(err).NotTo(HaveOccurred())
 		var actx context.Context
@@ -255,6 +265,74 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		entries, err := os.ReadDir(filepath.Join(stateDir, "registry"))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(len(entries)).To(BeNumerically("<=", 2), "one attachment file (and the adoption marker) left")
+	})
+
+	It("takes the plugin out before the table on uninstall, and puts it back on cancel", func() {
+		conflist := filepath.Join(confDir(), "10-pods.conflist")
+		Expect(os.MkdirAll(confDir(), 0o755)).To(Succeed())
+		Expect(os.WriteFile(conflist, []byte(`{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"ptp"}]}`), 0o644)).To(Succeed())
+		Expect(os.WriteFile(filepath.Join(stateDir, "image-nftguard"), []byte("plugin binary"), 0o755)).To(Succeed())
+		chained := func(g Gomega) bool {
+			b, err := os.ReadFile(conflist)
+			g.Expect(err).NotTo(HaveOccurred())
+			return strings.Contains(string(b), `"nftguard"`)
+		}
+		binary := filepath.Join(binDir(), "nftguard")
+		stop()
+		installs = true
+		start()
+		Eventually(func(g Gomega) {
+			g.Expect(chained(g)).To(BeTrue())
+			g.Expect(binary).To(BeAnExistingFile())
+			c := condition(g, v1alpha1.ConditionCNIChained)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue), c.Message)
+		}).Should(Succeed())
+
+		setUninstall := func(on bool) {
+			Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				rs := &v1alpha1.NodeRuleSet{}
+				if err := k8s.Get(ctx, client.ObjectKey{Name: node}, rs); err != nil {
+					return err
+				}
+				if on {
+					metav1.SetMetaDataAnnotation(&rs.ObjectMeta, v1alpha1.UninstallAnnotation, "true")
+				} else {
+					delete(rs.Annotations, v1alpha1.UninstallAnnotation)
+				}
+				return k8s.Update(ctx, rs)
+			})).To(Succeed())
+		}
+		setUninstall(true)
+		Eventually(func(g Gomega) {
+			c := condition(g, v1alpha1.ConditionProgrammed)
+			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonUninstalled), c.Message)
+			g.Expect(chained(g)).To(BeFalse())
+			g.Expect(binary).NotTo(BeAnExistingFile())
+			g.Expect(kernelTableIn(g, nodeNS)).To(BeEmpty())
+		}).Should(Succeed())
+		Expect(filepath.Join(stateDir, "registry", "adopted")).NotTo(BeAnExistingFile())
+		By("not chaining it again while uninstalled, across an agent restart")
+		Consistently(func(g Gomega) { g.Expect(chained(g)).To(BeFalse()) }, "1s", "50ms").Should(Succeed())
+		stop()
+		start()
+		Consistently(func(g Gomega) {
+			g.Expect(chained(g)).To(BeFalse())
+			g.Expect(binary).NotTo(BeAnExistingFile())
+		}, "2s", "20ms").Should(Succeed())
+		By("taking ADDs of pods the runtime set up before the entry went")
+		Expect(plugin.Add(ctx, cni.Attachment{ContainerID: "c-during", IfName: "eth0", PodUID: "uid-during",
+			Namespace: "shop", Name: "during", IPs: []netip.Addr{netip.MustParseAddr("198.18.10.8")}})).To(Succeed())
+
+		By("chaining it again on cancel, and adopting the pods started without it")
+		started := v1alpha1.LocalPod{Namespace: "shop", Name: "started", UID: "uid-started", IPs: []string{"198.18.10.7"}}
+		list(web, started)
+		setUninstall(false)
+		Eventually(func(g Gomega) {
+			g.Expect(chained(g)).To(BeTrue())
+			g.Expect(binary).To(BeAnExistingFile())
+			g.Expect(condition(g, v1alpha1.ConditionProgrammed).Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(readySet(g, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.3", "198.18.10.7"))
+		}).Should(Succeed())
 	})
 })
 

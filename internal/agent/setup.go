@@ -265,9 +265,16 @@ func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
 	att.init()
 	if o.PluginSource != "" {
 		inst := &install.Installer{ConfDir: o.ConfDir, BinDir: o.BinDir, Source: o.PluginSource, Socket: o.Socket, Log: logger}
-		att.Chain = inst.Check
+		att.Installer = inst
 		interval := cmp.Or(o.InstallInterval, 5*time.Second)
 		if err := a.mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			if a.markedForUninstall(ctx) {
+				// An agent that restarts on an uninstalled node must not
+				// chain the plugin again, not even until its first pass.
+				if err := att.uninstall(); err != nil {
+					logger.Error(err, "Removing the CNI plugin for uninstall")
+				}
+			}
 			inst.Watch(ctx, interval, func(res install.Result, err error) {
 				if err != nil {
 					logger.Error(err, "Chaining the CNI plugin; pods the runtime starts meanwhile stay not ready")
@@ -289,6 +296,20 @@ func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
 		return nil, fmt.Errorf("adding the CNI socket: %w", err)
 	}
 	return att, nil
+}
+
+// markedForUninstall reports whether the node's NodeRuleSet carries the
+// uninstall annotation, read straight from the API server. When it cannot
+// be read, the answer is no: the plugin is chained, and pods are held.
+func (a *Agent) markedForUninstall(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rs := &v1alpha1.NodeRuleSet{}
+	if err := a.mgr.GetAPIReader().Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, rs); err != nil {
+		return false
+	}
+	_, ok := rs.Annotations[v1alpha1.UninstallAnnotation]
+	return ok
 }
 
 // Manager is the manager the agent's parts run in.

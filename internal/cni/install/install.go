@@ -43,6 +43,14 @@ type Installer struct {
 	Socket string
 	Log    logr.Logger
 
+	// op serializes Watch's passes with Uninstall and Resume, so that a
+	// pass under way cannot chain the plugin again after Uninstall.
+	op sync.Mutex
+	// suspended is set by Uninstall and cleared by Resume: Watch installs
+	// nothing meanwhile. resumed wakes Watch.
+	suspended bool
+	resumed   chan struct{}
+
 	mu sync.Mutex
 	// installed is the binary as last written or found identical to
 	// Source, so that the periodic Install reads it again only if it
@@ -149,7 +157,8 @@ func (i *Installer) removeTemps(dir string) {
 // the binary goes, Watch puts them back. report, if not nil, is called
 // after each Install that changed something, and after each failure whose
 // message differs from the previous one's (a lasting failure is reported
-// once, and again after it cleared).
+// once, and again after it cleared). Between Uninstall and Resume, Watch
+// installs nothing; Resume wakes it at once.
 func (i *Installer) Watch(ctx context.Context, interval time.Duration, report func(Result, error)) {
 	if report == nil {
 		report = func(Result, error) {}
@@ -158,8 +167,19 @@ func (i *Installer) Watch(ctx context.Context, interval time.Duration, report fu
 	defer t.Stop()
 	var lastErr string
 	for {
-		res, err := i.Install()
+		i.op.Lock()
+		if i.resumed == nil {
+			i.resumed = make(chan struct{}, 1)
+		}
+		resumed, suspended := i.resumed, i.suspended
+		var res Result
+		var err error
+		if !suspended {
+			res, err = i.Install()
+		}
+		i.op.Unlock()
 		switch {
+		case suspended:
 		case err != nil:
 			if err.Error() != lastErr {
 				report(res, err)
@@ -175,6 +195,7 @@ func (i *Installer) Watch(ctx context.Context, interval time.Duration, report fu
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-resumed:
 		}
 	}
 }
@@ -182,8 +203,12 @@ func (i *Installer) Watch(ctx context.Context, interval time.Duration, report fu
 // Uninstall removes the nftguard entries from every .conflist in ConfDir
 // and deletes the files generated for a .conf, then removes the binary:
 // in that order, so that the runtime never runs an entry whose binary is
-// gone. It returns the paths it changed, in order.
+// gone. It returns the paths it changed, in order. Watch installs nothing
+// from then on, until Resume.
 func (i *Installer) Uninstall() ([]string, error) {
+	i.op.Lock()
+	defer i.op.Unlock()
+	i.suspended = true
 	changed, err := i.unchain()
 	if err != nil {
 		return changed, err
@@ -200,6 +225,22 @@ func (i *Installer) Uninstall() ([]string, error) {
 	i.installed = nil
 	i.mu.Unlock()
 	return changed, nil
+}
+
+// Resume undoes Uninstall's hold on Watch, which installs the plugin again
+// at once. It reports whether Watch was held.
+func (i *Installer) Resume() bool {
+	i.op.Lock()
+	defer i.op.Unlock()
+	was := i.suspended
+	i.suspended = false
+	if was && i.resumed != nil {
+		select {
+		case i.resumed <- struct{}{}:
+		default:
+		}
+	}
+	return was
 }
 
 // ErrNoConfList is wrapped by Chain's error when ConfDir holds no network

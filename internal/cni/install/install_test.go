@@ -619,3 +619,57 @@ func TestObjectKeepsOrderAndValues(t *testing.T) {
 		}
 	}
 }
+
+func TestWatchInstallsNothingBetweenUninstallAndResume(t *testing.T) {
+	i := newInstaller(t)
+	path := filepath.Join(i.ConfDir, "10-ptp.conflist")
+	writeFile(t, path, ptpConflist)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reports := make(chan Result, 10)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		i.Watch(ctx, 5*time.Millisecond, func(r Result, err error) {
+			if err != nil {
+				t.Errorf("Watch reported %v", err)
+			}
+			reports <- r
+		})
+	}()
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-reports:
+		case <-time.After(time.Minute):
+			t.Fatalf("Watch did not %s", what)
+		}
+	}
+	wait("chain the plugin")
+	if st := i.Check(); !st.Chained {
+		t.Fatalf("Check after Watch's first round = %+v", st)
+	}
+	if _, err := i.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	// Many rounds: none may chain it again.
+	time.Sleep(100 * time.Millisecond)
+	if st := i.Check(); st.Chained {
+		t.Fatalf("Watch chained the plugin again after Uninstall: %+v", st)
+	}
+	if !slices.Equal(plugins(t, readFile(t, path)), plugins(t, ptpConflist)) {
+		t.Errorf("conflist after Uninstall: %s", readFile(t, path))
+	}
+	if !i.Resume() {
+		t.Error("Resume: Watch was not held")
+	}
+	wait("chain the plugin again after Resume")
+	if st := i.Check(); !st.Chained {
+		t.Errorf("Check after Resume = %+v", st)
+	}
+	if i.Resume() {
+		t.Error("second Resume: Watch was held")
+	}
+	cancel()
+	<-done
+}
