@@ -495,11 +495,12 @@ func TestAgentRollout(t *testing.T) {
 		s := policySuite(t, c)
 
 		// The next version: the agent rebuilt under another tag (its
-		// labels, so its digest, differ), imported into every node.
+		// labels, so its digest, differ), imported into every node. It is
+		// built as make images builds it: with the CNI plugin it installs.
 		tag := fmt.Sprintf("v0.1.0-next%d", time.Now().UnixNano()%1e6)
 		dir := t.TempDir()
 		build := exec.CommandContext(ctx, filepath.Join(root, "bin", "imagebuild"), "-out", dir, "-registry", "ghcr.io/nftguard",
-			"-tag", tag, "-platforms", "linux/"+runtime.GOARCH, "agent=./cmd/agent,user=0:0")
+			"-tag", tag, "-platforms", "linux/"+runtime.GOARCH, agentImageArg(t, root))
 		build.Dir = root
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("building the next agent image: %v\n%s", err, out)
@@ -588,6 +589,23 @@ func TestAgentRollout(t *testing.T) {
 		}
 		s.ResetPolicies(t)
 	})
+}
+
+// agentImageArg is the agent's image argument of hack/imagebuild, as
+// mk/images.mk gives it to make images (AGENT_IMAGE).
+func agentImageArg(t *testing.T, root string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "mk", "images.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "AGENT_IMAGE := "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatal("mk/images.mk sets no AGENT_IMAGE")
+	return ""
 }
 
 // TestBadInputSaysWhereAndCleansUp: an image archive that does not import,
