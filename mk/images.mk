@@ -14,8 +14,11 @@ IMAGEBUILD ?= $(BIN)/imagebuild
 PUSH ?=
 # The product images: the controller runs as the nonroot user; the agent
 # runs as root with only NET_ADMIN (a capability a non-root process cannot
-# use without ambient capabilities, which Kubernetes does not grant).
-PRODUCT_IMAGES := controller=./cmd/controller,user=65532:65532 agent=./cmd/agent,user=0:0
+# use without ambient capabilities, which Kubernetes does not grant). The
+# agent image also carries the CNI plugin, /nftguard, which the agent
+# installs into the node's CNI bin directory (--cni-plugin-source).
+AGENT_IMAGE := agent=./cmd/agent+./cmd/nftguard,user=0:0
+PRODUCT_IMAGES := controller=./cmd/controller,user=65532:65532 $(AGENT_IMAGE)
 
 .PHONY: imagebuild
 imagebuild:

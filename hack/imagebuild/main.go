@@ -7,9 +7,12 @@
 //	imagebuild -out bin/images -registry ghcr.io/nftguard -tag v0.1.0 \
 //	    controller=./cmd/controller,user=65532 agent=./cmd/agent,user=0
 //
-// An image argument is NAME=DIR[,user=UID][,entrypoint=/PATH]: the command
-// built in DIR (its own module's go build), installed as /NAME unless
-// entrypoint says otherwise, run as UID (default the nonroot user).
+// An image argument is NAME=DIR[+DIR...][,user=UID][,entrypoint=/PATH]: the
+// command built in DIR (its own module's go build), installed as /NAME unless
+// entrypoint says otherwise, run as UID (default the nonroot user). Each
+// +DIR adds another command to the image, installed as /BASE (DIR's last
+// element) beside the entrypoint: agent=./cmd/agent+./cmd/nftguard holds
+// /agent and /nftguard (see image.CommandImage).
 package main
 
 import (
@@ -29,37 +32,6 @@ import (
 
 	"github.com/nftguard/nftguard/internal/image"
 )
-
-type imageArg struct {
-	name, dir, entrypoint, user string
-}
-
-func parseImageArg(s string) (imageArg, error) {
-	parts := strings.Split(s, ",")
-	n, dir, ok := strings.Cut(parts[0], "=")
-	if !ok || n == "" || dir == "" {
-		return imageArg{}, fmt.Errorf("image %q: want NAME=DIR[,user=UID][,entrypoint=/PATH]", s)
-	}
-	a := imageArg{name: n, dir: dir, entrypoint: "/" + n, user: strconv.Itoa(image.NonRootUID)}
-	for _, opt := range parts[1:] {
-		k, v, _ := strings.Cut(opt, "=")
-		switch k {
-		case "user":
-			if _, err := strconv.ParseUint(strings.SplitN(v, ":", 2)[0], 10, 32); err != nil {
-				return imageArg{}, fmt.Errorf("image %q: user %q must be numeric (runAsNonRoot checks a numeric USER)", s, v)
-			}
-			a.user = v
-		case "entrypoint":
-			if !strings.HasPrefix(v, "/") {
-				return imageArg{}, fmt.Errorf("image %q: entrypoint %q must be absolute", s, v)
-			}
-			a.entrypoint = v
-		default:
-			return imageArg{}, fmt.Errorf("image %q: unknown option %q", s, k)
-		}
-	}
-	return a, nil
-}
 
 func main() {
 	if err := run(context.Background(), os.Args[1:]); err != nil {
@@ -84,9 +56,9 @@ func run(ctx context.Context, args []string) error {
 	if fs.NArg() == 0 {
 		return errors.New("no images named")
 	}
-	var specs []imageArg
+	var specs []image.CommandImage
 	for _, s := range fs.Args() {
-		a, err := parseImageArg(s)
+		a, err := image.ParseCommandImage(s)
 		if err != nil {
 			return err
 		}
@@ -121,32 +93,28 @@ func run(ctx context.Context, args []string) error {
 	var digests bytes.Buffer
 	var built []image.Named
 	for _, a := range specs {
-		ref, err := name.NewTag(*registry+"/"+a.name+":"+*tag, name.StrictValidation)
+		ref, err := name.NewTag(*registry+"/"+a.Name+":"+*tag, name.StrictValidation)
 		if err != nil {
-			return fmt.Errorf("image %s: %w", a.name, err)
+			return fmt.Errorf("image %s: %w", a.Name, err)
 		}
 		spec := image.Spec{
-			Entrypoint: []string{a.entrypoint},
-			User:       a.user,
+			Entrypoint: a.Entrypoint(),
+			User:       a.User,
 			Created:    created,
 			Base:       image.BaseFiles(ca),
 			Labels: map[string]string{
-				"org.opencontainers.image.title":    a.name,
+				"org.opencontainers.image.title":    a.Name,
 				"org.opencontainers.image.version":  *tag,
 				"org.opencontainers.image.source":   "https://github.com/nftguard/nftguard",
 				"org.opencontainers.image.revision": revision,
 			},
-			Files: func(p image.Platform) ([]image.File, error) {
-				bin := filepath.Join(work, a.name+"-"+p.OS+"-"+p.Architecture+p.Variant)
-				if err := goBuild(ctx, a.dir, bin, p, *ldflags); err != nil {
+			Files: a.Files(func(c image.Command, p image.Platform) ([]byte, error) {
+				bin := filepath.Join(work, a.Name+strings.ReplaceAll(c.Path, "/", "-")+"-"+p.OS+"-"+p.Architecture+p.Variant)
+				if err := goBuild(ctx, c.Dir, bin, p, *ldflags); err != nil {
 					return nil, err
 				}
-				data, err := os.ReadFile(bin)
-				if err != nil {
-					return nil, err
-				}
-				return []image.File{{Path: a.entrypoint, Mode: 0o755, Data: data}}, nil
-			},
+				return os.ReadFile(bin)
+			}),
 		}
 		idx, err := image.Build(spec, plats)
 		if err != nil {
@@ -157,7 +125,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		named := image.Named{Ref: ref, Index: idx}
-		archive := filepath.Join(*out, a.name+".tar")
+		archive := filepath.Join(*out, a.Name+".tar")
 		if err := image.WriteArchive(archive, []image.Named{named}, created); err != nil {
 			return fmt.Errorf("image %s: %w", ref.Name(), err)
 		}

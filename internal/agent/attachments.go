@@ -26,6 +26,8 @@ import (
 	"github.com/nftguard/nftguard/internal/cni/install"
 )
 
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
 // adoptedPrefix starts the container ID of the attachments the agent makes
 // up for pods that were running before the plugin was chained.
 const adoptedPrefix = "nftguard-adopted-"

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -158,10 +159,12 @@ func checkAgainstManifests(t *testing.T, refs map[string]string) {
 }
 
 // checkImages reads the archives back: one index per image with an amd64
-// and an arm64 image, each with the user its manifest expects.
+// and an arm64 image, each with the user its manifest expects and its
+// commands (the agent's with the CNI plugin it installs, /nftguard).
 func checkImages(t *testing.T, dir string, refs map[string]string) {
 	t.Helper()
 	wantUser := map[string]string{"controller": "65532:65532", "agent": "0:0"}
+	wantCommands := map[string][]string{"controller": {"controller"}, "agent": {"agent", "nftguard"}}
 	for ref, digest := range refs {
 		short := ref[strings.LastIndex(ref, "/")+1 : strings.LastIndex(ref, ":")]
 		root := untar(t, filepath.Join(dir, short+".tar"))
@@ -202,9 +205,41 @@ func checkImages(t *testing.T, dir string, refs map[string]string) {
 			if len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != "/"+short {
 				t.Errorf("%s entrypoint %q", ref, cf.Config.Entrypoint)
 			}
+			if got := commands(t, img); !slices.Equal(got, wantCommands[short]) {
+				t.Errorf("%s %s/%s holds the commands %q, want %q", ref, cf.OS, cf.Architecture, got, wantCommands[short])
+			}
 		}
 		if !arches["linux/amd64"] || !arches["linux/arm64"] || len(arches) != 2 {
 			t.Errorf("%s holds %v, want linux/amd64 and linux/arm64", ref, arches)
+		}
+	}
+}
+
+// commands lists the executables of the image's last layer, its own.
+func commands(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("layers: %d, %v", len(layers), err)
+	}
+	rc, err := layers[len(layers)-1].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var out []string
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			slices.Sort(out)
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg && h.Mode&0o111 != 0 {
+			out = append(out, h.Name)
 		}
 	}
 }

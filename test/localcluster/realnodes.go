@@ -18,8 +18,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftguard/nftguard/api/v1alpha1"
 )
 
 // RealNodes makes the cluster's nodes real: each node is a network, mount
@@ -155,6 +159,10 @@ func (c *Cluster) upReal(ctx context.Context) error {
 		if err := c.kubectl(ctx, "apply", "--server-side", "-k", rn.Install); err != nil {
 			return err
 		}
+		if err := c.waitAgentsInstalled(ctx, nodes); err != nil {
+			return err
+		}
+		cfg.Logf("nftguard programmed on %d nodes (%s)", len(nodes), since())
 	}
 	if err := c.registerNamespaces(ctx); err != nil {
 		return err
@@ -685,6 +693,44 @@ func (c *Cluster) waitNodesReady(ctx context.Context, nodes []Node) error {
 		}
 	}
 	return nil
+}
+
+// waitAgentsInstalled waits, after the install, until every node's agent
+// has programmed its NodeRuleSet and, where it chains the CNI plugin
+// itself, reports CNIChained=True: each pod created from then on reaches
+// the agent through the plugin, as a workload installed after nftguard
+// does. A pod whose sandbox the runtime creates in the moment the agent
+// chains the plugin would be known to it only through the adoption of the
+// pods already running, so the topology's pods are created after this.
+func (c *Cluster) waitAgentsInstalled(ctx context.Context, nodes []Node) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for {
+		var pending []string
+		for _, n := range nodes {
+			rs := &v1alpha1.NodeRuleSet{}
+			if err := c.client.Get(ctx, client.ObjectKey{Name: n.Name}, rs); err != nil {
+				pending = append(pending, n.Name+": "+err.Error())
+				continue
+			}
+			if !isProgrammed(rs) {
+				pending = append(pending, n.Name+": rule set not programmed")
+				continue
+			}
+			if cc := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionCNIChained); cc != nil && cc.Status != metav1.ConditionTrue {
+				pending = append(pending, fmt.Sprintf("%s: CNI plugin not chained (%s: %s)", n.Name, cc.Reason, cc.Message))
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nftguard not in place after 3m (agent logs: kubectl -n nftguard-system logs -l app.kubernetes.io/component=agent -c agent):\n  %s",
+				strings.Join(pending, "\n  "))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // kubectl runs bin/kubectl with the admin's kubeconfig.

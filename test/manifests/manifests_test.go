@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -22,8 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/nftguard/nftguard/internal/image"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
 
@@ -137,6 +140,7 @@ func TestDefaultAndSamplesInstall(t *testing.T) {
 	if !slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.HostPath != nil && v.HostPath.Path == "/var/log/nftguard" }) {
 		t.Error("agent lacks the hostPath for the drop log")
 	}
+	checkAgentCNI(t, pod)
 	if !slices.ContainsFunc(pod.Tolerations, func(tl corev1.Toleration) bool { return tl.Operator == corev1.TolerationOpExists && tl.Key == "" }) {
 		t.Error("agent must tolerate every taint to run on all nodes")
 	}
@@ -159,4 +163,111 @@ func applySamples(t *testing.T, c client.Client) {
 		t.Fatalf("config/samples rendered %d objects, want the DefaultDeny and 4 NetworkPolicies", len(samples))
 	}
 	apply(t, ctx, c, samples)
+}
+
+// checkAgentCNI: the agent serves the CNI plugin and installs it from its
+// image into the host's CNI directories, through hostPath volumes, with no
+// capability beyond NET_ADMIN and a read-only root filesystem.
+func checkAgentCNI(t *testing.T, pod corev1.PodSpec) {
+	t.Helper()
+	agent := pod.Containers[0]
+	arg := func(name string) string {
+		for _, a := range agent.Args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		t.Errorf("agent args %q lack --%s", agent.Args, name)
+		return ""
+	}
+	// hostDir is the host directory mounted at dir in the agent, and the
+	// hostPath type of its volume.
+	hostDir := func(dir string) (string, corev1.HostPathType) {
+		for _, m := range agent.VolumeMounts {
+			rel, err := filepath.Rel(m.MountPath, dir)
+			if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+				continue
+			}
+			if m.ReadOnly {
+				t.Errorf("agent mounts %s read-only; it writes there", m.MountPath)
+			}
+			for _, v := range pod.Volumes {
+				if v.Name == m.Name && v.HostPath != nil {
+					return filepath.Join(v.HostPath.Path, rel), ptr.Deref(v.HostPath.Type, corev1.HostPathUnset)
+				}
+			}
+			t.Errorf("agent mount %s (volume %s) is not a hostPath", m.MountPath, m.Name)
+			return "", ""
+		}
+		t.Errorf("agent has no volume at %s", dir)
+		return "", ""
+	}
+
+	// The runtime runs the plugin on the host, which dials the socket path
+	// the agent writes into the conflist: it must be the host's own.
+	socket := arg("cni-socket")
+	if h, typ := hostDir(filepath.Dir(socket)); h != filepath.Dir(socket) || typ != corev1.HostPathDirectoryOrCreate {
+		t.Errorf("agent socket %s is on the host's %s (%s), want the host's %s, DirectoryOrCreate", socket, h, typ, filepath.Dir(socket))
+	}
+	if h, typ := hostDir(arg("cni-state-dir")); !strings.HasPrefix(h, "/var/lib/") || typ != corev1.HostPathDirectoryOrCreate {
+		t.Errorf("agent registry on the host's %s (%s), want under /var/lib (it survives reboots), DirectoryOrCreate", h, typ)
+	}
+	for flag, want := range map[string]string{"cni-conf-dir": "/etc/cni/net.d", "cni-bin-dir": "/opt/cni/bin"} {
+		if h, typ := hostDir(arg(flag)); h != want || typ != corev1.HostPathDirectoryOrCreate {
+			t.Errorf("agent --%s is the host's %s (%s), want %s, DirectoryOrCreate", flag, h, typ, want)
+		}
+	}
+
+	// The plugin the agent installs is in its image, as make images
+	// builds it, and the container runs the image's entrypoint.
+	img := agentImage(t)
+	source := arg("cni-plugin-source")
+	if !slices.ContainsFunc(img.Commands, func(c image.Command) bool { return c.Path == source && c.Path != img.Commands[0].Path }) {
+		t.Errorf("--cni-plugin-source=%s is not a command of the agent image %+v", source, img.Commands)
+	}
+	if !slices.Equal(agent.Command, img.Entrypoint()) {
+		t.Errorf("agent command %q, want the image's entrypoint %q", agent.Command, img.Entrypoint())
+	}
+
+	if !slices.ContainsFunc(agent.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "POD_NAMESPACE" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace"
+	}) {
+		t.Error("agent lacks POD_NAMESPACE from the downward API (its own pods are never held)")
+	}
+	sc := agent.SecurityContext
+	if sc == nil || !ptr.Deref(sc.ReadOnlyRootFilesystem, false) || ptr.Deref(sc.AllowPrivilegeEscalation, true) {
+		t.Errorf("agent security context %+v: want a read-only root filesystem and no privilege escalation", sc)
+	}
+	if sc != nil && sc.Capabilities != nil && !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) {
+		t.Errorf("agent adds capabilities %q, want NET_ADMIN alone (uid 0 owns the host directories it writes)", sc.Capabilities.Add)
+	}
+	// The drop log's follower needs none of it.
+	for _, c := range pod.Containers[1:] {
+		for _, m := range c.VolumeMounts {
+			if m.Name != "audit-log" {
+				t.Errorf("container %s mounts %s", c.Name, m.Name)
+			}
+		}
+	}
+}
+
+// agentImage is the agent's image as make images builds it (AGENT_IMAGE in
+// mk/images.mk).
+func agentImage(t *testing.T) image.CommandImage {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "mk", "images.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "AGENT_IMAGE := "); ok {
+			img, err := image.ParseCommandImage(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatalf("mk/images.mk: %v", err)
+			}
+			return img
+		}
+	}
+	t.Fatal("mk/images.mk sets no AGENT_IMAGE")
+	return image.CommandImage{}
 }

@@ -5,9 +5,13 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -116,4 +120,108 @@ func TestNodeScopedPermissions(t *testing.T) {
 	if err := setProgrammed(ctrl, "perm-n2"); !apierrors.IsForbidden(err) {
 		t.Errorf("controller writing agent status: %v, want Forbidden", err)
 	}
+}
+
+// TestAgentEventsAndPodReads checks the agent's other permissions: it
+// records Events (events.k8s.io, create and patch, as the agent's event
+// recorder does on pods held not ready), and reads pods only by listing
+// them, as before it recorded Events. It cannot read Events back, write
+// pods, or get and watch single pods.
+func TestAgentEventsAndPodReads(t *testing.T) {
+	admin, err := client.New(adminCfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ctx, admin, render(t, "default"))
+	agent := as(t, "nftguard-agent", "perm-events")
+	now := metav1.NewMicroTime(time.Now())
+	ev := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Namespace: "default", Name: "web-0.nftguard-test"},
+		EventTime:           now,
+		ReportingController: "nftguard-agent",
+		ReportingInstance:   "nftguard-agent-perm-events",
+		Action:              "Hold",
+		Reason:              "NotReady",
+		Type:                corev1.EventTypeWarning,
+		Note:                "test",
+		Regarding:           corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "web-0", APIVersion: "v1"},
+	}
+	// RBAC is the API server's at once, but the ClusterRole may have just
+	// been applied: allow the authorizer's cache a moment.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := agent.Create(ctx, ev.DeepCopy())
+		if err == nil {
+			break
+		}
+		if !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+			t.Fatalf("the agent creating an Event: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"series":{"count":2,"lastObservedTime":"`+now.UTC().Format(metav1.RFC3339Micro)+`"}}`))
+	if err := agent.Patch(ctx, ev.DeepCopy(), patch); err != nil {
+		t.Errorf("the agent patching its Event: %v", err)
+	}
+
+	forbidden := map[string]func() error{
+		"get an Event":    func() error { return agent.Get(ctx, client.ObjectKeyFromObject(ev), &eventsv1.Event{}) },
+		"list Events":     func() error { return agent.List(ctx, &eventsv1.EventList{}) },
+		"delete an Event": func() error { return agent.Delete(ctx, ev.DeepCopy()) },
+		"create a core v1 Event": func() error {
+			return agent.Create(ctx, &corev1.Event{
+				ObjectMeta:     metav1.ObjectMeta{Namespace: "default", Name: "core.nftguard-test"},
+				InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "web-0"},
+				Reason:         "NotReady", Message: "test", Type: corev1.EventTypeWarning,
+			})
+		},
+		"get a pod": func() error {
+			return agent.Get(ctx, client.ObjectKey{Namespace: "default", Name: "web-0"}, &corev1.Pod{})
+		},
+		"watch pods": func() error {
+			w, err := clientsetAs(t, "nftguard-agent").CoreV1().Pods("").Watch(ctx, metav1.ListOptions{})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		},
+		"create a pod": func() error {
+			return agent.Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "forged"},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+			})
+		},
+		"patch a pod": func() error {
+			return agent.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-0"}},
+				client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`)))
+		},
+		"read pods' logs": func() error {
+			return clientsetAs(t, "nftguard-agent").CoreV1().Pods("default").GetLogs("web-0", &corev1.PodLogOptions{}).Do(ctx).Error()
+		},
+	}
+	for what, do := range forbidden {
+		if err := do(); !apierrors.IsForbidden(err) {
+			t.Errorf("the agent may %s: %v, want Forbidden", what, err)
+		}
+	}
+	if err := agent.List(ctx, &corev1.PodList{}); err != nil {
+		t.Errorf("the agent listing pods: %v", err)
+	}
+}
+
+// clientsetAs is a typed clientset acting as a ServiceAccount of
+// nftguard-system, for the requests controller-runtime's client does not
+// make (watches, subresources).
+func clientsetAs(t *testing.T, sa string) kubernetes.Interface {
+	t.Helper()
+	cfg := rest.CopyConfig(adminCfg)
+	cfg.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:nftguard-system:" + sa,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:nftguard-system", "system:authenticated"},
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }

@@ -495,11 +495,12 @@ func TestAgentRollout(t *testing.T) {
 		s := policySuite(t, c)
 
 		// The next version: the agent rebuilt under another tag (its
-		// labels, so its digest, differ), imported into every node.
+		// labels, so its digest, differ), imported into every node. It is
+		// built as make images builds it: with the CNI plugin it installs.
 		tag := fmt.Sprintf("v0.1.0-next%d", time.Now().UnixNano()%1e6)
 		dir := t.TempDir()
 		build := exec.CommandContext(ctx, filepath.Join(root, "bin", "imagebuild"), "-out", dir, "-registry", "ghcr.io/nftguard",
-			"-tag", tag, "-platforms", "linux/"+runtime.GOARCH, "agent=./cmd/agent,user=0:0")
+			"-tag", tag, "-platforms", "linux/"+runtime.GOARCH, agentImageArg(t, root))
 		build.Dir = root
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("building the next agent image: %v\n%s", err, out)
@@ -588,6 +589,120 @@ func TestAgentRollout(t *testing.T) {
 		}
 		s.ResetPolicies(t)
 	})
+}
+
+// TestCNIPluginChained: each node's agent pod installed the plugin from its
+// image into the node's /opt/cni/bin and chained it last in the node's
+// 10-ptp.conflist, with the socket it serves on the node's /run; a pod
+// created afterwards goes through it (its attachment is in the agent's
+// registry on the node's /var/lib).
+func TestCNIPluginChained(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		for _, n := range c.Nodes() {
+			root, err := c.NodeRoot(n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conflist := filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")
+			var why string
+			for deadline := time.Now().Add(30 * time.Second); ; {
+				if why = notChained(conflist); why == "" || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			if why != "" {
+				t.Errorf("node %s: %s", n.Name, why)
+			}
+			bin := filepath.Join(root, "opt", "cni", "bin", "nftguard")
+			if fi, err := os.Stat(bin); err != nil || fi.Mode().Perm() != 0o755 {
+				t.Errorf("node %s: the plugin binary: %v, %v; want mode 0755", n.Name, fi, err)
+			} else {
+				cmd := exec.CommandContext(ctx, bin)
+				cmd.Env = []string{"CNI_COMMAND=VERSION"}
+				if out, err := cmd.Output(); err != nil || !strings.Contains(string(out), "supportedVersions") {
+					t.Errorf("node %s: the installed plugin's VERSION: %q, %v", n.Name, out, err)
+				}
+			}
+			if fi, err := os.Lstat(filepath.Join(root, "run", "nftguard", "cni.sock")); err != nil || fi.Mode().Type() != os.ModeSocket {
+				t.Errorf("node %s: the agent's socket on the node: %v, %v", n.Name, fi, err)
+			}
+		}
+
+		policySuite(t, c)
+		p, err := c.AddPod(ctx, localcluster.PodSpec{Namespace: "y", Name: "through-cni", Node: "node-1",
+			Labels: map[string]string{"pod": "through-cni"}, Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := c.DeletePod(ctx, "y/through-cni"); err != nil {
+				t.Error(err)
+			}
+		}()
+		pod, err := c.Clientset().CoreV1().Pods("y").Get(ctx, "through-cni", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		root, err := c.NodeRoot(p.Node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		records, _ := filepath.Glob(filepath.Join(root, "var", "lib", "nftguard", "cni", "*.json"))
+		found := false
+		for _, r := range records {
+			if b, err := os.ReadFile(r); err == nil && bytes.Contains(b, []byte(string(pod.UID))) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no attachment of pod y/through-cni (uid %s) among the %d records of %s's agent: its ADD did not reach the agent", pod.UID, len(records), p.Node)
+		}
+	})
+}
+
+// notChained says why the conflist does not end with the nftguard entry
+// on the agent's socket ("" if it does), after ptp.
+func notChained(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var list struct {
+		Plugins []struct {
+			Type   string `json:"type"`
+			Socket string `json:"socket"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Sprintf("%s: %v", path, err)
+	}
+	var types []string
+	for _, p := range list.Plugins {
+		types = append(types, p.Type)
+	}
+	if !slices.Equal(types, []string{"ptp", "nftguard"}) || list.Plugins[1].Socket != "/run/nftguard/cni.sock" {
+		return fmt.Sprintf("%s chains %q (want ptp, then nftguard on /run/nftguard/cni.sock):\n%s", path, types, b)
+	}
+	return ""
+}
+
+// agentImageArg is the agent's image argument of hack/imagebuild, as
+// mk/images.mk gives it to make images (AGENT_IMAGE).
+func agentImageArg(t *testing.T, root string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "mk", "images.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "AGENT_IMAGE := "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatal("mk/images.mk sets no AGENT_IMAGE")
+	return ""
 }
 
 // TestBadInputSaysWhereAndCleansUp: an image archive that does not import,
