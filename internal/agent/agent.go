@@ -337,6 +337,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	r.mu.Unlock()
 	if r.Attachments != nil {
 		r.Attachments.programmedView(vw)
+		r.Attachments.flush(ctx, vw.flush)
 	}
 	if r.Resolver != nil {
 		r.Resolver.SetRuleSet(&rs.Spec)

@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -31,10 +30,6 @@ import (
 // adoptedPrefix starts the container ID of the attachments the agent makes
 // up for pods that were running before the plugin was chained.
 const adoptedPrefix = "nftguard-adopted-"
-
-// adoptedMarker is the file in the state directory whose existence records
-// that those pods were adopted: it happens once per node.
-const adoptedMarker = "adopted"
 
 var (
 	podsNotReady = prometheus.NewGauge(prometheus.GaugeOpts{
@@ -75,8 +70,6 @@ type ConntrackFlusher interface {
 // namespace. Everything else in the pod ranges is dropped.
 type Attachments struct {
 	Registry *cni.Registry
-	// StateDir holds the adoption marker (the registry's directory).
-	StateDir string
 	// Namespace is nftguard's own namespace: its pods are ready from their
 	// ADD, whether the rule set lists them or not, so that a controller that
 	// is not running can always start again.
@@ -124,6 +117,10 @@ type Attachments struct {
 	held map[string]*heldPod
 	// listed is the set of pod UIDs the last pass's rule set lists.
 	listed map[string]bool
+	// gone holds the UIDs of listed pods whose real attachment the runtime
+	// deleted: the rule set's addresses of such a pod are stale, so it is
+	// never adopted.
+	gone map[string]bool
 }
 
 // PluginInstaller puts the plugin in the runtime's configuration and takes
@@ -157,6 +154,7 @@ func (a *Attachments) init() {
 		a.changed = make(chan struct{})
 		a.ready = map[netip.Addr]string{}
 		a.held = map[string]*heldPod{}
+		a.gone = map[string]bool{}
 		a.trigger = make(chan event.GenericEvent, 1)
 	}
 }
@@ -297,6 +295,7 @@ func (a *Attachments) Del(ctx context.Context, att cni.Attachment) error {
 	if !removed || !ok {
 		return nil
 	}
+	a.forget(old)
 	a.settle(ctx, old.IPs)
 	return nil
 }
@@ -306,6 +305,11 @@ func (a *Attachments) Del(ctx context.Context, att cni.Attachment) error {
 func (a *Attachments) settle(ctx context.Context, addrs []netip.Addr) {
 	v := a.bump()
 	a.wait(ctx, a.now().Add(a.addWait()), func() bool { return a.programmed >= v || a.uninstalled })
+	a.flush(ctx, addrs)
+}
+
+// flush deletes the conntrack entries of released addresses.
+func (a *Attachments) flush(ctx context.Context, addrs []netip.Addr) {
 	if a.Conntrack != nil && len(addrs) > 0 {
 		if err := a.Conntrack.Flush(addrs); err != nil {
 			logr.FromContextOrDiscard(ctx).Error(err, "Deleting the conntrack entries of released addresses")
@@ -331,12 +335,14 @@ func (a *Attachments) GC(ctx context.Context, valid []cni.AttachmentKey) error {
 	for _, k := range valid {
 		validSet[k] = true
 	}
+	var forgotten []cni.Attachment
 	for _, att := range a.Registry.Snapshot() {
 		switch {
 		case isAdopted(att) && listed[att.PodUID]:
 			keep = append(keep, att.Key())
 		case !validSet[att.Key()]:
 			addrs = append(addrs, att.IPs...)
+			forgotten = append(forgotten, att)
 		}
 	}
 	removed, err := a.Registry.GC(keep)
@@ -344,10 +350,23 @@ func (a *Attachments) GC(ctx context.Context, valid []cni.AttachmentKey) error {
 		return fmt.Errorf("collecting stale attachments: %w", err)
 	}
 	if len(removed) > 0 {
+		for _, att := range forgotten {
+			a.forget(att)
+		}
 		logr.FromContextOrDiscard(ctx).Info("Forgot stale attachments", "attachments", len(removed))
 		a.settle(ctx, addrs)
 	}
 	return nil
+}
+
+// forget records that the runtime deleted a real attachment of a pod.
+func (a *Attachments) forget(att cni.Attachment) {
+	if att.PodUID == "" || isAdopted(att) {
+		return
+	}
+	a.mu.Lock()
+	a.gone[att.PodUID] = true
+	a.mu.Unlock()
 }
 
 // chained reports whether the runtime runs the plugin.
@@ -357,9 +376,8 @@ func (a *Attachments) chained() bool {
 
 // uninstall takes the plugin out of the runtime's configuration (entry,
 // then binary) before the reconciler deletes the table: once nftguard is
-// deleted, no pod's ADD may depend on an agent that is gone. It also
-// forgets the adoption, so that the pods started without the plugin are
-// adopted again if the uninstall is cancelled.
+// deleted, no pod's ADD may depend on an agent that is gone. If the
+// uninstall is cancelled, the pods started meanwhile are adopted.
 func (a *Attachments) uninstall() error {
 	if a.Installer != nil {
 		changed, err := a.Installer.Uninstall()
@@ -369,9 +387,6 @@ func (a *Attachments) uninstall() error {
 		if len(changed) > 0 {
 			a.Log.Info("Removed the CNI plugin for uninstall", "paths", changed)
 		}
-	}
-	if err := os.Remove(filepath.Join(a.StateDir, adoptedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("forgetting the adoption: %w", err)
 	}
 	a.mu.Lock()
 	a.uninstalled = true
@@ -412,17 +427,22 @@ func isAdopted(att cni.Attachment) bool {
 type view struct {
 	spec    v1alpha1.NodeRuleSetSpec
 	version uint64
+	// flush are the addresses of adopted attachments dropped in this pass:
+	// their conntrack entries are deleted once it is programmed.
+	flush []netip.Addr
 }
 
 // specFor returns the rule set a pass programs when the plugin is in use.
 // The addresses of a listed pod are those its attachments own (the
 // runtime's word, not kubelet's status, which lags and may be stale);
 // pods of nftguard's namespace and released pods are added as pods no
-// policy isolates. Pods that predate the plugin are adopted once, from
-// the rule set's addresses.
+// policy isolates. Pods that started without the plugin are adopted, from
+// the rule set's addresses, once the plugin is chained.
 func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec, adopt bool) (view, error) {
+	var flush []netip.Addr
 	if adopt {
-		if err := a.adopt(in); err != nil {
+		var err error
+		if flush, err = a.adopt(in); err != nil {
 			return view{}, err
 		}
 	}
@@ -472,27 +492,52 @@ func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec, adopt bool) (view, er
 			delete(a.held, uid)
 		}
 	}
-	return view{spec: spec, version: v}, nil
+	for uid := range a.gone {
+		if !listed[uid] {
+			delete(a.gone, uid) // the pod is gone from the rule set too
+		}
+	}
+	return view{spec: spec, version: v, flush: flush}, nil
 }
 
-// adopt records, once per node, attachments for the pods the rule set lists
-// with addresses that no attachment holds: pods that were running before
-// the plugin was chained, so that installing nftguard cuts no running pod.
-func (a *Attachments) adopt(spec v1alpha1.NodeRuleSetSpec) error {
-	marker := filepath.Join(a.StateDir, adoptedMarker)
-	if _, err := os.Stat(marker); err == nil {
-		return nil
-	}
-	owned := a.Registry.PodAddresses()
+// adopt records attachments for the pods the rule set lists with addresses
+// while the runtime gave the agent none: pods that were running before the
+// plugin was chained (installing nftguard cuts no running pod), and pods
+// started while it was not (before the agent chained it, or while the pod
+// network's installer had taken the entry out). Such a pod is dropped until
+// the rule set lists its address, and from then on its policies decide:
+// the same as a pod held until it is listed. Addresses an attachment claims
+// are never adopted, nor pods whose real attachment the runtime deleted.
+// Adopted attachments of pods the rule set no longer lists are dropped;
+// adopt returns their addresses.
+func (a *Attachments) adopt(spec v1alpha1.NodeRuleSetSpec) ([]netip.Addr, error) {
+	atts := a.Registry.Snapshot()
+	owned := cni.PodAddresses(atts)
 	claimed := map[netip.Addr]bool{}
 	for _, ips := range owned {
 		for _, ip := range ips {
 			claimed[ip] = true
 		}
 	}
+	listed := map[string]bool{}
+	for _, p := range spec.Pods {
+		listed[p.UID] = true
+	}
+	var dropped []netip.Addr
+	for _, att := range atts {
+		if isAdopted(att) && !listed[att.PodUID] {
+			if _, err := a.Registry.Del(att.Key()); err != nil {
+				return nil, fmt.Errorf("forgetting the adopted attachment of %s/%s: %w", att.Namespace, att.Name, err)
+			}
+			dropped = append(dropped, att.IPs...)
+		}
+	}
+	a.mu.Lock()
+	gone := maps.Clone(a.gone)
+	a.mu.Unlock()
 	n := 0
 	for _, p := range spec.Pods {
-		if p.UID == "" || len(owned[p.UID]) > 0 || len(p.IPs) == 0 {
+		if _, has := owned[p.UID]; has || p.UID == "" || len(p.IPs) == 0 || gone[p.UID] {
 			continue
 		}
 		var ips []netip.Addr
@@ -506,15 +551,14 @@ func (a *Attachments) adopt(spec v1alpha1.NodeRuleSetSpec) error {
 		}
 		if err := a.Registry.Add(cni.Attachment{ContainerID: adoptedPrefix + p.UID, IfName: "eth0",
 			PodUID: p.UID, Namespace: p.Namespace, Name: p.Name, IPs: ips}); err != nil {
-			return fmt.Errorf("adopting pod %s/%s: %w", p.Namespace, p.Name, err)
+			return nil, fmt.Errorf("adopting pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
 		n++
 	}
-	if err := os.WriteFile(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("recording the adoption: %w", err)
+	if n > 0 || len(dropped) > 0 {
+		a.Log.Info("Adopted the pods that started without the CNI plugin", "adopted", n, "dropped", len(dropped))
 	}
-	a.Log.Info("Adopted the pods running before the CNI plugin was chained", "pods", n)
-	return nil
+	return dropped, nil
 }
 
 // programmedView records what a successful pass put in the kernel.

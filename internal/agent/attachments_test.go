@@ -186,9 +186,8 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		}).Should(Succeed())
 	})
 
-	It("adopts the pods that ran before the plugin, once", func() {
+	It("adopts the pods that ran before the plugin", func() {
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.99"))
-		Expect(filepath.Join(stateDir, "registry", "adopted")).To(BeAnExistingFile())
 	})
 
 	It("makes a listed pod ready before its ADD returns", func() {
@@ -231,6 +230,36 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ContainElement("198.18.10.5"))
 	})
 
+	It("adopts a pod started without the plugin once the rule set lists its address, and drops it once unlisted", func() {
+		// As CoreDNS on a node where it started just before the plugin was
+		// chained: no ADD reached the agent, and kubelet's status gives
+		// the controller its address later.
+		early := v1alpha1.LocalPod{Namespace: "shop", Name: "early", UID: "uid-early", IPs: []string{"198.18.10.9"}}
+		list(web, free, late, early)
+		Eventually(func(g Gomega) {
+			g.Expect(readySet(g, nodeNS, model.SetReady4)).To(ContainElement("198.18.10.9"))
+		}).Should(Succeed())
+		By("not adopting it again once the runtime deleted its real attachment")
+		add("c-early", "uid-early", "shop", "early", "198.18.10.9")
+		Expect(plugin.Del(ctx, cni.Attachment{ContainerID: "c-early", IfName: "eth0"})).To(Succeed())
+		Expect(readySet(Default, nodeNS, model.SetReady4)).NotTo(ContainElement("198.18.10.9"))
+		Consistently(func(g Gomega) {
+			g.Expect(readySet(g, nodeNS, model.SetReady4)).NotTo(ContainElement("198.18.10.9"))
+		}, "1s", "100ms").Should(Succeed())
+		By("dropping an adopted pod the rule set no longer lists")
+		other := v1alpha1.LocalPod{Namespace: "shop", Name: "other", UID: "uid-other", IPs: []string{"198.18.10.10"}}
+		list(web, free, late, early, other)
+		Eventually(func(g Gomega) {
+			g.Expect(readySet(g, nodeNS, model.SetReady4)).To(ContainElement("198.18.10.10"))
+		}).Should(Succeed())
+		conntrackEntry(nodeNS, "198.18.10.10", "198.18.20.1")
+		list(web, free, late)
+		Eventually(func(g Gomega) {
+			g.Expect(readySet(g, nodeNS, model.SetReady4)).NotTo(ContainElement("198.18.10.10"))
+			g.Expect(conntrackHas(g, nodeNS, "198.18.10.10")).To(BeFalse())
+		}).Should(Succeed())
+	})
+
 	It("gives a reused address to the newest ADD and deletes its conntrack entries", func() {
 		conntrackEntry(nodeNS, "198.18.10.2", "198.18.20.1")
 		Expect(conntrackHas(Default, nodeNS, "198.18.10.2")).To(BeTrue())
@@ -264,7 +293,7 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.3"))
 		entries, err := os.ReadDir(filepath.Join(stateDir, "registry"))
 		Expect(err).NotTo(HaveOccurred())
-		Expect(len(entries)).To(BeNumerically("<=", 2), "one attachment file (and the adoption marker) left")
+		Expect(entries).To(HaveLen(1), "one attachment file left")
 	})
 
 	It("takes the plugin out before the table on uninstall, and puts it back on cancel", func() {
@@ -310,7 +339,6 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 			g.Expect(binary).NotTo(BeAnExistingFile())
 			g.Expect(kernelTableIn(g, nodeNS)).To(BeEmpty())
 		}).Should(Succeed())
-		Expect(filepath.Join(stateDir, "registry", "adopted")).NotTo(BeAnExistingFile())
 		By("not chaining it again while uninstalled, across an agent restart")
 		Consistently(func(g Gomega) { g.Expect(chained(g)).To(BeFalse()) }, "1s", "50ms").Should(Succeed())
 		stop()

@@ -256,7 +256,7 @@ func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
 		return nil, fmt.Errorf("opening the attachment registry: %w", err)
 	}
 	att := &Attachments{
-		Registry: reg, StateDir: o.StateDir, Namespace: o.Namespace, AddWait: o.AddWait,
+		Registry: reg, Namespace: o.Namespace, AddWait: o.AddWait,
 		NotReadyWarning: o.NotReadyWarning, NotReadyRelease: o.NotReadyRelease,
 		Conntrack: NetlinkConntrack{NetNS: a.opts.NetNS},
 		Events:    a.mgr.GetEventRecorder("nftguard-agent"),
