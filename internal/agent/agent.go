@@ -165,10 +165,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	groups, inputs, groupsErr := r.groups(ctx, rs)
 	if r.Attachments != nil {
-		// The registry's version, and whether the runtime chains the
-		// plugin: the pass after it is chained adopts the running pods.
-		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10) +
-			"/chained:" + strconv.FormatBool(r.Attachments.chained())
+		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10)
 	}
 	r.mu.Lock()
 	upToDate := groupsErr == nil && r.inputs == inputs
@@ -361,7 +358,7 @@ func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) (view, error) {
 		return view{spec: spec}, nil
 	}
 	spec.PodCIDRs = r.podCIDRs(rs)
-	return r.Attachments.specFor(spec, r.Attachments.chained())
+	return r.Attachments.specFor(spec)
 }
 
 // groups reads every AddressGroup the rule set references, and returns with

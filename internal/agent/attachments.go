@@ -86,10 +86,9 @@ type Attachments struct {
 	// Conntrack deletes the entries of addresses whose owner changed.
 	Conntrack ConntrackFlusher
 	// Installer, when set, is the agent's own installer of the plugin: it
-	// reports whether the runtime's configuration chains the plugin (the
-	// pods that predate the plugin are adopted once it does), and removes
-	// the plugin on uninstall. Nil: the configuration is managed outside
-	// the agent, and taken as chained.
+	// reports whether the runtime's configuration chains the plugin
+	// (CNIChained), and removes the plugin on uninstall. Nil: the
+	// configuration is managed outside the agent.
 	Installer PluginInstaller
 	// Events reports pods held too long (nil: no Events).
 	Events events.EventRecorder
@@ -369,11 +368,6 @@ func (a *Attachments) forget(att cni.Attachment) {
 	a.mu.Unlock()
 }
 
-// chained reports whether the runtime runs the plugin.
-func (a *Attachments) chained() bool {
-	return a.Installer == nil || a.Installer.Check().Chained
-}
-
 // uninstall takes the plugin out of the runtime's configuration (entry,
 // then binary) before the reconciler deletes the table: once nftguard is
 // deleted, no pod's ADD may depend on an agent that is gone. If the
@@ -437,14 +431,11 @@ type view struct {
 // runtime's word, not kubelet's status, which lags and may be stale);
 // pods of nftguard's namespace and released pods are added as pods no
 // policy isolates. Pods that started without the plugin are adopted, from
-// the rule set's addresses, once the plugin is chained.
-func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec, adopt bool) (view, error) {
-	var flush []netip.Addr
-	if adopt {
-		var err error
-		if flush, err = a.adopt(in); err != nil {
-			return view{}, err
-		}
+// the rule set's addresses.
+func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec) (view, error) {
+	flush, err := a.adopt(in)
+	if err != nil {
+		return view{}, err
 	}
 	a.mu.Lock()
 	v := a.version
