@@ -34,6 +34,9 @@ type Suite struct {
 	Explain bool
 	// ConvergeTimeout bounds WaitConverged (default 60 s).
 	ConvergeTimeout time.Duration
+	// ExemptNamespaces is the controller's own namespace, which it exempts
+	// from isolation (real nodes, where the controller is a pod).
+	ExemptNamespaces []string
 }
 
 // Probe describes one matrix: a port and protocol over one IP family.
@@ -71,7 +74,7 @@ func (s *Suite) WaitConverged(t *testing.T) {
 	why := ""
 	for {
 		var err error
-		if why, err = NotConverged(ctx, s.Cluster.Client()); err == nil && why == "" {
+		if why, err = NotConverged(ctx, s.Cluster.Client(), compiler.Options{ExemptNamespaces: s.ExemptNamespaces}); err == nil && why == "" {
 			return
 		}
 		if err != nil {
@@ -85,8 +88,8 @@ func (s *Suite) WaitConverged(t *testing.T) {
 	}
 }
 
-// NotConverged says what is not enforced yet as compiled, or "".
-func NotConverged(ctx context.Context, c client.Client) (string, error) {
+// NotConverged says what is not enforced yet as compiled with o, or "".
+func NotConverged(ctx context.Context, c client.Client, o compiler.Options) (string, error) {
 	var (
 		pods  corev1.PodList
 		nss   corev1.NamespaceList
@@ -117,7 +120,7 @@ func NotConverged(ctx context.Context, c client.Client) (string, error) {
 	for i := range dds.Items {
 		snap.DefaultDenies = append(snap.DefaultDenies, &dds.Items[i])
 	}
-	want := compiler.Compile(snap)
+	want := compiler.CompileWith(snap, o)
 	have := map[string]*v1alpha1.NodeRuleSet{}
 	for i := range rss.Items {
 		have[rss.Items[i].Name] = &rss.Items[i]

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +38,9 @@ import (
 	"github.com/nftguard/nftguard/test/conformance"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
+
+// ownNamespace is where config/default installs nftguard.
+const ownNamespace = "nftguard-system"
 
 var (
 	proxyModes = flag.String("realnodes.proxy-modes", "nftables,iptables", "kube-proxy modes to run the suite in, each on a cluster of its own")
@@ -237,7 +241,7 @@ func TestInstalledAsAUserWould(t *testing.T) {
 // nftguard's hooks.
 func TestConformanceThroughServices(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
-		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+		s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute, ExemptNamespaces: []string{ownNamespace}}
 		s.Run(t, conformance.Cases())
 		t.Run("changes", func(t *testing.T) {
 			s.ResetPolicies(t)
@@ -310,7 +314,7 @@ func kubectlExec(ctx context.Context, c *localcluster.Cluster, ns, pod string, a
 // policy.
 func policySuite(t *testing.T, c *localcluster.Cluster) *conformance.Suite {
 	t.Helper()
-	s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute}
+	s := &conformance.Suite{Cluster: c, Service: true, ConvergeTimeout: 2 * time.Minute, ExemptNamespaces: []string{ownNamespace}}
 	s.ResetPolicies(t)
 	return s
 }
@@ -871,6 +875,205 @@ func TestAddAndDeletePod(t *testing.T) {
 		}
 		if _, err := c.Clientset().CoreV1().Services("y").Get(ctx, "added", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Errorf("the deleted pod's Service: %v, want NotFound", err)
+		}
+	})
+}
+
+// TestUninstallLeavesNodesThatStartPods: marking every NodeRuleSet for
+// uninstall (what kubectl nftguard uninstall does) takes the CNI plugin
+// out of every node before the agents delete their tables, so that once
+// nftguard is deleted new pods still start and talk; installing it again
+// chains the plugin and adopts the pods started meanwhile, which keep
+// talking.
+func TestUninstallLeavesNodesThatStartPods(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		policySuite(t, c)
+		kustomization := filepath.Join(localcluster.RepoRoot(), "config", "default")
+		reinstall := func() {
+			t.Helper()
+			if _, err := kubectl(ctx, c, "apply", "--server-side", "-k", kustomization); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitInstalled(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range c.Nodes() {
+				root, err := c.NodeRoot(n.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conflist := filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")
+				why := notChained(conflist)
+				for deadline := time.Now().Add(30 * time.Second); why != "" && time.Now().Before(deadline); why = notChained(conflist) {
+					time.Sleep(250 * time.Millisecond)
+				}
+				if why != "" {
+					t.Fatalf("node %s after installing again: %s", n.Name, why)
+				}
+			}
+		}
+
+		if _, err := kubectl(ctx, c, "annotate", "nrs", "--all", "--overwrite", v1alpha1.UninstallAnnotation+"=true"); err != nil {
+			t.Fatal(err)
+		}
+		var pending []string
+		for deadline := time.Now().Add(time.Minute); ; {
+			pending = pending[:0]
+			var list v1alpha1.NodeRuleSetList
+			if err := c.Client().List(ctx, &list); err != nil {
+				t.Fatal(err)
+			}
+			for _, rs := range list.Items {
+				if cond := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed); cond == nil || cond.Reason != v1alpha1.ReasonUninstalled {
+					pending = append(pending, fmt.Sprintf("%s: %+v", rs.Name, cond))
+				}
+			}
+			if len(pending) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if len(pending) > 0 {
+			t.Fatalf("not uninstalled after 1m: %s", strings.Join(pending, "; "))
+		}
+		for _, n := range c.Nodes() {
+			root, err := c.NodeRoot(n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(b, []byte(`"nftguard"`)) {
+				t.Errorf("node %s reports Uninstalled, but its conflist still chains nftguard:\n%s", n.Name, b)
+			}
+			if _, err := os.Stat(filepath.Join(root, "opt", "cni", "bin", "nftguard")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("node %s reports Uninstalled, but the plugin binary is still there: %v", n.Name, err)
+			}
+		}
+
+		if _, err := kubectl(ctx, c, "delete", "--wait", "--timeout=3m", "-k", kustomization); err != nil {
+			reinstall()
+			t.Fatal(err)
+		}
+		p, err := c.AddPod(ctx, localcluster.PodSpec{Namespace: "y", Name: "after-uninstall", Node: "node-1",
+			Labels: map[string]string{"pod": "after-uninstall"}, Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}})
+		reinstall()
+		if err != nil {
+			t.Fatalf("a pod created once nftguard was deleted: %v", err)
+		}
+		defer func() {
+			if err := c.DeletePod(ctx, "y/after-uninstall"); err != nil {
+				t.Error(err)
+			}
+		}()
+		// Adopted: without it, its address would be held (not ready).
+		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/a", To: p.Namespace + "/" + p.Name, Port: intstr.FromInt32(80)}); !r.Reachable() {
+			t.Errorf("the pod started while nftguard was gone, after installing it again: %s; want connected", r)
+		}
+		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: p.Namespace + "/" + p.Name, To: "x/a", Port: intstr.FromInt32(80)}); !r.Reachable() {
+			t.Errorf("from the pod started while nftguard was gone, after installing it again: %s; want connected", r)
+		}
+	})
+}
+
+// TestEverythingDeniedStillManaged: an Enforce DefaultDeny with
+// namespaceSelector {} (ingress and egress) exempts nftguard's own
+// namespace and says so in its status; the controller, restarted under
+// it on the pod network, still reaches the API server, and a policy
+// change made afterwards is enforced.
+func TestEverythingDeniedStillManaged(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := policySuite(t, c)
+		defer s.ResetPolicies(t)
+		dd := &v1alpha1.DefaultDeny{
+			ObjectMeta: metav1.ObjectMeta{Name: "everything"},
+			Spec: v1alpha1.DefaultDenySpec{
+				PolicyTypes: []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress, v1alpha1.PolicyTypeEgress},
+				Mode:        v1alpha1.ModeEnforce,
+			},
+		}
+		s.Create(t, dd)
+		s.WaitConverged(t)
+		if err := c.Client().Get(ctx, client.ObjectKeyFromObject(dd), dd); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(dd.Status.ExemptNamespaces, ownNamespace) {
+			t.Errorf("DefaultDeny status exemptNamespaces = %v, want %s", dd.Status.ExemptNamespaces, ownNamespace)
+		}
+		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/b", To: "x/a", Port: intstr.FromInt32(80)}); r.Reachable() {
+			t.Fatalf("%s under the {} DefaultDeny: want blocked", r)
+		}
+
+		pods, err := c.Clientset().CoreV1().Pods(ownNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+		if err != nil || len(pods.Items) == 0 {
+			t.Fatalf("the controller pods: %v, %v", pods, err)
+		}
+		for _, p := range pods.Items {
+			if err := c.Clientset().CoreV1().Pods(ownNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The Deployment's new pod starts under the DefaultDeny.
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			d, err := c.Clientset().AppsV1().Deployments(ownNamespace).Get(ctx, "nftguard-controller", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, err := c.Clientset().CoreV1().Pods(ownNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh := 0
+			for _, p := range list.Items {
+				if !slices.ContainsFunc(pods.Items, func(old corev1.Pod) bool { return old.UID == p.UID }) && podCondition(&p, corev1.PodReady) != nil &&
+					podCondition(&p, corev1.PodReady).Status == corev1.ConditionTrue {
+					fresh++
+				}
+			}
+			if fresh > 0 && d.Status.AvailableReplicas > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new controller pod Ready 2m after the old ones were deleted: %s", podProblems(ctx, c))
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+
+		s.Create(t,
+			&networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"},
+				Spec: networkingv1.NetworkPolicySpec{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "a"}},
+					Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+						PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": "b"}}}}}},
+				},
+			},
+			&networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b-to-a"},
+				Spec: networkingv1.NetworkPolicySpec{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "b"}},
+					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+					Egress: []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{
+						PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": "a"}}}}}},
+				},
+			})
+		var r localcluster.ProbeResult
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			r = c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/b", To: "x/a", Port: intstr.FromInt32(80)})
+			if r.Reachable() || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if !r.Reachable() {
+			t.Fatalf("%s 2m after allowing it, with the controller restarted under the {} DefaultDeny: want connected", r)
+		}
+		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/c", To: "x/a", Port: intstr.FromInt32(80)}); r.Reachable() {
+			t.Errorf("%s: want blocked (only x/b is allowed)", r)
 		}
 	})
 }
