@@ -54,11 +54,14 @@ type NodeRuleSetSpec struct {
 	AddressGroups []string `json:"addressGroups,omitempty"`
 	// unwritten, when set, says that the controller's latest compile for the
 	// node is not fully written: the node's rule set (reason
-	// RuleSetTooLarge; the rest of this spec is then the last one that fit)
-	// or address groups it references (reason AddressGroupTooLarge) exceed
-	// the object size limit. The agent programs the rest of the spec as
-	// usual; the node does not enforce the latest policies until this is
-	// cleared.
+	// RuleSetTooLarge) or address groups it references (reason
+	// AddressGroupTooLarge) exceed the object size limit. With reason
+	// RuleSetTooLarge and policies set, this spec is the latest compile
+	// without the rules of those policies: the pods they select stay
+	// isolated without them, and every other policy is enforced as
+	// compiled. With reason RuleSetTooLarge and no policies (leaving rules
+	// out was not enough), the rest of this spec is the last one that fit.
+	// The agent programs the spec as usual.
 	// +optional
 	Unwritten *Unwritten `json:"unwritten,omitempty"`
 }
@@ -79,6 +82,12 @@ type Unwritten struct {
 	// +optional
 	// +listType=set
 	AddressGroups []string `json:"addressGroups,omitempty"`
+	// policies names the policies whose rules were left out of this spec
+	// so that it fits (reason RuleSetTooLarge), sorted: the largest
+	// contributors first, as few as needed.
+	// +optional
+	// +listType=set
+	Policies []string `json:"policies,omitempty"`
 }
 
 // LocalPod is a pod on the node and the isolation of each of its directions.

@@ -49,10 +49,19 @@ type Progress struct {
 // rule set it holds), Failed, Uninstalled, Pending; a node is Programmed
 // only when none applies.
 func NodeProgress(nrs *NodeRuleSet, desiredGeneration int64) Progress {
+	return NodeProgressOf(nrs, desiredGeneration, "")
+}
+
+// NodeProgressOf is NodeProgress for one policy (its key, as in
+// Isolation.policies; "" for the node as a whole). On a node whose rule
+// set leaves out the rules of some policies (spec.unwritten.policies),
+// only those are TooLarge there: every other policy's progress is the
+// agent's.
+func NodeProgressOf(nrs *NodeRuleSet, desiredGeneration int64, policy string) Progress {
 	if nrs == nil {
 		return Progress{State: NodePending, Reason: ReasonProgramming, Message: "no rule set written for the node yet"}
 	}
-	if u := nrs.Spec.Unwritten; u != nil {
+	if u := nrs.Spec.Unwritten; u != nil && (policy == "" || len(u.Policies) == 0 || slices.Contains(u.Policies, policy)) {
 		return Progress{State: NodeTooLarge, Reason: u.Reason, Message: u.Describe()}
 	}
 	c := meta.FindStatusCondition(nrs.Status.Conditions, ConditionProgrammed)
@@ -78,6 +87,10 @@ func (u *Unwritten) Describe() string {
 	if u.Reason == ReasonAddressGroupTooLarge {
 		return fmt.Sprintf("Address groups %s exceed the %d-byte object limit (largest %d bytes); their membership is not updated",
 			strings.Join(u.AddressGroups, ", "), u.Limit, u.Bytes)
+	}
+	if len(u.Policies) > 0 {
+		return fmt.Sprintf("Compiled rule set is %d bytes, above the %d-byte object limit; the rules of %s are left out, and the pods they select stay isolated without them",
+			u.Bytes, u.Limit, strings.Join(u.Policies, ", "))
 	}
 	return fmt.Sprintf("Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", u.Bytes, u.Limit)
 }

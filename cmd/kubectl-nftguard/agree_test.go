@@ -58,6 +58,9 @@ func TestStatusAgreesWithController(t *testing.T) {
 		{"failed", "Failed", v1alpha1.ReasonProgramFailed, v1alpha1.ReasonProgramFailed},
 		{"uninstalled", "Uninstalled", v1alpha1.ReasonUninstalled, v1alpha1.ReasonUninstalled},
 		{"toolarge", "TooLarge", v1alpha1.ReasonRuleSetTooLarge, v1alpha1.ReasonRuleSetTooLarge},
+		// Its rule set is too large because of another policy, "many",
+		// whose rules are left out: only "many" is TooLarge there.
+		{"degraded", "Enforced", v1alpha1.ReasonEnforced, v1alpha1.ReasonEnforced},
 	}
 	ip := 0
 	pod := func(ns, name, node string) {
@@ -133,6 +136,20 @@ func TestStatusAgreesWithController(t *testing.T) {
 	for i := range 40 {
 		pod("toolarge", fmt.Sprintf("a-pod-with-a-name-long-enough-to-fill-the-rule-set-%02d", i), "toolarge")
 	}
+	var blocks []networkingv1.NetworkPolicyPeer
+	for i := range 300 {
+		blocks = append(blocks, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("198.18.%d.%d/32", i/250, i%250)}})
+	}
+	if err := c.Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "degraded", Name: "many"},
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{From: blocks}}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("degraded leaving out the rules of many", func() error {
+		if rs, err := get("degraded"); err != nil || rs.Spec.Unwritten == nil || len(rs.Spec.Unwritten.Policies) != 1 {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
 	eventually("toolarge marked unwritten", func() error {
 		if rs, err := get("toolarge"); err != nil || rs.Spec.Unwritten == nil {
 			return fmt.Errorf("not yet (%v)", err)
@@ -150,6 +167,7 @@ func TestStatusAgreesWithController(t *testing.T) {
 	for node, st := range map[string][2]string{
 		"programmed": {"True", v1alpha1.ReasonProgrammed}, "failed": {"False", v1alpha1.ReasonProgramFailed},
 		"uninstalled": {"False", v1alpha1.ReasonUninstalled}, "toolarge": {"True", v1alpha1.ReasonProgrammed},
+		"degraded": {"True", v1alpha1.ReasonProgrammed},
 	} {
 		eventually("report "+node, func() error { return report(node, metav1.ConditionStatus(st[0]), st[1]) })
 	}
@@ -173,7 +191,7 @@ func TestStatusAgreesWithController(t *testing.T) {
 				}
 				var last *eventsv1.Event
 				for i := range evs.Items {
-					if e := &evs.Items[i]; e.Regarding.Kind == "NetworkPolicy" && (last == nil || e.EventTime.After(last.EventTime.Time)) {
+					if e := &evs.Items[i]; e.Regarding.Kind == "NetworkPolicy" && e.Regarding.Name == "deny" && (last == nil || e.EventTime.After(last.EventTime.Time)) {
 						last = e
 					}
 				}
@@ -203,6 +221,9 @@ func TestStatusAgreesWithController(t *testing.T) {
 				t.Errorf("plugin: %s is %q, the controller says %s (want %s)", key, states[key], tc.reason, tc.pluginState)
 			}
 		}
+	}
+	if key := v1alpha1.NetworkPolicyKey("degraded", "many"); states[key] != "TooLarge" {
+		t.Errorf("plugin: %s, whose rules are left out, is %q, want TooLarge", key, states[key])
 	}
 	if t.Failed() {
 		t.Logf("plugin output:\n%s", strings.TrimSpace(out))

@@ -160,9 +160,10 @@ func statuses(s *snapshot, want string) []PolicyStatus {
 		nodes map[string]bool
 	}
 	by := map[string]*acc{}
-	node := map[string]NodeProgress{}
-	for _, rs := range s.ruleSets.Items {
-		node[rs.Name] = progress(&rs)
+	node := map[string]*v1alpha1.NodeRuleSet{}
+	for i := range s.ruleSets.Items {
+		rs := &s.ruleSets.Items[i]
+		node[rs.Name] = rs
 		for _, p := range rs.Spec.Pods {
 			dirs := map[string][]string{}
 			if p.Ingress != nil {
@@ -198,7 +199,7 @@ func statuses(s *snapshot, want string) []PolicyStatus {
 				return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
 			})
 			for n := range a.nodes {
-				st.Nodes = append(st.Nodes, node[n])
+				st.Nodes = append(st.Nodes, progress(node[n], key))
 			}
 			slices.SortFunc(st.Nodes, func(x, y NodeProgress) int { return cmp.Compare(x.Node, y.Node) })
 		}
@@ -221,10 +222,10 @@ func statuses(s *snapshot, want string) []PolicyStatus {
 	return out
 }
 
-// progress is the node's progress with the rule set it holds, as the
-// controller reports it (v1alpha1.NodeProgress).
-func progress(rs *v1alpha1.NodeRuleSet) NodeProgress {
-	pr := v1alpha1.NodeProgress(rs, rs.Generation)
+// progress is the node's progress with the rule set it holds, for one
+// policy, as the controller reports it (v1alpha1.NodeProgressOf).
+func progress(rs *v1alpha1.NodeRuleSet, policy string) NodeProgress {
+	pr := v1alpha1.NodeProgressOf(rs, rs.Generation, policy)
 	p := NodeProgress{Node: rs.Name, State: string(pr.State), Generation: rs.Generation, ProgrammedGeneration: rs.Status.ObservedGeneration}
 	switch pr.State {
 	case v1alpha1.NodeProgrammed:

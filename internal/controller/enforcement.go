@@ -16,8 +16,9 @@ import (
 // nodeProgress is a node's progress with the rule set the controller last
 // planned for it (target; ok false when it planned none): the stored
 // NodeRuleSet (nil if absent) holds the wanted spec when its spec equals
-// the target, else the wanted spec is not written yet.
-func nodeProgress(rs *v1alpha1.NodeRuleSet, target v1alpha1.NodeRuleSetSpec, ok bool) v1alpha1.Progress {
+// the target, else the wanted spec is not written yet. policy is the
+// policy whose progress it is (v1alpha1.NodeProgressOf).
+func nodeProgress(rs *v1alpha1.NodeRuleSet, target v1alpha1.NodeRuleSetSpec, ok bool, policy string) v1alpha1.Progress {
 	if rs == nil {
 		return v1alpha1.NodeProgress(nil, 0)
 	}
@@ -25,7 +26,7 @@ func nodeProgress(rs *v1alpha1.NodeRuleSet, target v1alpha1.NodeRuleSetSpec, ok 
 	if !ok || !equality.Semantic.DeepEqual(rs.Spec, target) {
 		want++
 	}
-	return v1alpha1.NodeProgress(rs, want)
+	return v1alpha1.NodeProgressOf(rs, want, policy)
 }
 
 // enforcedCondition is the Enforced condition of a DefaultDeny whose nodes
@@ -37,7 +38,7 @@ func enforcedCondition(p v1alpha1.PolicyProgress, selectedPods int, progress fun
 	}
 	switch p.State {
 	case v1alpha1.PolicyTooLarge:
-		c.Message = fmt.Sprintf("Rule set or one of its address groups exceeds the object size limit on %s; those nodes keep their previous rules", list(p.TooLarge))
+		c.Message = fmt.Sprintf("Not fully enforced on %d of %d nodes: %s", len(p.TooLarge), p.Desired, list(details(p.TooLarge, progress)))
 	case v1alpha1.PolicyFailed:
 		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress)))
 	case v1alpha1.PolicyUninstalled:
@@ -58,7 +59,7 @@ func enforcedCondition(p v1alpha1.PolicyProgress, selectedPods int, progress fun
 func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) (typ, note string, ok bool) {
 	switch p.State {
 	case v1alpha1.PolicyTooLarge:
-		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %s: the node's rule set or one of its address groups exceeds the object size limit", list(p.TooLarge)), true
+		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.TooLarge), p.Desired, list(details(p.TooLarge, progress))), true
 	case v1alpha1.PolicyFailed:
 		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress))), true
 	case v1alpha1.PolicyUninstalled:
@@ -71,8 +72,13 @@ func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(stri
 
 // failures lists the failed nodes as "node: message".
 func failures(p v1alpha1.PolicyProgress, progress func(string) v1alpha1.Progress) []string {
-	out := make([]string, 0, len(p.Failed))
-	for _, n := range p.Failed {
+	return details(p.Failed, progress)
+}
+
+// details lists nodes as "node: message".
+func details(nodes []string, progress func(string) v1alpha1.Progress) []string {
+	out := make([]string, 0, len(nodes))
+	for _, n := range nodes {
 		out = append(out, n+": "+progress(n).Message)
 	}
 	return out

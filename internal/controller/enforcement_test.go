@@ -22,6 +22,8 @@ func TestNodeProgressAgainstTarget(t *testing.T) {
 	target := v1alpha1.NodeRuleSetSpec{AddressGroups: []string{"ag-1"}}
 	tooLarge := programmedRuleSet(3, 3, metav1.ConditionTrue, "")
 	tooLarge.Spec.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: 2, Limit: 1}
+	degraded := programmedRuleSet(3, 3, metav1.ConditionTrue, "")
+	degraded.Spec.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: 2, Limit: 1, Policies: []string{"NetworkPolicy/big/many"}}
 	cases := []struct {
 		name     string
 		rs       *v1alpha1.NodeRuleSet
@@ -29,19 +31,23 @@ func TestNodeProgressAgainstTarget(t *testing.T) {
 		planned  bool
 		want     v1alpha1.NodeState
 		enforced bool
+		policy   string
 	}{
-		{"absent", nil, target, true, v1alpha1.NodePending, false},
-		{"programmed current generation", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodeProgrammed, true},
-		{"programmed an older generation", programmedRuleSet(4, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodePending, false},
-		{"spec differs from the planned one", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), v1alpha1.NodeRuleSetSpec{}, true, v1alpha1.NodePending, false},
-		{"nothing planned", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, false, v1alpha1.NodePending, false},
-		{"agent failed", programmedRuleSet(3, 3, metav1.ConditionFalse, "boom"), target, true, v1alpha1.NodeFailed, false},
-		{"too large", tooLarge, tooLarge.Spec, true, v1alpha1.NodeTooLarge, false},
-		{"no condition yet", &v1alpha1.NodeRuleSet{Spec: target}, target, true, v1alpha1.NodePending, false},
+		{"absent", nil, target, true, v1alpha1.NodePending, false, ""},
+		{"programmed current generation", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodeProgrammed, true, ""},
+		{"programmed an older generation", programmedRuleSet(4, 3, metav1.ConditionTrue, ""), target, true, v1alpha1.NodePending, false, ""},
+		{"spec differs from the planned one", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), v1alpha1.NodeRuleSetSpec{}, true, v1alpha1.NodePending, false, ""},
+		{"nothing planned", programmedRuleSet(3, 3, metav1.ConditionTrue, ""), target, false, v1alpha1.NodePending, false, ""},
+		{"agent failed", programmedRuleSet(3, 3, metav1.ConditionFalse, "boom"), target, true, v1alpha1.NodeFailed, false, ""},
+		{"too large", tooLarge, tooLarge.Spec, true, v1alpha1.NodeTooLarge, false, "NetworkPolicy/small/few"},
+		{"rules left out, for the policy left out", degraded, degraded.Spec, true, v1alpha1.NodeTooLarge, false, "NetworkPolicy/big/many"},
+		{"rules left out, for another policy", degraded, degraded.Spec, true, v1alpha1.NodeProgrammed, true, "NetworkPolicy/small/few"},
+		{"rules left out, for the node", degraded, degraded.Spec, true, v1alpha1.NodeTooLarge, false, ""},
+		{"no condition yet", &v1alpha1.NodeRuleSet{Spec: target}, target, true, v1alpha1.NodePending, false, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := nodeProgress(c.rs, c.target, c.planned); got.State != c.want {
+			if got := nodeProgress(c.rs, c.target, c.planned, c.policy); got.State != c.want {
 				t.Fatalf("got %+v, want %s", got, c.want)
 			}
 		})
@@ -54,7 +60,7 @@ func TestEnforcedCondition(t *testing.T) {
 		"pending": {State: v1alpha1.NodePending},
 		"failed":  {State: v1alpha1.NodeFailed, Reason: v1alpha1.ReasonProgramFailed, Message: "no table"},
 		"gone":    {State: v1alpha1.NodeUninstalled, Reason: v1alpha1.ReasonUninstalled},
-		"big":     {State: v1alpha1.NodeTooLarge, Reason: v1alpha1.ReasonRuleSetTooLarge},
+		"big":     {State: v1alpha1.NodeTooLarge, Reason: v1alpha1.ReasonRuleSetTooLarge, Message: "rules left out"},
 	}
 	progress := func(n string) v1alpha1.Progress { return nodes[n] }
 	cases := []struct {
@@ -71,7 +77,7 @@ func TestEnforcedCondition(t *testing.T) {
 		{"waiting", []string{"ok", "pending"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 1 of 2 nodes; waiting for pending", "1/2", ""},
 		{"uninstalled wins over waiting", []string{"pending", "gone"}, metav1.ConditionFalse, v1alpha1.ReasonUninstalled, "Uninstalled on 1 of 2 nodes, which filter no traffic: gone", "0/2", corev1.EventTypeWarning},
 		{"failure wins over uninstalled", []string{"gone", "failed"}, metav1.ConditionFalse, v1alpha1.ReasonProgramFailed, "Agent failed to program 1 of 2 nodes: failed: no table", "0/2", corev1.EventTypeWarning},
-		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, v1alpha1.ReasonRuleSetTooLarge, "Rule set or one of its address groups exceeds the object size limit on big; those nodes keep their previous rules", "0/2", corev1.EventTypeWarning},
+		{"too large wins", []string{"failed", "big"}, metav1.ConditionFalse, v1alpha1.ReasonRuleSetTooLarge, "Not fully enforced on 1 of 2 nodes: big: rules left out", "0/2", corev1.EventTypeWarning},
 		{"unknown node counts as pending", []string{"unknown"}, metav1.ConditionFalse, v1alpha1.ReasonProgramming, "Programmed on 0 of 1 nodes; waiting for unknown", "0/1", ""},
 	}
 	for _, c := range cases {

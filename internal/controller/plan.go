@@ -1,9 +1,12 @@
 package controller
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -217,7 +220,20 @@ func planWrites(in planInput) plan {
 		p.Largest = max(p.Largest, size)
 		p.RuleSetBytes[name] = 0
 		var target v1alpha1.NodeRuleSetSpec
-		if size > in.MaxBytes {
+		trimmed, left, fits := spec, []string(nil), size <= in.MaxBytes
+		if !fits {
+			trimmed, left, fits = leaveOutRules(spec, size, in.MaxBytes)
+		}
+		if fits && len(left) > 0 {
+			// Degrade per policy: the largest contributors' rules go, their
+			// pods stay isolated without them, every other policy holds.
+			p.RuleSetBytes[name] = size
+			p.Notices = append(p.Notices, notice{Node: name, Reason: v1alpha1.ReasonRuleSetTooLarge,
+				Message: fmt.Sprintf("Compiled rule set is %d bytes, above the %d-byte object limit; the rules of %s are left out, and the pods they select stay isolated without them",
+					size, in.MaxBytes, strings.Join(left, ", "))})
+			spec = trimmed
+		}
+		if !fits {
 			p.RuleSetBytes[name] = size
 			p.Notices = append(p.Notices, notice{Node: name, Reason: v1alpha1.ReasonRuleSetTooLarge,
 				Message: fmt.Sprintf("Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", size, in.MaxBytes)})
@@ -239,10 +255,14 @@ func planWrites(in planInput) plan {
 					largest = max(largest, size)
 				}
 			}
-			if len(over) > 0 {
+			switch {
+			case len(over) > 0:
 				slices.Sort(over)
 				target.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonAddressGroupTooLarge,
 					Bytes: int64(largest), Limit: int64(in.MaxBytes), AddressGroups: over}
+			case len(left) > 0:
+				target.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge,
+					Bytes: int64(size), Limit: int64(in.MaxBytes), Policies: left}
 			}
 		}
 		p.Targets[name] = target
@@ -291,6 +311,91 @@ func ownedBy(rs *v1alpha1.NodeRuleSet, node *corev1.Node) bool {
 	return slices.ContainsFunc(rs.OwnerReferences, func(o metav1.OwnerReference) bool {
 		return o.Kind == "Node" && o.UID == node.UID
 	})
+}
+
+// leaveOutRules fits a rule set above the size limit by leaving out the
+// rules of the policies that contribute the most bytes, as few policies as
+// needed, largest first (ties by name). A rule goes only when every policy
+// it comes from is left out; the pods keep their isolation and lose the
+// ids of the rules that went, so they fail closed for what those policies
+// allowed, and no other policy changes. It returns the trimmed spec and the
+// policies left out, sorted (the spec's unwritten records them); fits is false when even leaving out every
+// rule does not fit (the pods alone are too many).
+func leaveOutRules(spec v1alpha1.NodeRuleSetSpec, size, maxBytes int) (trimmed v1alpha1.NodeRuleSetSpec, left []string, fits bool) {
+	sizes := make([]int, len(spec.Rules))
+	weight := map[string]int{}
+	for i, r := range spec.Rules {
+		sizes[i] = specSize(r) + 1 // and its comma
+		for _, pol := range r.Policies {
+			weight[pol] += sizes[i]
+		}
+	}
+	order := slices.Collect(maps.Keys(weight))
+	slices.SortFunc(order, func(a, b string) int { return cmp.Or(cmp.Compare(weight[b], weight[a]), cmp.Compare(a, b)) })
+	gone := map[string]bool{}
+	estimate := size
+	for _, pol := range order {
+		gone[pol] = true
+		left = append(left, pol)
+		dropped := 0
+		for i, r := range spec.Rules {
+			if slices.Contains(r.Policies, pol) && !slices.ContainsFunc(r.Policies, func(q string) bool { return !gone[q] }) {
+				dropped += sizes[i]
+			}
+		}
+		if estimate -= dropped; estimate > maxBytes {
+			continue // removing the group references saves a little more; not enough
+		}
+		trimmed = withoutRules(spec, gone)
+		names := slices.Sorted(slices.Values(left))
+		// Measured with the record of what was left out, which it carries.
+		trimmed.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: int64(size), Limit: int64(maxBytes), Policies: names}
+		if specSize(trimmed) <= maxBytes {
+			return trimmed, names, true
+		}
+	}
+	return spec, nil, false
+}
+
+// withoutRules is spec without the rules whose policies are all in gone,
+// and without references to them or to groups no rule uses any more.
+func withoutRules(spec v1alpha1.NodeRuleSetSpec, gone map[string]bool) v1alpha1.NodeRuleSetSpec {
+	out := spec
+	out.Rules = nil
+	kept := map[string]bool{}
+	groups := map[string]bool{}
+	for _, r := range spec.Rules {
+		if !slices.ContainsFunc(r.Policies, func(q string) bool { return !gone[q] }) {
+			continue
+		}
+		out.Rules = append(out.Rules, r)
+		kept[r.ID] = true
+		for _, pe := range r.Peers {
+			if pe.AddressGroup != "" {
+				groups[pe.AddressGroup] = true
+			}
+		}
+	}
+	out.AddressGroups = slices.DeleteFunc(slices.Clone(spec.AddressGroups), func(g string) bool { return !groups[g] })
+	out.Pods = make([]v1alpha1.LocalPod, len(spec.Pods))
+	for i, p := range spec.Pods {
+		p.Ingress, p.Egress = keptRules(p.Ingress, kept), keptRules(p.Egress, kept)
+		out.Pods[i] = p
+	}
+	return out
+}
+
+// keptRules is the isolation with only the rule ids in kept.
+func keptRules(iso *v1alpha1.Isolation, kept map[string]bool) *v1alpha1.Isolation {
+	if iso == nil {
+		return nil
+	}
+	out := *iso
+	out.Rules = slices.DeleteFunc(slices.Clone(iso.Rules), func(id string) bool { return !kept[id] })
+	if len(out.Rules) == 0 {
+		out.Rules = nil
+	}
+	return &out
 }
 
 func specSize(spec any) int {

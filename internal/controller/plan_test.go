@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -258,5 +259,81 @@ func TestMeasureGroups(t *testing.T) {
 	}
 	if got := referencing(map[string]v1alpha1.NodeRuleSetSpec{"b": ruleSetSpec("huge"), "a": ruleSetSpec("x", "huge"), "c": ruleSetSpec("x")}, []string{"huge"}); !slices.Equal(got, []string{"a", "b"}) {
 		t.Errorf("referencing %q", got)
+	}
+}
+
+// TestPlanLeavesOutTheRulesOfTheLargestPolicy: a rule set above the limit
+// because of one policy's many ipBlocks is written without that policy's
+// rules (its pods stay isolated, without them) and with every other
+// policy's, instead of freezing the node.
+func TestPlanLeavesOutTheRulesOfTheLargestPolicy(t *testing.T) {
+	const big, small, both = "NetworkPolicy/big/many", "NetworkPolicy/small/few", "NetworkPolicy/small/shared"
+	var peers []v1alpha1.Peer
+	for i := range 200 {
+		peers = append(peers, v1alpha1.Peer{IPBlock: &v1alpha1.IPBlock{CIDR: fmt.Sprintf("198.18.%d.%d/32", i/250, i%250)}})
+	}
+	spec := v1alpha1.NodeRuleSetSpec{
+		Pods: []v1alpha1.LocalPod{
+			{Namespace: "big", Name: "a", UID: "u1", Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{big}, Rules: []string{"r-big", "r-both"}}},
+			{Namespace: "small", Name: "b", UID: "u2", Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{both, small}, Rules: []string{"r-both", "r-small"}}},
+		},
+		Rules: []v1alpha1.Rule{
+			{ID: "r-big", Direction: v1alpha1.DirectionIngress, Peers: peers, Policies: []string{big}},
+			{ID: "r-both", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "ag-shared"}}, Policies: []string{big, both}},
+			{ID: "r-small", Direction: v1alpha1.DirectionIngress, Peers: []v1alpha1.Peer{{AddressGroup: "ag-small"}}, Policies: []string{small}},
+		},
+		AddressGroups: []string{"ag-shared", "ag-small"},
+	}
+	maxBytes := specSize(spec) / 2
+	p := planWrites(planInput{
+		RuleSets: []string{"n1"}, MaxBytes: maxBytes,
+		DesiredRuleSets: map[string]v1alpha1.NodeRuleSetSpec{"n1": spec},
+		CurRuleSets:     map[string]*v1alpha1.NodeRuleSet{"n1": curRuleSet("n1", ruleSetSpec("ag-old"))},
+		Nodes:           map[string]*corev1.Node{"n1": testNode("n1")},
+	})
+	if len(p.Writes) != 1 {
+		t.Fatalf("writes %+v", p.Writes)
+	}
+	got := p.Writes[0].Object.(*v1alpha1.NodeRuleSet).Spec
+	if size := specSize(got); size > maxBytes {
+		t.Errorf("wrote %d bytes, above the %d-byte limit", size, maxBytes)
+	}
+	want := &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: int64(specSize(spec)), Limit: int64(maxBytes), Policies: []string{big}}
+	if !equality.Semantic.DeepEqual(got.Unwritten, want) {
+		t.Errorf("unwritten %+v, want %+v", got.Unwritten, want)
+	}
+	var ids []string
+	for _, r := range got.Rules {
+		ids = append(ids, r.ID)
+	}
+	if !slices.Equal(ids, []string{"r-both", "r-small"}) {
+		t.Errorf("rules %v, want the shared one and the small policy's", ids)
+	}
+	if !slices.Equal(got.AddressGroups, spec.AddressGroups) {
+		t.Errorf("groups %v", got.AddressGroups)
+	}
+	a, b := got.Pods[0].Ingress, got.Pods[1].Ingress
+	if a == nil || !slices.Equal(a.Policies, []string{big}) || !slices.Equal(a.Rules, []string{"r-both"}) {
+		t.Errorf("big/a isolation %+v: want still isolated by its policy, without r-big", a)
+	}
+	if b == nil || !slices.Equal(b.Rules, []string{"r-both", "r-small"}) {
+		t.Errorf("small/b isolation %+v: want unchanged", b)
+	}
+	if len(p.Notices) != 1 || !strings.Contains(p.Notices[0].Message, big) {
+		t.Errorf("notices %+v, want one naming %s", p.Notices, big)
+	}
+	if p.RuleSetBytes["n1"] != specSize(spec) {
+		t.Errorf("sizes %v", p.RuleSetBytes)
+	}
+
+	// Leaving out every rule is not enough: the previous spec stays.
+	p = planWrites(planInput{
+		RuleSets: []string{"n1"}, MaxBytes: 100,
+		DesiredRuleSets: map[string]v1alpha1.NodeRuleSetSpec{"n1": spec},
+		CurRuleSets:     map[string]*v1alpha1.NodeRuleSet{"n1": curRuleSet("n1", ruleSetSpec("ag-old"))},
+		Nodes:           map[string]*corev1.Node{"n1": testNode("n1")},
+	})
+	if got := p.Writes[0].Object.(*v1alpha1.NodeRuleSet).Spec; !slices.Equal(got.AddressGroups, []string{"ag-old"}) || got.Unwritten == nil || len(got.Unwritten.Policies) != 0 {
+		t.Errorf("wrote %+v, want the previous spec with unwritten and no policies", got)
 	}
 }

@@ -566,6 +566,80 @@ var _ = Describe("Oversized address groups", func() {
 	})
 })
 
+var _ = Describe("An oversized tenant", func() {
+	It("loses its own policy's rules on the node, not its neighbours': a policy of 20,000 ipBlocks", func() {
+		node := makeNode(name("n"))
+		big, small := makeNamespace(name("big"), nil), makeNamespace(name("small"), nil)
+		makePod(big.Name, "target", node.Name, map[string]string{"app": "target"})
+		makePod(small.Name, "web", node.Name, map[string]string{"app": "web"})
+		makePod(small.Name, "client", node.Name, map[string]string{"role": "client"})
+		var peers []networkingv1.NetworkPolicyPeer
+		for i := range 20000 {
+			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+				CIDR: fmt.Sprintf("198.%d.%d.%d/32", 18+i>>16, i>>8&255, i&255)}})
+		}
+		many := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: big.Name, Name: "many"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: peers}},
+			},
+		}
+		few := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: small.Name, Name: "few"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+					PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}}}},
+			},
+		}
+		Expect(admin.Create(ctx, few)).To(Succeed())
+		Expect(admin.Create(ctx, many)).To(Succeed())
+		manyKey, fewKey := v1alpha1.NetworkPolicyKey(big.Name, "many"), v1alpha1.NetworkPolicyKey(small.Name, "few")
+		Eventually(func(g Gomega) {
+			rs := ruleSet(g, node.Name)
+			u := rs.Spec.Unwritten
+			g.Expect(u).NotTo(BeNil())
+			g.Expect(u.Reason).To(Equal(v1alpha1.ReasonRuleSetTooLarge))
+			g.Expect(u.Policies).To(Equal([]string{manyKey}))
+			g.Expect(u.Bytes).To(BeNumerically(">", testMaxObjectBytes))
+			b, err := json.Marshal(rs.Spec)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(len(b)).To(BeNumerically("<=", testMaxObjectBytes))
+			rules := map[string]v1alpha1.Rule{}
+			for _, r := range rs.Spec.Rules {
+				rules[r.ID] = r
+				g.Expect(r.Policies).NotTo(Equal([]string{manyKey}), "a rule of the oversized policy was written")
+			}
+			target := localPod(rs, big.Name, "target")
+			g.Expect(target).NotTo(BeNil())
+			g.Expect(target.Ingress).NotTo(BeNil(), "the oversized policy's pod must stay isolated")
+			g.Expect(target.Ingress.Policies).To(Equal([]string{manyKey}))
+			g.Expect(target.Ingress.Rules).To(BeEmpty())
+			web := localPod(rs, small.Name, "web")
+			g.Expect(web).NotTo(BeNil())
+			g.Expect(web.Ingress).NotTo(BeNil())
+			g.Expect(web.Ingress.Rules).To(HaveLen(1))
+			g.Expect(rules).To(HaveKey(web.Ingress.Rules[0]))
+			g.Expect(rules[web.Ingress.Rules[0]].Policies).To(Equal([]string{fewKey}))
+		}, 30*time.Second).Should(Succeed())
+		By("the agent programming it, the neighbour is enforced and the tenant is told why it is not")
+		Eventually(func(g Gomega) { reportProgrammed(g, node.Name, true, "") }).Should(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(policyEvents(g, few)).To(ContainElement(And(
+				HaveField("Reason", v1alpha1.ReasonEnforced), HaveField("Type", corev1.EventTypeNormal))))
+			g.Expect(policyEvents(g, many)).To(ContainElement(And(
+				HaveField("Reason", v1alpha1.ReasonRuleSetTooLarge), HaveField("Type", corev1.EventTypeWarning),
+				HaveField("Note", And(ContainSubstring(node.Name), ContainSubstring("left out"))))))
+		}).Should(Succeed())
+		By("writing its rules again once it fits")
+		Expect(admin.Delete(ctx, many)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(ruleSet(g, node.Name).Spec.Unwritten).To(BeNil())
+		}, 30*time.Second).Should(Succeed())
+	})
+})
+
 var _ = Describe("Status aggregation", func() {
 	It("reports DefaultDeny enforcement from the agents' status and NetworkPolicy events", func() {
 		n1, n2 := makeNode(name("n")), makeNode(name("n"))

@@ -64,17 +64,20 @@ func (s *State) publish(targets map[string]v1alpha1.NodeRuleSetSpec, spans map[s
 }
 
 // progress returns a memoizing function giving each node's progress from
-// the stored rule sets.
-func (s *State) progress(present map[string]*v1alpha1.NodeRuleSet) func(string) v1alpha1.Progress {
-	memo := make(map[string]v1alpha1.Progress, len(s.targets))
-	return func(node string) v1alpha1.Progress {
-		if p, ok := memo[node]; ok {
+// the stored rule sets, for one policy (its key): on a node that leaves
+// out some policies' rules, only those are TooLarge.
+func (s *State) progress(present map[string]*v1alpha1.NodeRuleSet) func(policy string) func(string) v1alpha1.Progress {
+	memo := make(map[[2]string]v1alpha1.Progress, len(s.targets))
+	return func(policy string) func(string) v1alpha1.Progress {
+		return func(node string) v1alpha1.Progress {
+			if p, ok := memo[[2]string{policy, node}]; ok {
+				return p
+			}
+			target, ok := s.targets[node]
+			p := nodeProgress(present[node], target, ok, policy)
+			memo[[2]string{policy, node}] = p
 			return p
 		}
-		target, ok := s.targets[node]
-		p := nodeProgress(present[node], target, ok)
-		memo[node] = p
-		return p
 	}
 }
 
@@ -131,6 +134,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 			continue // not compiled yet; the compile that includes it notifies us
 		}
 		span := r.State.spans[key]
+		progress := progress(key)
 		want := defaultDenyStatus(dd.Status, v1alpha1.SummarizeProgress(span.Nodes, progress), span.SelectedPods, progress, dd.Generation)
 		exempt, err := r.exemptMatches(ctx, dd)
 		if err != nil {
@@ -166,7 +170,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 // reportPolicies records an Event on each NetworkPolicy whose enforcement
 // changed: Enforced once every node it spans programmed it, a warning when a
 // node failed, is uninstalled or its rule set is too large.
-func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv1.NetworkPolicy, progress func(string) v1alpha1.Progress) {
+func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv1.NetworkPolicy, progressOf func(string) func(string) v1alpha1.Progress) {
 	if r.reported == nil {
 		r.reported = map[types.NamespacedName]string{}
 	}
@@ -189,6 +193,7 @@ func (r *StatusReconciler) reportPolicies(ctx context.Context, nps []networkingv
 			continue
 		}
 		span := r.State.spans[key]
+		progress := progressOf(key)
 		p := v1alpha1.SummarizeProgress(span.Nodes, progress)
 		typ, note, ok := policyEvent(p, span.SelectedPods, progress, np.Generation)
 		if !ok {
