@@ -29,8 +29,9 @@ const (
 const (
 	// ReasonProgrammed (True): the table holds the rule set.
 	ReasonProgrammed = "Programmed"
-	// ReasonAddressGroupMissing (False): a referenced AddressGroup does not
-	// exist; the previous rule set stays in force.
+	// ReasonAddressGroupMissing (True): referenced AddressGroups do not
+	// exist; the table holds the rule set without the rules that reference
+	// them (status.leftOut names their policies).
 	ReasonAddressGroupMissing = "AddressGroupMissing"
 	// ReasonRenderFailed (False): the rule set could not be rendered into a
 	// table; the previous rule set stays in force.

@@ -210,6 +210,24 @@ type NodeRuleSetStatus struct {
 	// lastProgrammedTime is when the table last changed.
 	// +optional
 	LastProgrammedTime *metav1.Time `json:"lastProgrammedTime,omitempty"`
+	// leftOut, when set, says that the agent programmed observedGeneration
+	// without some of its rules: those that reference address groups that
+	// do not exist. The pods of the policies it names stay isolated without
+	// those rules; every other policy is programmed as compiled.
+	// +optional
+	LeftOut *LeftOut `json:"leftOut,omitempty"`
+}
+
+// LeftOut is what an agent could not program of its rule set.
+type LeftOut struct {
+	// reason is AddressGroupMissing.
+	Reason string `json:"reason"`
+	// addressGroups names the missing address groups, sorted.
+	// +listType=set
+	AddressGroups []string `json:"addressGroups"`
+	// policies names the policies whose rules were left out, sorted.
+	// +listType=set
+	Policies []string `json:"policies"`
 }
 
 // NodeRuleSet is the compiled rule set of the node it is named after. The

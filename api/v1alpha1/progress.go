@@ -64,6 +64,10 @@ func NodeProgressOf(nrs *NodeRuleSet, desiredGeneration int64, policy string) Pr
 	if u := nrs.Spec.Unwritten; u != nil && (policy == "" || len(u.Policies) == 0 || slices.Contains(u.Policies, policy)) {
 		return Progress{State: NodeTooLarge, Reason: u.Reason, Message: u.Describe()}
 	}
+	if l := nrs.Status.LeftOut; l != nil && nrs.Status.ObservedGeneration == nrs.Generation && desiredGeneration <= nrs.Generation &&
+		(policy == "" || slices.Contains(l.Policies, policy)) {
+		return Progress{State: NodeFailed, Reason: l.Reason, Message: l.Describe()}
+	}
 	c := meta.FindStatusCondition(nrs.Status.Conditions, ConditionProgrammed)
 	switch {
 	case c == nil:
@@ -93,6 +97,12 @@ func (u *Unwritten) Describe() string {
 			u.Bytes, u.Limit, strings.Join(u.Policies, ", "))
 	}
 	return fmt.Sprintf("Compiled rule set is %d bytes, above the %d-byte object limit; the node keeps enforcing its previous rule set", u.Bytes, u.Limit)
+}
+
+// Describe says, in one sentence, what the agent left out.
+func (l *LeftOut) Describe() string {
+	return fmt.Sprintf("Address groups %s do not exist; the rules of %s that reference them are left out, and the pods they select stay isolated without them",
+		strings.Join(l.AddressGroups, ", "), strings.Join(l.Policies, ", "))
 }
 
 // PolicyState sums up a policy's progress on the nodes it spans.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,6 +120,8 @@ type Reconciler struct {
 	inputs     string // key of the rule set and groups in the kernel
 	lastApply  time.Time
 	lastTable  tableCounts
+	// leftOut is what the last program left out (missing groups), or nil.
+	leftOut *v1alpha1.LeftOut
 }
 
 type tableCounts struct{ chains, rules, elements int }
@@ -142,7 +145,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 				// nftguard's own pods can start and every other pod is held.
 				logger.Info("No NodeRuleSet for this node yet; programming an empty one", "node", r.NodeName)
 				empty := &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
-				if c := r.program(ctx, empty, nil, "empty"); c.Status != metav1.ConditionTrue {
+				if c := r.program(ctx, empty, nil, "empty", nil); c.Status != metav1.ConditionTrue {
 					return reconcile.Result{RequeueAfter: min(5*time.Second, r.resync())}, nil
 				}
 				return reconcile.Result{RequeueAfter: r.resync()}, nil
@@ -163,7 +166,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if r.Groups != nil {
 		r.Groups.SetReferenced(rs.Spec.AddressGroups)
 	}
-	groups, inputs, groupsErr := r.groups(ctx, rs)
+	groups, inputs, missing, groupsErr := r.groups(ctx, rs)
 	if r.Attachments != nil {
 		inputs += "/cni:" + strconv.FormatUint(r.Attachments.currentVersion(), 10)
 	}
@@ -185,12 +188,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var cond metav1.Condition
 	switch {
 	case groupsErr != nil:
-		cond = r.fail(ctx, rs, v1alpha1.ReasonAddressGroupMissing, groupsErr)
+		cond = r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, groupsErr)
+	case !upToDate && len(missing) > 0:
+		// Degrade per policy: program everything but the rules that need
+		// the missing groups; their policies' pods stay isolated.
+		target, left := withoutMissing(rs, missing)
+		log.FromContext(ctx).Info("Address groups missing; programming the rule set without the rules that reference them",
+			"generation", rs.Generation, "addressGroups", left.AddressGroups, "policies", left.Policies)
+		programFailures.WithLabelValues(v1alpha1.ReasonAddressGroupMissing).Inc()
+		cond = r.program(ctx, target, groups, inputs, left)
 	case !upToDate:
-		cond = r.program(ctx, rs, groups, inputs)
+		cond = r.program(ctx, rs, groups, inputs, nil)
 	default:
-		cond = metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
-			Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
+		cond = r.programmedCondition(rs)
 	}
 	if err := r.writeStatus(ctx, rs, append([]metav1.Condition{cond}, r.pluginConditions(rs)...)...); err != nil {
 		return reconcile.Result{}, err
@@ -205,7 +215,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			after = min(after, next)
 		}
 	}
-	if cond.Status != metav1.ConditionTrue {
+	if cond.Status != metav1.ConditionTrue || len(missing) > 0 {
 		// Retry: a missing group may appear, a transient kernel error may pass.
 		return reconcile.Result{RequeueAfter: min(5*time.Second, after)}, nil
 	}
@@ -257,7 +267,7 @@ func (r *Reconciler) podCIDRs(rs *v1alpha1.NodeRuleSet) []string {
 func (r *Reconciler) uninstall(ctx context.Context, rs *v1alpha1.NodeRuleSet) (reconcile.Result, error) {
 	r.mu.Lock()
 	had := r.inputs != "" || r.programmed != 0
-	r.inputs, r.programmed = "", 0 // the next Apply after uninstall starts afresh
+	r.inputs, r.programmed, r.leftOut = "", 0, nil // the next Apply after uninstall starts afresh
 	r.mu.Unlock()
 	cond := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonUninstalled,
 		Message: "Table inet nftguard deleted for uninstall; this node filters no traffic", ObservedGeneration: rs.Generation}
@@ -302,7 +312,7 @@ func (r *Reconciler) fail(ctx context.Context, rs *v1alpha1.NodeRuleSet, reason 
 
 // program renders and applies the rule set; the condition says how it went.
 // inputs identifies the rule set and group generations programmed.
-func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, groups map[string]v1alpha1.AddressGroupSpec, inputs string) metav1.Condition {
+func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, groups map[string]v1alpha1.AddressGroupSpec, inputs string, left *v1alpha1.LeftOut) metav1.Condition {
 	logger := log.FromContext(ctx)
 	start := r.now()
 	if r.renderer == nil {
@@ -331,6 +341,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	r.inputs = inputs
 	r.lastApply = r.now()
 	r.lastTable = tableCounts{chains, rules, elements}
+	r.leftOut = left
 	r.mu.Unlock()
 	if r.Attachments != nil {
 		r.Attachments.programmedView(vw)
@@ -341,8 +352,46 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	}
 	logger.Info("Programmed rule set", "generation", rs.Generation, "pods", len(rs.Spec.Pods), "rules", len(rs.Spec.Rules),
 		"chains", chains, "setElements", elements, "full", stats.Full, "transactions", stats.Transactions, "duration", r.now().Sub(start))
-	return metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
+	return r.programmedCondition(rs)
+}
+
+// programmedCondition is the Programmed condition of a table that holds
+// the rule set's generation, all of it or what the last program left out.
+func (r *Reconciler) programmedCondition(rs *v1alpha1.NodeRuleSet) metav1.Condition {
+	c := metav1.Condition{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonProgrammed,
 		Message: fmt.Sprintf("Table holds generation %d", rs.Generation), ObservedGeneration: rs.Generation}
+	r.mu.Lock()
+	left := r.leftOut
+	r.mu.Unlock()
+	if left != nil {
+		c.Reason = left.Reason
+		c.Message = fmt.Sprintf("Table holds generation %d without some rules: %s", rs.Generation, left.Describe())
+	}
+	return c
+}
+
+// withoutMissing is the rule set without the rules that reference missing
+// groups, and what was left out.
+func withoutMissing(rs *v1alpha1.NodeRuleSet, missing []string) (*v1alpha1.NodeRuleSet, *v1alpha1.LeftOut) {
+	gone := map[string]bool{}
+	for _, g := range missing {
+		gone[g] = true
+	}
+	policies := map[string]bool{}
+	needs := func(r v1alpha1.Rule) bool {
+		return slices.ContainsFunc(r.Peers, func(p v1alpha1.Peer) bool { return gone[p.AddressGroup] })
+	}
+	for _, r := range rs.Spec.Rules {
+		if needs(r) {
+			for _, p := range r.Policies {
+				policies[p] = true
+			}
+		}
+	}
+	out := rs.DeepCopy()
+	out.Spec = rs.Spec.WithoutRules(needs)
+	return out, &v1alpha1.LeftOut{Reason: v1alpha1.ReasonAddressGroupMissing,
+		AddressGroups: slices.Sorted(slices.Values(missing)), Policies: slices.Sorted(maps.Keys(policies))}
 }
 
 // effectiveSpec is the rule set as this node programs it. Without the CNI
@@ -364,7 +413,7 @@ func (r *Reconciler) effectiveSpec(rs *v1alpha1.NodeRuleSet) (view, error) {
 // groups reads every AddressGroup the rule set references, and returns with
 // them a key of the inputs (rule set and group generations): when it equals
 // the key last programmed, the kernel already holds this rule set.
-func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[string]v1alpha1.AddressGroupSpec, string, error) {
+func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[string]v1alpha1.AddressGroupSpec, string, []string, error) {
 	out := make(map[string]v1alpha1.AddressGroupSpec, len(rs.Spec.AddressGroups))
 	inputs := []string{string(rs.UID), strconv.FormatInt(rs.Generation, 10)}
 	if r.fetched == nil {
@@ -396,7 +445,7 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 				missing = append(missing, name)
 				continue
 			}
-			return nil, "", fmt.Errorf("reading AddressGroup %s: %w", name, err)
+			return nil, "", nil, fmt.Errorf("reading AddressGroup %s: %w", name, err)
 		}
 		out[name] = ag.Spec
 		inputs = append(inputs, name, string(ag.UID), strconv.FormatInt(ag.Generation, 10))
@@ -407,9 +456,9 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 		}
 	}
 	if len(missing) > 0 {
-		return nil, "", fmt.Errorf("address groups %v referenced by generation %d do not exist", missing, rs.Generation)
+		inputs = append(inputs, "missing", strings.Join(missing, ","))
 	}
-	return out, strings.Join(inputs, "/"), nil
+	return out, strings.Join(inputs, "/"), missing, nil
 }
 
 // writeStatus patches the node's NodeRuleSet status when it changed; the
@@ -421,6 +470,9 @@ func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, 
 	programmed, lastApply, counts := r.programmed, r.lastApply, r.lastTable
 	r.mu.Unlock()
 	if cond.Status == metav1.ConditionTrue {
+		r.mu.Lock()
+		want.LeftOut = r.leftOut.DeepCopy()
+		r.mu.Unlock()
 		want.ObservedGeneration = programmed
 		want.Pods = int32(len(rs.Spec.Pods))
 		want.Rules = int32(len(rs.Spec.Rules))

@@ -346,7 +346,9 @@ func leaveOutRules(spec v1alpha1.NodeRuleSetSpec, size, maxBytes int) (trimmed v
 		if estimate -= dropped; estimate > maxBytes {
 			continue // removing the group references saves a little more; not enough
 		}
-		trimmed = withoutRules(spec, gone)
+		trimmed = spec.WithoutRules(func(r v1alpha1.Rule) bool {
+			return !slices.ContainsFunc(r.Policies, func(q string) bool { return !gone[q] })
+		})
 		names := slices.Sorted(slices.Values(left))
 		// Measured with the record of what was left out, which it carries.
 		trimmed.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: int64(size), Limit: int64(maxBytes), Policies: names}
@@ -355,47 +357,6 @@ func leaveOutRules(spec v1alpha1.NodeRuleSetSpec, size, maxBytes int) (trimmed v
 		}
 	}
 	return spec, nil, false
-}
-
-// withoutRules is spec without the rules whose policies are all in gone,
-// and without references to them or to groups no rule uses any more.
-func withoutRules(spec v1alpha1.NodeRuleSetSpec, gone map[string]bool) v1alpha1.NodeRuleSetSpec {
-	out := spec
-	out.Rules = nil
-	kept := map[string]bool{}
-	groups := map[string]bool{}
-	for _, r := range spec.Rules {
-		if !slices.ContainsFunc(r.Policies, func(q string) bool { return !gone[q] }) {
-			continue
-		}
-		out.Rules = append(out.Rules, r)
-		kept[r.ID] = true
-		for _, pe := range r.Peers {
-			if pe.AddressGroup != "" {
-				groups[pe.AddressGroup] = true
-			}
-		}
-	}
-	out.AddressGroups = slices.DeleteFunc(slices.Clone(spec.AddressGroups), func(g string) bool { return !groups[g] })
-	out.Pods = make([]v1alpha1.LocalPod, len(spec.Pods))
-	for i, p := range spec.Pods {
-		p.Ingress, p.Egress = keptRules(p.Ingress, kept), keptRules(p.Egress, kept)
-		out.Pods[i] = p
-	}
-	return out
-}
-
-// keptRules is the isolation with only the rule ids in kept.
-func keptRules(iso *v1alpha1.Isolation, kept map[string]bool) *v1alpha1.Isolation {
-	if iso == nil {
-		return nil
-	}
-	out := *iso
-	out.Rules = slices.DeleteFunc(slices.Clone(iso.Rules), func(id string) bool { return !kept[id] })
-	if len(out.Rules) == 0 {
-		out.Rules = nil
-	}
-	return &out
 }
 
 func specSize(spec any) int {

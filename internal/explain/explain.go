@@ -494,6 +494,8 @@ func programNotes(rs *v1alpha1.NodeRuleSet) []string {
 		return []string{fmt.Sprintf("node %s does not hold the latest compile (%s: %s): its table may hold an older rule set", rs.Name, p.Reason, p.Message)}
 	case p.State == v1alpha1.NodeProgrammed:
 		return nil
+	case p.State == v1alpha1.NodeFailed && rs.Status.LeftOut != nil:
+		return []string{fmt.Sprintf("node %s programmed its rule set without some rules (%s: %s)", rs.Name, p.Reason, p.Message)}
 	case c == nil:
 		return []string{fmt.Sprintf("node %s has not reported its rule set programmed (is its agent running?)", rs.Name)}
 	case c.Status != metav1.ConditionTrue:

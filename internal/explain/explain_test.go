@@ -455,6 +455,25 @@ func TestExplainNotesUnwritten(t *testing.T) {
 	}
 }
 
+// TestExplainNotesLeftOut: a rule set its agent programmed without the
+// rules of a missing group gets a note naming them.
+func TestExplainNotesLeftOut(t *testing.T) {
+	c := newCluster()
+	c.NetworkPolicies = append(c.NetworkPolicies, np("x", "deny", ingressOnly, nil, nil, sel("app", "a")))
+	in := c.compile(t)
+	for i := range in.RuleSets {
+		in.RuleSets[i].Status.LeftOut = &v1alpha1.LeftOut{Reason: v1alpha1.ReasonAddressGroupMissing,
+			AddressGroups: []string{"ag-gone"}, Policies: []string{"NetworkPolicy/x/deny"}}
+	}
+	v, err := explain.Explain(in, explain.Query{FromNamespace: "x", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Ingress.Notes) == 0 || !strings.Contains(v.Ingress.Notes[0], "programmed its rule set without some rules (AddressGroupMissing: Address groups ag-gone do not exist") {
+		t.Errorf("verdict %s", dump(v))
+	}
+}
+
 // TestExplainUninstalled: a node whose agent deleted its table for
 // uninstall enforces nothing, whatever its rule set says; the other nodes
 // still do.

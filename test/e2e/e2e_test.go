@@ -96,9 +96,10 @@ func startCluster() error {
 		// ADD tells their node's agent, which holds them until programmed.
 		CNIPlugin: filepath.Join(binDir, "nftguard"),
 		// A short resync so that drift and restarts converge quickly.
-		AgentArgs: []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"},
-		Owned:     !*keep,
-		Logf:      func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
+		AgentArgs:      []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"},
+		ControllerArgs: []string{fmt.Sprintf("--max-object-bytes=%d", maxObjectBytes)},
+		Owned:          !*keep,
+		Logf:           func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
 	})
 	if err != nil {
 		return fmt.Errorf("starting the local cluster: %w", err)
