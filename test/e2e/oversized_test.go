@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/test/localcluster"
 )
 
 // maxObjectBytes is the e2e controller's --max-object-bytes: far above any
@@ -63,7 +65,15 @@ func TestOversizedTenant(t *testing.T) {
 				NamespaceSelector: &metav1.LabelSelector{MatchLabels: labels("ns", "x")},
 				PodSelector:       &metav1.LabelSelector{MatchLabels: labels("pod", "b")},
 			}))
-	many := v1alpha1.NetworkPolicyKey(tenantPod.Namespace, "many")
+	many, few := v1alpha1.NetworkPolicyKey(tenantPod.Namespace, "many"), v1alpha1.NetworkPolicyKey(neighbourPod.Namespace, "few")
+	isolatedBy := func(rs *v1alpha1.NodeRuleSet, p localcluster.Pod, policy string) bool {
+		for _, lp := range rs.Spec.Pods {
+			if lp.Namespace == p.Namespace && lp.Name == p.Name {
+				return lp.Ingress != nil && slices.Contains(lp.Ingress.Policies, policy)
+			}
+		}
+		return false
+	}
 	var why string
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		rs := &v1alpha1.NodeRuleSet{}
@@ -75,6 +85,8 @@ func TestOversizedTenant(t *testing.T) {
 		switch {
 		case u == nil || len(u.Policies) != 1 || u.Policies[0] != many:
 			why = fmt.Sprintf("unwritten %+v, want the rules of %s left out", u, many)
+		case !isolatedBy(rs, neighbourPod, few) || !isolatedBy(rs, tenantPod, many):
+			why = "both policies not compiled into the rule set yet"
 		case c == nil || c.Status != metav1.ConditionTrue || rs.Status.ObservedGeneration != rs.Generation:
 			why = fmt.Sprintf("generation %d not programmed yet: %+v", rs.Generation, c)
 		default:
