@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -255,7 +256,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			// cluster is there).
 			st := c.state.snapshot()
 			c.mu.Lock()
-			live := maps(c.procs)
+			live := maps.Clone(c.procs)
 			c.mu.Unlock()
 			if derr := teardown(&st, live, true); derr != nil {
 				err = errors.Join(err, fmt.Errorf("cleaning up: %w", derr))
@@ -469,17 +470,9 @@ func Attach(dir string) (*Cluster, error) {
 func (c *Cluster) Down() error {
 	st := c.state.snapshot()
 	c.mu.Lock()
-	live := maps(c.procs)
+	live := maps.Clone(c.procs)
 	c.mu.Unlock()
 	return down(&st, live)
-}
-
-func maps(m map[int]*proc) map[int]*proc {
-	out := make(map[int]*proc, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // Cleanup tears down the cluster recorded in dir (a previous run, perhaps

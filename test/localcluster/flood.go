@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +32,10 @@ type Flood struct {
 	stop chan struct{}
 	done chan error
 	sent atomic.Int64
+
+	mu sync.Mutex
+	// connected counts, per TCP target, the connections that completed.
+	connected map[netip.AddrPort]int64
 }
 
 // maxOpenConnects bounds the half-open TCP sockets a Flood keeps.
@@ -38,18 +44,25 @@ const maxOpenConnects = 64
 // StartFlood starts a Flood from a pod. Send errors (no route yet, say)
 // are not counted as sent and do not stop it.
 func (c *Cluster) StartFlood(p Pod, targets []FloodTarget, every time.Duration) *Flood {
-	f := &Flood{stop: make(chan struct{}), done: make(chan error, 1)}
+	f := &Flood{stop: make(chan struct{}), done: make(chan error, 1), connected: map[netip.AddrPort]int64{}}
 	go func() { f.done <- inNetNS(p.NetNS, func() error { return f.run(targets, every) }) }()
 	return f
 }
 
 func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
-	var open []int
+	type pending struct {
+		fd     int
+		target netip.AddrPort
+	}
+	var open []pending
 	defer func() {
-		for _, fd := range open {
-			unix.Close(fd)
+		for _, p := range open {
+			unix.Close(p.fd)
 		}
 	}()
+	// A SYN that gets an answer completes within a tick or two: keep the
+	// sockets of two rounds, to see which connections completed.
+	maxOpen := max(maxOpenConnects, 2*len(targets))
 	udp := map[[2]int]int{} // family, source port
 	defer func() {
 		for _, fd := range udp {
@@ -59,6 +72,16 @@ func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		open = slices.DeleteFunc(open, func(p pending) bool {
+			if _, err := unix.Getpeername(p.fd); err != nil {
+				return false // in progress, refused or unanswered
+			}
+			f.mu.Lock()
+			f.connected[p.target]++
+			f.mu.Unlock()
+			unix.Close(p.fd)
+			return true
+		})
 		for _, tg := range targets {
 			family := unix.AF_INET
 			if tg.Addr.Addr().Is6() {
@@ -96,9 +119,9 @@ func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
 				if err := unix.Connect(fd, sa); err == nil || errors.Is(err, unix.EINPROGRESS) {
 					f.sent.Add(1)
 				}
-				open = append(open, fd)
-				if len(open) > maxOpenConnects {
-					unix.Close(open[0])
+				open = append(open, pending{fd, tg.Addr})
+				if len(open) > maxOpen {
+					unix.Close(open[0].fd)
 					open = open[1:]
 				}
 			default:
@@ -116,6 +139,14 @@ func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
 // Sent is how many packets the kernel took so far (datagrams sent, SYNs
 // started).
 func (f *Flood) Sent() int64 { return f.sent.Load() }
+
+// Connected returns, per TCP target, how many of its connections
+// completed (the target answered the SYN), as seen so far.
+func (f *Flood) Connected() map[netip.AddrPort]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.connected)
+}
 
 // Stop ends the Flood and reports an error that ended it early.
 func (f *Flood) Stop() error {

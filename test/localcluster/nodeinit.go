@@ -313,6 +313,13 @@ func nodeFiles(dir, bin string) error {
 		copies = append(copies, [2]string{filepath.Join(bin, "cni", p), filepath.Join("/opt/cni/bin", p)})
 	}
 	for _, c := range copies {
+		if c[1] == "/etc/cni/net.d/10-ptp.conflist" {
+			if _, err := os.Stat(c[1]); err == nil {
+				// A reboot: the configuration stays as it was (with the
+				// entry nftguard's agent chained into it).
+				continue
+			}
+		}
 		if err := copyFile(c[0], c[1]); err != nil {
 			return err
 		}

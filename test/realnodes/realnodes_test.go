@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -1075,5 +1076,161 @@ func TestEverythingDeniedStillManaged(t *testing.T) {
 		if r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: "x/c", To: "x/a", Port: intstr.FromInt32(80)}); r.Reachable() {
 			t.Errorf("%s: want blocked (only x/b is allowed)", r)
 		}
+	})
+}
+
+// TestCNIEntryPutBack: when the pod network's installer rewrites its
+// conflist without the nftguard entry (here: node-1's file replaced by one
+// holding only ptp, through a rename as installers write), the node's
+// agent puts the entry back, and its NodeRuleSet says CNIChained=True
+// again.
+func TestCNIEntryPutBack(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		root, err := c.NodeRoot("node-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conflist := filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")
+		b, err := os.ReadFile(conflist)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatal(err)
+		}
+		plugins, _ := doc["plugins"].([]any)
+		doc["plugins"] = slices.DeleteFunc(plugins, func(p any) bool { m, _ := p.(map[string]any); return m["type"] == "nftguard" })
+		out, err := json.MarshalIndent(doc, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp := conflist + ".tmp"
+		if err := os.WriteFile(tmp, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, conflist); err != nil {
+			t.Fatal(err)
+		}
+		if why := notChained(conflist); why == "" {
+			t.Fatal("the rewritten conflist still chains nftguard")
+		}
+		why := notChained(conflist)
+		for deadline := time.Now().Add(30 * time.Second); why != "" && time.Now().Before(deadline); why = notChained(conflist) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if why != "" {
+			t.Fatalf("the agent did not put the entry back within 30s: %s", why)
+		}
+		var cond *metav1.Condition
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+			rs := &v1alpha1.NodeRuleSet{}
+			if err := c.Client().Get(ctx, client.ObjectKey{Name: "node-1"}, rs); err != nil {
+				t.Fatal(err)
+			}
+			if cond = meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionCNIChained); cond != nil && cond.Status == metav1.ConditionTrue {
+				return
+			}
+		}
+		t.Errorf("CNIChained after the repair: %+v, want True", cond)
+	})
+}
+
+// TestNodeReboot: node-2 loses power and boots again with its disks (its
+// nftables tables, conntrack entries, pods and /run gone; its CNI
+// configuration, with the nftguard entry, and the agent's registry kept).
+// Throughout, a pod on node-1 opens TCP connections every 100 ms to every
+// address of node-2's pod range, and a DefaultDeny isolates namespace y's
+// ingress: not one connection to a pod of y, before or after the reboot,
+// completes, while the pods no policy isolates are reached again once they
+// run.
+func TestNodeReboot(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := policySuite(t, c)
+		defer s.ResetPolicies(t)
+		s.Create(t, &v1alpha1.DefaultDeny{
+			ObjectMeta: metav1.ObjectMeta{Name: "reboot-y"},
+			Spec: v1alpha1.DefaultDenySpec{
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: "y"}},
+				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
+				Mode:              v1alpha1.ModeEnforce,
+			},
+		})
+		s.WaitConverged(t)
+		n2, ok := c.Node("node-2")
+		if !ok {
+			t.Fatal("no node-2")
+		}
+		var prober localcluster.Pod
+		for _, p := range c.Pods() {
+			if p.Node != "node-2" && p.Namespace == "x" {
+				prober = p
+				break
+			}
+		}
+		if prober.Name == "" {
+			t.Fatal("no pod of x off node-2 to probe from")
+		}
+		isolated := map[netip.Addr]string{}
+		record := func() {
+			for _, p := range c.Pods() {
+				if p.Node == "node-2" && p.Namespace == "y" {
+					isolated[p.IPv4] = p.Namespace + "/" + p.Name
+				}
+			}
+		}
+		record()
+		if len(isolated) == 0 {
+			t.Fatal("no pod of y on node-2: nothing isolated to leak to")
+		}
+		var targets []localcluster.FloodTarget
+		for a := n2.PodCIDRv4.Addr().Next(); n2.PodCIDRv4.Contains(a); a = a.Next() {
+			targets = append(targets, localcluster.FloodTarget{Addr: netip.AddrPortFrom(a, 80), Protocol: corev1.ProtocolTCP})
+		}
+		flood := c.StartFlood(prober, targets, 100*time.Millisecond)
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				if err := flood.Stop(); err != nil {
+					t.Errorf("prober: %v", err)
+				}
+			}
+		}
+		defer stop()
+		if err := c.RebootNode(ctx, "node-2"); err != nil {
+			t.Fatal(err)
+		}
+		record()
+		open := map[netip.Addr]string{}
+		for _, p := range c.Pods() {
+			if p.Node == "node-2" && p.Namespace != "y" {
+				open[p.IPv4] = p.Namespace + "/" + p.Name
+			}
+		}
+		// Keep probing a while with everything back.
+		time.Sleep(3 * time.Second)
+		stop()
+		var leaked []string
+		reached := 0
+		for ap, n := range flood.Connected() {
+			if pod, ok := isolated[ap.Addr()]; ok {
+				leaked = append(leaked, fmt.Sprintf("%s (%s): %d", pod, ap.Addr(), n))
+			}
+			if _, ok := open[ap.Addr()]; ok {
+				reached += int(n)
+			}
+		}
+		t.Logf("%s opened connections to %d addresses of %s for the reboot; %d completed to pods no policy isolates", prober.Name, len(targets), n2.PodCIDRv4, reached)
+		if len(leaked) > 0 {
+			slices.Sort(leaked)
+			t.Errorf("connections to ingress-isolated pods of y on node-2 completed: %s", strings.Join(leaked, "; "))
+		}
+		if reached == 0 {
+			t.Fatalf("no connection to the pods of node-2 that no policy isolates (%v) completed: the prober sees nothing", open)
+		}
+		s.WaitConverged(t)
 	})
 }
