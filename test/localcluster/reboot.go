@@ -8,17 +8,18 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 )
 
 // RebootNode stops a real node as a power cut would and boots it again
 // with its disks. Every process of the node dies at once: its init, and
 // with its PID namespace containerd, kubelet, kube-proxy, the shims and
 // every container, nftguard's agent among them. What the kernel held for
-// it goes: every nftables table and conntrack entry of its network
+// it goes: nftguard's table and every conntrack entry of its network
 // namespace, and the pods' network namespaces with its mount namespace.
 // Its /etc, /opt and /var/lib stay (the CNI configuration as the agent
 // left it, the agent's attachment registry, containerd's images), and its
@@ -88,20 +89,21 @@ func (c *Cluster) RebootNode(ctx context.Context, name string) error {
 }
 
 // forgetKernelState drops what a reboot takes from a node's network
-// namespace: every nftables table and every conntrack entry.
+// namespace that nftguard depends on: its table inet nftguard and every
+// conntrack entry. (kube-proxy's rules stay; it rewrites them at start.)
 func forgetKernelState(path string) error {
 	h, err := netns.GetFromPath(netnsPath(path))
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	p, err := nftnl.NewProgrammerInNetNS(int(h))
 	if err != nil {
 		return err
 	}
-	conn.FlushRuleset()
-	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("flushing the nftables ruleset: %w", err)
+	defer p.Close()
+	if err := p.Delete(); err != nil {
+		return fmt.Errorf("deleting table inet nftguard: %w", err)
 	}
 	nl, err := netlink.NewHandleAt(h)
 	if err != nil {
