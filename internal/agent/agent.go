@@ -467,12 +467,10 @@ func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, 
 	cond := conds[0]
 	want := rs.Status.DeepCopy()
 	r.mu.Lock()
-	programmed, lastApply, counts := r.programmed, r.lastApply, r.lastTable
+	programmed, lastApply, counts, leftOut := r.programmed, r.lastApply, r.lastTable, r.leftOut.DeepCopy()
 	r.mu.Unlock()
 	if cond.Status == metav1.ConditionTrue {
-		r.mu.Lock()
-		want.LeftOut = r.leftOut.DeepCopy()
-		r.mu.Unlock()
+		want.LeftOut = leftOut
 		want.ObservedGeneration = programmed
 		want.Pods = int32(len(rs.Spec.Pods))
 		want.Rules = int32(len(rs.Spec.Rules))

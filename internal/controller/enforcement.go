@@ -40,7 +40,7 @@ func enforcedCondition(p v1alpha1.PolicyProgress, selectedPods int, progress fun
 	case v1alpha1.PolicyTooLarge:
 		c.Message = fmt.Sprintf("Not fully enforced on %d of %d nodes: %s", len(p.TooLarge), p.Desired, list(details(p.TooLarge, progress)))
 	case v1alpha1.PolicyFailed:
-		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress)))
+		c.Message = fmt.Sprintf("Agent failed to program %d of %d nodes: %s", len(p.Failed), p.Desired, list(details(p.Failed, progress)))
 	case v1alpha1.PolicyUninstalled:
 		c.Message = fmt.Sprintf("Uninstalled on %d of %d nodes, which filter no traffic: %s", len(p.Uninstalled), p.Desired, list(p.Uninstalled))
 	case v1alpha1.PolicyNoSelectedPods:
@@ -61,18 +61,13 @@ func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(stri
 	case v1alpha1.PolicyTooLarge:
 		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.TooLarge), p.Desired, list(details(p.TooLarge, progress))), true
 	case v1alpha1.PolicyFailed:
-		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.Failed), p.Desired, list(failures(p, progress))), true
+		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.Failed), p.Desired, list(details(p.Failed, progress))), true
 	case v1alpha1.PolicyUninstalled:
 		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: uninstalled on %s, which filter no traffic", len(p.Uninstalled), p.Desired, list(p.Uninstalled)), true
 	case v1alpha1.PolicyEnforced:
 		return corev1.EventTypeNormal, fmt.Sprintf("Enforced on all %d nodes hosting its %d selected pods (generation %d)", p.Desired, selectedPods, generation), true
 	}
 	return "", "", false
-}
-
-// failures lists the failed nodes as "node: message".
-func failures(p v1alpha1.PolicyProgress, progress func(string) v1alpha1.Progress) []string {
-	return details(p.Failed, progress)
 }
 
 // details lists nodes as "node: message".

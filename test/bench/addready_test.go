@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -44,14 +43,7 @@ func BenchmarkAddToReady(b *testing.B) {
 	needRoot(b)
 	ctx := context.Background()
 	bin := b.TempDir()
-	root := localcluster.RepoRoot()
-	for _, cmd := range []string{"controller", "agent", "nftguard"} {
-		c := exec.Command("go", "build", "-o", filepath.Join(bin, cmd), "./cmd/"+cmd)
-		c.Dir, c.Stderr = root, os.Stderr
-		if err := c.Run(); err != nil {
-			b.Fatalf("building %s: %v", cmd, err)
-		}
-	}
+	buildCommands(b, bin, "controller", "agent", "nftguard")
 	topo, err := localcluster.ParseTopology([]byte(readyTopology))
 	if err != nil {
 		b.Fatal(err)

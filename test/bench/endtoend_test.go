@@ -42,14 +42,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	needRoot(b)
 	ctx := context.Background()
 	bin := b.TempDir()
-	root := localcluster.RepoRoot()
-	for _, cmd := range []string{"controller", "agent"} {
-		c := exec.Command("go", "build", "-o", filepath.Join(bin, cmd), "./cmd/"+cmd)
-		c.Dir, c.Stderr = root, os.Stderr
-		if err := c.Run(); err != nil {
-			b.Fatalf("building %s: %v", cmd, err)
-		}
-	}
+	buildCommands(b, bin, "controller", "agent")
 	topo, err := localcluster.ParseTopology([]byte(e2eTopology))
 	if err != nil {
 		b.Fatal(err)
@@ -63,6 +56,18 @@ func BenchmarkEndToEnd(b *testing.B) {
 	}
 	defer cl.Down()
 	endToEnd(ctx, b, cl, false)
+}
+
+// buildCommands builds ./cmd/<name> of the checkout into dir for each name.
+func buildCommands(b *testing.B, dir string, names ...string) {
+	b.Helper()
+	for _, cmd := range names {
+		c := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "./cmd/"+cmd)
+		c.Dir, c.Stderr = localcluster.RepoRoot(), os.Stderr
+		if err := c.Run(); err != nil {
+			b.Fatalf("building %s: %v", cmd, err)
+		}
+	}
 }
 
 // BenchmarkEndToEndRealNodes is BenchmarkEndToEnd on real nodes (kubelet,

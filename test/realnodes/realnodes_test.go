@@ -610,14 +610,7 @@ func TestCNIPluginChained(t *testing.T) {
 				t.Fatal(err)
 			}
 			conflist := filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")
-			var why string
-			for deadline := time.Now().Add(30 * time.Second); ; {
-				if why = notChained(conflist); why == "" || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(250 * time.Millisecond)
-			}
-			if why != "" {
+			if why := waitChained(conflist); why != "" {
 				t.Errorf("node %s: %s", n.Name, why)
 			}
 			bin := filepath.Join(root, "opt", "cni", "bin", "nftguard")
@@ -665,6 +658,16 @@ func TestCNIPluginChained(t *testing.T) {
 			t.Errorf("no attachment of pod y/through-cni (uid %s) among the %d records of %s's agent: its ADD did not reach the agent", pod.UID, len(records), p.Node)
 		}
 	})
+}
+
+// waitChained waits up to 30 s for the conflist to chain nftguard, and
+// says why it does not if it still does not (notChained).
+func waitChained(path string) string {
+	why := notChained(path)
+	for deadline := time.Now().Add(30 * time.Second); why != "" && time.Now().Before(deadline); why = notChained(path) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return why
 }
 
 // notChained says why the conflist does not end with the nftguard entry
@@ -904,12 +907,7 @@ func TestUninstallLeavesNodesThatStartPods(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				conflist := filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")
-				why := notChained(conflist)
-				for deadline := time.Now().Add(30 * time.Second); why != "" && time.Now().Before(deadline); why = notChained(conflist) {
-					time.Sleep(250 * time.Millisecond)
-				}
-				if why != "" {
+				if why := waitChained(filepath.Join(root, "etc", "cni", "net.d", "10-ptp.conflist")); why != "" {
 					t.Fatalf("node %s after installing again: %s", n.Name, why)
 				}
 			}
@@ -1116,11 +1114,7 @@ func TestCNIEntryPutBack(t *testing.T) {
 		if why := notChained(conflist); why == "" {
 			t.Fatal("the rewritten conflist still chains nftguard")
 		}
-		why := notChained(conflist)
-		for deadline := time.Now().Add(30 * time.Second); why != "" && time.Now().Before(deadline); why = notChained(conflist) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if why != "" {
+		if why := waitChained(conflist); why != "" {
 			t.Fatalf("the agent did not put the entry back within 30s: %s", why)
 		}
 		var cond *metav1.Condition
@@ -1138,7 +1132,7 @@ func TestCNIEntryPutBack(t *testing.T) {
 }
 
 // TestNodeReboot: node-2 loses power and boots again with its disks (its
-// nftables tables, conntrack entries, pods and /run gone; its CNI
+// nftguard table, conntrack entries, pods and /run gone; its CNI
 // configuration, with the nftguard entry, and the agent's registry kept).
 // Throughout, a pod on node-1 opens TCP connections every 100 ms to every
 // address of node-2's pod range, and a DefaultDeny isolates namespace y's
