@@ -7,12 +7,14 @@ import (
 
 // LabelSelector has the shape (and YAML) of metav1.LabelSelector, with bounds
 // and an operator enum so that the API server validates it at admission.
-// Convert it with ToMeta.
+// Keys and values follow Kubernetes' label syntax, the rules
+// metav1.LabelSelector is validated with. Convert it with ToMeta.
 type LabelSelector struct {
 	// matchLabels: every label must match.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=32
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !format.qualifiedName().validate(k).hasValue())",message="label keys must be qualified names: an optional prefix (a DNS subdomain of at most 253 characters) and '/', then a name of at most 63 characters: letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+	MatchLabels map[string]LabelValue `json:"matchLabels,omitempty"`
 	// matchExpressions: every requirement must match.
 	// +optional
 	// +listType=atomic
@@ -20,22 +22,46 @@ type LabelSelector struct {
 	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
+// LabelValue is a label value: empty, or at most 63 letters, digits, '-',
+// '_' and '.', starting and ending with a letter or digit.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`
+type LabelValue string
+
+// MatchLabels is labels as a selector's matchLabels.
+func MatchLabels(labels map[string]string) map[string]LabelValue {
+	if labels == nil {
+		return nil
+	}
+	out := make(map[string]LabelValue, len(labels))
+	for k, v := range labels {
+		out[k] = LabelValue(v)
+	}
+	return out
+}
+
 // LabelSelectorRequirement is a key, an operator and values, like
 // metav1.LabelSelectorRequirement.
 // +kubebuilder:validation:XValidation:rule="self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",message="values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
 type LabelSelectorRequirement struct {
-	// key is the label key.
+	// key is the label key: a qualified name, an optional prefix (a DNS
+	// subdomain of at most 253 characters) and '/', then a name of at most
+	// 63 letters, digits, '-', '_' and '.', starting and ending with a
+	// letter or digit.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=317
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self.indexOf('/') <= 253",message="the prefix of a label key (before '/') must be at most 253 characters"
 	Key string `json:"key"`
 	// operator is In, NotIn, Exists or DoesNotExist.
 	// +kubebuilder:validation:Enum=In;NotIn;Exists;DoesNotExist
 	Operator metav1.LabelSelectorOperator `json:"operator"`
-	// values for In and NotIn.
+	// values for In and NotIn: label values.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=63
+	// +kubebuilder:validation:items:Pattern=`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`
 	Values []string `json:"values,omitempty"`
 }
 
@@ -48,7 +74,7 @@ func (s *LabelSelector) ToMeta() *metav1.LabelSelector {
 	if len(s.MatchLabels) > 0 {
 		out.MatchLabels = make(map[string]string, len(s.MatchLabels))
 		for k, v := range s.MatchLabels {
-			out.MatchLabels[k] = v
+			out.MatchLabels[k] = string(v)
 		}
 	}
 	for _, r := range s.MatchExpressions {

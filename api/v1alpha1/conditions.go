@@ -92,6 +92,13 @@ const (
 	// warning Event on the Node, when an address group the rule set
 	// references exceeds the object size limit.
 	ReasonAddressGroupTooLarge = "AddressGroupTooLarge"
+	// ReasonInvalidSelector (False): a label selector of the DefaultDeny
+	// breaks Kubernetes' label syntax. Admission rejects such selectors;
+	// one stored before it did is enforced closed where it can be scoped:
+	// an invalid podSelector isolates every pod of the selected namespaces,
+	// an invalid peer selector allows nothing, and an invalid
+	// namespaceSelector selects no namespace.
+	ReasonInvalidSelector = "InvalidSelector"
 	// ReasonNotEnforced is the reason of the warning Event on a
 	// NetworkPolicy in nftguard's own namespace, whose pods no policy
 	// isolates.

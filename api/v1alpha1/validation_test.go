@@ -2,6 +2,7 @@ package v1alpha1_test
 
 import (
 	"fmt"
+	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -64,6 +65,14 @@ spec:
   allowedIngress:
   - from:
     - ipBlock: {cidr: "fd00::/64", except: ["fd00::/96"]}
+`))).To(Succeed())
+	})
+
+	It("accepts every label key and value Kubernetes accepts", func() {
+		Expect(createYAML(dd(`  namespaceSelector:
+    matchLabels: {"example.com/team": "", "Team_2.b": "` + strings.Repeat("v", 63) + `"}
+    matchExpressions:
+    - {key: "` + strings.Repeat("p", 253) + `/` + strings.Repeat("n", 63) + `", operator: NotIn, values: ["", a-b_c.d, "9"]}
 `))).To(Succeed())
 	})
 
@@ -150,6 +159,34 @@ spec:
   - from:
     - {}
 `, "spec.allowedIngress[0].from[0]", "a peer sets ipBlock alone, or podSelector and/or namespaceSelector"),
+		Entry("bad label key in matchLabels", `  namespaceSelector:
+    matchLabels: {"team name": a}
+`, "spec.namespaceSelector.matchLabels", `label keys must be qualified names`),
+		Entry("bad label key prefix in matchLabels", `  namespaceSelector:
+    matchLabels: {"Example.COM/team": a}
+`, "spec.namespaceSelector.matchLabels", `label keys must be qualified names`),
+		Entry("bad label value in matchLabels", `  namespaceSelector: {}
+  podSelector:
+    matchLabels: {app: "web/api"}
+`, "spec.podSelector.matchLabels.app", `Invalid value: "web/api"`),
+		Entry("label value too long in matchLabels", `  namespaceSelector:
+    matchLabels: {team: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}
+`, "spec.namespaceSelector.matchLabels.team", "may not be more than 63"),
+		Entry("bad key in a requirement", `  namespaceSelector:
+    matchExpressions: [{key: "-team", operator: Exists}]
+`, "spec.namespaceSelector.matchExpressions[0].key", `Invalid value: "-team"`),
+		Entry("key prefix too long in a requirement", `  namespaceSelector:
+    matchExpressions: [{key: "`+strings.Repeat("a", 254)+`/team", operator: Exists}]
+`, "spec.namespaceSelector.matchExpressions[0].key", "the prefix of a label key (before '/') must be at most 253 characters"),
+		Entry("value too long in a requirement", `  namespaceSelector:
+    matchExpressions: [{key: team, operator: In, values: [`+strings.Repeat("b", 64)+`]}]
+`, "spec.namespaceSelector.matchExpressions[0].values[0]", "may not be more than 63"),
+		Entry("NotIn with one bad value among good ones", `  namespaceSelector: {}
+  allowedIngress:
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: team, operator: NotIn, values: [red, "blue green", yellow]}]
+`, "spec.allowedIngress[0].from[0].namespaceSelector.matchExpressions[0].values[1]", `Invalid value: "blue green"`),
 		Entry("allowedEgress without Egress isolation", `  namespaceSelector: {}
   policyTypes: [Ingress]
   allowedEgress:

@@ -84,7 +84,7 @@ func TestStatusAgreesWithController(t *testing.T) {
 			&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: tc.node, Name: "deny"},
 				Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}},
 			&v1alpha1.DefaultDeny{ObjectMeta: metav1.ObjectMeta{Name: tc.node}, Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: tc.node}},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{corev1.LabelMetadataName: v1alpha1.LabelValue(tc.node)}},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress}}},
 		} {
 			if err := c.Create(ctx, o); err != nil {

@@ -104,7 +104,7 @@ func seed() error {
 	dd := &v1alpha1.DefaultDeny{
 		ObjectMeta: metav1.ObjectMeta{Name: "y-egress"},
 		Spec: v1alpha1.DefaultDenySpec{
-			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}},
+			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": "y"}},
 			PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeEgress},
 		},
 	}

@@ -216,7 +216,7 @@ func fromMeta(s *metav1.LabelSelector) *v1alpha1.LabelSelector {
 	if s == nil {
 		return nil
 	}
-	out := &v1alpha1.LabelSelector{MatchLabels: s.MatchLabels}
+	out := &v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(s.MatchLabels)}
 	for _, e := range s.MatchExpressions {
 		out.MatchExpressions = append(out.MatchExpressions, v1alpha1.LabelSelectorRequirement{Key: e.Key, Operator: e.Operator, Values: e.Values})
 	}

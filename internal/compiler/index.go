@@ -251,7 +251,13 @@ func (ix *index) newDefaultDeny(dd *v1alpha1.DefaultDeny) *policy {
 		nsTmpl: map[string]*policyTemplate{},
 	}
 	if dd.Spec.PodSelector != nil {
-		p.podSel = ix.selector(dd.Spec.PodSelector.ToMeta())
+		// An invalid podSelector (stored before admission checked label
+		// syntax) narrows nothing: every pod of the selected namespaces is
+		// isolated, closed rather than open. An invalid namespaceSelector
+		// cannot be scoped to a tenant and selects nothing.
+		if _, err := metav1.LabelSelectorAsSelector(dd.Spec.PodSelector.ToMeta()); err == nil {
+			p.podSel = ix.selector(dd.Spec.PodSelector.ToMeta())
+		}
 	}
 	if len(dd.Spec.PolicyTypes) == 0 {
 		p.types = [2]bool{true, true}

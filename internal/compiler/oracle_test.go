@@ -143,7 +143,9 @@ func (o *oracle) policiesFor(local *corev1.Pod) []oraclePolicy {
 		if !matches(dd.namespaceSelector, o.labelsOfNS(local.Namespace)) {
 			continue
 		}
-		if dd.podSelector != nil && !matches(dd.podSelector, local.Labels) {
+		// An invalid podSelector narrows nothing (closed); see
+		// v1alpha1.ReasonInvalidSelector.
+		if _, err := metav1.LabelSelectorAsSelector(dd.podSelector); dd.podSelector != nil && err == nil && !matches(dd.podSelector, local.Labels) {
 			continue
 		}
 		p := oraclePolicy{ns: local.Namespace, audit: dd.audit, types: dd.types}

@@ -4,7 +4,10 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
@@ -96,13 +99,82 @@ var _ = Describe("nftguard's own namespace", func() {
 
 		By("narrowing the DefaultDeny to other namespaces")
 		update(dd, func() {
-			dd.Spec.NamespaceSelector = v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns.Name}}
+			dd.Spec.NamespaceSelector = v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": v1alpha1.LabelValue(ns.Name)}}
 		})
 		Eventually(func(g Gomega) {
 			got := &v1alpha1.DefaultDeny{}
 			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
 			g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
 			g.Expect(got.Status.ExemptNamespaces).To(BeEmpty())
+		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("A DefaultDeny stored before admission checked label syntax", func() {
+	It("reports InvalidSelector and isolates every pod of its namespaces rather than none", func() {
+		node := makeNode(name("n"))
+		ns := makeNamespace(name("app"), nil)
+		makePod(ns.Name, "web", node.Name, map[string]string{"app": "web"})
+		makePod(ns.Name, "db", node.Name, map[string]string{"app": "db"})
+		other := makeNamespace(name("other"), nil)
+		makePod(other.Name, "web", node.Name, map[string]string{"app": "web"})
+
+		By("relaxing the CRD's podSelector schema, as an older nftguard's was")
+		crd := &unstructured.Unstructured{}
+		crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
+		Expect(admin.Get(ctx, client.ObjectKey{Name: "defaultdenies.nftguard.io"}, crd)).To(Succeed())
+		strict := crd.DeepCopy()
+		podSelector := []string{"spec", "versions"}
+		versions, _, _ := unstructured.NestedSlice(crd.Object, podSelector...)
+		v0 := versions[0].(map[string]any)
+		Expect(unstructured.SetNestedField(v0, map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+			"schema", "openAPIV3Schema", "properties", "spec", "properties", "podSelector")).To(Succeed())
+		Expect(unstructured.SetNestedSlice(crd.Object, versions, podSelector...)).To(Succeed())
+		Expect(admin.Update(ctx, crd)).To(Succeed())
+		restore := func() {
+			Eventually(func() error {
+				cur := &unstructured.Unstructured{}
+				cur.SetGroupVersionKind(crd.GroupVersionKind())
+				if err := admin.Get(ctx, client.ObjectKey{Name: crd.GetName()}, cur); err != nil {
+					return err
+				}
+				strict.SetResourceVersion(cur.GetResourceVersion())
+				return admin.Update(ctx, strict.DeepCopy())
+			}).Should(Succeed())
+		}
+		DeferCleanup(restore)
+
+		dd := &v1alpha1.DefaultDeny{
+			ObjectMeta: metav1.ObjectMeta{Name: name("old")},
+			Spec: v1alpha1.DefaultDenySpec{
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": v1alpha1.LabelValue(ns.Name)}},
+				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"app": "web/api"}},
+				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
+			},
+		}
+		Eventually(func() error { return admin.Create(ctx, dd) }).Should(Succeed())
+		DeferCleanup(func() { Expect(client.IgnoreNotFound(admin.Delete(ctx, dd))).To(Succeed()) })
+		restore()
+
+		Eventually(func(g Gomega) {
+			got := &v1alpha1.DefaultDeny{}
+			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
+			c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionEnforced)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonInvalidSelector))
+			g.Expect(c.Message).To(ContainSubstring(`spec.podSelector.matchLabels: Invalid value: "web/api"`))
+		}).Should(Succeed())
+		Eventually(func(g Gomega) {
+			rs := ruleSet(g, node.Name)
+			for _, n := range []string{"web", "db"} {
+				p := localPod(rs, ns.Name, n)
+				g.Expect(p).NotTo(BeNil())
+				g.Expect(p.Ingress).NotTo(BeNil(), "%s/%s: an invalid podSelector must isolate, not select nothing", ns.Name, n)
+			}
+			p := localPod(rs, other.Name, "web")
+			g.Expect(p).NotTo(BeNil())
+			g.Expect(p.Ingress).To(BeNil(), "a namespace the DefaultDeny does not select is isolated")
 		}).Should(Succeed())
 	})
 })

@@ -185,7 +185,7 @@ var _ = Describe("Rule sets", func() {
 		dd := &v1alpha1.DefaultDeny{
 			ObjectMeta: metav1.ObjectMeta{Name: name("baseline")},
 			Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns.Name}},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": v1alpha1.LabelValue(ns.Name)}},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress, v1alpha1.PolicyTypeEgress},
 				AllowedEgress: []v1alpha1.EgressRule{{
 					Ports: []v1alpha1.NetworkPolicyPort{{Protocol: ptr.To(v1alpha1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))}},
@@ -326,7 +326,7 @@ var _ = Describe("Rule sets", func() {
 		dd := &v1alpha1.DefaultDeny{
 			ObjectMeta: metav1.ObjectMeta{Name: name("crowd")},
 			Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"crowd": "yes"}},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"crowd": "yes"}},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
 			},
 		}
@@ -650,7 +650,7 @@ var _ = Describe("Status aggregation", func() {
 		dd := &v1alpha1.DefaultDeny{
 			ObjectMeta: metav1.ObjectMeta{Name: name("shop")},
 			Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "shop"}},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"app": "shop"}},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
 			},
 		}

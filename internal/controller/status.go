@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 // State carries the outcome of the latest pass from the rule-set
@@ -142,6 +144,14 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 			continue
 		}
 		want.ExemptNamespaces = exempt
+		if errs := dd.Spec.SelectorErrors(); len(errs) > 0 {
+			meta.SetStatusCondition(&want.Conditions, metav1.Condition{
+				Type: v1alpha1.ConditionEnforced, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonInvalidSelector,
+				ObservedGeneration: dd.Generation,
+				Message: message.Bound("Not enforced as written, fix the selector: " + errs.ToAggregate().Error() +
+					". Meanwhile an invalid namespaceSelector selects no namespace, an invalid podSelector isolates every pod of the selected namespaces, and an invalid peer selector allows nothing"),
+			})
+		}
 		if equality.Semantic.DeepEqual(dd.Status, want) {
 			continue
 		}

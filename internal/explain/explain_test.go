@@ -299,12 +299,12 @@ func TestExplain(t *testing.T) {
 				c.DefaultDenies = append(c.DefaultDenies, v1alpha1.DefaultDeny{
 					ObjectMeta: metav1.ObjectMeta{Name: "base"},
 					Spec: v1alpha1.DefaultDenySpec{
-						NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "x"}},
+						NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": "x"}},
 						PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeEgress}, Mode: v1alpha1.ModeEnforce,
 						AllowedEgress: []v1alpha1.EgressRule{{
 							To: []v1alpha1.NetworkPolicyPeer{{
-								NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}},
-								PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "dns"}},
+								NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": "y"}},
+								PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"app": "dns"}},
 							}},
 							Ports: []v1alpha1.NetworkPolicyPort{{Protocol: ptr.To(v1alpha1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))}},
 						}},

@@ -135,7 +135,7 @@ func endToEnd(ctx context.Context, b *testing.B, cl *localcluster.Cluster, servi
 	dd := &v1alpha1.DefaultDeny{
 		ObjectMeta: metav1.ObjectMeta{Name: "bench"},
 		Spec: v1alpha1.DefaultDenySpec{
-			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"ns": "x"}},
+			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"ns": "x"}},
 			PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
 		},
 	}

@@ -258,10 +258,10 @@ func TestPodLifecycle(t *testing.T) {
 		&v1alpha1.DefaultDeny{
 			ObjectMeta: metav1.ObjectMeta{Name: "y-egress"},
 			Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: labels("ns", "y")},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(labels("ns", "y"))},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeEgress},
 				AllowedEgress: []v1alpha1.EgressRule{{To: []v1alpha1.NetworkPolicyPeer{{
-					NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: labels("ns", "x")},
+					NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(labels("ns", "x"))},
 				}}}},
 			},
 		},

@@ -70,8 +70,8 @@ func TestDefaultDeny(t *testing.T) {
 		dd := defaultDeny("with-dns", v1alpha1.ModeEnforce, v1alpha1.PolicyTypeEgress)
 		dd.Spec.AllowedEgress = []v1alpha1.EgressRule{{
 			To: []v1alpha1.NetworkPolicyPeer{{
-				NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: labels("kubernetes.io/metadata.name", "kube-system")},
-				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: labels("k8s-app", "kube-dns")},
+				NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(labels("kubernetes.io/metadata.name", "kube-system"))},
+				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(labels("k8s-app", "kube-dns"))},
 			}},
 			Ports: []v1alpha1.NetworkPolicyPort{{Protocol: ptr.To(v1alpha1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))}},
 		}}

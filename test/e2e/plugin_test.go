@@ -278,7 +278,7 @@ func TestPluginStatus(t *testing.T) {
 		},
 	}
 	auditZ := defaultDeny("plugin-audit", v1alpha1.ModeAudit, v1alpha1.PolicyTypeIngress)
-	auditZ.Spec.NamespaceSelector = v1alpha1.LabelSelector{MatchLabels: labels("ns", "z")}
+	auditZ.Spec.NamespaceSelector = v1alpha1.LabelSelector{MatchLabels: v1alpha1.MatchLabels(labels("ns", "z"))}
 	create(t, enforceXY, auditZ,
 		allowIngress(policy("x", "plugin-a-from-y", labels("pod", "a"), ingress), nil, nsPeer(labels("ns", "y"))),
 		policy("y", "plugin-c-no-egress", labels("pod", "c"), egress),

@@ -338,7 +338,7 @@ func dnsDefaultDeny(name, ns string, withDNS bool) *v1alpha1.DefaultDeny {
 	dd := &v1alpha1.DefaultDeny{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: v1alpha1.DefaultDenySpec{
-			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
+			NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": v1alpha1.LabelValue(ns)}},
 			PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeEgress},
 			Mode:              v1alpha1.ModeEnforce,
 		},
@@ -346,8 +346,8 @@ func dnsDefaultDeny(name, ns string, withDNS bool) *v1alpha1.DefaultDeny {
 	if withDNS {
 		dd.Spec.AllowedEgress = []v1alpha1.EgressRule{{
 			To: []v1alpha1.NetworkPolicyPeer{{
-				NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
-				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
+				NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"kubernetes.io/metadata.name": "kube-system"}},
+				PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"k8s-app": "kube-dns"}},
 			}},
 			Ports: []v1alpha1.NetworkPolicyPort{
 				{Protocol: ptr.To(v1alpha1.ProtocolUDP), Port: ptr.To(intstr.FromInt32(53))},
@@ -1147,7 +1147,7 @@ func TestNodeReboot(t *testing.T) {
 		s.Create(t, &v1alpha1.DefaultDeny{
 			ObjectMeta: metav1.ObjectMeta{Name: "reboot-y"},
 			Spec: v1alpha1.DefaultDenySpec{
-				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: "y"}},
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{corev1.LabelMetadataName: "y"}},
 				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
 				Mode:              v1alpha1.ModeEnforce,
 			},

@@ -111,14 +111,14 @@ func Synthetic(p Params) *compiler.Snapshot {
 			&v1alpha1.DefaultDeny{
 				ObjectMeta: metav1.ObjectMeta{Name: "baseline-prod"},
 				Spec: v1alpha1.DefaultDenySpec{
-					NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}},
+					NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"env": "prod"}},
 					PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress, v1alpha1.PolicyTypeEgress},
 					Mode:              v1alpha1.ModeEnforce,
 					AllowedEgress: []v1alpha1.EgressRule{{
 						Ports: []v1alpha1.NetworkPolicyPort{{Protocol: &udp, Port: &dns}, {Protocol: &tcp, Port: &dns}},
 						To: []v1alpha1.NetworkPolicyPeer{{
-							NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: "kube-system"}},
-							PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
+							NamespaceSelector: &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{corev1.LabelMetadataName: "kube-system"}},
+							PodSelector:       &v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"k8s-app": "kube-dns"}},
 						}},
 					}},
 					AllowedIngress: []v1alpha1.IngressRule{{
@@ -129,7 +129,7 @@ func Synthetic(p Params) *compiler.Snapshot {
 			&v1alpha1.DefaultDeny{
 				ObjectMeta: metav1.ObjectMeta{Name: "audit-staging"},
 				Spec: v1alpha1.DefaultDenySpec{
-					NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"env": "staging"}},
+					NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"env": "staging"}},
 					Mode:              v1alpha1.ModeAudit,
 				},
 			},
