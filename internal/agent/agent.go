@@ -34,6 +34,7 @@ import (
 	"github.com/nftguard/nftguard/internal/dataplane/model"
 	"github.com/nftguard/nftguard/internal/dataplane/nftnl"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 // Programmer is what the agent needs from the dataplane: apply a desired
@@ -487,6 +488,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, 
 		want.AuditEvents = int64(tot.AuditEvents)
 	}
 	for _, c := range conds {
+		c.Message = message.Bound(c.Message)
 		meta.SetStatusCondition(&want.Conditions, c)
 	}
 	if equality.Semantic.DeepEqual(rs.Status, *want) {

@@ -23,6 +23,7 @@ import (
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/cni"
 	"github.com/nftguard/nftguard/internal/cni/install"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -637,7 +638,7 @@ func (a *Attachments) event(att cni.Attachment, typ, reason, msg string) {
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: att.Namespace, Name: att.Name, UID: types.UID(att.PodUID)},
 	}
-	a.Events.Eventf(pod, nil, typ, reason, "Enforce", "%s", msg)
+	a.Events.Eventf(pod, nil, typ, reason, "Enforce", "%s", message.Bound(msg))
 }
 
 func addrStrings(ips []netip.Addr) []string {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 // nodeProgress is a node's progress with the rule set the controller last
@@ -57,6 +58,11 @@ func enforcedCondition(p v1alpha1.PolicyProgress, selectedPods int, progress fun
 // p says; ok is false when there is nothing to say (it selects nothing, or
 // is still programming).
 func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) (typ, note string, ok bool) {
+	typ, note, ok = policyEventNote(p, selectedPods, progress, generation)
+	return typ, message.Bound(note), ok
+}
+
+func policyEventNote(p v1alpha1.PolicyProgress, selectedPods int, progress func(string) v1alpha1.Progress, generation int64) (typ, note string, ok bool) {
 	switch p.State {
 	case v1alpha1.PolicyTooLarge:
 		return corev1.EventTypeWarning, fmt.Sprintf("Not enforced on %d of %d nodes: %s", len(p.TooLarge), p.Desired, list(details(p.TooLarge, progress))), true
@@ -70,11 +76,15 @@ func policyEvent(p v1alpha1.PolicyProgress, selectedPods int, progress func(stri
 	return "", "", false
 }
 
+// detailMax bounds each node's message in a list of details: an agent's
+// message can hold the kernel's error text.
+const detailMax = 160
+
 // details lists nodes as "node: message".
 func details(nodes []string, progress func(string) v1alpha1.Progress) []string {
 	out := make([]string, 0, len(nodes))
 	for _, n := range nodes {
-		out = append(out, n+": "+progress(n).Message)
+		out = append(out, n+": "+message.BoundTo(progress(n).Message, detailMax))
 	}
 	return out
 }
@@ -98,6 +108,8 @@ func defaultDenyStatus(old v1alpha1.DefaultDenyStatus, p v1alpha1.PolicyProgress
 		Enforcement:        fmt.Sprintf("%d/%d", p.Enforced, p.Desired),
 		Conditions:         slices.Clone(old.Conditions),
 	}
-	meta.SetStatusCondition(&st.Conditions, enforcedCondition(p, selectedPods, progress, generation))
+	c := enforcedCondition(p, selectedPods, progress, generation)
+	c.Message = message.Bound(c.Message)
+	meta.SetStatusCondition(&st.Conditions, c)
 	return st
 }

@@ -1,12 +1,16 @@
 package controller
 
 import (
+	"fmt"
+	"strings"
 	"testing"
+	"unicode"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 func programmedRuleSet(gen, observed int64, status metav1.ConditionStatus, msg string) *v1alpha1.NodeRuleSet {
@@ -105,5 +109,33 @@ func TestEnforcedCondition(t *testing.T) {
 func TestListTruncates(t *testing.T) {
 	if got := list([]string{"a", "b", "c", "d", "e", "f", "g"}); got != "a, b, c, d, e and 2 more" {
 		t.Fatalf("list = %q", got)
+	}
+}
+
+// TestMessagesBounded: agents' messages (the kernel's error text among
+// them) reach DefaultDeny status and Events in users' namespaces bounded
+// and without control characters.
+func TestMessagesBounded(t *testing.T) {
+	long := "netlink: \x1b[31mEPERM\x1b[0m\n" + strings.Repeat("table inet nftguard: ", 300)
+	var span []string
+	for i := range 7 {
+		span = append(span, fmt.Sprintf("node-%d", i))
+	}
+	progress := func(string) v1alpha1.Progress {
+		return v1alpha1.Progress{State: v1alpha1.NodeFailed, Reason: v1alpha1.ReasonProgramFailed, Message: long}
+	}
+	p := v1alpha1.SummarizeProgress(span, progress)
+	st := defaultDenyStatus(v1alpha1.DefaultDenyStatus{}, p, 2, progress, 1)
+	_, note, _ := policyEvent(p, 2, progress, 1)
+	for what, msg := range map[string]string{"condition": st.Conditions[0].Message, "event": note} {
+		if len(msg) > message.Max {
+			t.Errorf("%s message is %d bytes, want at most %d", what, len(msg), message.Max)
+		}
+		if i := strings.IndexFunc(msg, unicode.IsControl); i >= 0 {
+			t.Errorf("%s message has a control character at %d: %q", what, i, msg)
+		}
+		if !strings.Contains(msg, "node-0: netlink: [31mEPERM") {
+			t.Errorf("%s message lost the first node's error: %q", what, msg[:min(len(msg), 200)])
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/message"
 )
 
 // converge brings the given outputs in the API to the compiled state: it
@@ -143,7 +144,7 @@ func (r *RuleSetReconciler) execute(ctx context.Context, p plan, retryRS, retryA
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: n.Node}, node); err != nil {
 			continue // the node is going away: nobody to tell
 		}
-		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, n.Reason, "Compile", "%s", n.Message)
+		r.Recorder.Eventf(node, nil, corev1.EventTypeWarning, n.Reason, "Compile", "%s", message.Bound(n.Message))
 	}
 	var errs []error
 	failedRS, failedAG := map[string]bool{}, map[string]bool{}
