@@ -34,11 +34,16 @@ import (
 // directory under config/ and decodes the documents.
 func render(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
-	root := testenv.RepoRoot()
-	kubectl := filepath.Join(root, "bin", "kubectl")
-	out, err := exec.Command(kubectl, "kustomize", filepath.Join(root, "config", dir)).Output()
+	return renderPath(t, filepath.Join(testenv.RepoRoot(), "config", dir))
+}
+
+// renderPath runs `kubectl kustomize` on a kustomization directory.
+func renderPath(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
+	kubectl := filepath.Join(testenv.RepoRoot(), "bin", "kubectl")
+	out, err := exec.Command(kubectl, "kustomize", dir).Output()
 	if err != nil {
-		t.Fatalf("kubectl kustomize config/%s (run `make test-binaries` first): %v", dir, err)
+		t.Fatalf("kubectl kustomize %s (run `make test-binaries` first): %v", dir, err)
 	}
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
 	var objs []*unstructured.Unstructured
@@ -48,7 +53,7 @@ func render(t *testing.T, dir string) []*unstructured.Unstructured {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			t.Fatalf("decoding config/%s: %v", dir, err)
+			t.Fatalf("decoding %s: %v", dir, err)
 		}
 		if len(u.Object) > 0 {
 			objs = append(objs, u)

@@ -1,10 +1,13 @@
 package manifests_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/testenv"
 )
 
 const nodeNameExtra = "authentication.kubernetes.io/node-name"
@@ -25,10 +29,16 @@ const nodeNameExtra = "authentication.kubernetes.io/node-name"
 // the node name a bound pod token carries (if node is set).
 func as(t *testing.T, sa, node string) client.Client {
 	t.Helper()
+	return asIn(t, "nftguard-system", sa, node)
+}
+
+// asIn is as for a ServiceAccount of namespace ns.
+func asIn(t *testing.T, ns, sa, node string) client.Client {
+	t.Helper()
 	cfg := rest.CopyConfig(adminCfg)
 	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:nftguard-system:" + sa,
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:nftguard-system", "system:authenticated"},
+		UserName: "system:serviceaccount:" + ns + ":" + sa,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 	}
 	if node != "" {
 		cfg.Impersonate.Extra = map[string][]string{nodeNameExtra: {node}}
@@ -119,6 +129,64 @@ func TestNodeScopedPermissions(t *testing.T) {
 	}
 	if err := setProgrammed(ctrl, "perm-n2"); !apierrors.IsForbidden(err) {
 		t.Errorf("controller writing agent status: %v, want Forbidden", err)
+	}
+}
+
+// TestInstallUnderOtherNames: config/default installed through an overlay
+// into another namespace, with a name prefix, holds that install's agent
+// to its own node just the same. Only the overlay's policy is bound while
+// it runs, so the default install's cannot stand in for it.
+func TestInstallUnderOtherNames(t *testing.T) {
+	admin, err := client.New(adminCfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	base, err := filepath.Rel(dir, filepath.Join(testenv.RepoRoot(), "config", "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := "namespace: security-tools\nnamePrefix: acme-\nresources:\n- " + base + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ctx, admin, renderPath(t, dir))
+	defaultBinding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+	defaultBinding.Name = "nftguard-agent-node-scope"
+	if err := admin.Delete(ctx, defaultBinding); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	} else if err == nil {
+		t.Cleanup(func() { apply(t, ctx, admin, render(t, "default")) })
+	}
+	for _, n := range []string{"other-n1", "other-n2"} {
+		if err := admin.Create(ctx, &v1alpha1.NodeRuleSet{ObjectMeta: metav1.ObjectMeta{Name: n}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agent1 := asIn(t, "security-tools", "acme-nftguard-agent", "other-n1")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		err := setProgrammed(agent1, "other-n2")
+		if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "for node other-n1, not other-n2") {
+			break
+		}
+		if err != nil && !apierrors.IsForbidden(err) {
+			t.Fatalf("the acme agent of other-n1 writing other-n2's status: unexpected %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the acme agent of other-n1 writing other-n2's status: %v; want refused by the install's node-scope policy", err)
+		}
+	}
+	if err := setProgrammed(agent1, "other-n1"); err != nil {
+		t.Errorf("the acme agent of other-n1 writing its own status: %v", err)
+	}
+	ctrl := asIn(t, "security-tools", "acme-nftguard-controller", "")
+	rs := &v1alpha1.NodeRuleSet{}
+	if err := ctrl.Get(ctx, client.ObjectKey{Name: "other-n2"}, rs); err != nil {
+		t.Fatal(err)
+	}
+	rs.Spec.AddressGroups = []string{"ag-1"}
+	if err := ctrl.Update(ctx, rs); err != nil {
+		t.Errorf("the acme controller updating a NodeRuleSet spec: %v", err)
 	}
 }
 
