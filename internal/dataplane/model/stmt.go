@@ -117,8 +117,14 @@ func (s CtState) appendText(b []byte) []byte {
 	return b
 }
 
-// ICMPv6Types matches ICMPv6 packets of types from..to: "icmpv6 type 133-137".
-type ICMPv6Types struct{ From, To uint8 }
+// ICMPv6Types matches ICMPv6 packets of types from..to: "icmpv6 type
+// 135-136". With HopLimit set, only packets with that hop limit: "icmpv6
+// type 135-136 ip6 hoplimit 255" (a packet with hop limit 255 was sent on
+// the link it arrives on: no router forwarded it).
+type ICMPv6Types struct {
+	From, To uint8
+	HopLimit uint8
+}
 
 func (s ICMPv6Types) text() string { return string(s.appendText(nil)) }
 
@@ -126,7 +132,12 @@ func (s ICMPv6Types) appendText(b []byte) []byte {
 	b = append(b, "icmpv6 type "...)
 	b = appendUint(b, uint64(s.From))
 	b = append(b, '-')
-	return appendUint(b, uint64(s.To))
+	b = appendUint(b, uint64(s.To))
+	if s.HopLimit != 0 {
+		b = append(b, " ip6 hoplimit "...)
+		b = appendUint(b, uint64(s.HopLimit))
+	}
+	return b
 }
 
 // AddrIs matches one address: "ip saddr 198.18.1.3". The family is the

@@ -117,6 +117,7 @@ func TestIncrementalApply(t *testing.T) {
 			"add chain in-x.a",
 			"add element in4 { 198.18.0.1 : goto in-x.a }",
 			"add element in6 { fd00::1 : goto in-x.a }",
+			"add rule in-x.a ct state invalid drop",
 			"add rule in-x.a ip saddr 198.18.0.1 accept",
 			"add rule in-x.a ip6 saddr fd00::1 accept",
 			"add rule in-x.a jump rule-from-a",
@@ -433,8 +434,9 @@ func TestDriftRepair(t *testing.T) {
 		// An empty pod chain returns to the base chain: c gets in.
 		check(t, tcpProbe("c->b (tampered)", c.ns, b.ip4, 80, true))
 		st := repair(t, "add rule in-x.b jump rule-from-a")
-		// Its two self-accept rules, the jump, the log and the drop.
-		if st.Changes.RulesAdded != 5 || st.Changes.ElementsAdded != 0 {
+		// Its invalid-state drop, two self-accept rules, the jump, the log
+		// and the drop.
+		if st.Changes.RulesAdded != 6 || st.Changes.ElementsAdded != 0 {
 			t.Errorf("repair sent %+v", st.Changes)
 		}
 		check(t, tcpProbe("c->b", c.ns, b.ip4, 80, false), tcpProbe("a->b", a.ns, b.ip4, 80, true))

@@ -144,7 +144,7 @@ func TestDiffIncremental(t *testing.T) {
 			want: []string{
 				// The shared IPv6 set exists already (shop-frontend).
 				"add element " + shared6("monitoring") + " { " + tagged("monitoring", "fd00::2:1") + " }",
-				"insert rule rule-r-monitoring position 42 " + tag("monitoring") + " . ip6 saddr @" + shared6("monitoring") + " accept",
+				"insert rule rule-r-monitoring position 40 " + tag("monitoring") + " . ip6 saddr @" + shared6("monitoring") + " accept",
 			},
 		},
 		{
@@ -155,7 +155,7 @@ func TestDiffIncremental(t *testing.T) {
 				g["shop-http"] = h
 			},
 			want: []string{
-				"delete rule rule-r-http-named handle 40",
+				"delete rule rule-r-http-named handle 38",
 				"delete set ep6-shop-http",
 			},
 		},
@@ -168,6 +168,7 @@ func TestDiffIncremental(t *testing.T) {
 			want: []string{
 				"add chain in-shop.web-1",
 				"add element in4 { 198.18.0.14 : goto in-shop.web-1 }",
+				"add rule in-shop.web-1 ct state invalid drop",
 				"add rule in-shop.web-1 ip saddr 198.18.0.14 accept",
 				"add rule in-shop.web-1 jump rule-r-frontend",
 				`add rule in-shop.web-1 limit rate 10/second burst 20 packets log prefix "nftguard:drop:in:8f0b5a3b2c5f" group 100`,
@@ -180,7 +181,7 @@ func TestDiffIncremental(t *testing.T) {
 				s.Pods[0].Ingress.Rules = []string{"r-frontend"}
 			},
 			want: []string{
-				"delete rule in-shop.web-0 handle 31",
+				"delete rule in-shop.web-0 handle 29",
 				"flush chain rule-r-monitoring",
 				"delete set agn4-monitoring",
 				"delete set rule-r-monitoring-net4",
@@ -196,7 +197,7 @@ func TestDiffIncremental(t *testing.T) {
 			},
 			want: []string{
 				"add chain rule-r-frontend-eg",
-				"insert rule eg-shop.client position 22 jump rule-r-frontend-eg",
+				"insert rule eg-shop.client position 19 jump rule-r-frontend-eg",
 				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip daddr @" + shared4("shop-frontend") + " accept",
 				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip6 daddr @" + shared6("shop-frontend") + " accept",
 			},
@@ -207,8 +208,9 @@ func TestDiffIncremental(t *testing.T) {
 				s.Pods[3].Ingress.Mode = v1alpha1.IsolationEnforce
 			},
 			want: []string{
-				"delete rule in-lab.probe handle 26",
-				"delete rule in-lab.probe handle 27",
+				"delete rule in-lab.probe handle 23",
+				"delete rule in-lab.probe handle 24",
+				"insert rule in-lab.probe position 22 ct state invalid drop",
 				`add rule in-lab.probe limit rate 10/second burst 20 packets log prefix "nftguard:drop:in:a2896f76d5e8" group 100`,
 				"add rule in-lab.probe drop",
 			},
@@ -224,6 +226,7 @@ func TestDiffIncremental(t *testing.T) {
 				"delete element eg4 { 198.18.0.13 : goto eg-lab.probe }",
 				"delete element in4 { 198.18.0.13 : goto in-lab.probe }",
 				"add element in4 { 198.18.0.13 : goto in-lab.probe-2 }",
+				"add rule in-lab.probe-2 ct state invalid drop",
 				"add rule in-lab.probe-2 ip saddr 198.18.0.13 accept",
 				`add rule in-lab.probe-2 limit rate 10/second burst 20 packets log prefix "nftguard:drop:in:8d1e1b3b8bfe" group 100`,
 				"add rule in-lab.probe-2 drop",

@@ -64,11 +64,12 @@ func TestPortDispatch(t *testing.T) {
 		t.Errorf("segments:\n%v", segs)
 	}
 	pod := tab.Chain(render.PodChainName("in", "x", "b"))
-	// After the pod's two self-accept rules (hairpin through a Service).
-	if got := pod.Rules[2].String(); got != "meta l4proto . th dport vmap @"+m.Name {
+	// After the invalid-state drop and the pod's two self-accept rules
+	// (hairpin through a Service).
+	if got := pod.Rules[3].String(); got != "meta l4proto . th dport vmap @"+m.Name {
 		t.Errorf("pod chain dispatches with %q", got)
 	}
-	if got := pod.Rules[3].String(); got != "jump "+render.RuleChainName("c6-any") {
+	if got := pod.Rules[4].String(); got != "jump "+render.RuleChainName("c6-any") {
 		t.Errorf("then %q, want the jump to the every-port rule", got)
 	}
 	allowed := func() []expect {

@@ -380,6 +380,11 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.cmp(unix.NFT_CMP_EQ, reg1, []byte{model.ProtoICMPv6})
 		b.payload(reg1, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1)
 		b.rangeEq(reg1, []byte{s.From}, []byte{s.To})
+		if s.HopLimit != 0 {
+			// ip6 hoplimit 255: byte 7 of the IPv6 header
+			b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, 7, 1)
+			b.cmp(unix.NFT_CMP_EQ, reg1, []byte{s.HopLimit})
+		}
 
 	case model.LimitRate:
 		// limit rate 10/second burst 20 packets

@@ -326,6 +326,18 @@ func sctpInit(srcPort, dstPort uint16, initTag uint32) []byte {
 // dst:port (the kernel here has no SCTP sockets) and reports whether a raw
 // socket in dstNS sees it within timeout.
 func sctpDelivered(src, dstNS netns.NsHandle, dst netip.Addr, port uint16, timeout time.Duration) (bool, error) {
+	tag := rand.Uint32() | 1
+	srcPort := uint16(30000 + rand.IntN(20000))
+	return rawDelivered(src, dstNS, dst, model.ProtoSCTP, sctpInit(srcPort, port, tag), nil, func(p []byte) bool {
+		return len(p) >= 20 && binary.BigEndian.Uint16(p[0:]) == srcPort && binary.BigEndian.Uint32(p[16:]) == tag
+	}, timeout)
+}
+
+// rawDelivered sends pkt (the IP payload) as raw IP protocol proto from
+// src to dst, after setup (if any) on the sending socket, and reports
+// whether a raw socket of that protocol in dstNS receives a payload for
+// which seen is true within timeout.
+func rawDelivered(src, dstNS netns.NsHandle, dst netip.Addr, proto uint8, pkt []byte, setup func(fd int) error, seen func(payload []byte) bool, timeout time.Duration) (bool, error) {
 	af := unix.AF_INET
 	if dst.Is6() {
 		af = unix.AF_INET6
@@ -333,21 +345,23 @@ func sctpDelivered(src, dstNS netns.NsHandle, dst netip.Addr, port uint16, timeo
 	var rfd int
 	if err := inNS(dstNS, func() error {
 		var err error
-		rfd, err = unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(model.ProtoSCTP))
+		rfd, err = unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
 		return err
 	}); err != nil {
 		return false, fmt.Errorf("raw receive socket: %w", err)
 	}
 	defer unix.Close(rfd)
-	tag := rand.Uint32() | 1
-	srcPort := uint16(30000 + rand.IntN(20000))
-	pkt := sctpInit(srcPort, port, tag)
 	if err := inNS(src, func() error {
-		fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(model.ProtoSCTP))
+		fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
 		if err != nil {
 			return err
 		}
 		defer unix.Close(fd)
+		if setup != nil {
+			if err := setup(fd); err != nil {
+				return err
+			}
+		}
 		var sa unix.Sockaddr
 		if dst.Is4() {
 			sa = &unix.SockaddrInet4{Addr: dst.As4()}
@@ -356,7 +370,7 @@ func sctpDelivered(src, dstNS netns.NsHandle, dst netip.Addr, port uint16, timeo
 		}
 		return unix.Sendto(fd, pkt, 0, sa)
 	}); err != nil {
-		return false, fmt.Errorf("sending SCTP INIT: %w", err)
+		return false, fmt.Errorf("sending raw protocol %d: %w", proto, err)
 	}
 	deadline := time.Now().Add(timeout)
 	buf := make([]byte, 2048)
@@ -380,7 +394,7 @@ func sctpDelivered(src, dstNS netns.NsHandle, dst netip.Addr, port uint16, timeo
 		if dst.Is4() && n > 20 { // IPv4 raw sockets deliver the IP header
 			p = p[int(p[0]&0x0f)*4:]
 		}
-		if len(p) >= 20 && binary.BigEndian.Uint16(p[0:]) == srcPort && binary.BigEndian.Uint32(p[16:]) == tag {
+		if seen(p) {
 			return true, nil
 		}
 	}

@@ -382,7 +382,16 @@ func matchFamily(exprs []rawExpr) (model.Stmt, int) {
 		proto, ok := cmpEq(exprs, 3)
 		from, to, ok2 := rangeEq(exprs, 5, 1)
 		if ok && ok2 && bytes.Equal(proto, []byte{model.ProtoICMPv6}) && isPayload(exprs, 4, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1, reg1) {
-			return model.ICMPv6Types{From: from[0], To: to[0]}, 6
+			s := model.ICMPv6Types{From: from[0], To: to[0]}
+			if isPayload(exprs, 6, unix.NFT_PAYLOAD_NETWORK_HEADER, 7, 1, reg1) {
+				hl, ok := cmpEq(exprs, 7)
+				if !ok || len(hl) != 1 || hl[0] == 0 {
+					return nil, 0
+				}
+				s.HopLimit = hl[0]
+				return s, 8
+			}
+			return s, 6
 		}
 		return nil, 0
 	}

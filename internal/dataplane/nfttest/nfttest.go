@@ -102,13 +102,19 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 		}, nil
 
 	case model.ICMPv6Types:
-		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 133-137
-		return append(familyCheck(model.IPv6),
+		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 135-136 [ip6 hoplimit 255]
+		out := append(familyCheck(model.IPv6),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{model.ProtoICMPv6}},
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 			&expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: []byte{s.From}, ToData: []byte{s.To}},
-		), nil
+		)
+		if s.HopLimit != 0 {
+			out = append(out,
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{s.HopLimit}})
+		}
+		return out, nil
 
 	case model.AddrIs:
 		// ip saddr 198.18.1.3  (meta nfproto ipv4 ip saddr 198.18.1.3)

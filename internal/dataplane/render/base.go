@@ -85,19 +85,31 @@ func notReady(ranges [2]bool, field model.AddrField) []*model.Rule {
 
 // baseChains returns the base chains; with the pod ranges of a family
 // known, traffic of not-ready addresses in them is dropped after the
-// prologue (after established flows and neighbour discovery are accepted).
+// prologue (after established flows and, on input, neighbour discovery are
+// accepted).
 func baseChains(ranges [2]bool) []*model.Chain {
-	prologue := func() []*model.Rule {
-		return []*model.Rule{
+	prologue := func(hook model.Hook) []*model.Rule {
+		out := []*model.Rule{
 			model.NewRule(model.CtState{Bits: model.CtEstablished | model.CtRelated}, model.Verdict{Kind: model.VerdictAccept}),
-			// Neighbour discovery (router solicitation .. redirect) is never
-			// filtered: a pod's solicitations may carry its global address.
-			model.NewRule(model.ICMPv6Types{From: 133, To: 137}, model.Verdict{Kind: model.VerdictAccept}),
-			model.NewRule(model.CtState{Bits: model.CtInvalid}, model.Verdict{Kind: model.VerdictDrop}),
 		}
+		if hook == model.HookInput {
+			// Neighbour discovery a pod needs from its node (router
+			// solicitation 133, neighbour solicitation 135 and
+			// advertisement 136) is accepted on input only, and only with
+			// hop limit 255, which no router forwards: it is on-link by
+			// construction, and may carry the pod's global address. ND is
+			// never forwarded, so the forward chains accept none: an
+			// isolated pod's ND to another pod meets its policies like
+			// anything else. Router advertisements (134) and redirects
+			// (137) are not accepted here.
+			out = append(out,
+				model.NewRule(model.ICMPv6Types{From: 133, To: 133, HopLimit: 255}, model.Verdict{Kind: model.VerdictAccept}),
+				model.NewRule(model.ICMPv6Types{From: 135, To: 136, HopLimit: 255}, model.Verdict{Kind: model.VerdictAccept}))
+		}
+		return out
 	}
 	egress := func(name string, hook model.Hook) *model.Chain {
-		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(append(prologue(), notReady(ranges, model.Saddr)...),
+		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(append(prologue(hook), notReady(ranges, model.Saddr)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Saddr, Vmap: model.MapEgress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Saddr, Vmap: model.MapEgress6}),
 		)}
@@ -105,7 +117,7 @@ func baseChains(ranges [2]bool) []*model.Chain {
 	return []*model.Chain{
 		egress(model.ChainEgressForward, model.HookForward),
 		egress(model.ChainEgressInput, model.HookInput),
-		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(append(prologue(), notReady(ranges, model.Daddr)...),
+		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(append(prologue(model.HookForward), notReady(ranges, model.Daddr)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Daddr, Vmap: model.MapIngress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Daddr, Vmap: model.MapIngress6}),
 		)},

@@ -135,6 +135,13 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 			return nil, fmt.Errorf("pod %s/%s: unknown %s isolation mode %q", pod.Namespace, pod.Name, d.direction, d.iso.Mode)
 		}
 		c := &model.Chain{Name: PodChainName(d.short, pod.Namespace, pod.Name)}
+		// A packet conntrack calls invalid (out of window, say) is
+		// dropped for the pods nftguard isolates, and only for them: the
+		// node's other traffic, and that of pods no policy isolates, is
+		// left as it was. Audit drops nothing.
+		if final == model.VerdictDrop {
+			c.Rules = append(c.Rules, model.NewRule(model.CtState{Bits: model.CtInvalid}, model.Verdict{Kind: model.VerdictDrop}))
+		}
 		// A pod's traffic to itself through a Service (kube-proxy DNATs it
 		// back to the pod: hairpin) passes the forward hook with the pod's
 		// address on both sides. No policy can isolate a pod from itself,

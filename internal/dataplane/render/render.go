@@ -47,8 +47,9 @@ func (o Options) withDefaults() Options {
 // Layout (see testdata/*.golden):
 //   - Base chains egress-forward and egress-input (priority filter) and
 //     ingress-forward (priority filter + 10), policy accept, each starting
-//     with: ct state established,related accept; ICMPv6 neighbour discovery
-//     accept; ct state invalid drop. Output is not hooked: traffic from the
+//     with: ct state established,related accept; egress-input then
+//     accepts the neighbour discovery a pod sends its node (types 133, 135
+//     and 136 with hop limit 255). Output is not hooked: traffic from the
 //     node to its pods is never filtered, and its replies are established.
 //   - When the node's pod ranges are known (spec.podCIDRs), the base
 //     chains then drop traffic from (egress chains) or to (ingress chain)
@@ -60,7 +61,9 @@ func (o Options) withDefaults() Options {
 //     eg4/eg6 on saddr, to one chain per isolated pod direction
 //     (in-<namespace>.<name>, eg-...). A pod that is not isolated in a
 //     direction has no chain and no map element for it.
-//   - A pod chain first accepts the pod's traffic to itself (through a
+//   - An Enforce pod chain first drops "ct state invalid" (only the
+//     traffic of isolated pods; the base chains leave it alone).
+//   - A pod chain then accepts the pod's traffic to itself (through a
 //     Service, hairpin: "ip saddr <its address> accept" in its ingress
 //     chain, daddr in its egress chain), then jumps to the chain of each
 //     rule it references

@@ -221,14 +221,16 @@ func TestRenderFamilies(t *testing.T) {
 		}
 	}
 	// The pod chain still jumps to the rule that matches nothing.
-	if c := tab.Chain("in-x.a"); c == nil || len(c.Rules) < 4 || c.Rules[3].String() != "jump rule-r-none" {
+	if c := tab.Chain("in-x.a"); c == nil || len(c.Rules) < 5 || c.Rules[4].String() != "jump rule-r-none" {
 		t.Errorf("in-x.a: %v", c)
 	}
 }
 
 // TestRenderPodReachesItself: each pod chain starts by accepting the pod's
 // own traffic to itself (a Service that DNATs back to the pod), by source
-// address on ingress and destination address on egress, in both families.
+// address on ingress and destination address on egress, in both families;
+// an Enforce chain drops what conntrack calls invalid first, an Audit chain
+// drops nothing.
 func TestRenderPodReachesItself(t *testing.T) {
 	spec := v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{{
 		Namespace: "x", Name: "a", IPs: []string{"198.18.0.1", "fd00::1"},
@@ -240,7 +242,7 @@ func TestRenderPodReachesItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	for chain, want := range map[string][]string{
-		"in-x.a": {"ip saddr 198.18.0.1 accept", "ip6 saddr fd00::1 accept"},
+		"in-x.a": {"ct state invalid drop", "ip saddr 198.18.0.1 accept", "ip6 saddr fd00::1 accept"},
 		"eg-x.a": {"ip daddr 198.18.0.1 accept", "ip6 daddr fd00::1 accept"},
 	} {
 		c := tab.Chain(chain)
