@@ -1228,3 +1228,110 @@ func TestNodeReboot(t *testing.T) {
 		s.WaitConverged(t)
 	})
 }
+
+// TestControllerDownNewPodsStayClosed: with the controller Deployment
+// scaled to zero, a pod started on each node (no policy isolates it) runs
+// and turns Ready (kubelet's probes come from the node), but no rule set
+// lists it, so its node holds it: nothing reaches it and nothing of its
+// gets out. Once the controller runs again, both directions connect.
+func TestControllerDownNewPodsStayClosed(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := policySuite(t, c)
+		s.WaitConverged(t)
+		deployments := c.Clientset().AppsV1().Deployments(ownNamespace)
+		d, err := deployments.Get(ctx, "nftguard-controller", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas := ptr.Deref(d.Spec.Replicas, 1)
+		scale := func(n int32) error {
+			_, err := kubectl(ctx, c, "-n", ownNamespace, "scale", "deployment/nftguard-controller", fmt.Sprintf("--replicas=%d", n))
+			return err
+		}
+		scaled := false
+		t.Cleanup(func() {
+			if scaled {
+				return
+			}
+			if err := scale(replicas); err != nil {
+				t.Errorf("scaling the controller back: %v", err)
+			}
+			if err := waitInstalled(ctx, c); err != nil {
+				t.Errorf("after scaling the controller back: %v", err)
+			}
+		})
+		if err := scale(0); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(time.Minute); ; {
+			list, err := c.Clientset().CoreV1().Pods(ownNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list.Items) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d controller pods still there 1m after scaling to 0", len(list.Items))
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+
+		var held []string
+		for _, node := range []string{"node-1", "node-2"} {
+			name := "held-" + node
+			key := "y/" + name
+			t.Cleanup(func() {
+				if _, ok := c.Pod(key); ok {
+					if err := c.DeletePod(ctx, key); err != nil {
+						t.Errorf("removing %s: %v", key, err)
+					}
+				}
+			})
+			if _, err := c.AddPod(ctx, localcluster.PodSpec{Namespace: "y", Name: name, Node: node,
+				Labels: map[string]string{"pod": name}, Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}}); err != nil {
+				t.Fatalf("a pod started while no controller runs: %v", err)
+			}
+			held = append(held, key)
+		}
+		probes := func(key string) []localcluster.ProbeRequest {
+			return []localcluster.ProbeRequest{
+				{From: "x/a", To: key, Port: intstr.FromInt32(80)},
+				{From: key, To: "x/a", Port: intstr.FromInt32(80)},
+			}
+		}
+		for _, key := range held {
+			for _, req := range probes(key) {
+				if r := c.ProbeWith(ctx, req); !r.Blocked() {
+					t.Errorf("%s while no controller runs: want blocked", r)
+				}
+			}
+		}
+		if t.Failed() {
+			return
+		}
+
+		if err := scale(replicas); err != nil {
+			t.Fatal(err)
+		}
+		scaled = true
+		if err := waitInstalled(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range held {
+			for _, req := range probes(key) {
+				var r localcluster.ProbeResult
+				for deadline := time.Now().Add(2 * time.Minute); ; {
+					if r = c.ProbeWith(ctx, req); r.Reachable() || time.Now().After(deadline) {
+						break
+					}
+					time.Sleep(250 * time.Millisecond)
+				}
+				if !r.Reachable() {
+					t.Errorf("%s 2m after the controller came back: want connected", r)
+				}
+			}
+		}
+	})
+}
