@@ -63,7 +63,8 @@ func run() int {
 	flag.Int64Var(&opts.AuditMaxSize, "audit-max-size", 100<<20, "Size in bytes past which the drop log is rotated.")
 	flag.IntVar(&opts.AuditMaxFiles, "audit-max-files", 5, "Rotated drop log files kept.")
 	flag.UintVar(&nflogGroup, "nflog-group", uint(render.DefaultLogGroup), "NFLOG group the drop log rules use.")
-	flag.DurationVar(&opts.ResyncPeriod, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed.")
+	flag.DurationVar(&opts.ResyncPeriod, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed; a backstop for the watch of nf_tables notifications.")
+	watch := flag.Bool("watch-table", true, "Watch nf_tables change notifications and repair another process's changes to the table at once; false: the resync alone repairs them.")
 	flag.StringVar(&opts.DropsBindAddress, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
 	flag.StringVar(&opts.DropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
 	flag.StringVar(&opts.CNI.Socket, "cni-socket", "", "Unix socket the nftguard CNI plugin reaches the agent on (the plugin's default: "+cni.DefaultSocket+"); empty: run without the plugin, and new pods are not held until programmed.")
@@ -80,6 +81,7 @@ func run() int {
 	zapOpts := zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	opts.NoTamperWatch = !*watch
 
 	logger := zap.New(zap.UseFlagOptions(&zapOpts)).WithValues("node", opts.NodeName)
 	ctrl.SetLogger(logger)

@@ -67,7 +67,7 @@ var (
 	}, []string{"reason"})
 	driftRepairs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftguard_agent_drift_repairs_total",
-		Help: "Times the periodic resync found the table changed behind the agent's back and restored it.",
+		Help: "Times the agent found the table changed behind its back (through a change notification or the periodic resync) and restored it.",
 	})
 	programmedGeneration = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "nftguard_agent_programmed_generation",
@@ -109,6 +109,9 @@ type Reconciler struct {
 	// PodCIDRs are the node's pod ranges when its rule set carries none
 	// (Node.spec.podCIDRs is empty).
 	PodCIDRs []string
+	// Tamper, when set, wakes the reconciler when another process changes
+	// the table, so that it is verified and repaired at once.
+	Tamper *TamperWatch
 
 	mu sync.Mutex
 	// fetched holds groups read from the API because the cache had stripped
@@ -540,6 +543,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Attachments != nil {
 		r.Attachments.init()
 		b = b.WatchesRawSource(source.Channel(r.Attachments.trigger, handler.EnqueueRequestsFromMapFunc(
+			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
+	}
+	if r.Tamper != nil {
+		b = b.WatchesRawSource(source.Channel(r.Tamper.trigger, handler.EnqueueRequestsFromMapFunc(
 			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
 	}
 	return b.

@@ -57,6 +57,10 @@ type Options struct {
 	// ResyncPeriod is how often the table is checked for drift and the
 	// status counters refreshed (default one minute).
 	ResyncPeriod time.Duration
+	// NoTamperWatch turns off the nf_tables notification watch that
+	// repairs others' changes to the table at once (TamperWatch); drift is
+	// then repaired by the resync only.
+	NoTamperWatch bool
 	// NetNS is a file descriptor of the network namespace whose table the
 	// agent programs and whose NFLOG group it reads; 0: the agent's own.
 	NetNS int
@@ -230,6 +234,21 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		}
 		r.Attachments = att
 		r.PodCIDRs = opts.CNI.PodCIDRs
+	}
+	if !opts.NoTamperWatch {
+		netns := opts.NetNS
+		w := &TamperWatch{
+			Open: func() (NotificationSource, error) { return nftnl.NewMonitor(netns) },
+			Owns: a.programmer.Owns,
+			Log:  a.log.WithName("tamper"),
+		}
+		if err := w.init(cmp.Or[prometheus.Registerer](opts.Registerer, metrics.Registry)); err != nil {
+			return fmt.Errorf("registering the tamper watch's metrics: %w", err)
+		}
+		if err := mgr.Add(w); err != nil {
+			return fmt.Errorf("adding the tamper watch: %w", err)
+		}
+		r.Tamper = w
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the reconciler: %w", err)

@@ -43,6 +43,10 @@ type Notification struct {
 	Generation uint32
 	PID        uint32
 	Process    string
+	// PortID is the netlink port id of the socket the change came on
+	// (every notification of a transaction carries it): a writer tells its
+	// own transactions by it, whatever they contain.
+	PortID uint32
 }
 
 // Ours reports whether the notification is about table inet nftguard.

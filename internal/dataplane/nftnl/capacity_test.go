@@ -125,7 +125,7 @@ func TestSharedSetCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newBatchSocket(int(ns), socketOptions(1<<20, 1<<20))
+	s, err := newBatchSocket(int(ns), socketOptions(1<<20, 1<<20), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func decodeNotification(msg netlink.Message) (model.Notification, bool) {
 	if typ>>8 != unix.NFNL_SUBSYS_NFTABLES || len(msg.Data) < 4 {
 		return model.Notification{}, false
 	}
-	n := model.Notification{Family: familyName(msg.Data[0])}
+	n := model.Notification{Family: familyName(msg.Data[0]), PortID: msg.Header.PID}
 	// The attributes naming the table and the object, by message type.
 	var tableAttr, nameAttr uint16
 	switch typ & 0xff {

@@ -102,6 +102,12 @@ func TestMonitor(t *testing.T) {
 			t.Errorf("notification about another table: %s", n)
 		}
 	}
+	// Every notification of the Programmer's transaction names its socket.
+	for _, n := range got {
+		if !p.Owns(n.PortID) {
+			t.Errorf("notification %s with port id %d: the Programmer does not own it", n, n.PortID)
+		}
+	}
 
 	// Another writer flushes a chain of the table, then writes its own
 	// table.
@@ -114,6 +120,11 @@ func TestMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	flushed := untilGeneration(t, ch)
+	for _, n := range flushed {
+		if p.Owns(n.PortID) {
+			t.Errorf("another writer's %s (port id %d) reads as the Programmer's", n, n.PortID)
+		}
+	}
 	del := inet(model.ObjectRule, model.ChainIngressForward)
 	del.Deleted = true
 	if !has(flushed, del) {

@@ -85,6 +85,8 @@ type Programmer struct {
 	lastPlan      *model.Plan
 	maxBatchBytes int
 	closed        bool
+	// ports are the port ids of the open write sockets (see Owns).
+	ports portSet
 }
 
 var errClosed = errors.New("dataplane: programmer is closed")
@@ -115,7 +117,7 @@ func newProgrammer(own int) (*Programmer, error) {
 	var err error
 	p := &Programmer{netns: own, rd: &reader{netns: own}, maxBatchBytes: defaultMaxBatchBytes}
 	p.newConn = func() (sender, error) {
-		return newBatchSocket(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes))
+		return newBatchSocket(own, socketOptions(2*p.maxBatchBytes+(1<<20), receiveBufferBytes), &p.ports)
 	}
 	if p.conn, err = p.newConn(); err != nil {
 		if own > 0 {
@@ -155,6 +157,12 @@ func socketOptions(sndbuf, rcvbuf int) func(*netlink.Conn) error {
 		return nil
 	}
 }
+
+// Owns reports whether a change notification with this netlink port id
+// (model.Notification.PortID) is of a transaction this Programmer sent: the
+// kernel names the socket a batch came on in every notification of it. Safe
+// to call from any goroutine.
+func (p *Programmer) Owns(portID uint32) bool { return portID != 0 && p.ports.has(portID) }
 
 // Close releases the netlink sockets and the namespace fd.
 func (p *Programmer) Close() error {

@@ -2,6 +2,7 @@ package nftnl
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -24,13 +25,33 @@ type batchSocket struct {
 	netns  int
 	opts   func(*netlink.Conn) error
 	closed bool
+	// ports, when set, holds the netlink port id of the open socket: the
+	// kernel names it in the notifications of the batches sent on it.
+	ports *portSet
+}
+
+// portSet is the netlink port ids of a Programmer's open write sockets.
+type portSet struct{ m sync.Map }
+
+func (s *portSet) add(id uint32)      { s.m.Store(id, struct{}{}) }
+func (s *portSet) remove(id uint32)   { s.m.Delete(id) }
+func (s *portSet) has(id uint32) bool { _, ok := s.m.Load(id); return ok }
+
+// closeConn closes the socket and forgets its port id.
+func (s *batchSocket) closeConn() error {
+	if s.ports != nil {
+		s.ports.remove(s.nl.PID())
+	}
+	err := s.nl.Close()
+	s.nl = nil
+	return err
 }
 
 // batchTimeout bounds the wait for the kernel's answer to one batch.
 const batchTimeout = 2 * time.Minute
 
-func newBatchSocket(netnsFD int, opts func(*netlink.Conn) error) (*batchSocket, error) {
-	s := &batchSocket{netns: netnsFD, opts: opts}
+func newBatchSocket(netnsFD int, opts func(*netlink.Conn) error, ports *portSet) (*batchSocket, error) {
+	s := &batchSocket{netns: netnsFD, opts: opts, ports: ports}
 	if _, err := s.socket(); err != nil {
 		return nil, err
 	}
@@ -42,9 +63,7 @@ func (s *batchSocket) close() error {
 	if s.nl == nil {
 		return nil
 	}
-	err := s.nl.Close()
-	s.nl = nil
-	return err
+	return s.closeConn()
 }
 
 // socket returns the socket to send the next batch on.
@@ -64,6 +83,9 @@ func (s *batchSocket) socket() (*netlink.Conn, error) {
 			}
 		}
 		s.nl = nl
+		if s.ports != nil {
+			s.ports.add(nl.PID())
+		}
 	}
 	return s.nl, nil
 }
@@ -75,8 +97,7 @@ func (s *batchSocket) send(buf []byte, ackSeq uint32) (err error) {
 	}
 	defer func() {
 		if err != nil && s.nl != nil {
-			_ = s.nl.Close()
-			s.nl = nil
+			_ = s.closeConn()
 		}
 	}()
 	rc, err := nl.SyscallConn()

@@ -17,7 +17,7 @@ import (
 // with the next batch; a good batch of many messages commits.
 func TestBatchSocketErrors(t *testing.T) {
 	ns := netnstest.New(t)
-	s, err := newBatchSocket(int(ns), socketOptions(1<<20, 1<<20))
+	s, err := newBatchSocket(int(ns), socketOptions(1<<20, 1<<20), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func replayBatch(t testing.TB, topo *topology, name string) {
 	if err != nil || len(msgs) < 3 {
 		t.Fatalf("recorded batch %s: %d messages, %v", name, len(msgs), err)
 	}
-	s, err := newBatchSocket(int(topo.node), nil)
+	s, err := newBatchSocket(int(topo.node), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
