@@ -31,6 +31,9 @@ func netnsPath(name string) string {
 	return filepath.Join(netnsDir, name)
 }
 
+// NetNSPath is the path of a Node's or Pod's NetNS.
+func NetNSPath(netns string) string { return netnsPath(netns) }
+
 // ensureNetNSDir prepares /run/netns as `ip netns add` does: a shared mount,
 // so that a namespace unmounted here is unmounted in every mount namespace
 // that copied it (otherwise the namespace outlives its deletion).
