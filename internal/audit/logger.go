@@ -76,6 +76,13 @@ type Config struct {
 	// Clock defaults to the system clock.
 	Clock Clock
 	Log   logr.Logger
+	// Retry is how long the log waits before binding NFLOG or opening the
+	// output again after a failure (default 5 s). Neither failure stops
+	// Run: see Ready.
+	Retry time.Duration
+	// OnReadyChange, when set, is called (from the pipeline's goroutines)
+	// whenever what Ready reports changes.
+	OnReadyChange func()
 }
 
 const (
@@ -86,6 +93,7 @@ const (
 	defaultReadBuffer      = 1 << 20
 	defaultRecentSize      = 100
 	defaultMaxPolicyLabels = 200
+	defaultRetry           = 5 * time.Second
 	// maxOpenFlows bounds the flows being folded; past it every open flow is
 	// written early.
 	maxOpenFlows = 4096
@@ -125,6 +133,7 @@ type Logger struct {
 	totals     Totals
 
 	writeFailing bool // writer goroutine only
+	health       health
 }
 
 // New checks cfg, applies defaults and registers the metrics.
@@ -156,32 +165,52 @@ func New(cfg Config) (*Logger, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
 	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = defaultRetry
+	}
 	m, err := newMetrics(cfg.Registerer, cfg.MaxPolicyLabels)
 	if err != nil {
 		return nil, fmt.Errorf("registering audit metrics: %w", err)
 	}
-	return &Logger{
+	l := &Logger{
 		cfg:     cfg,
 		log:     cfg.Log,
 		metrics: m,
 		losses:  &losses{metrics: m},
 		src:     &nflogSource{group: cfg.Group, netNS: cfg.NetNS, readBuffer: cfg.ReadBuffer, log: cfg.Log},
 		tick:    min(max(cfg.Window/4, 10*time.Millisecond), 250*time.Millisecond),
-	}, nil
+	}
+	l.health.onChange = cfg.OnReadyChange
+	l.health.ready = func(ok bool) { m.setReady(ok) }
+	m.setReady(true)
+	return l, nil
 }
 
 // Run reads NFLOG and writes the log until ctx is done, then writes the
-// lines still being folded and returns. It returns an error when the output
-// cannot be opened or NFLOG cannot be read. Run may be called once.
+// lines still being folded and returns. An NFLOG group that cannot be
+// bound or read, and an output that cannot be opened or written, do not
+// stop it: Ready says so, and both are tried again every Retry. Run may be
+// called once.
 func (l *Logger) Run(ctx context.Context) error {
 	if !l.started.CompareAndSwap(false, true) {
 		return errors.New("audit logger already started")
 	}
-	out, err := openOutput(l.cfg.Output, l.cfg.MaxSize, l.cfg.MaxFiles, func(err error) {
-		l.log.Error(err, "Rotating audit log failed, appending to the current file", "path", l.cfg.Output)
-	})
-	if err != nil {
-		return fmt.Errorf("opening audit log: %w", err)
+	out := &lazyOutput{
+		open: func() (io.WriteCloser, error) {
+			w, err := openOutput(l.cfg.Output, l.cfg.MaxSize, l.cfg.MaxFiles, func(err error) {
+				l.log.Error(err, "Rotating audit log failed, appending to the current file", "path", l.cfg.Output)
+			})
+			if err != nil {
+				return nil, fmt.Errorf("opening audit log %s: %w", l.cfg.Output, err)
+			}
+			return w, nil
+		},
+		retry:  l.cfg.Retry,
+		now:    time.Now,
+		report: l.health.setOutput,
+	}
+	if err := out.ensure(); err != nil {
+		l.log.Error(err, "Cannot open the audit log; counting lines as lost until it opens", "retryEvery", l.cfg.Retry)
 	}
 	defer func() {
 		if err := out.Close(); err != nil {
@@ -201,7 +230,8 @@ func (l *Logger) Run(ctx context.Context) error {
 	srcCtx, stopSource := context.WithCancel(ctx)
 	defer stopSource()
 	srcDone := make(chan error, 1)
-	go func() { srcDone <- l.src.run(srcCtx, in) }()
+	in.bound = func() { l.health.setSource(nil) }
+	go func() { srcDone <- l.runSource(srcCtx, in) }()
 	l.log.Info("Starting audit log", "node", l.cfg.Node, "group", l.cfg.Group, "output", l.cfg.Output, "window", l.cfg.Window)
 
 	f := newFolder(l.cfg.Window, maxOpenFlows)
@@ -260,6 +290,31 @@ loop:
 	}
 	l.log.Info("Audit log stopped")
 	return nil
+}
+
+// runSource runs the NFLOG source until ctx ends, binding it again after
+// every failure.
+func (l *Logger) runSource(ctx context.Context, in *intake) error {
+	var last string
+	for {
+		err := l.src.run(ctx, in)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("NFLOG source stopped")
+		}
+		l.health.setSource(err)
+		if err.Error() != last {
+			l.log.Error(err, "Audit log cannot read NFLOG; packets are still dropped, but not logged, until it can", "retryEvery", l.cfg.Retry)
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(l.cfg.Retry):
+		}
+	}
 }
 
 // ReportRateLimited adds n packets that the dataplane's in-kernel rate
@@ -353,7 +408,29 @@ type peerName struct {
 func (l *Logger) writeLoop(out io.Writer, batches <-chan []flow) {
 	var buf bytes.Buffer
 	var evs []Event // the lines in buf
-	for batch := range batches {
+	// An output that could not be opened is tried again even when no line
+	// is waiting, so that Ready recovers with the disk.
+	var retry <-chan time.Time
+	lazy, _ := out.(*lazyOutput)
+	if lazy != nil {
+		t := time.NewTicker(l.cfg.Retry)
+		defer t.Stop()
+		retry = t.C
+	}
+	for {
+		var batch []flow
+		select {
+		case b, ok := <-batches:
+			if !ok {
+				return
+			}
+			batch = b
+		case <-retry:
+			if lazy.w == nil {
+				_ = lazy.ensure()
+			}
+			continue
+		}
 		peers := make(map[netip.Addr]peerName)
 		for i := range batch {
 			ev := l.enrich(&batch[i], peers)

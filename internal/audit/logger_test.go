@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // fakeResolver knows pods x/b (ingress isolated) and y/a (egress audited).
@@ -299,10 +302,141 @@ func TestNewRejectsEmptyOutput(t *testing.T) {
 	}
 }
 
-func TestRunFailsOnUnwritableOutput(t *testing.T) {
-	l, _, _ := newTestLogger(t, Config{Output: filepath.Join(t.TempDir(), "missing", "audit.log")}, func(*intake) {})
-	if err := l.Run(context.Background()); err == nil {
-		t.Error("Run succeeded with an output in a missing directory")
+// testPrefix is an NFLOG prefix of a drop on ingress of x/b.
+var testPrefix = Prefix{ActionDrop, Ingress, PodKey("x", "b")}.String()
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
+	t.Helper()
+	return counterValues(t, reg, name, "reason")[reason]
+}
+
+// TestUnwritableOutputDegrades: an output that cannot be opened (its
+// directory is missing) does not stop Run: Ready says why, and once the
+// directory exists the log opens and writes.
+func TestUnwritableOutputDegrades(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "missing")
+	changes := make(chan struct{}, 16)
+	var deliver func()
+	l, _, _ := newTestLogger(t, Config{Output: filepath.Join(dir, "audit.log"), Retry: 20 * time.Millisecond,
+		OnReadyChange: func() { changes <- struct{}{} }}, func(in *intake) {
+		deliver = func() { in.deliver(rec(realClock{}, testPrefix, ipv4(17, v4a, v4b, udp(40000, 53))), nil) }
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitFor(t, "Ready to report the missing directory", func() bool {
+		ok, reason, msg := l.Ready()
+		return !ok && reason == ReasonWriteFailed && strings.Contains(msg, "no such file or directory")
+	})
+	select {
+	case <-changes:
+	default:
+		t.Error("OnReadyChange was not called when the output failed")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "Ready once the directory exists", func() bool { ok, _, _ := l.Ready(); return ok })
+	waitFor(t, "the source to start", func() bool { return deliver != nil })
+	deliver()
+	waitFor(t, "a line in the log", func() bool { return l.Totals().Drops > 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFullDiskDegrades: writing to a full disk (/dev/full answers every
+// write with ENOSPC) counts the lines as lost and says so in Ready, and
+// Run goes on.
+func TestFullDiskDegrades(t *testing.T) {
+	var in0 *intake
+	var mu sync.Mutex
+	l, _, reg := newTestLogger(t, Config{Output: "/dev/full", MaxSize: -1, Retry: 20 * time.Millisecond}, func(in *intake) {
+		mu.Lock()
+		in0 = in
+		mu.Unlock()
+	})
+	l.cfg.Window = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitFor(t, "the source to start", func() bool { mu.Lock(); defer mu.Unlock(); return in0 != nil })
+	for i := range 3 {
+		in0.deliver(rec(realClock{}, testPrefix, ipv4(17, v4a, v4b, udp(uint16(41000+i), 53))), nil)
+	}
+	waitFor(t, "Ready to report the full disk", func() bool {
+		ok, reason, msg := l.Ready()
+		return !ok && reason == ReasonWriteFailed && strings.Contains(msg, "no space left on device")
+	})
+	waitFor(t, "the lines counted as lost", func() bool {
+		return counterValue(t, reg, "nftguard_audit_records_lost_total", "write") >= 1
+	})
+	if v := gaugeValue(t, reg, "nftguard_audit_ready"); v != 0 {
+		t.Errorf("nftguard_audit_ready = %v with a full disk, want 0", v)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// failingSource fails its first binds, then reads.
+type failingSource struct {
+	fails int
+	calls int
+}
+
+func (s *failingSource) run(ctx context.Context, in *intake) error {
+	s.calls++
+	if s.calls <= s.fails {
+		return fmt.Errorf("binding NFLOG group 100: %w", unix.EBUSY)
+	}
+	in.bound()
+	<-ctx.Done()
+	return nil
+}
+
+// TestNFLOGUnavailableDegrades: a group that cannot be bound does not stop
+// Run: Ready says so, it binds again every Retry, and Ready recovers.
+func TestNFLOGUnavailableDegrades(t *testing.T) {
+	l, _, reg := newTestLogger(t, Config{Retry: 20 * time.Millisecond}, func(*intake) {})
+	src := &failingSource{fails: 3}
+	l.src = src
+	var sawDown atomic.Bool
+	l.health.onChange = func() {
+		if ok, reason, _ := l.Ready(); !ok && reason == ReasonNFLOGUnavailable {
+			sawDown.Store(true)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitFor(t, "Ready after three failed binds", func() bool { ok, _, _ := l.Ready(); return ok && src.calls > 3 })
+	if !sawDown.Load() {
+		t.Error("Ready never reported NFLOGUnavailable")
+	}
+	if v := gaugeValue(t, reg, "nftguard_audit_ready"); v != 1 {
+		t.Errorf("nftguard_audit_ready = %v once bound, want 1", v)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -17,6 +17,7 @@ type metrics struct {
 	packets  *prometheus.CounterVec
 	lost     *prometheus.CounterVec
 	overruns prometheus.Counter
+	ready    prometheus.Gauge
 
 	mu          sync.Mutex
 	policies    map[string]struct{}
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer, maxPolicies int) (*metrics, error) {
 			Namespace: "nftguard", Subsystem: "audit", Name: "socket_overruns_total",
 			Help: "Times the NFLOG socket reported a receive buffer overrun (ENOBUFS).",
 		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "nftguard", Subsystem: "audit", Name: "ready",
+			Help: "1 while the audit log reads its NFLOG group and writes its output; 0 while either fails (it retries).",
+		}),
 		policies:    make(map[string]struct{}),
 		maxPolicies: maxPolicies,
 	}
@@ -47,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, maxPolicies int) (*metrics, error) {
 		m.lost.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		cs := []prometheus.Collector{m.packets, m.lost, m.overruns}
+		cs := []prometheus.Collector{m.packets, m.lost, m.overruns, m.ready}
 		for i, c := range cs {
 			if err := reg.Register(c); err != nil {
 				for _, done := range cs[:i] {
@@ -58,6 +63,14 @@ func newMetrics(reg prometheus.Registerer, maxPolicies int) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+func (m *metrics) setReady(ok bool) {
+	if ok {
+		m.ready.Set(1)
+	} else {
+		m.ready.Set(0)
+	}
 }
 
 // policyLabel bounds the policy label's values: the first maxPolicies

@@ -81,6 +81,8 @@ type intake struct {
 	// to deliver: a gap is a count of records lost on the socket.
 	seqSeen bool
 	nextSeq uint32
+	// bound, when set, is called once the source reads its group.
+	bound func()
 }
 
 // deliver takes one record from the read loop.
@@ -184,6 +186,9 @@ func (s *nflogSource) run(ctx context.Context, in *intake) error {
 	}
 	if err := nf.RegisterWithErrorFunc(ctx, in.hook, onError); err != nil {
 		return fmt.Errorf("binding NFLOG group %d: %w", s.group, err)
+	}
+	if in.bound != nil {
+		in.bound()
 	}
 	select {
 	case <-ctx.Done():
