@@ -23,6 +23,31 @@ const (
 	// dropped (pods are isolated from their first packet); False says which
 	// part is missing (ReasonPluginDisabled, ReasonPodRangesUnknown).
 	ConditionFirstPacket = "FirstPacketIsolation"
+	// ConditionAuditLogReady is the NodeRuleSet condition its agent sets:
+	// True while the drop log reads its NFLOG group and writes its file;
+	// False (ReasonNFLOGUnavailable, ReasonWriteFailed) while either fails.
+	// Enforcement does not depend on it: packets are dropped either way.
+	ConditionAuditLogReady = "AuditLogReady"
+	// ConditionEndpointsReady is the NodeRuleSet condition its agent sets:
+	// True while it serves its metrics, health probe and drops endpoints;
+	// False (ReasonListenFailed) names the ones whose address it cannot
+	// bind. The agent programs its rule set either way.
+	ConditionEndpointsReady = "EndpointsReady"
+)
+
+// Reasons of the NodeRuleSet conditions of the agent's optional parts.
+const (
+	// ReasonReady (True): the part works.
+	ReasonReady = "Ready"
+	// ReasonNFLOGUnavailable (AuditLogReady False): the NFLOG group cannot
+	// be bound or read, another process holding it, say.
+	ReasonNFLOGUnavailable = "NFLOGUnavailable"
+	// ReasonWriteFailed (AuditLogReady False): the drop log cannot be
+	// opened or written, a full disk, say; its lines are counted as lost.
+	ReasonWriteFailed = "WriteFailed"
+	// ReasonListenFailed (EndpointsReady False): an endpoint's address
+	// cannot be bound, its port taken on the host network, say.
+	ReasonListenFailed = "ListenFailed"
 )
 
 // Reasons of the NodeRuleSet Programmed condition, set by the node's agent.

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -112,6 +113,11 @@ type Reconciler struct {
 	// Tamper, when set, wakes the reconciler when another process changes
 	// the table, so that it is verified and repaired at once.
 	Tamper *TamperWatch
+	// Parts are the optional parts whose conditions the status carries
+	// (the drop log, the endpoints); Wake writes them when they change.
+	Parts []Part
+	wake  chan event.GenericEvent
+	once  sync.Once
 
 	mu sync.Mutex
 	// fetched holds groups read from the API because the cache had stripped
@@ -469,6 +475,11 @@ func (r *Reconciler) groups(ctx context.Context, rs *v1alpha1.NodeRuleSet) (map[
 // first condition is Programmed.
 func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, conds ...metav1.Condition) error {
 	cond := conds[0]
+	for _, p := range r.Parts {
+		c := p.Condition()
+		c.ObservedGeneration = rs.Generation
+		conds = append(conds, c)
+	}
 	want := rs.Status.DeepCopy()
 	r.mu.Lock()
 	programmed, lastApply, counts, leftOut := r.programmed, r.lastApply, r.lastTable, r.leftOut.DeepCopy()
@@ -508,6 +519,21 @@ func (r *Reconciler) writeStatus(ctx context.Context, rs *v1alpha1.NodeRuleSet, 
 	return nil
 }
 
+// wakeChannel is the channel Wake sends on.
+func (r *Reconciler) wakeChannel() chan event.GenericEvent {
+	r.once.Do(func() { r.wake = make(chan event.GenericEvent, 1) })
+	return r.wake
+}
+
+// Wake asks for a pass (a part's condition changed); safe from any
+// goroutine, and cheap when a pass is pending already.
+func (r *Reconciler) Wake() {
+	select {
+	case r.wakeChannel() <- event.GenericEvent{}:
+	default:
+	}
+}
+
 func (r *Reconciler) resync() time.Duration {
 	if r.ResyncPeriod > 0 {
 		return r.ResyncPeriod
@@ -545,6 +571,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		b = b.WatchesRawSource(source.Channel(r.Attachments.trigger, handler.EnqueueRequestsFromMapFunc(
 			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
 	}
+	b = b.WatchesRawSource(source.Channel(r.wakeChannel(), handler.EnqueueRequestsFromMapFunc(
+		func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
 	if r.Tamper != nil {
 		b = b.WatchesRawSource(source.Channel(r.Tamper.trigger, handler.EnqueueRequestsFromMapFunc(
 			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))

@@ -91,15 +91,21 @@ type DropsServer struct {
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every agent serves.
 func (s *DropsServer) NeedLeaderElection() bool { return false }
 
-// Start serves until ctx is done.
+// Start listens on BindAddress and serves until ctx is done.
 func (s *DropsServer) Start(ctx context.Context) error {
-	cert, err := s.certificate()
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", s.BindAddress)
 	if err != nil {
 		return fmt.Errorf("drops endpoint: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx is done.
+func (s *DropsServer) Serve(ctx context.Context, ln net.Listener) error {
+	cert, err := s.certificate()
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	srv := &http.Server{
 		Handler:           s.Handler(),

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
@@ -16,7 +18,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -68,6 +69,11 @@ type Options struct {
 	Log logr.Logger
 	// Registerer takes the drop log's metrics (nil: the manager's registry).
 	Registerer prometheus.Registerer
+	// Listen opens the endpoints' listeners (default net.Listen).
+	Listen func(network, address string) (net.Listener, error)
+	// EndpointRetry and AuditRetry are how long a part that failed waits
+	// before it tries again (defaults 5 s).
+	EndpointRetry, AuditRetry time.Duration
 
 	// CNI configures the agent's side of the nftguard CNI plugin; an empty
 	// Socket runs the agent without it.
@@ -142,15 +148,13 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 	} else if !apierrors.IsNotFound(err) {
 		logger.Error(err, "Reading this node's NodeRuleSet; caching every AddressGroup until it is known")
 	}
-	probeAddr := opts.HealthProbeBindAddress
-	if probeAddr == "" {
-		probeAddr = "0"
-	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Logger:                 logger,
-		Metrics:                metricsserver.Options{BindAddress: opts.MetricsBindAddress},
-		HealthProbeBindAddress: probeAddr,
+		Scheme: scheme,
+		Logger: logger,
+		// The agent serves metrics and probes itself (Endpoints): a port
+		// taken on the host network must not stop it.
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only this node's rule set is watched.
 			&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
@@ -184,38 +188,6 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 	opts, mgr := a.opts, a.mgr
 	resolver := &Resolver{Reader: mgr.GetAPIReader()}
-	drops, err := audit.New(audit.Config{
-		Node:       opts.NodeName,
-		Group:      opts.Render.LogGroup,
-		NetNS:      opts.NetNS,
-		Output:     opts.AuditLog,
-		MaxSize:    opts.AuditMaxSize,
-		MaxFiles:   opts.AuditMaxFiles,
-		RecentSize: recentDrops,
-		Resolver:   resolver,
-		Registerer: cmp.Or[prometheus.Registerer](opts.Registerer, metrics.Registry),
-		Log:        a.log.WithName("audit"),
-	})
-	if err != nil {
-		return fmt.Errorf("opening the drop log: %w", err)
-	}
-	if err := mgr.Add(manager.RunnableFunc(drops.Run)); err != nil {
-		return fmt.Errorf("adding the drop log: %w", err)
-	}
-	if opts.DropsBindAddress != "" && opts.DropsBindAddress != "0" {
-		cs, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return fmt.Errorf("creating the drops endpoint's client: %w", err)
-		}
-		if err := mgr.Add(&DropsServer{
-			BindAddress: opts.DropsBindAddress, NodeName: opts.NodeName, Lines: drops, CertDir: opts.DropsCertDir,
-			TokenReviews:         cs.AuthenticationV1().TokenReviews(),
-			SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
-			Log:                  a.log.WithName("drops"),
-		}); err != nil {
-			return fmt.Errorf("adding the drops endpoint: %w", err)
-		}
-	}
 	r := &Reconciler{
 		Client:       mgr.GetClient(),
 		APIReader:    mgr.GetAPIReader(),
@@ -223,9 +195,63 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		Programmer:   a.programmer,
 		Render:       opts.Render,
 		Resolver:     resolver,
-		Counters:     drops,
 		Groups:       groups,
 		ResyncPeriod: opts.ResyncPeriod,
+	}
+	reg := cmp.Or[prometheus.Registerer](opts.Registerer, metrics.Registry)
+	drops, err := audit.New(audit.Config{
+		Node:          opts.NodeName,
+		Group:         opts.Render.LogGroup,
+		NetNS:         opts.NetNS,
+		Output:        opts.AuditLog,
+		MaxSize:       opts.AuditMaxSize,
+		MaxFiles:      opts.AuditMaxFiles,
+		RecentSize:    recentDrops,
+		Resolver:      resolver,
+		Registerer:    reg,
+		Log:           a.log.WithName("audit"),
+		Retry:         opts.AuditRetry,
+		OnReadyChange: r.Wake,
+	})
+	if err != nil {
+		return fmt.Errorf("opening the drop log: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(drops.Run)); err != nil {
+		return fmt.Errorf("adding the drop log: %w", err)
+	}
+	r.Counters = drops
+	r.Parts = append(r.Parts, auditPart{log: drops, output: opts.AuditLog, group: opts.Render.LogGroup})
+
+	eps := &Endpoints{Listen: opts.Listen, Retry: opts.EndpointRetry, OnChange: r.Wake, Log: a.log.WithName("endpoints")}
+	if enabled(opts.MetricsBindAddress) {
+		h := promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{})
+		eps.Add("metrics", opts.MetricsBindAddress, func(ctx context.Context, ln net.Listener) error { return serveHTTP(ctx, ln, h) })
+	}
+	if enabled(opts.HealthProbeBindAddress) {
+		h := healthHandler()
+		eps.Add("health probes", opts.HealthProbeBindAddress, func(ctx context.Context, ln net.Listener) error { return serveHTTP(ctx, ln, h) })
+	}
+	if enabled(opts.DropsBindAddress) {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("creating the drops endpoint's client: %w", err)
+		}
+		srv := &DropsServer{
+			BindAddress: opts.DropsBindAddress, NodeName: opts.NodeName, Lines: drops, CertDir: opts.DropsCertDir,
+			TokenReviews:         cs.AuthenticationV1().TokenReviews(),
+			SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
+			Log:                  a.log.WithName("drops"),
+		}
+		eps.Add("drops", opts.DropsBindAddress, srv.Serve)
+	}
+	if len(eps.list) > 0 {
+		if err := eps.register(reg); err != nil {
+			return fmt.Errorf("registering the endpoints' metrics: %w", err)
+		}
+		if err := mgr.Add(eps); err != nil {
+			return fmt.Errorf("adding the endpoints: %w", err)
+		}
+		r.Parts = append(r.Parts, eps)
 	}
 	if opts.CNI.Socket != "" {
 		att, err := a.wireCNI(r)
@@ -242,7 +268,7 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 			Owns: a.programmer.Owns,
 			Log:  a.log.WithName("tamper"),
 		}
-		if err := w.init(cmp.Or[prometheus.Registerer](opts.Registerer, metrics.Registry)); err != nil {
+		if err := w.init(reg); err != nil {
 			return fmt.Errorf("registering the tamper watch's metrics: %w", err)
 		}
 		if err := mgr.Add(w); err != nil {
@@ -252,12 +278,6 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the reconciler: %w", err)
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return fmt.Errorf("adding the health check: %w", err)
-	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		return fmt.Errorf("adding the ready check: %w", err)
 	}
 	return nil
 }
@@ -346,3 +366,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("Agent stopped; the nftables table stays in force")
 	return nil
 }
+
+// enabled reports whether an endpoint address is set ("0" and "" turn it off).
+func enabled(address string) bool { return address != "" && address != "0" }
