@@ -24,8 +24,8 @@ import (
 	"github.com/nftguard/nftguard/internal/netnstest"
 )
 
-// An agent whose NFLOG group another process holds, and whose metrics and
-// health ports are taken, still programs its rule set, says what is wrong
+// An agent whose NFLOG group another process holds, and whose metrics,
+// health and drops ports are taken, still programs its rule set, says what is wrong
 // on its NodeRuleSet, and recovers once they are free.
 var _ = Describe("Optional parts that fail", Ordered, func() {
 	const node = "node-parts"
@@ -35,7 +35,7 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 		stopHolder context.CancelFunc
 		taken      []net.Listener
 	)
-	const metricsAddr, healthAddr = "198.18.7.1:9090", "198.18.7.1:9091"
+	const metricsAddr, healthAddr, dropsAddr = "198.18.7.1:9090", "198.18.7.1:9091", "198.18.7.1:9092"
 	// listen listens inside the node's namespace, where the agent's
 	// endpoints live in this test.
 	listen := func(network, address string) (net.Listener, error) {
@@ -68,14 +68,14 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(h.AddrAdd(lo, addr)).To(Succeed())
 
-		By("holding the NFLOG group and both ports before the agent starts")
+		By("holding the NFLOG group and the three ports before the agent starts")
 		holder, err = nflog.Open(&nflog.Config{NetNS: int(nodeNS), Group: 100, Copymode: nflog.CopyPacket})
 		Expect(err).NotTo(HaveOccurred())
 		var hctx context.Context
 		hctx, stopHolder = context.WithCancel(ctx)
 		DeferCleanup(func() { stopHolder() })
 		Expect(holder.RegisterWithErrorFunc(hctx, func(nflog.Attribute) int { return 0 }, func(error) int { return 0 })).To(Succeed())
-		for _, a := range []string{metricsAddr, healthAddr} {
+		for _, a := range []string{metricsAddr, healthAddr, dropsAddr} {
 			ln, err := listen("tcp", a)
 			Expect(err).NotTo(HaveOccurred())
 			taken = append(taken, ln)
@@ -88,7 +88,7 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 		})).To(Succeed())
 		a, err := agent.Setup(env.Config, agent.Options{
 			NodeName: node, ResyncPeriod: resyncPeriod, NetNS: int(nodeNS),
-			MetricsBindAddress: metricsAddr, HealthProbeBindAddress: healthAddr, Listen: listen,
+			MetricsBindAddress: metricsAddr, HealthProbeBindAddress: healthAddr, DropsBindAddress: dropsAddr, Listen: listen,
 			EndpointRetry: 100 * time.Millisecond, AuditRetry: 100 * time.Millisecond,
 			AuditLog: filepath.Join(GinkgoT().TempDir(), "drops.log"), Log: logf.Log.WithName("agent-parts"),
 			Registerer: prometheus.NewRegistry(),
@@ -118,7 +118,7 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 			c = condition(g, v1alpha1.ConditionEndpointsReady)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
 			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonListenFailed))
-			g.Expect(c.Message).To(And(ContainSubstring("metrics on "+metricsAddr), ContainSubstring("health probes on "+healthAddr),
+			g.Expect(c.Message).To(And(ContainSubstring("metrics on "+metricsAddr), ContainSubstring("health probes on "+healthAddr), ContainSubstring("drops on "+dropsAddr),
 				ContainSubstring("address already in use")))
 		}).Should(Succeed())
 	})
