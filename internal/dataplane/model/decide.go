@@ -1,0 +1,246 @@
+package model
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Packet is the first packet of a connection as the filter hooks see it:
+// after DNAT, so a connection through a Service has its backend as Dst.
+type Packet struct {
+	Src, Dst netip.Addr
+	Proto    uint8
+	Dport    uint16
+}
+
+// Decide evaluates the table's base chains of hook h, in priority order,
+// for the first packet of a new connection, as the kernel would: true when
+// every base chain lets it through. A statement Decide cannot evaluate is
+// an error (the caller must then not act on the answer). It reads the
+// table only; the rate limit and the log of a drop rule do not change the
+// verdict.
+func (t *Table) Decide(h Hook, p Packet) (bool, error) {
+	var base []*Chain
+	for _, c := range t.Chains {
+		if c.Hook == h {
+			base = append(base, c)
+		}
+	}
+	slices.SortStableFunc(base, func(a, b *Chain) int { return cmp.Compare(a.Priority, b.Priority) })
+	for _, c := range base {
+		v, err := t.run(c, p, 0)
+		if err != nil {
+			return false, err
+		}
+		if v == VerdictDrop {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// maxDepth bounds jumps and gotos (the kernel allows 16 levels).
+const maxDepth = 16
+
+// run evaluates chain c and returns accept, drop, or return (the chain
+// ended without a verdict: the base chain's policy, accept, applies).
+func (t *Table) run(c *Chain, p Packet, depth int) (VerdictKind, error) {
+	if depth > maxDepth {
+		return "", fmt.Errorf("chain %s: jumps nest deeper than %d", c.Name, maxDepth)
+	}
+	for _, r := range c.Rules {
+		v, matched, err := t.rule(r, p)
+		if err != nil {
+			return "", fmt.Errorf("chain %s, rule %q: %w", c.Name, r, err)
+		}
+		if !matched || v == nil {
+			continue
+		}
+		switch v.Kind {
+		case VerdictAccept, VerdictDrop:
+			return v.Kind, nil
+		case VerdictReturn:
+			return VerdictReturn, nil
+		case VerdictJump, VerdictGoto:
+			next := t.Chain(v.Chain)
+			if next == nil {
+				return "", fmt.Errorf("chain %s: %s to missing chain %s", c.Name, v.Kind, v.Chain)
+			}
+			res, err := t.run(next, p, depth+1)
+			if err != nil {
+				return "", err
+			}
+			if res != VerdictReturn || v.Kind == VerdictGoto {
+				return res, nil
+			}
+		default:
+			return "", fmt.Errorf("chain %s: verdict %q", c.Name, v.Kind)
+		}
+	}
+	return VerdictReturn, nil
+}
+
+// rule reports whether r's matches hold for p and its verdict (nil for
+// none, as for a log rule).
+func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
+	var verdict *Verdict
+	for _, s := range r.Stmts {
+		switch s := s.(type) {
+		case Verdict:
+			verdict = &s
+		case CtState:
+			// A new connection is neither established, related nor
+			// invalid.
+			return nil, false, nil
+		case ICMPv6Types:
+			if p.Proto != ProtoICMPv6 || !p.Dst.Is6() {
+				return nil, false, nil
+			}
+			return nil, false, fmt.Errorf("ICMPv6 types are not decided")
+		case AddrIs:
+			if addrOfField(p, s.Field) != s.Addr {
+				return nil, false, nil
+			}
+		case AddrInSet:
+			a := addrOfField(p, s.Field)
+			if !familyIs(a, s.Family) {
+				return nil, false, nil
+			}
+			in, err := t.contains(s.Set, a.AsSlice())
+			if err != nil {
+				return nil, false, err
+			}
+			if in == s.Invert {
+				return nil, false, nil
+			}
+		case TaggedAddrInSet:
+			a := addrOfField(p, s.Field)
+			if !familyIs(a, s.Family) {
+				return nil, false, nil
+			}
+			key := binary.NativeEndian.AppendUint32(nil, s.Tag)
+			in, err := t.contains(s.Set, append(key, a.AsSlice()...))
+			if err != nil || !in {
+				return nil, false, err
+			}
+		case AddrVmap:
+			a := addrOfField(p, s.Field)
+			if !familyIs(a, s.Family) {
+				return nil, false, nil
+			}
+			v, err := t.lookup(s.Vmap, a.AsSlice())
+			if err != nil || v == nil {
+				return nil, false, err
+			}
+			return v, true, nil
+		case EndpointInSet:
+			if !familyIs(p.Dst, s.Family) {
+				return nil, false, nil
+			}
+			in, err := t.contains(s.Set, append(p.Dst.AsSlice(), portKey(p.Proto, p.Dport)...))
+			if err != nil || !in {
+				return nil, false, err
+			}
+		case PortsInSet:
+			in, err := t.contains(s.Set, portKey(p.Proto, p.Dport))
+			if err != nil || !in {
+				return nil, false, err
+			}
+		case PortsVmap:
+			v, err := t.lookup(s.Vmap, portKey(p.Proto, p.Dport))
+			if err != nil || v == nil {
+				return nil, false, err
+			}
+			return v, true, nil
+		case ProtoIs:
+			if p.Proto != s.Proto {
+				return nil, false, nil
+			}
+		case DportIn:
+			if p.Proto != s.Proto || p.Dport < s.From || p.Dport > s.To {
+				return nil, false, nil
+			}
+		case LimitRate, NFLog:
+			// Side effects only.
+		default:
+			return nil, false, fmt.Errorf("statement %T is not decided", s)
+		}
+	}
+	return verdict, true, nil
+}
+
+// portKey is a protocol and port as the port sets hold them: the protocol
+// in a 4-byte register, then the port (big-endian) in another.
+func portKey(proto uint8, port uint16) []byte {
+	k := make([]byte, 8)
+	k[0] = proto
+	binary.BigEndian.PutUint16(k[4:], port)
+	return k
+}
+
+func addrOfField(p Packet, f AddrField) netip.Addr {
+	if f == Saddr {
+		return p.Src
+	}
+	return p.Dst
+}
+
+func familyIs(a netip.Addr, f Family) bool {
+	return a.IsValid() && (f == IPv4) == a.Is4()
+}
+
+// contains reports whether set name holds key (in a range, for the
+// interval kinds).
+func (t *Table) contains(name string, key []byte) (bool, error) {
+	s := t.Set(name)
+	if s == nil {
+		return false, fmt.Errorf("missing set %s", name)
+	}
+	for _, e := range s.Elements {
+		if match(s.Kind, e, key) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// lookup returns the verdict of the map element holding key, or nil.
+func (t *Table) lookup(name string, key []byte) (*Verdict, error) {
+	s := t.Set(name)
+	if s == nil {
+		return nil, fmt.Errorf("missing map %s", name)
+	}
+	for _, e := range s.Elements {
+		if match(s.Kind, e, key) {
+			if e.Verdict == nil {
+				return nil, fmt.Errorf("map %s: element without a verdict", name)
+			}
+			return e.Verdict, nil
+		}
+	}
+	return nil, nil
+}
+
+// match reports whether element e of a set of kind k holds key. The port
+// kinds concatenate two ranges, protocol and port, each matched on its
+// own, as the kernel's concatenated interval sets do.
+func match(k SetKind, e Element, key []byte) bool {
+	if e.KeyEnd == nil {
+		return bytes.Equal(e.Key, key)
+	}
+	if len(e.Key) != len(key) || len(e.KeyEnd) != len(key) {
+		return false
+	}
+	if k == SetPorts || k == MapPortsVerdict {
+		return within(e.Key[:1], key[:1], e.KeyEnd[:1]) && within(e.Key[4:6], key[4:6], e.KeyEnd[4:6])
+	}
+	return within(e.Key, key, e.KeyEnd)
+}
+
+func within(from, v, to []byte) bool {
+	return bytes.Compare(from, v) <= 0 && bytes.Compare(v, to) <= 0
+}

@@ -1,0 +1,80 @@
+package nftnl
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/dptest"
+	"github.com/nftguard/nftguard/internal/dataplane/model"
+)
+
+// TestDecideAgreesWithTheKernel: for rule sets with egress and ingress
+// isolation, address groups, ipBlocks with excepts, port ranges, many
+// ports (dispatch) and Audit, model.Table.Decide gives every new TCP and
+// UDP connection between the pods, in both families, the verdict the
+// kernel gives it.
+func TestDecideAgreesWithTheKernel(t *testing.T) {
+	topo := newTopology(t, "a", "b", "c")
+	p := programmer(t, topo.node)
+	udp := func(port int32) v1alpha1.Port { return v1alpha1.Port{Protocol: v1alpha1.ProtocolUDP, Port: port} }
+	many := []v1alpha1.Port{dptest.TCP(80), udp(81), dptest.TCP(8080), {Protocol: v1alpha1.ProtocolTCP, Port: 7000, EndPort: 7100}, udp(9000)}
+	for _, tc := range []struct {
+		name string
+		pol  policy
+	}{
+		{"ingress from a group on a port, egress to an ipBlock", policy{
+			ingress: map[string][]string{"b": {"from-a"}},
+			egress:  map[string][]string{"a": {"to-block"}},
+			rules: []v1alpha1.Rule{
+				ingressRule("from-a", group("pods-a"), dptest.TCP(80)),
+				egressRule("to-block", []v1alpha1.Peer{{IPBlock: &v1alpha1.IPBlock{CIDR: "198.18.0.0/24", Except: []string{"198.18.0.3/32"}}},
+					{IPBlock: &v1alpha1.IPBlock{CIDR: "fd00::/64"}}}, v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: 80, EndPort: 81}, udp(8080)),
+			},
+			groups: map[string]v1alpha1.AddressGroupSpec{"pods-a": topo.addrs("a")},
+		}},
+		{"many ports (dispatch), an Audit pod, isolation both ways", policy{
+			ingress: map[string][]string{"c": {"many"}, "a": {"from-c"}},
+			egress:  map[string][]string{"c": {"to-a"}},
+			audit:   map[string]bool{"a": true},
+			rules: []v1alpha1.Rule{
+				ingressRule("many", group("ab"), many...),
+				ingressRule("from-c", group("pods-c"), udp(81)),
+				egressRule("to-a", group("pods-a"), dptest.TCP(8080), udp(80)),
+			},
+			groups: map[string]v1alpha1.AddressGroupSpec{"ab": topo.addrs("a", "b"), "pods-a": topo.addrs("a"), "pods-c": topo.addrs("c")},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topo.apply(t, p, tc.pol)
+			tab := p.applied
+			var probes []expect
+			for _, from := range []string{"a", "b", "c"} {
+				for _, to := range []string{"a", "b", "c"} {
+					if from == to {
+						continue
+					}
+					src, dst := topo.pods[from], topo.pods[to]
+					for _, fam := range [][2]netip.Addr{{src.ip4, dst.ip4}, {src.ip6, dst.ip6}} {
+						for _, port := range servedPorts {
+							for _, proto := range []uint8{model.ProtoTCP, model.ProtoUDP} {
+								want, err := tab.Decide(model.HookForward, model.Packet{Src: fam[0], Dst: fam[1], Proto: proto, Dport: uint16(port)})
+								if err != nil {
+									t.Fatal(err)
+								}
+								name := fmt.Sprintf("%s->%s (Decide: %v)", from, to, want)
+								if proto == model.ProtoTCP {
+									probes = append(probes, tcpProbe(name, src.ns, fam[1], port, want))
+								} else {
+									probes = append(probes, udpProbe(name, src.ns, fam[1], port, want))
+								}
+							}
+						}
+					}
+				}
+			}
+			check(t, probes...)
+		})
+	}
+}
