@@ -23,16 +23,44 @@ type Packet struct {
 // an error (the caller must then not act on the answer). It reads the
 // table only; the rate limit and the log of a drop rule do not change the
 // verdict.
-func (t *Table) Decide(h Hook, p Packet) (bool, error) {
-	var base []*Chain
+func (t *Table) Decide(h Hook, p Packet) (bool, error) { return NewDecider(t).Decide(h, p) }
+
+// Decider decides many packets against one table: it indexes the table's
+// sets once (exact keys by map; ranges stay lists). The table must not
+// change while it is used.
+type Decider struct {
+	t     *Table
+	exact map[string]map[string]*Element
+	base  map[Hook][]*Chain
+}
+
+// NewDecider indexes t.
+func NewDecider(t *Table) *Decider {
+	d := &Decider{t: t, exact: map[string]map[string]*Element{}, base: map[Hook][]*Chain{}}
+	for _, s := range t.Sets {
+		m := map[string]*Element{}
+		for i := range s.Elements {
+			if e := &s.Elements[i]; e.KeyEnd == nil {
+				m[string(e.Key)] = e
+			}
+		}
+		d.exact[s.Name] = m
+	}
 	for _, c := range t.Chains {
-		if c.Hook == h {
-			base = append(base, c)
+		if c.Hook != "" {
+			d.base[c.Hook] = append(d.base[c.Hook], c)
 		}
 	}
-	slices.SortStableFunc(base, func(a, b *Chain) int { return cmp.Compare(a.Priority, b.Priority) })
-	for _, c := range base {
-		v, err := t.run(c, p, 0)
+	for _, cs := range d.base {
+		slices.SortStableFunc(cs, func(a, b *Chain) int { return cmp.Compare(a.Priority, b.Priority) })
+	}
+	return d
+}
+
+// Decide is Table.Decide.
+func (d *Decider) Decide(h Hook, p Packet) (bool, error) {
+	for _, c := range d.base[h] {
+		v, err := d.run(c, p, 0)
 		if err != nil {
 			return false, err
 		}
@@ -48,12 +76,13 @@ const maxDepth = 16
 
 // run evaluates chain c and returns accept, drop, or return (the chain
 // ended without a verdict: the base chain's policy, accept, applies).
-func (t *Table) run(c *Chain, p Packet, depth int) (VerdictKind, error) {
+func (d *Decider) run(c *Chain, p Packet, depth int) (VerdictKind, error) {
+	t := d.t
 	if depth > maxDepth {
 		return "", fmt.Errorf("chain %s: jumps nest deeper than %d", c.Name, maxDepth)
 	}
 	for _, r := range c.Rules {
-		v, matched, err := t.rule(r, p)
+		v, matched, err := d.rule(r, p)
 		if err != nil {
 			return "", fmt.Errorf("chain %s, rule %q: %w", c.Name, r, err)
 		}
@@ -70,7 +99,7 @@ func (t *Table) run(c *Chain, p Packet, depth int) (VerdictKind, error) {
 			if next == nil {
 				return "", fmt.Errorf("chain %s: %s to missing chain %s", c.Name, v.Kind, v.Chain)
 			}
-			res, err := t.run(next, p, depth+1)
+			res, err := d.run(next, p, depth+1)
 			if err != nil {
 				return "", err
 			}
@@ -86,7 +115,7 @@ func (t *Table) run(c *Chain, p Packet, depth int) (VerdictKind, error) {
 
 // rule reports whether r's matches hold for p and its verdict (nil for
 // none, as for a log rule).
-func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
+func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 	var verdict *Verdict
 	for _, s := range r.Stmts {
 		switch s := s.(type) {
@@ -110,7 +139,7 @@ func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if !familyIs(a, s.Family) {
 				return nil, false, nil
 			}
-			in, err := t.contains(s.Set, a.AsSlice())
+			in, err := d.contains(s.Set, a.AsSlice())
 			if err != nil {
 				return nil, false, err
 			}
@@ -123,7 +152,7 @@ func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 				return nil, false, nil
 			}
 			key := binary.NativeEndian.AppendUint32(nil, s.Tag)
-			in, err := t.contains(s.Set, append(key, a.AsSlice()...))
+			in, err := d.contains(s.Set, append(key, a.AsSlice()...))
 			if err != nil || !in {
 				return nil, false, err
 			}
@@ -132,7 +161,7 @@ func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if !familyIs(a, s.Family) {
 				return nil, false, nil
 			}
-			v, err := t.lookup(s.Vmap, a.AsSlice())
+			v, err := d.lookup(s.Vmap, a.AsSlice())
 			if err != nil || v == nil {
 				return nil, false, err
 			}
@@ -141,17 +170,17 @@ func (t *Table) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if !familyIs(p.Dst, s.Family) {
 				return nil, false, nil
 			}
-			in, err := t.contains(s.Set, append(p.Dst.AsSlice(), portKey(p.Proto, p.Dport)...))
+			in, err := d.contains(s.Set, append(p.Dst.AsSlice(), portKey(p.Proto, p.Dport)...))
 			if err != nil || !in {
 				return nil, false, err
 			}
 		case PortsInSet:
-			in, err := t.contains(s.Set, portKey(p.Proto, p.Dport))
+			in, err := d.contains(s.Set, portKey(p.Proto, p.Dport))
 			if err != nil || !in {
 				return nil, false, err
 			}
 		case PortsVmap:
-			v, err := t.lookup(s.Vmap, portKey(p.Proto, p.Dport))
+			v, err := d.lookup(s.Vmap, portKey(p.Proto, p.Dport))
 			if err != nil || v == nil {
 				return nil, false, err
 			}
@@ -195,34 +224,38 @@ func familyIs(a netip.Addr, f Family) bool {
 
 // contains reports whether set name holds key (in a range, for the
 // interval kinds).
-func (t *Table) contains(name string, key []byte) (bool, error) {
-	s := t.Set(name)
-	if s == nil {
-		return false, fmt.Errorf("missing set %s", name)
-	}
-	for _, e := range s.Elements {
-		if match(s.Kind, e, key) {
-			return true, nil
-		}
-	}
-	return false, nil
+func (d *Decider) contains(name string, key []byte) (bool, error) {
+	e, err := d.find(name, key)
+	return e != nil, err
 }
 
-// lookup returns the verdict of the map element holding key, or nil.
-func (t *Table) lookup(name string, key []byte) (*Verdict, error) {
-	s := t.Set(name)
+// find returns the element of set name holding key, or nil.
+func (d *Decider) find(name string, key []byte) (*Element, error) {
+	s := d.t.Set(name)
 	if s == nil {
-		return nil, fmt.Errorf("missing map %s", name)
+		return nil, fmt.Errorf("missing set %s", name)
 	}
-	for _, e := range s.Elements {
-		if match(s.Kind, e, key) {
-			if e.Verdict == nil {
-				return nil, fmt.Errorf("map %s: element without a verdict", name)
-			}
-			return e.Verdict, nil
+	if e := d.exact[name][string(key)]; e != nil {
+		return e, nil
+	}
+	for i := range s.Elements {
+		if e := &s.Elements[i]; e.KeyEnd != nil && match(s.Kind, *e, key) {
+			return e, nil
 		}
 	}
 	return nil, nil
+}
+
+// lookup returns the verdict of the map element holding key, or nil.
+func (d *Decider) lookup(name string, key []byte) (*Verdict, error) {
+	e, err := d.find(name, key)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	if e.Verdict == nil {
+		return nil, fmt.Errorf("map %s: element without a verdict", name)
+	}
+	return e.Verdict, nil
 }
 
 // match reports whether element e of a set of kind k holds key. The port
