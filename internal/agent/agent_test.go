@@ -190,12 +190,13 @@ var _ = Describe("Agent", Ordered, func() {
 		goodTable = kernelTable(Default)
 	})
 
-	It("restores the table within a resync period after someone deletes it", func() {
+	It("restores the table after someone deletes it", func() {
 		other, err := nftnl.NewProgrammerInNetNS(int(nodeNS))
 		Expect(err).NotTo(HaveOccurred())
 		defer other.Close()
+		// The agent may have put it back by the time the table is read:
+		// the tamper watch repairs within milliseconds.
 		Expect(other.Delete()).To(Succeed())
-		Expect(kernelTable(Default)).To(BeEmpty())
 		// The same rules, sets and elements; the kernel lists the chains of
 		// a table written at once in another order than of one grown pod by
 		// pod.
