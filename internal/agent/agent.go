@@ -110,9 +110,6 @@ type Reconciler struct {
 	// PodCIDRs are the node's pod ranges when its rule set carries none
 	// (Node.spec.podCIDRs is empty).
 	PodCIDRs []string
-	// Tamper, when set, wakes the reconciler when another process changes
-	// the table, so that it is verified and repaired at once.
-	Tamper *TamperWatch
 	// Parts are the optional parts whose conditions the status carries
 	// (the drop log, the endpoints); Wake writes them when they change.
 	Parts []Part
@@ -565,18 +562,15 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return nil
 	})
+	toSelf := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })
 	b := ctrl.NewControllerManagedBy(mgr)
 	if r.Attachments != nil {
 		r.Attachments.init()
-		b = b.WatchesRawSource(source.Channel(r.Attachments.trigger, handler.EnqueueRequestsFromMapFunc(
-			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
+		b = b.WatchesRawSource(source.Channel(r.Attachments.trigger, toSelf))
 	}
-	b = b.WatchesRawSource(source.Channel(r.wakeChannel(), handler.EnqueueRequestsFromMapFunc(
-		func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
-	if r.Tamper != nil {
-		b = b.WatchesRawSource(source.Channel(r.Tamper.trigger, handler.EnqueueRequestsFromMapFunc(
-			func(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{self} })))
-	}
+	// Wake: the optional parts' conditions changed, or the tamper watch
+	// saw another process change the table.
+	b = b.WatchesRawSource(source.Channel(r.wakeChannel(), toSelf))
 	return b.
 		Named("agent").
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).

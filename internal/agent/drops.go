@@ -121,16 +121,10 @@ func (s *DropsServer) Serve(ctx context.Context, ln net.Listener) error {
 	if s.Ready != nil {
 		s.Ready <- ln.Addr().String()
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case <-ctx.Done():
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdown)
-	case err := <-errc:
+	if err := serveUntilDone(ctx, srv, func() error { return srv.ServeTLS(ln, "", "") }); err != nil {
 		return fmt.Errorf("drops endpoint: %w", err)
 	}
+	return nil
 }
 
 // Handler is the endpoint's HTTP handler, authentication included.

@@ -62,10 +62,9 @@ type Endpoints struct {
 	OnChange func()
 	Log      logr.Logger
 
-	list  []*endpoint
-	mu    sync.Mutex
-	up    *prometheus.GaugeVec
-	ready bool
+	list []*endpoint
+	mu   sync.Mutex
+	up   *prometheus.GaugeVec
 }
 
 type endpoint struct {
@@ -186,8 +185,14 @@ func (e *Endpoints) Condition() metav1.Condition {
 // serveHTTP serves h on ln until ctx ends.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return serveUntilDone(ctx, srv, func() error { return srv.Serve(ln) })
+}
+
+// serveUntilDone runs serve (srv's Serve or ServeTLS) until it fails or
+// ctx ends, then shuts srv down, giving requests 5 s to finish.
+func serveUntilDone(ctx context.Context, srv *http.Server, serve func() error) error {
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- serve() }()
 	select {
 	case <-ctx.Done():
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -266,6 +266,7 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		w := &TamperWatch{
 			Open: func() (NotificationSource, error) { return nftnl.NewMonitor(netns) },
 			Owns: a.programmer.Owns,
+			Wake: r.Wake,
 			Log:  a.log.WithName("tamper"),
 		}
 		if err := w.init(reg); err != nil {
@@ -274,7 +275,6 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		if err := mgr.Add(w); err != nil {
 			return fmt.Errorf("adding the tamper watch: %w", err)
 		}
-		r.Tamper = w
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the reconciler: %w", err)

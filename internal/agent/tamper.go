@@ -10,7 +10,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/nftguard/nftguard/internal/dataplane/model"
 )
@@ -36,20 +35,20 @@ type TamperWatch struct {
 	Open func() (NotificationSource, error)
 	// Owns reports whether a port id is one of the agent's write sockets.
 	Owns func(portID uint32) bool
+	// Wake asks the reconciler to check the table now (Reconciler.Wake).
+	Wake func()
 	Log  logr.Logger
 	// Retry is the wait before subscribing again after a failure (default 1s).
 	Retry time.Duration
 
-	trigger  chan event.GenericEvent
 	up       prometheus.Gauge
 	changes  prometheus.Counter
 	overruns prometheus.Counter
 	active   atomic.Bool
 }
 
-// init makes the trigger channel and the metrics, registered with reg.
+// init makes the metrics, registered with reg.
 func (w *TamperWatch) init(reg prometheus.Registerer) error {
-	w.trigger = make(chan event.GenericEvent, 1)
 	w.up = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "nftguard_agent_tamper_watch_up",
 		Help: "1 while the agent is subscribed to nf_tables change notifications (tampering is repaired at once), 0 while only the periodic resync repairs it.",
@@ -72,15 +71,6 @@ func (w *TamperWatch) init(reg prometheus.Registerer) error {
 
 // Subscribed reports whether notifications are being received.
 func (w *TamperWatch) Subscribed() bool { return w.active.Load() }
-
-// poke asks the reconciler to check the table now; one pending request is
-// enough.
-func (w *TamperWatch) poke() {
-	select {
-	case w.trigger <- event.GenericEvent{}:
-	default:
-	}
-}
 
 // Start runs until ctx ends. A failure to subscribe or receive never stops
 // the agent: it is logged, the metric says so, and it subscribes again.
@@ -120,7 +110,7 @@ func (w *TamperWatch) receive(ctx context.Context, src NotificationSource) {
 	w.active.Store(true)
 	w.up.Set(1)
 	// Changes may have been made while not subscribed.
-	w.poke()
+	w.Wake()
 	// The foreign changes of the transaction being received: logged once
 	// its end names who committed it.
 	var pending []model.Notification
@@ -128,7 +118,7 @@ func (w *TamperWatch) receive(ctx context.Context, src NotificationSource) {
 		ns, err := src.Receive()
 		if errors.Is(err, unix.ENOBUFS) {
 			w.overruns.Inc()
-			w.poke()
+			w.Wake()
 			continue
 		}
 		if err != nil {
@@ -153,7 +143,7 @@ func (w *TamperWatch) receive(ctx context.Context, src NotificationSource) {
 			}
 		}
 		if poke {
-			w.poke()
+			w.Wake()
 		}
 	}
 }
