@@ -1,8 +1,10 @@
 package agent_test
 
 import (
+	"context"
 	"slices"
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -27,11 +29,35 @@ func kernelTable(g Gomega) string {
 }
 
 func programmed(g Gomega, name string) *metav1.Condition {
+	return conditionOf(g, name, v1alpha1.ConditionProgrammed)
+}
+
+// conditionOf is condition typ of node's NodeRuleSet, which must have it.
+func conditionOf(g Gomega, node, typ string) *metav1.Condition {
 	rs := &v1alpha1.NodeRuleSet{}
-	g.Expect(k8s.Get(ctx, client.ObjectKey{Name: name}, rs)).To(Succeed())
-	c := meta.FindStatusCondition(rs.Status.Conditions, v1alpha1.ConditionProgrammed)
-	g.Expect(c).NotTo(BeNil(), "no Programmed condition yet")
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Name: node}, rs)).To(Succeed())
+	c := meta.FindStatusCondition(rs.Status.Conditions, typ)
+	g.Expect(c).NotTo(BeNil(), "no %s condition yet", typ)
 	return c
+}
+
+// runAgent sets up an agent with opts and runs it until the returned
+// stop, which waits for it to end.
+func runAgent(opts agent.Options) (stop func()) {
+	GinkgoHelper()
+	a, err := agent.Setup(env.Config, opts)
+	Expect(err).NotTo(HaveOccurred())
+	actx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() {
+		defer GinkgoRecover()
+		defer close(stopped)
+		Expect(a.Run(actx)).To(Succeed())
+	}()
+	return func() {
+		cancel()
+		Eventually(stopped, 10*time.Second).Should(BeClosed())
+	}
 }
 
 // sortedLines is a table's listing as a sorted list of lines.

@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"os"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -86,11 +84,10 @@ func conntrackHas(g Gomega, ns netns.NsHandle, addr string) bool {
 var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 	const node = "node-cni"
 	var (
-		nodeNS    netns.NsHandle
-		stateDir  string
-		plugin    *cni.Client
-		stopAgent context.CancelFunc
-		stopped   chan struct{}
+		nodeNS   netns.NsHandle
+		stateDir string
+		plugin   *cni.Client
+		stop     func()
 		// installs: the agent installs the plugin into confDir and binDir.
 		installs bool
 	)
@@ -105,25 +102,12 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 			opts.PluginSource = filepath.Join(stateDir, "image-nftguard")
 			opts.ConfDir, opts.BinDir, opts.InstallInterval = confDir(), binDir(), 100*time.Millisecond
 		}
-		a, err := agent.Setup(env.Config, agent.Options{
+		stop = runAgent(agent.Options{
 			NodeName: node, MetricsBindAddress: "0", ResyncPeriod: resyncPeriod, NetNS: int(nodeNS),
 			AuditLog: filepath.Join(stateDir, "drops.log"), Log: logf.Log.WithName("agent-cni"),
 			Registerer: prometheus.NewRegistry(),
 			CNI:        opts,
 		})
-		Expect(err).NotTo(HaveOccurred())
-		var actx context.Context
-		actx, stopAgent = context.WithCancel(ctx)
-		stopped = make(chan struct{})
-		go func() {
-			defer GinkgoRecover()
-			defer close(stopped)
-			Expect(a.Run(actx)).To(Succeed())
-		}()
-	}
-	stop := func() {
-		stopAgent()
-		Eventually(stopped, 10*time.Second).Should(BeClosed())
 	}
 	add := func(id, uid, ns, name string, ips ...string) {
 		att := cni.Attachment{ContainerID: id, IfName: "eth0", PodUID: uid, Namespace: ns, Name: name}
@@ -132,13 +116,7 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		}
 		Eventually(func() error { return plugin.Add(ctx, att) }).Should(Succeed())
 	}
-	condition := func(g Gomega, typ string) *metav1.Condition {
-		rs := &v1alpha1.NodeRuleSet{}
-		g.Expect(k8s.Get(ctx, client.ObjectKey{Name: node}, rs)).To(Succeed())
-		c := meta.FindStatusCondition(rs.Status.Conditions, typ)
-		g.Expect(c).NotTo(BeNil(), "no %s condition", typ)
-		return c
-	}
+	condition := func(g Gomega, typ string) *metav1.Condition { return conditionOf(g, node, typ) }
 	list := func(pods ...v1alpha1.LocalPod) {
 		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			rs := &v1alpha1.NodeRuleSet{}

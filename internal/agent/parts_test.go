@@ -14,9 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
@@ -47,13 +45,7 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 		})
 		return ln, err
 	}
-	condition := func(g Gomega, typ string) *metav1.Condition {
-		rs := &v1alpha1.NodeRuleSet{}
-		g.Expect(k8s.Get(ctx, client.ObjectKey{Name: node}, rs)).To(Succeed())
-		c := meta.FindStatusCondition(rs.Status.Conditions, typ)
-		g.Expect(c).NotTo(BeNil(), "no %s condition", typ)
-		return c
-	}
+	condition := func(g Gomega, typ string) *metav1.Condition { return conditionOf(g, node, typ) }
 
 	BeforeAll(func() {
 		nodeNS = newNetNS()
@@ -86,25 +78,13 @@ var _ = Describe("Optional parts that fail", Ordered, func() {
 			Spec: v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{{Namespace: "shop", Name: "cache", IPs: []string{"198.18.7.10"},
 				Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/shop/cache"}}}}},
 		})).To(Succeed())
-		a, err := agent.Setup(env.Config, agent.Options{
+		DeferCleanup(runAgent(agent.Options{
 			NodeName: node, ResyncPeriod: resyncPeriod, NetNS: int(nodeNS),
 			MetricsBindAddress: metricsAddr, HealthProbeBindAddress: healthAddr, DropsBindAddress: dropsAddr, Listen: listen,
 			EndpointRetry: 100 * time.Millisecond, AuditRetry: 100 * time.Millisecond,
 			AuditLog: filepath.Join(GinkgoT().TempDir(), "drops.log"), Log: logf.Log.WithName("agent-parts"),
 			Registerer: prometheus.NewRegistry(),
-		})
-		Expect(err).NotTo(HaveOccurred())
-		actx, stop := context.WithCancel(ctx)
-		stopped := make(chan struct{})
-		go func() {
-			defer GinkgoRecover()
-			defer close(stopped)
-			Expect(a.Run(actx)).To(Succeed())
-		}()
-		DeferCleanup(func() {
-			stop()
-			Eventually(stopped, 10*time.Second).Should(BeClosed())
-		})
+		}))
 	})
 
 	It("programs its rule set anyway and names each failing part", func() {

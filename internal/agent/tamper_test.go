@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"encoding/binary"
 	"net/netip"
 	"path/filepath"
@@ -75,23 +74,11 @@ var _ = Describe("Tamper repair", Ordered, func() {
 			},
 		})).To(Succeed())
 		reg = prometheus.NewRegistry()
-		a, err := agent.Setup(env.Config, agent.Options{
+		DeferCleanup(runAgent(agent.Options{
 			NodeName: node, MetricsBindAddress: "0", ResyncPeriod: time.Hour, NetNS: int(nodeNS),
 			AuditLog: filepath.Join(GinkgoT().TempDir(), "drops.log"), Log: logf.Log.WithName("agent-tamper"),
 			Registerer: reg,
-		})
-		Expect(err).NotTo(HaveOccurred())
-		actx, stop := context.WithCancel(ctx)
-		stopped := make(chan struct{})
-		go func() {
-			defer GinkgoRecover()
-			defer close(stopped)
-			Expect(a.Run(actx)).To(Succeed())
-		}()
-		DeferCleanup(func() {
-			stop()
-			Eventually(stopped, 10*time.Second).Should(BeClosed())
-		})
+		}))
 		Eventually(func(g Gomega) {
 			g.Expect(programmed(g, node).Status).To(Equal(metav1.ConditionTrue))
 		}).Should(Succeed())
@@ -99,6 +86,7 @@ var _ = Describe("Tamper repair", Ordered, func() {
 			g.Expect(kernelTableIn(g, nodeNS)).To(ContainSubstring("198.18.6.1"))
 		}).Should(Succeed())
 		good = table(Default)
+		var err error
 		tamper, err = nftables.New(nftables.WithNetNSFd(int(nodeNS)))
 		Expect(err).NotTo(HaveOccurred())
 	})

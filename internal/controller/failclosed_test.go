@@ -4,7 +4,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -157,10 +156,7 @@ var _ = Describe("A DefaultDeny stored before admission checked label syntax", f
 		restore()
 
 		Eventually(func(g Gomega) {
-			got := &v1alpha1.DefaultDeny{}
-			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
-			c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionEnforced)
-			g.Expect(c).NotTo(BeNil())
+			c := enforced(g, dd)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
 			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonInvalidSelector))
 			g.Expect(c.Message).To(ContainSubstring(`spec.podSelector.matchLabels: Invalid value: "web/api"`))

@@ -121,6 +121,15 @@ func denyAllIngress(ns, n string) *networkingv1.NetworkPolicy {
 	}
 }
 
+// enforced is the Enforced condition of DefaultDeny dd, which must have it.
+func enforced(g Gomega, dd *v1alpha1.DefaultDeny) *metav1.Condition {
+	got := &v1alpha1.DefaultDeny{}
+	g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
+	c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionEnforced)
+	g.Expect(c).NotTo(BeNil())
+	return c
+}
+
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
 
 // update reads obj, applies mutate and writes it, retrying when the

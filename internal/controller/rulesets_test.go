@@ -340,10 +340,7 @@ var _ = Describe("Rule sets", func() {
 			makePod(ns.Name, name("p"), node.Name, nil)
 		}
 		Eventually(func(g Gomega) {
-			got := &v1alpha1.DefaultDeny{}
-			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
-			c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionEnforced)
-			g.Expect(c).NotTo(BeNil())
+			c := enforced(g, dd)
 			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
 			g.Expect(c.Reason).To(Equal("RuleSetTooLarge"))
 			g.Expect(c.Message).To(ContainSubstring(node.Name))
