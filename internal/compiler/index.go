@@ -255,8 +255,8 @@ func (ix *index) newDefaultDeny(dd *v1alpha1.DefaultDeny) *policy {
 		// syntax) narrows nothing: every pod of the selected namespaces is
 		// isolated, closed rather than open. An invalid namespaceSelector
 		// cannot be scoped to a tenant and selects nothing.
-		if _, err := metav1.LabelSelectorAsSelector(dd.Spec.PodSelector.ToMeta()); err == nil {
-			p.podSel = ix.selector(dd.Spec.PodSelector.ToMeta())
+		if sel, ok := ix.selectorOK(dd.Spec.PodSelector.ToMeta()); ok {
+			p.podSel = sel
 		}
 	}
 	if len(dd.Spec.PolicyTypes) == 0 {
@@ -334,7 +334,7 @@ type index struct {
 	npsByNs    map[string]map[string]*policy // namespace -> name -> policy
 	dds        map[string]*policy
 	groups     map[[8]byte]*groupDef // every group definition a template uses, by name
-	selectors  map[string]labels.Selector
+	selectors  map[string]cachedSelector
 	// nsMatches caches, per namespace selector, the namespaces with pods it
 	// matches; any change of namespace labels or of the set of namespaces
 	// with pods clears it.
@@ -363,7 +363,7 @@ func newIndex(o Options) *index {
 		npsByNs:    map[string]map[string]*policy{},
 		dds:        map[string]*policy{},
 		groups:     map[[8]byte]*groupDef{},
-		selectors:  map[string]labels.Selector{},
+		selectors:  map[string]cachedSelector{},
 		nsMatches:  map[string][]string{},
 		npsSorted:  map[string][]*policy{},
 	}

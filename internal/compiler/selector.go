@@ -68,15 +68,28 @@ func emptySelector(s *metav1.LabelSelector) bool {
 // selector returns the labels.Selector of s (which must not be nil). An
 // invalid selector selects nothing.
 func (ix *index) selector(s *metav1.LabelSelector) labels.Selector {
+	sel, _ := ix.selectorOK(s)
+	return sel
+}
+
+// cachedSelector is a converted selector, and whether s was valid.
+type cachedSelector struct {
+	sel labels.Selector
+	ok  bool
+}
+
+// selectorOK is selector, and whether s is valid.
+func (ix *index) selectorOK(s *metav1.LabelSelector) (labels.Selector, bool) {
 	ix.buf = appendCanonicalSelectorJSON(ix.buf[:0], s)
-	if sel, ok := ix.selectors[string(ix.buf)]; ok {
-		return sel
+	if c, ok := ix.selectors[string(ix.buf)]; ok {
+		return c.sel, c.ok
 	}
 	key := string(ix.buf)
-	sel, err := metav1.LabelSelectorAsSelector(canonicalSelector(s))
-	if err != nil {
-		sel = labels.Nothing()
+	c := cachedSelector{ok: true}
+	var err error
+	if c.sel, err = metav1.LabelSelectorAsSelector(canonicalSelector(s)); err != nil {
+		c = cachedSelector{sel: labels.Nothing()}
 	}
-	ix.selectors[key] = sel
-	return sel
+	ix.selectors[key] = c
+	return c.sel, c.ok
 }
