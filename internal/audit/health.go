@@ -68,7 +68,6 @@ func (l *Logger) Ready() (ok bool, reason, message string) {
 type lazyOutput struct {
 	open  func() (io.WriteCloser, error)
 	retry time.Duration
-	now   func() time.Time
 	// report is told each write's outcome.
 	report func(error)
 
@@ -87,10 +86,10 @@ func (o *lazyOutput) ensure() error {
 	if o.w != nil {
 		return nil
 	}
-	if !o.lastOpen.IsZero() && o.now().Sub(o.lastOpen) < o.retry {
+	if !o.lastOpen.IsZero() && time.Since(o.lastOpen) < o.retry {
 		return errNotOpen
 	}
-	o.lastOpen = o.now()
+	o.lastOpen = time.Now()
 	w, err := o.open()
 	if err != nil {
 		o.openFailed = true

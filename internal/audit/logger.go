@@ -206,7 +206,6 @@ func (l *Logger) Run(ctx context.Context) error {
 			return w, nil
 		},
 		retry:  l.cfg.Retry,
-		now:    time.Now,
 		report: l.health.setOutput,
 	}
 	if err := out.ensure(); err != nil {
@@ -405,18 +404,13 @@ type peerName struct {
 }
 
 // writeLoop names pods and policies, writes the lines and counts them.
-func (l *Logger) writeLoop(out io.Writer, batches <-chan []flow) {
+func (l *Logger) writeLoop(out *lazyOutput, batches <-chan []flow) {
 	var buf bytes.Buffer
 	var evs []Event // the lines in buf
 	// An output that could not be opened is tried again even when no line
 	// is waiting, so that Ready recovers with the disk.
-	var retry <-chan time.Time
-	lazy, _ := out.(*lazyOutput)
-	if lazy != nil {
-		t := time.NewTicker(l.cfg.Retry)
-		defer t.Stop()
-		retry = t.C
-	}
+	retry := time.NewTicker(l.cfg.Retry)
+	defer retry.Stop()
 	for {
 		var batch []flow
 		select {
@@ -425,9 +419,9 @@ func (l *Logger) writeLoop(out io.Writer, batches <-chan []flow) {
 				return
 			}
 			batch = b
-		case <-retry:
-			if lazy.w == nil {
-				_ = lazy.ensure()
+		case <-retry.C:
+			if out.w == nil {
+				_ = out.ensure()
 			}
 			continue
 		}
