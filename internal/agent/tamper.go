@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -44,7 +43,6 @@ type TamperWatch struct {
 	up       prometheus.Gauge
 	changes  prometheus.Counter
 	overruns prometheus.Counter
-	active   atomic.Bool
 }
 
 // init makes the metrics, registered with reg.
@@ -69,9 +67,6 @@ func (w *TamperWatch) init(reg prometheus.Registerer) error {
 	return nil
 }
 
-// Subscribed reports whether notifications are being received.
-func (w *TamperWatch) Subscribed() bool { return w.active.Load() }
-
 // Start runs until ctx ends. A failure to subscribe or receive never stops
 // the agent: it is logged, the metric says so, and it subscribes again.
 func (w *TamperWatch) Start(ctx context.Context) error {
@@ -86,7 +81,6 @@ func (w *TamperWatch) Start(ctx context.Context) error {
 		} else {
 			w.receive(ctx, src)
 		}
-		w.active.Store(false)
 		w.up.Set(0)
 		select {
 		case <-ctx.Done():
@@ -107,7 +101,6 @@ func (w *TamperWatch) receive(ctx context.Context, src NotificationSource) {
 		}
 		_ = src.Close()
 	}()
-	w.active.Store(true)
 	w.up.Set(1)
 	// Changes may have been made while not subscribed.
 	w.Wake()
