@@ -6,7 +6,9 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math/bits"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,6 +66,8 @@ func run() int {
 	flag.IntVar(&opts.AuditMaxFiles, "audit-max-files", 5, "Rotated drop log files kept.")
 	flag.UintVar(&nflogGroup, "nflog-group", uint(render.DefaultLogGroup), "NFLOG group the drop log rules use.")
 	flag.DurationVar(&opts.ResyncPeriod, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed; a backstop for the watch of nf_tables notifications.")
+	flag.BoolVar(&opts.KeepEstablished, "keep-established", false, "Keep established connections that a rule set change denies (conntrack lets them go on); by default they are revoked at once.")
+	revokedMark := flag.String("revoked-ct-mark", fmt.Sprintf("%#08x", agent.DefaultRevokedMark), "Conntrack mark bit the agent sets on revoked connections (their packets are dropped); pick one no other component on the node uses in the conntrack mark. Only this bit is ever written.")
 	watch := flag.Bool("watch-table", true, "Watch nf_tables change notifications and repair another process's changes to the table at once; false: the resync alone repairs them.")
 	flag.StringVar(&opts.DropsBindAddress, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
 	flag.StringVar(&opts.DropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
@@ -91,6 +95,12 @@ func run() int {
 		return 2
 	}
 	opts.Render = render.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst)}
+	mark, err := strconv.ParseUint(*revokedMark, 0, 32)
+	if err != nil || bits.OnesCount64(mark) != 1 {
+		setupLog.Error(err, "--revoked-ct-mark must be one bit of the 32-bit conntrack mark, such as 0x00800000", "value", *revokedMark)
+		return 2
+	}
+	opts.RevokedMark = uint32(mark)
 	opts.Log = logger
 	if podCIDRs != "" {
 		opts.CNI.PodCIDRs = strings.Split(podCIDRs, ",")

@@ -51,6 +51,12 @@ type Programmer interface {
 	Delete() error
 }
 
+// Revoker marks the conntrack entries of the connections a table denies as
+// revoked, and clears the mark of those it allows again (MarkRevoker).
+type Revoker interface {
+	Revoke(tab *model.Table) (Revocation, error)
+}
+
 // Counters reports the audit log's totals for the status.
 type Counters interface {
 	Totals() audit.Totals
@@ -66,6 +72,14 @@ var (
 		Name: "nftguard_agent_program_failures_total",
 		Help: "Rule sets the agent could not program, by reason.",
 	}, []string{"reason"})
+	revokedFlows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftguard_agent_revoked_connections_total",
+		Help: "Established connections the agent revoked because a changed rule set denies them (change=revoked), or restored because a later one allows them again (change=restored).",
+	}, []string{"change"})
+	revokeFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftguard_agent_revocation_failures_total",
+		Help: "Passes over the conntrack table that could not mark every connection the rule set denies; the next reconcile tries again.",
+	})
 	driftRepairs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftguard_agent_drift_repairs_total",
 		Help: "Times the agent found the table changed behind its back (through a change notification or the periodic resync) and restored it.",
@@ -77,7 +91,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(programDuration, programFailures, driftRepairs, programmedGeneration)
+	metrics.Registry.MustRegister(programDuration, programFailures, driftRepairs, programmedGeneration, revokedFlows, revokeFailures)
 }
 
 // Reconciler programs the node's NodeRuleSet into nftables and reports the
@@ -110,6 +124,13 @@ type Reconciler struct {
 	// PodCIDRs are the node's pod ranges when its rule set carries none
 	// (Node.spec.podCIDRs is empty).
 	PodCIDRs []string
+	// Revoker, when set, revokes the established connections a changed
+	// table now denies, after each Apply that changed something, and again
+	// after a pass that failed (nil: established connections are kept).
+	Revoker Revoker
+	// revokePending is set when a revocation pass failed: the next
+	// reconcile runs one whether or not the table changed.
+	revokePending bool
 	// Parts are the optional parts whose conditions the status carries
 	// (the drop log, the endpoints); Wake writes them when they change.
 	Parts []Part
@@ -353,6 +374,22 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	if r.Attachments != nil {
 		r.Attachments.programmedView(vw)
 		r.Attachments.flush(ctx, vw.flush)
+	}
+	if r.Revoker != nil && (stats.Changes != (model.Changes{}) || r.revokePending) {
+		// The table changed: connections it would not let start now are
+		// revoked, rather than kept by conntrack. An unchanged table (an
+		// agent that restarts over its own) revokes nothing.
+		done, err := r.Revoker.Revoke(table)
+		revokedFlows.WithLabelValues("revoked").Add(float64(done.Revoked))
+		revokedFlows.WithLabelValues("restored").Add(float64(done.Restored))
+		r.revokePending = err != nil
+		switch {
+		case err != nil:
+			revokeFailures.Inc()
+			logger.Error(err, "Revoking established connections the rule set now denies", "revoked", done.Revoked, "restored", done.Restored)
+		case done != (Revocation{}):
+			logger.Info("Revoked established connections the rule set now denies", "generation", rs.Generation, "revoked", done.Revoked, "restored", done.Restored)
+		}
 	}
 	if r.Resolver != nil {
 		r.Resolver.SetRuleSet(&rs.Spec)

@@ -36,15 +36,9 @@ func (c NetlinkConntrack) Flush(addrs []netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
 	}
-	var h *netlink.Handle
-	var err error
-	if c.NetNS != 0 {
-		h, err = netlink.NewHandleAt(netns.NsHandle(c.NetNS), unix.NETLINK_NETFILTER)
-	} else {
-		h, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
-	}
+	h, err := c.handle(unix.NETLINK_NETFILTER)
 	if err != nil {
-		return fmt.Errorf("opening a netfilter netlink socket: %w", err)
+		return err
 	}
 	defer h.Close()
 	v4, v6 := addrFilter{}, addrFilter{}
@@ -67,4 +61,19 @@ func (c NetlinkConntrack) Flush(addrs []netip.Addr) error {
 		}
 	}
 	return nil
+}
+
+// handle opens a netlink handle of the given protocols in NetNS.
+func (c NetlinkConntrack) handle(protos ...int) (*netlink.Handle, error) {
+	var h *netlink.Handle
+	var err error
+	if c.NetNS != 0 {
+		h, err = netlink.NewHandleAt(netns.NsHandle(c.NetNS), protos...)
+	} else {
+		h, err = netlink.NewHandle(protos...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening a netlink socket: %w", err)
+	}
+	return h, nil
 }

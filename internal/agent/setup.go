@@ -58,6 +58,13 @@ type Options struct {
 	// ResyncPeriod is how often the table is checked for drift and the
 	// status counters refreshed (default one minute).
 	ResyncPeriod time.Duration
+	// KeepEstablished keeps the established connections a rule set change
+	// denies (conntrack lets them go on); by default they are revoked.
+	KeepEstablished bool
+	// RevokedMark is the conntrack mark bit of revoked connections
+	// (default DefaultRevokedMark); it must be a bit no other component on
+	// the node uses in the conntrack mark. Unused with KeepEstablished.
+	RevokedMark uint32
 	// NoTamperWatch turns off the nf_tables notification watch that
 	// repairs others' changes to the table at once (TamperWatch); drift is
 	// then repaired by the resync only.
@@ -128,6 +135,14 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 	}
 	if opts.Render.LogGroup == 0 {
 		opts.Render.LogGroup = render.DefaultLogGroup
+	}
+	if opts.RevokedMark == 0 {
+		opts.RevokedMark = DefaultRevokedMark
+	}
+	if opts.KeepEstablished {
+		opts.Render.RevokedMark = 0
+	} else {
+		opts.Render.RevokedMark = opts.RevokedMark
 	}
 	logger := opts.Log
 	scheme, err := v1alpha1.NewScheme()
@@ -252,6 +267,9 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 			return fmt.Errorf("adding the endpoints: %w", err)
 		}
 		r.Parts = append(r.Parts, eps)
+	}
+	if !opts.KeepEstablished {
+		r.Revoker = MarkRevoker{Conntrack: NetlinkConntrack{NetNS: opts.NetNS}, Mark: opts.RevokedMark}
 	}
 	if opts.CNI.Socket != "" {
 		att, err := a.wireCNI(r)

@@ -336,3 +336,10 @@ func TestPodLifecycle(t *testing.T) {
 		t.Error("y/client-1 lost access")
 	}
 }
+
+// TestRevocation: established connections a policy change denies stop
+// within a second; the allowed ones go on (conformance.RunRevocation).
+func TestRevocation(t *testing.T) {
+	needCluster(t)
+	suite.RunRevocation(t, false)
+}

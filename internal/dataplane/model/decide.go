@@ -121,9 +121,9 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 		switch s := s.(type) {
 		case Verdict:
 			verdict = &s
-		case CtState:
+		case CtState, CtMark:
 			// A new connection is neither established, related nor
-			// invalid.
+			// invalid, and carries no conntrack mark yet.
 			return nil, false, nil
 		case ICMPv6Types:
 			if p.Proto != ProtoICMPv6 || !p.Dst.Is6() {

@@ -117,6 +117,18 @@ func (s CtState) appendText(b []byte) []byte {
 	return b
 }
 
+// CtMark matches packets whose connection's conntrack mark has any of
+// bits set: "ct mark and 0x00800000 != 0x00000000".
+type CtMark struct{ Bits uint32 }
+
+func (s CtMark) text() string { return string(s.appendText(nil)) }
+
+func (s CtMark) appendText(b []byte) []byte {
+	b = append(b, "ct mark and "...)
+	b = appendHex8(b, s.Bits)
+	return append(b, " != 0x00000000"...)
+}
+
 // ICMPv6Types matches ICMPv6 packets of types from..to: "icmpv6 type
 // 135-136". With HopLimit set, only packets with that hop limit: "icmpv6
 // type 135-136 ip6 hoplimit 255" (a packet with hop limit 255 was sent on

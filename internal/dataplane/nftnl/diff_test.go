@@ -18,12 +18,16 @@ import (
 
 func mustRender(t testing.TB, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) *model.Table {
 	t.Helper()
-	tab, err := render.Render(spec, groups, render.Options{})
+	tab, err := render.Render(spec, groups, render.Options{RevokedMark: testRevokedMark})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tab
 }
+
+// testRevokedMark is the revoked-connection mark bit of the tables the
+// tests render, as the agent's default renders one.
+const testRevokedMark = 0x00800000
 
 // asKernel copies a table the way the kernel would return it: rules with
 // handles (numbered in order) and ids, no statements.
@@ -144,7 +148,7 @@ func TestDiffIncremental(t *testing.T) {
 			want: []string{
 				// The shared IPv6 set exists already (shop-frontend).
 				"add element " + shared6("monitoring") + " { " + tagged("monitoring", "fd00::2:1") + " }",
-				"insert rule rule-r-monitoring position 40 " + tag("monitoring") + " . ip6 saddr @" + shared6("monitoring") + " accept",
+				"insert rule rule-r-monitoring position 43 " + tag("monitoring") + " . ip6 saddr @" + shared6("monitoring") + " accept",
 			},
 		},
 		{
@@ -155,7 +159,7 @@ func TestDiffIncremental(t *testing.T) {
 				g["shop-http"] = h
 			},
 			want: []string{
-				"delete rule rule-r-http-named handle 38",
+				"delete rule rule-r-http-named handle 41",
 				"delete set ep6-shop-http",
 			},
 		},
@@ -181,7 +185,7 @@ func TestDiffIncremental(t *testing.T) {
 				s.Pods[0].Ingress.Rules = []string{"r-frontend"}
 			},
 			want: []string{
-				"delete rule in-shop.web-0 handle 29",
+				"delete rule in-shop.web-0 handle 32",
 				"flush chain rule-r-monitoring",
 				"delete set agn4-monitoring",
 				"delete set rule-r-monitoring-net4",
@@ -197,7 +201,7 @@ func TestDiffIncremental(t *testing.T) {
 			},
 			want: []string{
 				"add chain rule-r-frontend-eg",
-				"insert rule eg-shop.client position 19 jump rule-r-frontend-eg",
+				"insert rule eg-shop.client position 22 jump rule-r-frontend-eg",
 				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip daddr @" + shared4("shop-frontend") + " accept",
 				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip6 daddr @" + shared6("shop-frontend") + " accept",
 			},
@@ -208,9 +212,9 @@ func TestDiffIncremental(t *testing.T) {
 				s.Pods[3].Ingress.Mode = v1alpha1.IsolationEnforce
 			},
 			want: []string{
-				"delete rule in-lab.probe handle 23",
-				"delete rule in-lab.probe handle 24",
-				"insert rule in-lab.probe position 22 ct state invalid drop",
+				"delete rule in-lab.probe handle 26",
+				"delete rule in-lab.probe handle 27",
+				"insert rule in-lab.probe position 25 ct state invalid drop",
 				`add rule in-lab.probe limit rate 10/second burst 20 packets log prefix "nftguard:drop:in:a2896f76d5e8" group 100`,
 				"add rule in-lab.probe drop",
 			},
@@ -631,7 +635,7 @@ func TestEncodeEveryStatement(t *testing.T) {
 	if !kinds["inverted model.AddrInSet"] {
 		t.Error("sample table has no inverted set match")
 	}
-	for _, k := range []string{"model.CtState", "model.ICMPv6Types", "model.AddrInSet", "model.AddrVmap",
+	for _, k := range []string{"model.CtState", "model.CtMark", "model.ICMPv6Types", "model.AddrInSet", "model.AddrVmap",
 		"model.EndpointInSet", "model.PortsInSet", "model.DportIn", "model.LimitRate", "model.NFLog", "model.Verdict"} {
 		if !kinds[k] {
 			t.Errorf("sample table has no %s", k)

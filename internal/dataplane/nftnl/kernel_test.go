@@ -73,11 +73,7 @@ func (topo *topology) apply(t testing.TB, p *Programmer, pol policy) Stats {
 // applySpec renders a rule set, applies it and checks the table is in sync.
 func applySpec(t testing.TB, p *Programmer, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) Stats {
 	t.Helper()
-	tab, err := render.Render(spec, groups, render.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := p.Apply(tab)
+	st, err := p.Apply(mustRender(t, spec, groups))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -283,8 +283,11 @@ func matchStmt(exprs []rawExpr) (model.Stmt, int) {
 	e := exprs[0]
 	switch e.name {
 	case "ct":
+		// ct state ... or ct mark and ... != 0: a key, a mask, a test for
+		// any bit set.
 		b, ok1 := at(exprs, 1, "bitwise")
-		if !ok1 || !e.u32Is(unix.NFTA_CT_KEY, unix.NFT_CT_STATE) || e.has(unix.NFTA_CT_SREG) || !e.u32Is(unix.NFTA_CT_DREG, reg1) ||
+		state, mark := e.u32Is(unix.NFTA_CT_KEY, unix.NFT_CT_STATE), e.u32Is(unix.NFTA_CT_KEY, unix.NFT_CT_MARK)
+		if !ok1 || !(state || mark) || e.has(unix.NFTA_CT_SREG) || !e.u32Is(unix.NFTA_CT_DREG, reg1) ||
 			!b.u32Is(unix.NFTA_BITWISE_SREG, reg1) || !b.u32Is(unix.NFTA_BITWISE_DREG, reg1) || !b.u32Is(unix.NFTA_BITWISE_LEN, 4) {
 			return nil, 0
 		}
@@ -292,6 +295,9 @@ func matchStmt(exprs []rawExpr) (model.Stmt, int) {
 		xor, ok3 := b.value(unix.NFTA_BITWISE_XOR)
 		zero, ok4 := cmpOp(exprs, 2, unix.NFT_CMP_NEQ)
 		if ok2 && ok3 && ok4 && len(mask) == 4 && bytes.Equal(xor, make([]byte, 4)) && bytes.Equal(zero, make([]byte, 4)) {
+			if mark {
+				return model.CtMark{Bits: binary.NativeEndian.Uint32(mask)}, 3
+			}
 			return model.CtState{Bits: binary.NativeEndian.Uint32(mask)}, 3
 		}
 

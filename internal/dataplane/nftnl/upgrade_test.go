@@ -100,18 +100,19 @@ func TestUpgradeFromFirstRelease(t *testing.T) {
 // to itself (through a Service), and by where neighbour discovery is
 // accepted and invalid packets are dropped (each base chain's two rules
 // for them give way to two on input, with hop limit 255, and one in each
-// Enforce pod chain), so an agent adopts it by those rule changes, in one
+// Enforce pod chain), and by the first rule of each base chain, which drops
+// revoked connections, so an agent adopts it by those rule changes, in one
 // transaction, and touches nothing else. (When a release changes the
 // layout, this test states the rewrite it expects.)
 func TestUpgradeFromE727cf3(t *testing.T) {
 	fresh, st := upgrade(t, "e727cf3")
-	want := model.Changes{RulesAdded: 5, RulesDeleted: 6}
+	want := model.Changes{RulesAdded: 8, RulesDeleted: 6}
 	if !st.Full || st.Transactions != 1 || st.Changes != want {
 		t.Fatalf("adopting the e727cf3 table: %+v, want only %+v\n%s", st, want, fresh.lastPlan)
 	}
 	plan := fresh.lastPlan.String()
 	for _, rule := range []string{"ip saddr 198.18.0.2 accept", "ip6 saddr fd00::2 accept", "in-x.b position 27 ct state invalid drop",
-		"egress-input position 20 icmpv6 type 135-136 ip6 hoplimit 255 accept"} {
+		"egress-input position 20 icmpv6 type 135-136 ip6 hoplimit 255 accept", "ingress-forward position 22 ct mark and 0x00800000 != 0x00000000 drop"} {
 		if !strings.Contains(plan, rule) {
 			t.Errorf("upgrade plan lacks %q:\n%s", rule, plan)
 		}

@@ -101,6 +101,15 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
 		}, nil
 
+	case model.CtMark:
+		// ct mark and 0x00800000 != 0x00000000
+		return []expr.Any{
+			&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(s.Bits), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+		}, nil
+
 	case model.ICMPv6Types:
 		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 135-136 [ip6 hoplimit 255]
 		out := append(familyCheck(model.IPv6),

@@ -86,12 +86,16 @@ func notReady(ranges [2]bool, field model.AddrField) []*model.Rule {
 // baseChains returns the base chains; with the pod ranges of a family
 // known, traffic of not-ready addresses in them is dropped after the
 // prologue (after established flows and, on input, neighbour discovery are
-// accepted).
-func baseChains(ranges [2]bool) []*model.Chain {
+// accepted). With revoked set, the prologue first drops the packets of
+// connections whose conntrack mark has that bit: established connections
+// the agent has revoked.
+func baseChains(ranges [2]bool, revoked uint32) []*model.Chain {
 	prologue := func(hook model.Hook) []*model.Rule {
-		out := []*model.Rule{
-			model.NewRule(model.CtState{Bits: model.CtEstablished | model.CtRelated}, model.Verdict{Kind: model.VerdictAccept}),
+		var out []*model.Rule
+		if revoked != 0 {
+			out = append(out, model.NewRule(model.CtMark{Bits: revoked}, model.Verdict{Kind: model.VerdictDrop}))
 		}
+		out = append(out, model.NewRule(model.CtState{Bits: model.CtEstablished | model.CtRelated}, model.Verdict{Kind: model.VerdictAccept}))
 		if hook == model.HookInput {
 			// Neighbour discovery a pod needs from its node (router
 			// solicitation 133, neighbour solicitation 135 and

@@ -26,6 +26,12 @@ type Options struct {
 	LogRate uint32
 	// LogBurst is the burst of the log rate limit, in packets.
 	LogBurst uint32
+	// RevokedMark is the conntrack mark bit (or bits) of revoked
+	// connections: the base chains drop the packets of a connection whose
+	// mark has it, before they accept established traffic. The agent sets
+	// it on the entries of connections a changed table denies. 0: no such
+	// rule, established connections go on.
+	RevokedMark uint32
 }
 
 func (o Options) withDefaults() Options {
@@ -47,7 +53,9 @@ func (o Options) withDefaults() Options {
 // Layout (see testdata/*.golden):
 //   - Base chains egress-forward and egress-input (priority filter) and
 //     ingress-forward (priority filter + 10), policy accept, each starting
-//     with: ct state established,related accept; egress-input then
+//     with (when Options.RevokedMark is set) "ct mark and <mark> !=
+//     0x00000000 drop", the packets of revoked connections, then: ct
+//     state established,related accept; egress-input then
 //     accepts the neighbour discovery a pod sends its node (types 133, 135
 //     and 136 with hop limit 255). Output is not hooked: traffic from the
 //     node to its pods is never filtered, and its replies are established.
@@ -172,7 +180,7 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &model.Table{Chains: append(baseChains(ranges), chains...)}
+	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark), chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
 	}
