@@ -252,6 +252,17 @@ func TestConformanceThroughServices(t *testing.T) {
 	})
 }
 
+// TestRevocationThroughServices: long-lived TCP connections and a UDP flow
+// through ClusterIP Services (kube-proxy DNAT: the conntrack entry's
+// original tuple holds the ClusterIP, its reply the pod) stop within a
+// second of a policy that denies them, while the allowed ones go on.
+func TestRevocationThroughServices(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		s := &conformance.Suite{Cluster: c, ConvergeTimeout: 2 * time.Minute, ExemptNamespaces: []string{ownNamespace}}
+		s.RunRevocation(t, true)
+	})
+}
+
 // podProblems describes nftguard's pods that are not Ready.
 func podProblems(ctx context.Context, c *localcluster.Cluster) string {
 	pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{})
