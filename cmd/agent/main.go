@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nftguard/nftguard/internal/agent"
+	"github.com/nftguard/nftguard/internal/apiretry"
 	"github.com/nftguard/nftguard/internal/audit"
 	"github.com/nftguard/nftguard/internal/cni"
 	"github.com/nftguard/nftguard/internal/cni/install"
@@ -106,6 +107,8 @@ func run() int {
 		opts.CNI.PodCIDRs = strings.Split(podCIDRs, ",")
 	}
 
+	// Dead connections to the API server fail in seconds, not minutes.
+	apiretry.SetHTTP2HealthCheck()
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		setupLog.Error(err, "Loading kubeconfig")

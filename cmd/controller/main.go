@@ -6,14 +6,17 @@ package main
 import (
 	"flag"
 	"os"
+	"time"
 
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/apiretry"
 	"github.com/nftguard/nftguard/internal/compiler"
 	"github.com/nftguard/nftguard/internal/controller"
 	"github.com/nftguard/nftguard/internal/ownns"
@@ -29,6 +32,9 @@ func run() int {
 		probeAddr      string
 		leaderElect    bool
 		leaderElectNS  string
+		leaseDuration  time.Duration
+		renewDeadline  time.Duration
+		retryPeriod    time.Duration
 		maxObjectBytes int
 		maxGroupSize   int
 		namespace      string
@@ -37,6 +43,9 @@ func run() int {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so that only one replica writes at a time.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
+	flag.DurationVar(&leaseDuration, "leader-elect-lease-duration", 60*time.Second, "How long a Lease holds without renewal: the longest a dead leader's replica waits before another takes over.")
+	flag.DurationVar(&renewDeadline, "leader-elect-renew-deadline", 45*time.Second, "How long the leader keeps trying to renew before it gives up leadership (and exits): an API server outage shorter than this costs nothing.")
+	flag.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "Pause between attempts to acquire or renew the Lease.")
 	flag.IntVar(&maxObjectBytes, "max-object-bytes", controller.DefaultMaxObjectBytes, "Largest NodeRuleSet or AddressGroup spec written, in bytes.")
 	flag.IntVar(&maxGroupSize, "max-group-entries", compiler.DefaultMaxGroupEntries, "Most addresses (or endpoints) in one AddressGroup object; a larger group is split into shards.")
 	flag.StringVar(&namespace, "namespace", ownns.Namespace(), "nftguard's own namespace (default: the pod's). No DefaultDeny or NetworkPolicy isolates its pods, so that no policy can cut the controller off the API server.")
@@ -53,11 +62,19 @@ func run() int {
 		setupLog.Error(err, "Building the scheme")
 		return 1
 	}
+	if leaderElect && !(retryPeriod < renewDeadline && renewDeadline < leaseDuration) {
+		setupLog.Error(nil, "Leader election needs retry period < renew deadline < lease duration",
+			"retryPeriod", retryPeriod, "renewDeadline", renewDeadline, "leaseDuration", leaseDuration)
+		return 2
+	}
+	// Dead connections to the API server fail in seconds, not minutes.
+	apiretry.SetHTTP2HealthCheck()
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		setupLog.Error(err, "Loading kubeconfig")
 		return 1
 	}
+	apiretry.Tune(cfg)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
@@ -66,6 +83,11 @@ func run() int {
 		LeaderElectionID:              "nftguard-controller.nftguard.io",
 		LeaderElectionNamespace:       leaderElectNS,
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &leaseDuration,
+		RenewDeadline:                 &renewDeadline,
+		RetryPeriod:                   &retryPeriod,
+		// Watching again within a second of the API server's return.
+		Cache: cache.Options{NewInformer: apiretry.NewInformer},
 	})
 	if err != nil {
 		setupLog.Error(err, "Creating manager")

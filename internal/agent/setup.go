@@ -23,6 +23,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/apiretry"
 	"github.com/nftguard/nftguard/internal/audit"
 	"github.com/nftguard/nftguard/internal/cni"
 	"github.com/nftguard/nftguard/internal/cni/install"
@@ -130,6 +131,8 @@ type Agent struct {
 // Setup opens the node's nftables and builds the agent. On error nothing
 // it opened stays open; otherwise Run releases it.
 func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
+	cfg = rest.CopyConfig(cfg)
+	apiretry.Tune(cfg)
 	if opts.NodeName == "" {
 		return nil, errors.New("agent needs a node name")
 	}
@@ -170,12 +173,16 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 		// taken on the host network must not stop it.
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only this node's rule set is watched.
-			&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
-			// Every group is watched, but only referenced ones keep members.
-			&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
-		}},
+		Cache: cache.Options{
+			ByObject: map[client.Object]cache.ByObject{
+				// Only this node's rule set is watched.
+				&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
+				// Every group is watched, but only referenced ones keep members.
+				&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
+			},
+			// Watching again within a second of the API server's return.
+			NewInformer: apiretry.NewInformer,
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)

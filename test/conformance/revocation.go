@@ -149,7 +149,7 @@ func (s *Suite) RunRevocation(t *testing.T, viaService bool) {
 			}}}},
 		},
 	})
-	changed := s.waitChain(t, xa, render.PodChainName("in", "x", "a"))
+	changed := s.WaitChain(t, xa, render.PodChainName("in", "x", "a"), true)
 	// Revocation follows the Apply that made the chain: a second later the
 	// denied flows have stopped; the next second shows whether they stay
 	// stopped.
@@ -190,9 +190,10 @@ func (s *Suite) pod(t *testing.T, key string) localcluster.Pod {
 	return p
 }
 
-// waitChain waits until the table of p's node has chain and returns when
-// it saw it.
-func (s *Suite) waitChain(t *testing.T, p localcluster.Pod, chain string) time.Time {
+// WaitChain waits until the table of p's node has chain (present) or has
+// not, and returns when it saw that: when the node enforces a change that
+// adds or removes p's isolation.
+func (s *Suite) WaitChain(t *testing.T, p localcluster.Pod, chain string, present bool) time.Time {
 	t.Helper()
 	node, ok := s.Cluster.Node(p.Node)
 	if !ok {
@@ -208,11 +209,11 @@ func (s *Suite) waitChain(t *testing.T, p localcluster.Pod, chain string) time.T
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tab != nil && tab.Chain(chain) != nil {
+		if (tab != nil && tab.Chain(chain) != nil) == present {
 			return time.Now()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s's node has no chain %s 30s after the policy was created", p.Key(), chain)
+			t.Fatalf("%s's node: chain %s present=%v 30s after the policy change", p.Key(), chain, !present)
 		}
 	}
 }

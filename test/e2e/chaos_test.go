@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
@@ -225,11 +226,19 @@ func TestChaosAPIServerOutage(t *testing.T) {
 		time.Sleep(d)
 	}
 	restart()
-	t.Logf("API server was down for %s", time.Since(outage).Round(time.Second))
+	back := time.Now()
+	t.Logf("API server was down for %s", back.Sub(outage).Round(time.Second))
 	tr.finish(t)
-	// Everything converges on a change made after the outage.
+	// A change made as soon as the server is ready again is enforced
+	// within 5 s: the controller and the agents watch again at once,
+	// without client-go's backoff (internal/apiretry).
 	if err := cl.Client().Delete(context.Background(), &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"}}); err != nil {
 		t.Fatal(err)
+	}
+	enforced := suite.WaitChain(t, mustPod(t, "x/a"), render.PodChainName("in", "x", "a"), false)
+	t.Logf("a policy change made when the API server was back was enforced %s later", enforced.Sub(back).Round(time.Millisecond))
+	if d := enforced.Sub(back); d > 5*time.Second {
+		t.Errorf("a policy change made when the API server was back took %s to be enforced (want at most 5s)", d.Round(time.Millisecond))
 	}
 	waitConverged(t)
 	expect(t, NewReachability(true), tcp80)
