@@ -6,8 +6,9 @@
 // after a 30 s outage an informer may wait most of a minute more before it
 // watches again; neither client-go's shared informers nor controller-runtime
 // expose that backoff. Wrap retries transport failures and overload answers
-// (429, 502, 503, 504) inside List and Watch themselves, every at most Cap,
-// so the reflector never sees them and never backs off: once the server
+// (429, 502, 503, 504) inside List and Watch themselves, every at most Cap
+// (or after the Retry-After an overloaded server asks for, up to 30 s), so
+// the reflector never sees them and never backs off: once the server
 // answers again the informer lists or watches within Cap. A watch stream
 // that breaks is reopened by the reflector at once from its last resource
 // version; only that reopening goes through this retry. Other errors (410
@@ -45,6 +46,8 @@ import (
 const (
 	// DefaultCap is the longest pause between two attempts.
 	DefaultCap = time.Second
+	// maxServerDelay bounds the pause an overloaded server asks for.
+	maxServerDelay = 30 * time.Second
 	// DialTimeout bounds one TCP connect to the API server.
 	DialTimeout = 5 * time.Second
 	// HTTP/2 health check: a ping after this long without a frame...
@@ -148,8 +151,14 @@ func retry[T any](ctx context.Context, w *ListerWatcher, what string, fn func() 
 			w.log.Info("API server unreachable; retrying", "call", what, "every", w.cap, "err", err.Error())
 		}
 		attempts++
-		// Up to a tenth of jitter, so that many clients do not retry in step.
-		t := time.NewTimer(pause + rand.N(pause/10+1))
+		// Up to a tenth of jitter, so that many clients do not retry in
+		// step; an overloaded server that asks for a longer pause
+		// (Retry-After on a 429 or 503) gets it.
+		wait := pause + rand.N(pause/10+1)
+		if secs, ok := apierrors.SuggestsClientDelay(err); ok {
+			wait = max(wait, min(time.Duration(secs)*time.Second, maxServerDelay))
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

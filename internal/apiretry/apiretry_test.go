@@ -71,7 +71,7 @@ func TestRetriesTransientFailures(t *testing.T) {
 		errs []error
 	}{
 		{"connection refused", repeat(refused, 5)},
-		{"server unavailable, then overloaded", []error{apierrors.NewServiceUnavailable("etcd not ready"), apierrors.NewTooManyRequests("slow down", 1), refused}},
+		{"server unavailable, then overloaded", []error{apierrors.NewServiceUnavailable("etcd not ready"), apierrors.NewTooManyRequests("slow down", 0), refused}},
 		{"timed out", []error{&url.Error{Op: "Get", URL: "https://198.18.0.1:6443/api", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ETIMEDOUT}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,5 +152,19 @@ func TestInformerSyncsThroughFailures(t *testing.T) {
 	// One list (after 4 failures); the watch may have started too.
 	if f.calls < 5 || f.calls > 6 {
 		t.Errorf("%d calls, want 5 (or 6 with the watch)", f.calls)
+	}
+}
+
+// An overloaded server's Retry-After is honoured: a wrapper whose own pause
+// is a millisecond waits the second the server asked for.
+func TestHonoursRetryAfter(t *testing.T) {
+	f := &failing{errs: []error{apierrors.NewTooManyRequests("slow down", 1)}}
+	lw := Wrap(f, time.Millisecond, logr.Discard())
+	start := time.Now()
+	if _, err := lw.ListWithContext(context.Background(), metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("retried after %s, before the server's Retry-After of 1s", waited)
 	}
 }

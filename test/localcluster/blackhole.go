@@ -3,6 +3,7 @@ package localcluster
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -67,4 +68,10 @@ func (c *Cluster) BlackholeAPIServer() (lift func() error, err error) {
 		conn.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: blackholeTable})
 		return conn.Flush()
 	}, nil
+}
+
+// APIServerAddress is the address the real-node cluster's nodes and pods
+// reach the API server at (in the control plane's network namespace).
+func (c *Cluster) APIServerAddress() netip.AddrPort {
+	return netip.AddrPortFrom(controlPlaneIPv4, apiServerPort)
 }

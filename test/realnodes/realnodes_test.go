@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +38,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 	"github.com/nftguard/nftguard/test/conformance"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
@@ -1345,4 +1348,123 @@ func TestControllerDownNewPodsStayClosed(t *testing.T) {
 			}
 		}
 	})
+}
+
+// restartCounts maps each container of nftguard's pods to its restart
+// count.
+func restartCounts(ctx context.Context, t *testing.T, c *localcluster.Cluster) map[string]int32 {
+	t.Helper()
+	pods, err := c.Clientset().CoreV1().Pods(ownNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int32{}
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			out[p.Name+"/"+cs.Name] = cs.RestartCount
+		}
+	}
+	return out
+}
+
+// TestAPIServerOutages: the API server goes away for 30 s, killed (connections
+// refused) and blackholed (packets dropped, no reset). Enforcement holds
+// meanwhile; the controller (leader election on, as installed) and the
+// agents ride it out without a restart; and a policy change made as soon as
+// the server is back is enforced on its node within 5 s.
+func TestAPIServerOutages(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the real-node cluster needs root (network, mount and PID namespaces)")
+	}
+	c := cluster(t, strings.Split(*proxyModes, ",")[0])
+	ctx := context.Background()
+	s := &conformance.Suite{Cluster: c, ConvergeTimeout: 2 * time.Minute, ExemptNamespaces: []string{ownNamespace}}
+	xa, ok := c.Pod("x/a")
+	if !ok {
+		t.Fatal("no pod x/a")
+	}
+	chain := render.PodChainName("in", "x", "a")
+	// seenFromNode is what a connect from a node to the API server gets.
+	seenFromNode := func(t *testing.T) error {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		conn, err := c.DialNode(dctx, xa.Node, "tcp", c.APIServerAddress().String())
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	for _, outage := range []struct {
+		name  string
+		start func(t *testing.T) (end func())
+		// seen checks what a node's connect gets meanwhile.
+		seen func(err error) bool
+	}{
+		{"killed", func(t *testing.T) func() {
+			ref, err := c.Kill(localcluster.RoleAPIServer, "", syscall.SIGKILL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restarted := false
+			end := func() {
+				if !restarted {
+					restarted = true
+					if err := c.Restart(ctx, ref); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			t.Cleanup(end)
+			return end
+		}, func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }},
+		{"blackholed", func(t *testing.T) func() {
+			lift, err := c.BlackholeAPIServer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lifted := false
+			end := func() {
+				if !lifted {
+					lifted = true
+					if err := lift(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			t.Cleanup(end)
+			return end
+		}, func(err error) bool { return errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err) }},
+	} {
+		t.Run(outage.name, func(t *testing.T) {
+			s.ResetPolicies(t)
+			before := restartCounts(ctx, t, c)
+			end := outage.start(t)
+			began := time.Now()
+			if err := seenFromNode(t); !outage.seen(err) {
+				t.Fatalf("the API server is not %s: a node's connect got %v", outage.name, err)
+			}
+			time.Sleep(time.Until(began.Add(30 * time.Second)))
+			end()
+			back := time.Now()
+			s.Create(t, &networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-closed"},
+				Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "a"}}},
+			})
+			enforced := s.WaitChain(t, xa, chain, true)
+			t.Logf("API server %s for %s; a policy created when it was back was enforced %s later",
+				outage.name, back.Sub(began).Round(time.Second), enforced.Sub(back).Round(time.Millisecond))
+			if d := enforced.Sub(back); d > 5*time.Second {
+				t.Errorf("the policy took %s to be enforced after the API server was back (want at most 5s)", d.Round(time.Millisecond))
+				// What the controller and the agents said about it.
+				for _, sel := range []string{"app.kubernetes.io/component=controller", "app.kubernetes.io/component=agent"} {
+					out, err := kubectl(ctx, c, "-n", ownNamespace, "logs", "-l", sel, "--tail=40", "--prefix")
+					t.Logf("%s logs (%v):\n%s", sel, err, out)
+				}
+			}
+			if after := restartCounts(ctx, t, c); !maps.Equal(before, after) {
+				t.Errorf("nftguard's containers restarted during the outage: before %v, after %v", before, after)
+			}
+			s.ResetPolicies(t)
+		})
+	}
 }
