@@ -1418,7 +1418,7 @@ func TestAPIServerOutages(t *testing.T) {
 			return end
 		}, func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }},
 		{"blackholed", func(t *testing.T) func() {
-			lift, err := c.BlackholeAPIServer()
+			lift, err := blackholeAPIServer(c)
 			if err != nil {
 				t.Fatal(err)
 			}
