@@ -3,12 +3,12 @@ package nftnl
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -157,7 +157,9 @@ func TestInvalidDropOnlyForIsolatedPods(t *testing.T) {
 
 // echoes reports whether one message over c comes back within timeout.
 func echoes(c net.Conn, timeout time.Duration) bool {
-	msg := []byte(strconv.FormatUint(rand.Uint64(), 16))
+	// Every message has the same length, so that reading one message's
+	// worth at a time stays aligned on a message held back earlier.
+	msg := fmt.Appendf(nil, "%016x", rand.Uint64())
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(msg); err != nil {
 		return false
