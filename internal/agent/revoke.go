@@ -166,9 +166,8 @@ func judge(d *model.Decider, local map[netip.Addr]bool, flow *netlink.ConntrackF
 func setMark(conn *mdnetlink.Conn, flow *netlink.ConntrackFlow, value, mask uint32) error {
 	ae := mdnetlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
-	src, dst := netip.Addr{}, netip.Addr{}
-	src, _ = netip.AddrFromSlice(flow.Forward.SrcIP)
-	dst, _ = netip.AddrFromSlice(flow.Forward.DstIP)
+	src, _ := netip.AddrFromSlice(flow.Forward.SrcIP)
+	dst, _ := netip.AddrFromSlice(flow.Forward.DstIP)
 	src, dst = src.Unmap(), dst.Unmap()
 	ae.Nested(ctaTupleOrig, func(ae *mdnetlink.AttributeEncoder) error {
 		ae.Nested(ctaTupleIP, func(ae *mdnetlink.AttributeEncoder) error {
@@ -212,19 +211,7 @@ func setMark(conn *mdnetlink.Conn, flow *netlink.ConntrackFlow, value, mask uint
 	}
 	if _, err := conn.Execute(msg); err != nil {
 		return fmt.Errorf("setting the mark of conntrack entry %s %s:%d > %s:%d: %w",
-			protoLabel(flow.Forward.Protocol), src, flow.Forward.SrcPort, dst, flow.Forward.DstPort, err)
+			model.ProtoName(flow.Forward.Protocol), src, flow.Forward.SrcPort, dst, flow.Forward.DstPort, err)
 	}
 	return nil
-}
-
-func protoLabel(p uint8) string {
-	switch p {
-	case model.ProtoTCP:
-		return "tcp"
-	case model.ProtoUDP:
-		return "udp"
-	case model.ProtoSCTP:
-		return "sctp"
-	}
-	return fmt.Sprint(p)
 }

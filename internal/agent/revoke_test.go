@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"net"
 	"path/filepath"
 	"slices"
@@ -146,19 +145,7 @@ var _ = Describe("Revoking established connections", Ordered, func() {
 					Registerer: prometheus.NewRegistry(),
 				}
 				edit(&opts)
-				a, err := agent.Setup(env.Config, opts)
-				Expect(err).NotTo(HaveOccurred())
-				actx, stop := context.WithCancel(ctx)
-				stopped := make(chan struct{})
-				go func() {
-					defer GinkgoRecover()
-					defer close(stopped)
-					Expect(a.Run(actx)).To(Succeed())
-				}()
-				stopAgent = func() {
-					stop()
-					Eventually(stopped, 10*time.Second).Should(BeClosed())
-				}
+				stopAgent = runAgent(opts)
 			}
 		}
 		start = startWith(func(*agent.Options) {})

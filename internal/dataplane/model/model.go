@@ -403,7 +403,7 @@ func (k SetKind) Format(e Element) string {
 		if n != 4 && n != 16 {
 			return fmt.Sprintf("0x%x", e.Key)
 		}
-		return addrString(e.Key[:n]) + " . " + protoName(e.Key[n]) + " . " +
+		return addrString(e.Key[:n]) + " . " + ProtoName(e.Key[n]) + " . " +
 			strconv.Itoa(int(binary.BigEndian.Uint16(e.Key[n+4:])))
 	case SetPorts, MapPortsVerdict:
 		if len(e.Key) != 8 || len(e.KeyEnd) != 8 {
@@ -415,9 +415,9 @@ func (k SetKind) Format(e Element) string {
 		if to != from {
 			ports += "-" + strconv.Itoa(int(to))
 		}
-		proto := protoName(e.Key[0])
+		proto := ProtoName(e.Key[0])
 		if e.KeyEnd[0] != e.Key[0] {
-			proto += "-" + protoName(e.KeyEnd[0])
+			proto += "-" + ProtoName(e.KeyEnd[0])
 		}
 		if k == MapPortsVerdict {
 			v := "?"

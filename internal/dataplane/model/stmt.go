@@ -64,7 +64,9 @@ const (
 	ProtoSCTP   uint8 = 132
 )
 
-func protoName(p uint8) string {
+// ProtoName names a layer-4 protocol as nft does (tcp, udp, sctp,
+// ipv6-icmp), or by its number.
+func ProtoName(p uint8) string {
 	switch p {
 	case ProtoTCP:
 		return "tcp"
@@ -81,7 +83,7 @@ func protoName(p uint8) string {
 func appendProto(b []byte, p uint8) []byte {
 	switch p {
 	case ProtoTCP, ProtoUDP, ProtoSCTP, ProtoICMPv6:
-		return append(b, protoName(p)...)
+		return append(b, ProtoName(p)...)
 	}
 	return appendUint(b, uint64(p))
 }
@@ -269,7 +271,7 @@ func (s PortsVmap) appendText(b []byte) []byte {
 // ProtoIs matches a layer-4 protocol: "meta l4proto tcp".
 type ProtoIs struct{ Proto uint8 }
 
-func (s ProtoIs) text() string { return "meta l4proto " + protoName(s.Proto) }
+func (s ProtoIs) text() string { return "meta l4proto " + ProtoName(s.Proto) }
 
 func (s ProtoIs) appendText(b []byte) []byte {
 	b = append(b, "meta l4proto "...)

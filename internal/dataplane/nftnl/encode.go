@@ -358,37 +358,11 @@ func (b *batch) stmt(s model.Stmt) error {
 
 	case model.CtState:
 		// ct state established,related
-		var mask [4]byte
-		binary.NativeEndian.PutUint32(mask[:], s.Bits)
-		x := b.openExpr("ct")
-		b.u32(unix.NFTA_CT_KEY, unix.NFT_CT_STATE)
-		b.u32(unix.NFTA_CT_DREG, reg1)
-		b.closeExpr(x)
-		x = b.openExpr("bitwise")
-		b.u32(unix.NFTA_BITWISE_SREG, reg1)
-		b.u32(unix.NFTA_BITWISE_DREG, reg1)
-		b.u32(unix.NFTA_BITWISE_LEN, 4)
-		b.value(unix.NFTA_BITWISE_MASK, mask[:])
-		b.value(unix.NFTA_BITWISE_XOR, make([]byte, 4))
-		b.closeExpr(x)
-		b.cmp(unix.NFT_CMP_NEQ, reg1, make([]byte, 4))
+		b.ctBitsSet(unix.NFT_CT_STATE, s.Bits)
 
 	case model.CtMark:
 		// ct mark and 0x00800000 != 0x00000000
-		var mask [4]byte
-		binary.NativeEndian.PutUint32(mask[:], s.Bits)
-		x := b.openExpr("ct")
-		b.u32(unix.NFTA_CT_KEY, unix.NFT_CT_MARK)
-		b.u32(unix.NFTA_CT_DREG, reg1)
-		b.closeExpr(x)
-		x = b.openExpr("bitwise")
-		b.u32(unix.NFTA_BITWISE_SREG, reg1)
-		b.u32(unix.NFTA_BITWISE_DREG, reg1)
-		b.u32(unix.NFTA_BITWISE_LEN, 4)
-		b.value(unix.NFTA_BITWISE_MASK, mask[:])
-		b.value(unix.NFTA_BITWISE_XOR, make([]byte, 4))
-		b.closeExpr(x)
-		b.cmp(unix.NFT_CMP_NEQ, reg1, make([]byte, 4))
+		b.ctBitsSet(unix.NFT_CT_MARK, s.Bits)
 
 	case model.ICMPv6Types:
 		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 133-137
@@ -633,4 +607,23 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 	if err != nil {
 		b.fail(fmt.Errorf("set %s: %w", s.Name, err))
 	}
+}
+
+// ctBitsSet encodes a test that any of bits is set in the conntrack key
+// (state, mark): ct, bitwise and with bits, cmp != 0.
+func (b *batch) ctBitsSet(key, bits uint32) {
+	var mask [4]byte
+	binary.NativeEndian.PutUint32(mask[:], bits)
+	x := b.openExpr("ct")
+	b.u32(unix.NFTA_CT_KEY, key)
+	b.u32(unix.NFTA_CT_DREG, reg1)
+	b.closeExpr(x)
+	x = b.openExpr("bitwise")
+	b.u32(unix.NFTA_BITWISE_SREG, reg1)
+	b.u32(unix.NFTA_BITWISE_DREG, reg1)
+	b.u32(unix.NFTA_BITWISE_LEN, 4)
+	b.value(unix.NFTA_BITWISE_MASK, mask[:])
+	b.value(unix.NFTA_BITWISE_XOR, make([]byte, 4))
+	b.closeExpr(x)
+	b.cmp(unix.NFT_CMP_NEQ, reg1, make([]byte, 4))
 }

@@ -94,21 +94,11 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 	switch s := s.(type) {
 	case model.CtState:
 		// ct state established,related (or: ct state invalid)
-		return []expr.Any{
-			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(s.Bits), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
-		}, nil
+		return ctBitsSet(expr.CtKeySTATE, s.Bits), nil
 
 	case model.CtMark:
 		// ct mark and 0x00800000 != 0x00000000
-		return []expr.Any{
-			&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(s.Bits), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
-		}, nil
+		return ctBitsSet(expr.CtKeyMARK, s.Bits), nil
 
 	case model.ICMPv6Types:
 		// meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 135-136 [ip6 hoplimit 255]
@@ -369,4 +359,14 @@ func Elements(kind model.SetKind, elems []model.Element) ([]nftables.SetElement,
 	var out []nftables.SetElement
 	err := eachElement(kind, elems, func(e nftables.SetElement) { out = append(out, e) })
 	return out, err
+}
+
+// ctBitsSet tests that any of bits is set in a conntrack key (state, mark).
+func ctBitsSet(key expr.CtKey, bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: key},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+	}
 }
