@@ -6,13 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/nftguard/nftguard/internal/certs"
 )
 
 // pki holds the cluster's certificates and keys, as PEM files in dir:
@@ -25,29 +24,12 @@ type pki struct {
 	admin  struct{ cert, key []byte }
 
 	// The CA itself, to issue further certificates (nil once loaded).
-	ca    *x509.Certificate
-	caKey *ecdsa.PrivateKey
+	ca *certs.CA
 }
 
 // issue signs a certificate for tmpl with a new key.
 func (p *pki) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now().Add(-time.Hour)
-	tmpl.SerialNumber = serial()
-	tmpl.NotBefore, tmpl.NotAfter = now, now.Add(certValidity)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", kb), nil
+	return p.ca.Issue(tmpl, certValidity)
 }
 
 // issueFiles issues a certificate and writes it as <name>.crt and <name>.key.
@@ -71,41 +53,18 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	p := &pki{dir: dir}
-	now := time.Now().Add(-time.Hour)
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := certs.NewCA("nftguard local cluster CA", certValidity)
 	if err != nil {
 		return nil, err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "nftguard local cluster CA"},
-		NotBefore:             now,
-		NotAfter:              now.Add(certValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
+	p.caCert = ca.CertPEM
+	if err := writePEM(p.path("ca.crt"), ca.CertPEM); err != nil {
 		return nil, err
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
+	if err := writePEM(p.path("ca.key"), ca.KeyPEM); err != nil {
 		return nil, err
 	}
-	p.caCert = pemBlock("CERTIFICATE", caDER)
-	if err := writePEM(p.path("ca.crt"), p.caCert); err != nil {
-		return nil, err
-	}
-
-	kb, err := x509.MarshalECPrivateKey(caKey)
-	if err != nil {
-		return nil, err
-	}
-	if err := writePEM(p.path("ca.key"), pemBlock("EC PRIVATE KEY", kb)); err != nil {
-		return nil, err
-	}
-	p.ca, p.caKey = ca, caKey
+	p.ca = ca
 	issue := p.issue
 
 	// The API server answers on loopback in the machine's namespace, and
@@ -144,7 +103,7 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	kb, err = x509.MarshalECPrivateKey(saKey)
+	kb, err := x509.MarshalECPrivateKey(saKey)
 	if err != nil {
 		return nil, err
 	}
@@ -152,10 +111,10 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writePEM(p.path("sa.key"), pemBlock("EC PRIVATE KEY", kb)); err != nil {
+	if err := writePEM(p.path("sa.key"), certs.PEM("EC PRIVATE KEY", kb)); err != nil {
 		return nil, err
 	}
-	if err := writePEM(p.path("sa.pub"), pemBlock("PUBLIC KEY", pub)); err != nil {
+	if err := writePEM(p.path("sa.pub"), certs.PEM("PUBLIC KEY", pub)); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -175,18 +134,6 @@ func loadPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		panic(fmt.Sprintf("crypto/rand: %v", err))
-	}
-	return n
-}
-
-func pemBlock(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
 
 func writePEM(path string, b []byte) error { return os.WriteFile(path, b, 0o600) }
