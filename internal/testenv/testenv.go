@@ -3,11 +3,14 @@
 package testenv
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -15,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	nftguardv1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/certs"
 )
 
 // RepoRoot is the repository's top directory.
@@ -65,3 +69,40 @@ func Start(t testing.TB) *rest.Config {
 
 // GroupVersion is re-exported for suites that build unstructured objects.
 var GroupVersion = schema.GroupVersion(nftguardv1alpha1.GroupVersion)
+
+// FrontProxy configures env's API server with a front proxy (requestheader
+// authentication and a proxy client certificate), as aggregated APIs need,
+// from a CA of its own written to dir. It returns that CA, so that tests can
+// also issue client certificates the API server would present.
+func FrontProxy(env *envtest.Environment, dir string) (*certs.CA, error) {
+	ca, err := certs.NewCA("front-proxy-ca", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	crt, key, err := ca.Issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: FrontProxyClientName},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{"front-proxy-ca.crt": ca.CertPEM, "front-proxy-client.crt": crt, "front-proxy-client.key": key}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	args := env.ControlPlane.GetAPIServer().Configure()
+	args.Set("requestheader-client-ca-file", filepath.Join(dir, "front-proxy-ca.crt"))
+	args.Set("requestheader-allowed-names", FrontProxyClientName)
+	args.Set("requestheader-username-headers", "X-Remote-User")
+	args.Set("requestheader-group-headers", "X-Remote-Group")
+	args.Set("requestheader-extra-headers-prefix", "X-Remote-Extra-")
+	args.Set("proxy-client-cert-file", filepath.Join(dir, "front-proxy-client.crt"))
+	args.Set("proxy-client-key-file", filepath.Join(dir, "front-proxy-client.key"))
+	return ca, nil
+}
+
+// FrontProxyClientName is the common name of the front proxy's client
+// certificate.
+const FrontProxyClientName = "front-proxy-client"
