@@ -35,7 +35,7 @@ help: ## Show this help.
 
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and the controller and agent ClusterRoles from markers.
-	$(CONTROLLER_GEN) rbac:roleName=nftguard-controller crd paths="./api/..." paths="./internal/controller/..." \
+	$(CONTROLLER_GEN) rbac:roleName=nftguard-controller crd paths="./api/..." paths="./internal/controller/..." paths="./internal/dropsapi/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=nftguard-agent paths="./internal/agent/..." output:rbac:artifacts:config=config/agent
 

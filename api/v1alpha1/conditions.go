@@ -33,6 +33,12 @@ const (
 	// False (ReasonListenFailed) names the ones whose address it cannot
 	// bind. The agent programs its rule set either way.
 	ConditionEndpointsReady = "EndpointsReady"
+	// ConditionDropsDelivered is the NodeRuleSet condition its agent sets:
+	// True while every replica of the drops API takes its drop log lines;
+	// False (ReasonPushFailed, ReasonNoDropsServer) while one cannot, so
+	// that the drops API misses lines of this node. The drop log file has
+	// them either way.
+	ConditionDropsDelivered = "DropsDelivered"
 )
 
 // Reasons of the NodeRuleSet conditions of the agent's optional parts.
@@ -48,6 +54,12 @@ const (
 	// ReasonListenFailed (EndpointsReady False): an endpoint's address
 	// cannot be bound, its port taken on the host network, say.
 	ReasonListenFailed = "ListenFailed"
+	// ReasonPushFailed (DropsDelivered False): a replica of the drops API
+	// refuses the agent's lines or cannot be reached.
+	ReasonPushFailed = "PushFailed"
+	// ReasonNoDropsServer (DropsDelivered False): no replica of the drops
+	// API is known (none is ready).
+	ReasonNoDropsServer = "NoDropsServer"
 )
 
 // Reasons of the NodeRuleSet Programmed condition, set by the node's agent.

@@ -88,6 +88,22 @@ type DefaultDenyStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// drops counts the packets this DefaultDeny's isolation logged, as the
+	// drops API counts them (refreshed at most every 30 seconds). A packet
+	// of a pod that several policies isolate counts for each of them.
+	// +optional
+	Drops *DropCounts `json:"drops,omitempty"`
+}
+
+// DropCounts are the packets a policy's isolation logged since the drops
+// API's replica that counted them started.
+type DropCounts struct {
+	// dropped counts packets dropped (Enforce mode).
+	Dropped int64 `json:"dropped"`
+	// audited counts packets an Audit-mode isolation would have dropped.
+	Audited int64 `json:"audited"`
+	// since is when the counting started.
+	Since metav1.Time `json:"since"`
 }
 
 // DefaultDeny isolates the pods it selects, like a NetworkPolicy with no rules
@@ -101,6 +117,8 @@ type DefaultDenyStatus struct {
 // +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=`.status.enforcement`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].status`,priority=1
 // +kubebuilder:printcolumn:name="Exempt",type=string,JSONPath=`.status.exemptNamespaces`,priority=1
+// +kubebuilder:printcolumn:name="Dropped",type=integer,JSONPath=`.status.drops.dropped`,priority=1
+// +kubebuilder:printcolumn:name="Audited",type=integer,JSONPath=`.status.drops.audited`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type DefaultDeny struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -22,6 +22,7 @@ import (
 	"github.com/nftguard/nftguard/internal/cni"
 	"github.com/nftguard/nftguard/internal/cni/install"
 	"github.com/nftguard/nftguard/internal/dataplane/render"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 	"github.com/nftguard/nftguard/internal/ownns"
 )
 
@@ -70,8 +71,12 @@ func run() int {
 	flag.BoolVar(&opts.KeepEstablished, "keep-established", false, "Keep established connections that a rule set change denies (conntrack lets them go on); by default they are revoked at once.")
 	revokedMark := flag.String("revoked-ct-mark", fmt.Sprintf("%#08x", agent.DefaultRevokedMark), "Conntrack mark bit the agent sets on revoked connections (their packets are dropped); pick one no other component on the node uses in the conntrack mark. Only this bit is ever written.")
 	watch := flag.Bool("watch-table", true, "Watch nf_tables change notifications and repair another process's changes to the table at once; false: the resync alone repairs them.")
-	flag.StringVar(&opts.DropsBindAddress, "drops-bind-address", ":9092", "Address the drops endpoint (HTTPS, callers authenticated by TokenReview and authorized for get on noderulesets/drops) binds to; 0 disables it.")
-	flag.StringVar(&opts.DropsCertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops endpoint; empty: a self-signed certificate.")
+	flag.StringVar(&opts.Drops.TokenFile, "drops-token-file", "", "Service-account token for the audience "+wire.Audience+", bound to this agent's pod (a projected volume), with which the drop log's lines are pushed to the drops API; empty: lines go to the file only.")
+	flag.StringVar(&opts.Drops.CAFile, "drops-ca-file", "/var/run/nftguard/drops-ca/ca.crt", "CA bundle the drops API's serving certificate is verified with.")
+	flag.StringVar(&opts.Drops.Service, "drops-service", "nftguard-drops", "Service (in --namespace) whose ready endpoints are the drops API's replicas; every replica receives every line.")
+	dropsServers := flag.String("drops-server", "", "Comma-separated base URLs of the drops API's replicas (https://host:port), instead of finding them from --drops-service.")
+	flag.StringVar(&opts.Drops.ServerName, "drops-server-name", "", "Name the drops API's certificate is verified for (default <drops-service>.<namespace>.svc).")
+	flag.DurationVar(&opts.Drops.Interval, "drops-push-interval", time.Second, "How often the drop log's new lines are pushed (sooner when many wait).")
 	flag.StringVar(&opts.CNI.Socket, "cni-socket", "", "Unix socket the nftguard CNI plugin reaches the agent on (the plugin's default: "+cni.DefaultSocket+"); empty: run without the plugin, and new pods are not held until programmed.")
 	flag.StringVar(&opts.CNI.StateDir, "cni-state-dir", "/var/lib/nftguard/cni", "Directory of the CNI attachment registry; it must survive a reboot.")
 	flag.StringVar(&opts.CNI.Namespace, "namespace", ownns.Namespace(), "nftguard's own namespace, whose pods are never held (default: $POD_NAMESPACE, else the service account's).")
@@ -103,6 +108,10 @@ func run() int {
 	}
 	opts.RevokedMark = uint32(mark)
 	opts.Log = logger
+	opts.Drops.Namespace = opts.CNI.Namespace
+	if *dropsServers != "" {
+		opts.Drops.Servers = strings.Split(*dropsServers, ",")
+	}
 	if podCIDRs != "" {
 		opts.CNI.PodCIDRs = strings.Split(podCIDRs, ",")
 	}

@@ -10,7 +10,6 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -19,6 +18,7 @@ import (
 	"github.com/nftguard/nftguard/internal/apiretry"
 	"github.com/nftguard/nftguard/internal/compiler"
 	"github.com/nftguard/nftguard/internal/controller"
+	"github.com/nftguard/nftguard/internal/dropsapi"
 	"github.com/nftguard/nftguard/internal/ownns"
 )
 
@@ -38,6 +38,7 @@ func run() int {
 		maxObjectBytes int
 		maxGroupSize   int
 		namespace      string
+		drops          dropsapi.Options
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
@@ -49,6 +50,15 @@ func run() int {
 	flag.IntVar(&maxObjectBytes, "max-object-bytes", controller.DefaultMaxObjectBytes, "Largest NodeRuleSet or AddressGroup spec written, in bytes.")
 	flag.IntVar(&maxGroupSize, "max-group-entries", compiler.DefaultMaxGroupEntries, "Most addresses (or endpoints) in one AddressGroup object; a larger group is split into shards.")
 	flag.StringVar(&namespace, "namespace", ownns.Namespace(), "nftguard's own namespace (default: the pod's). No DefaultDeny or NetworkPolicy isolates its pods, so that no policy can cut the controller off the API server.")
+	flag.StringVar(&drops.BindAddress, "drops-bind-address", ":8443", "Address the drops API (an aggregated API, reached through the Kubernetes API server; agents push to it) serves HTTPS on; 0 disables it.")
+	flag.StringVar(&drops.CertDir, "drops-cert-dir", "", "Directory holding tls.crt and tls.key for the drops API, issued by another tool; empty: the controller keeps a CA and certificate in the Secret --drops-secret and publishes the CA in the APIService and the ConfigMap --drops-ca-configmap.")
+	flag.StringVar(&drops.Service, "drops-service", "nftguard-drops", "The drops API's Service in --namespace (its certificate is for <service>.<namespace>.svc).")
+	flag.StringVar(&drops.Secret, "drops-secret", "nftguard-drops-tls", "Secret in --namespace holding the drops API's CA and certificate.")
+	flag.StringVar(&drops.ConfigMap, "drops-ca-configmap", "nftguard-drops-ca", "ConfigMap in --namespace where the drops API's CA is published for the agents.")
+	flag.StringVar(&drops.AgentServiceAccount, "agent-service-account", "nftguard-agent", "The agents' service account in --namespace: only its tokens, bound to a pod on a node, may push that node's drops.")
+	flag.IntVar(&drops.Store.PerNode, "drops-lines-per-node", 4096, "Most recent drop log lines the drops API holds per node.")
+	flag.IntVar(&drops.Store.Total, "drops-lines-total", 1<<18, "Most drop log lines the drops API holds in all (about 400 bytes each); past it the nodes holding the most lose their oldest.")
+	flag.IntVar(&drops.MaxPolicyLabels, "drops-max-policy-labels", dropsapi.DefaultMaxPolicyLabels, "Most distinct policy values of nftguard_drops_total; later policies are labelled other.")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -86,14 +96,28 @@ func run() int {
 		LeaseDuration:                 &leaseDuration,
 		RenewDeadline:                 &renewDeadline,
 		RetryPeriod:                   &retryPeriod,
-		// Watching again within a second of the API server's return.
-		Cache: cache.Options{NewInformer: apiretry.NewInformer},
+		// Watching again within a second of the API server's return, and
+		// pods cached slim.
+		Cache: controller.CacheOptions(),
 	})
 	if err != nil {
 		setupLog.Error(err, "Creating manager")
 		return 1
 	}
-	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes, MaxGroupEntries: maxGroupSize, ExemptNamespaces: []string{namespace}}); err != nil {
+	// The drops API runs on every replica; its counts go into DefaultDeny
+	// status, which the leader writes.
+	var dropCounts controller.DropCounter
+	if drops.BindAddress != "0" && drops.BindAddress != "" {
+		drops.Namespace, drops.Log = namespace, logger.WithName("drops")
+		store, err := dropsapi.Setup(mgr, cfg, drops)
+		if err != nil {
+			setupLog.Error(err, "Setting up the drops API")
+			return 1
+		}
+		dropCounts = store.PolicyCounts
+	}
+	if err := controller.Setup(mgr, controller.Options{MaxObjectBytes: maxObjectBytes, MaxGroupEntries: maxGroupSize,
+		ExemptNamespaces: []string{namespace}, DropCounts: dropCounts}); err != nil {
 		setupLog.Error(err, "Setting up controllers")
 		return 1
 	}

@@ -1,35 +1,34 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
-	"github.com/nftguard/nftguard/internal/agent"
 	"github.com/nftguard/nftguard/internal/audit"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/dropsapi/dropsapitest"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
 
@@ -180,14 +179,15 @@ func TestStatus(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if got := row(t, out, "POLICY"); strings.Join(got, " ") != "POLICY MODE PODS NODES ENFORCED STATE MESSAGE" {
+	if got := row(t, out, "POLICY"); strings.Join(got, " ") != "POLICY MODE PODS NODES ENFORCED DROPS STATE MESSAGE" {
 		t.Errorf("header %v", got)
 	}
-	if got := row(t, out, "NetworkPolicy/x/a-from-b"); strings.Join(got[:6], " ") != "NetworkPolicy/x/a-from-b Enforce 1 1 1/1 Enforced" {
+	// No drops API here: DROPS is "-".
+	if got := row(t, out, "NetworkPolicy/x/a-from-b"); strings.Join(got[:7], " ") != "NetworkPolicy/x/a-from-b Enforce 1 1 1/1 - Enforced" {
 		t.Errorf("NetworkPolicy row %v", got)
 	}
 	got := row(t, out, "DefaultDeny/y-egress")
-	if strings.Join(got[:6], " ") != "DefaultDeny/y-egress Enforce 1 1 0/1 Failed" || !strings.Contains(out, "n2: ProgramFailed: programming generation 1: netlink") {
+	if strings.Join(got[:7], " ") != "DefaultDeny/y-egress Enforce 1 1 0/1 - Failed" || !strings.Contains(out, "n2: ProgramFailed: programming generation 1: netlink") {
 		t.Errorf("DefaultDeny row %v\n%s", got, out)
 	}
 
@@ -209,7 +209,7 @@ func TestStatus(t *testing.T) {
 	}
 	p := doc.Policies[0]
 	if p.Policy != "DefaultDeny/y-egress" || p.State != "Failed" || len(p.Pods) != 1 || p.Pods[0].Name != "c" ||
-		p.Pods[0].Directions[0] != "Egress" || len(p.Nodes) != 1 || p.Nodes[0].Node != "n2" || p.Nodes[0].State != "Failed" {
+		p.Pods[0].Directions[0] != "Egress" || len(p.Nodes) != 1 || p.Nodes[0].Node != "n2" || p.Nodes[0].State != "Failed" || p.Drops != nil {
 		t.Errorf("status %+v", p)
 	}
 
@@ -284,77 +284,38 @@ func TestExplain(t *testing.T) {
 	}
 }
 
-type recent []audit.Event
-
-func (r recent) Recent() []audit.Event { return r }
-func (r recent) RecentCapacity() int   { return 1000 }
-
-// TestDrops runs a real drops endpoint (the agent's, authenticating with
-// the API server) for node n1 and queries it as a ServiceAccount allowed to
-// list nodes and read drops; n2's agent does not answer.
+// TestDrops reads drops through the API server's aggregator from a real
+// drops server that an agent of node n1 pushed to, as a user who may read
+// the drops of namespace x only.
 func TestDrops(t *testing.T) {
-	cs := kubernetes.NewForConfigOrDie(adminCfg)
-	if _, err := cs.CoreV1().ServiceAccounts("x").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "oncall"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "drops-oncall"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{"nftguard.io"}, Resources: []string{"noderulesets/drops"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list"}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "drops-oncall"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "drops-oncall"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "x", Name: "oncall"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := cs.CoreV1().ServiceAccounts("x").CreateToken(ctx, "oncall", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenCfg := &rest.Config{Host: adminCfg.Host, BearerToken: tr.Status.Token,
-		TLSClientConfig: rest.TLSClientConfig{CAData: adminCfg.CAData}}
-
+	c := dropsapitest.Start(t)
+	c.Create(&rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "drops-reader"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{wire.Group}, Resources: []string{wire.ResourceDrops}, Verbs: []string{"list", "watch"}}},
+	})
+	c.Create(&rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-reader"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}}},
+	})
+	token := c.AgentToken(dropsapitest.AgentSA, "n1", wire.Audience)
 	now := time.Now().UTC()
-	b := audit.Endpoint{IP: mustAddr("198.18.2.1"), Port: 41000, Namespace: "x", Pod: "b"}
+	b := audit.Endpoint{IP: mustAddr("198.18.2.1"), Port: 41000, Namespace: "y", Pod: "b"}
 	a := audit.Endpoint{IP: mustAddr("198.18.1.1"), Port: 81, Namespace: "x", Pod: "a"}
-	lines := recent{
-		{Time: now.Add(-3 * time.Hour), Node: "n1", Action: audit.ActionDrop, Direction: audit.Ingress, Protocol: audit.ProtocolTCP,
-			Src: b, Dst: a, Policies: []string{"NetworkPolicy/x/a-from-b"}, Count: 50},
-		{Time: now.Add(-5 * time.Minute), Node: "n1", Action: audit.ActionDrop, Direction: audit.Ingress, Protocol: audit.ProtocolTCP,
-			Src: b, Dst: a, Policies: []string{"NetworkPolicy/x/a-from-b"}, Count: 3},
-		{Time: now.Add(-time.Minute), Node: "n1", Action: audit.ActionDrop, Direction: audit.Ingress, Protocol: audit.ProtocolTCP,
-			Src: b, Dst: a, Policies: []string{"NetworkPolicy/x/a-from-b"}, Count: 4},
-		{Time: now.Add(-time.Minute), Node: "n1", Action: audit.ActionLost, Reason: audit.LostRateLimit, Count: 9},
+	drop := func(at time.Time, n uint64) audit.Event {
+		return audit.Event{Time: at, Action: audit.ActionDrop, Direction: audit.Ingress, Protocol: audit.ProtocolTCP,
+			Src: b, Dst: a, Policies: []string{"NetworkPolicy/x/a-from-b"}, Count: n}
 	}
-	ready := make(chan string, 1)
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	srv := &agent.DropsServer{
-		BindAddress: "127.0.0.1:0", NodeName: "n1", Lines: lines,
-		TokenReviews: cs.AuthenticationV1().TokenReviews(), SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
-		Log: zap.New(zap.WriteTo(io.Discard)), Ready: ready,
+	lines := []audit.Event{
+		drop(now.Add(-3*time.Hour), 50), drop(now.Add(-5*time.Minute), 3), drop(now.Add(-time.Minute), 4),
+		{Time: now.Add(-time.Minute), Action: audit.ActionLost, Reason: audit.LostRateLimit, Count: 9},
 	}
-	go func() { _ = srv.Start(sctx) }()
-	_, portStr, _ := net.SplitHostPort(<-ready)
-	for node, addr := range map[string]string{"n1": "127.0.0.1", "n2": "127.0.0.2"} {
-		n := &corev1.Node{}
-		if err := k8s.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
-			t.Fatal(err)
-		}
-		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
-		if err := k8s.Status().Update(ctx, n); err != nil {
-			t.Fatal(err)
-		}
+	if code, _ := c.Push(token, "n1", "s", 0, lines); code != 200 {
+		t.Fatalf("push: %d", code)
 	}
-	flags := []string{"drops", "--agent-port", portStr, "--insecure-skip-agent-tls-verify", "--agent-timeout", "5s"}
+	_ = c.User("oncall", map[string][]string{"x": {"drops-reader"}})
+	oncall := userConfig(t, c, "oncall")
 
-	code, out, errOut := plugin(t, tokenCfg, flags...)
+	code, out, errOut := plugin(t, oncall, "drops", "-n", "x")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -363,37 +324,121 @@ func TestDrops(t *testing.T) {
 	}
 	var flowRow []string
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "x/b") {
+		if strings.Contains(l, "198.18.2.1") {
 			flowRow = fields(l)
 		}
 	}
-	// LAST is a date and a time: two fields.
-	if strings.Join(flowRow[2:], " ") != "n1 drop ingress TCP x/b x/a 81 7 NetworkPolicy/x/a-from-b" {
+	// LAST is a date and a time: two fields. y/b's name is withheld: oncall
+	// may not list pods in y.
+	if strings.Join(flowRow[2:], " ") != "n1 drop ingress TCP y/198.18.2.1 x/a 81 7 NetworkPolicy/x/a-from-b" {
 		t.Errorf("flow row %v\n%s", flowRow, out)
 	}
-	if !strings.Contains(out, "ratelimit=9") || !strings.Contains(errOut, "warning: node n2:") {
-		t.Errorf("lost lines or unreachable node not reported:\n%s\n%s", out, errOut)
+	if !strings.Contains(out, "withheld in 2 line(s)") || strings.Contains(out, "ratelimit") {
+		t.Errorf("want the withheld names noted and no losses (they belong to no namespace):\n%s", out)
 	}
 
-	code, out, _ = plugin(t, tokenCfg, append(flags, "-n", "y", "-o", "json")...)
-	var rep DropsReport
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK {
-		t.Fatalf("exit %d %v:\n%s", code, err, out)
+	// status shows the policy's drops from the drops API's dropcounts.
+	port := intstr.FromInt32(80)
+	adminOfC, err := client.New(c.Env.Config, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(rep.Flows) != 0 || len(rep.Nodes) != 1 || rep.Errors["n2"] == "" {
-		t.Errorf("namespace y: %+v", rep)
+	if err := adminOfC.Create(ctx, &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &port}}}}},
+	}); err != nil {
+		t.Fatal(err)
 	}
-	code, out, _ = plugin(t, tokenCfg, append(flags, "--since", "4h", "--pod", "a", "-o", "json")...)
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK || len(rep.Flows) != 1 || rep.Flows[0].Count != 57 || rep.Flows[0].Lines != 3 {
-		t.Errorf("since 4h: exit %d %+v", code, rep)
+	code, out, errOut = plugin(t, c.Env.Config, "status", "-n", "x")
+	if got := row(t, out, "NetworkPolicy/x/a-from-b"); code != exitOK || len(got) < 6 || got[5] != "57" {
+		t.Errorf("status with drops: exit %d, row %v (want DROPS 57)\n%s%s", code, got, out, errOut)
 	}
 
-	if code, _, errOut := plugin(t, adminCfg, flags...); code != exitError || !strings.Contains(errOut, "no bearer token") {
-		t.Errorf("client certificate credentials: exit %d %s", code, errOut)
+	code, out, _ = plugin(t, oncall, "drops", "-n", "x", "--since", "4h", "--pod", "a", "-o", "json")
+	var list wire.DropList
+	if err := json.Unmarshal([]byte(out), &list); err != nil || code != exitOK || len(list.Items) != 1 ||
+		list.Items[0].Count != 57 || list.Items[0].Lines != 3 || list.Kind != "DropList" {
+		t.Errorf("since 4h: exit %d %v %+v", code, err, list)
 	}
-	if code, _, _ := plugin(t, tokenCfg, "drops", "--since", "yesterday"); code != exitUsage {
+	code, out, _ = plugin(t, oncall, "drops", "-n", "x", "--pod", "b", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil || code != exitOK || len(list.Items) != 0 {
+		t.Errorf("--pod b matched a withheld name: exit %d %+v", code, list)
+	}
+
+	// Namespace y's drops and all namespaces' need their own grants.
+	if code, _, errOut := plugin(t, oncall, "drops", "-n", "y"); code != exitError || !strings.Contains(errOut, `cannot list resource "drops"`) {
+		t.Errorf("namespace y: exit %d %s", code, errOut)
+	}
+	if code, _, errOut := plugin(t, oncall, "drops", "-A"); code != exitError || !strings.Contains(errOut, "at the cluster scope") {
+		t.Errorf("-A: exit %d %s", code, errOut)
+	}
+	_ = c.User("oncall", map[string][]string{"": {"drops-reader", "pod-reader"}})
+	dropsapitest.WaitFor(t, func() bool {
+		code, out, _ := plugin(t, oncall, "drops", "-A")
+		return code == exitOK && strings.Contains(out, "y/b") && strings.Contains(out, "ratelimit=9")
+	}, "cluster-wide: names and losses")
+
+	// Follow: new lines as they arrive.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		code := run(fctx, []string{"drops", "-n", "x", "-f"}, streams{In: strings.NewReader(""), Out: pw, ErrOut: io.Discard}, oncall)
+		pw.Close()
+		done <- code
+	}()
+	followed := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			followed <- sc.Text()
+		}
+		close(followed)
+	}()
+	if header := <-followed; !strings.HasPrefix(header, "TIME") {
+		t.Errorf("follow header %q", header)
+	}
+	next := uint64(len(lines))
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for got := false; !got; {
+		select {
+		case l := <-followed:
+			got = strings.Contains(l, "x/a") && strings.Contains(l, "NetworkPolicy/x/a-from-b")
+		case <-tick.C:
+			// The watch may begin after a push: push until a line shows.
+			if _, resp := c.Push(token, "n1", "s", next, []audit.Event{drop(time.Now(), 1)}); resp.Next > next {
+				next = resp.Next
+			}
+		case <-deadline:
+			t.Fatal("no followed line")
+		}
+	}
+	cancel()
+	go func() {
+		for range followed {
+		}
+	}()
+	if code := <-done; code != exitOK {
+		t.Errorf("follow ended with %d", code)
+	}
+
+	if code, _, _ := plugin(t, oncall, "drops", "--since", "yesterday"); code != exitUsage {
 		t.Errorf("bad --since: exit %d", code)
 	}
+}
+
+// userConfig is a rest.Config for a user of c, as the plugin would load it.
+func userConfig(t *testing.T, c *dropsapitest.Cluster, name string) *rest.Config {
+	t.Helper()
+	u, err := c.Env.AddUser(envtest.User{Name: name}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Config()
 }
 
 func TestUninstall(t *testing.T) {

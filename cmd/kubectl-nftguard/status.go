@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 // PolicyStatus is where one policy is enforced.
@@ -33,6 +37,10 @@ type PolicyStatus struct {
 	// Failed, Uninstalled, TooLarge, NoSelectedPods.
 	State   string `json:"state"`
 	Message string `json:"message,omitempty"`
+	// Drops counts the packets its isolation dropped (in Audit mode: would
+	// have dropped), in the namespace shown (all with -A), since the drops
+	// API's replica started; absent when the drops API cannot be read.
+	Drops *uint64 `json:"drops,omitempty"`
 }
 
 // PodIsolation is a pod a policy isolates.
@@ -65,7 +73,10 @@ func newStatus(o *options) *cobra.Command {
 		Long: `Show, for each NetworkPolicy of the namespace (or all namespaces with -A) and each
 DefaultDeny, the pods it isolates, the nodes that need it, which of them have
 programmed it at which generation, and which failed with what message.
-The data comes from the NodeRuleSets the agents report on.`,
+The data comes from the NodeRuleSets the agents report on. DROPS counts the
+packets each policy's isolation dropped (for an Audit DefaultDeny: would have
+dropped) in the namespace (all of them with -A), from the drops API; "-" when
+you may not list its dropcounts or it is not available.`,
 		Example: `  kubectl nftguard status
   kubectl nftguard status -n shop api
   kubectl nftguard status dd/shop-baseline -o json
@@ -101,6 +112,7 @@ The data comes from the NodeRuleSets the agents report on.`,
 				if want != "" && len(sts) == 0 {
 					return fmt.Errorf("%s not found", want)
 				}
+				o.addDrops(cmd.Context(), ns, sts)
 				var buf bytes.Buffer
 				if err := o.writeStatus(&buf, sts, want != ""); err != nil {
 					return err
@@ -277,9 +289,13 @@ func (o *options) writeStatus(w io.Writer, sts []PolicyStatus, detail bool) erro
 		return o.print(map[string]any{"policies": sts})
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POLICY\tMODE\tPODS\tNODES\tENFORCED\tSTATE\tMESSAGE")
+	fmt.Fprintln(tw, "POLICY\tMODE\tPODS\tNODES\tENFORCED\tDROPS\tSTATE\tMESSAGE")
 	for _, st := range sts {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", st.Policy, st.Mode, len(st.Pods), len(st.Nodes), st.Enforced, st.State, st.Message)
+		drops := "-"
+		if st.Drops != nil {
+			drops = strconv.FormatUint(*st.Drops, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", st.Policy, st.Mode, len(st.Pods), len(st.Nodes), st.Enforced, drops, st.State, st.Message)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -306,4 +322,35 @@ func (o *options) writeStatus(w io.Writer, sts []PolicyStatus, detail bool) erro
 		}
 	}
 	return nil
+}
+
+// addDrops fills in each policy's drops from the drops API's dropcounts in
+// namespace ("" for all). Without them (not allowed, not installed) the
+// statuses stay without counts: status does not need the drops API.
+func (o *options) addDrops(ctx context.Context, namespace string, sts []PolicyStatus) {
+	cfg, err := o.config()
+	if err != nil {
+		return
+	}
+	path := "/apis/" + wire.GroupVersion + "/" + wire.ResourceDropCounts
+	if namespace != "" {
+		path = "/apis/" + wire.GroupVersion + "/namespaces/" + namespace + "/" + wire.ResourceDropCounts
+	}
+	var list wire.DropCountList
+	if err := getJSON(ctx, cfg, path, nil, &list); err != nil {
+		return
+	}
+	for i := range sts {
+		action := audit.ActionDrop
+		if sts[i].Mode == string(v1alpha1.ModeAudit) {
+			action = audit.ActionAudit
+		}
+		var n uint64
+		for _, c := range list.Items {
+			if c.Policy == sts[i].Policy && c.Action == action {
+				n += c.Packets
+			}
+		}
+		sts[i].Drops = &n
+	}
 }

@@ -157,7 +157,6 @@ type tableCounts struct{ chains, rules, elements int }
 // +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nftguard.io,resources=addressgroups,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list
 
 // Reconcile programs the rule set if it changed, repairs drift, and writes status.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {

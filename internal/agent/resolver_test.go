@@ -5,12 +5,6 @@ import (
 	"slices"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
-
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/audit"
 )
@@ -38,34 +32,19 @@ func TestResolverLocalPods(t *testing.T) {
 	}
 }
 
-func TestResolverPeersFromTheAPI(t *testing.T) {
-	pod := func(name, ip string, hostNetwork bool, phase corev1.PodPhase) *corev1.Pod {
-		return &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: name},
-			Spec:       corev1.PodSpec{HostNetwork: hostNetwork},
-			Status:     corev1.PodStatus{Phase: phase, PodIP: ip},
-		}
+func TestResolverNamesOnlyLocalPods(t *testing.T) {
+	r := &Resolver{}
+	r.SetRuleSet(&v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{
+		{Namespace: "shop", Name: "web", IPs: []string{"198.18.0.10"}},
+	}})
+	if _, _, ok := r.Peer(netip.MustParseAddr("198.18.1.5")); ok {
+		t.Fatal("a remote address was named: the agent names its own pods only")
 	}
-	reader := fake.NewClientBuilder().WithScheme(scheme.Scheme).
-		WithObjects(pod("api", "198.18.1.5", false, corev1.PodRunning),
-			pod("node-exporter", "198.18.9.9", true, corev1.PodRunning),
-			pod("done", "198.18.1.6", false, corev1.PodSucceeded)).
-		WithIndex(&corev1.Pod{}, "status.podIP", func(o client.Object) []string { return []string{o.(*corev1.Pod).Status.PodIP} }).
-		Build()
-	r := &Resolver{Reader: reader}
-	if ns, name, ok := r.Peer(netip.MustParseAddr("198.18.1.5")); !ok || ns != "other" || name != "api" {
-		t.Fatalf("remote peer: %s/%s %v", ns, name, ok)
+	if ns, name, ok := r.Peer(netip.MustParseAddr("::ffff:198.18.0.10")); !ok || ns != "shop" || name != "web" {
+		t.Fatalf("v4-mapped local address: %s/%s %v", ns, name, ok)
 	}
-	for _, ip := range []string{"198.18.9.9", "198.18.1.6", "198.18.7.7"} {
-		if _, _, ok := r.Peer(netip.MustParseAddr(ip)); ok {
-			t.Errorf("%s resolved; hostNetwork, finished and unknown pods must not", ip)
-		}
-	}
-	// Answers are cached: a deleted pod still resolves until the entry expires.
-	if err := reader.Delete(t.Context(), pod("api", "", false, "")); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, ok := r.Peer(netip.MustParseAddr("198.18.1.5")); !ok {
-		t.Error("cached answer was not used")
+	r.SetRuleSet(&v1alpha1.NodeRuleSetSpec{})
+	if _, _, ok := r.Peer(netip.MustParseAddr("198.18.0.10")); ok {
+		t.Fatal("a pod gone from the rule set is still named")
 	}
 }

@@ -6,14 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -41,12 +43,8 @@ type Options struct {
 	// HealthProbeBindAddress is where /healthz and /readyz listen; "0" or
 	// empty disables them.
 	HealthProbeBindAddress string
-	// DropsBindAddress is where the drops endpoint listens (see
-	// DropsServer); "0" or empty disables it.
-	DropsBindAddress string
-	// DropsCertDir holds the drops endpoint's tls.crt and tls.key; empty: a
-	// self-signed certificate.
-	DropsCertDir string
+	// Drops configures how the drop log's lines reach the drops API.
+	Drops DropsOptions
 	// Render sets the NFLOG group and rate limit of the drop log rules
 	// (dataplane defaults for zero values); the drop log reads that group.
 	Render render.Options
@@ -115,8 +113,28 @@ type CNIOptions struct {
 	InstallInterval time.Duration
 }
 
-// recentDrops is how many drop log lines the drops endpoint can summarize.
-const recentDrops = 4096
+// DropsOptions configures the Pusher that sends the drop log's lines to the
+// drops API. An empty TokenFile sends nothing (the file alone has them).
+type DropsOptions struct {
+	// TokenFile holds a service-account token for the audience
+	// dropsapi.Audience, bound to the agent's pod (a projected volume).
+	TokenFile string
+	// CAFile holds the CA that signs the drops API's serving certificate.
+	CAFile string
+	// Servers, when set, are the replicas' base URLs; otherwise they are
+	// found from the EndpointSlices of Service in Namespace.
+	Servers   []string
+	Service   string
+	Namespace string
+	// ServerName is the name the replicas' certificate is verified for
+	// (default <Service>.<Namespace>.svc).
+	ServerName string
+	// Interval is how often lines are pushed (default 1 s).
+	Interval time.Duration
+}
+
+// recentDrops is how many drop log lines the logger keeps in memory.
+const recentDrops = 100
 
 // Agent is a node agent whose parts are wired into one manager: the
 // Reconciler programming the node's NodeRuleSet, the drop log, the drops
@@ -166,6 +184,20 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 	} else if !apierrors.IsNotFound(err) {
 		logger.Error(err, "Reading this node's NodeRuleSet; caching every AddressGroup until it is known")
 	}
+	byObject := map[client.Object]cache.ByObject{
+		// Only this node's rule set is watched.
+		&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
+		// Every group is watched, but only referenced ones keep members.
+		&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
+	}
+	if opts.Drops.TokenFile != "" && len(opts.Drops.Servers) == 0 {
+		// The drops API's replicas: the slices of one Service in the
+		// agent's own namespace.
+		byObject[&discoveryv1.EndpointSlice{}] = cache.ByObject{
+			Namespaces: map[string]cache.Config{opts.Drops.Namespace: {}},
+			Label:      labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: opts.Drops.Service}),
+		}
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		Logger: logger,
@@ -174,12 +206,7 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache: cache.Options{
-			ByObject: map[client.Object]cache.ByObject{
-				// Only this node's rule set is watched.
-				&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
-				// Every group is watched, but only referenced ones keep members.
-				&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
-			},
+			ByObject: byObject,
 			// Watching again within a second of the API server's return.
 			NewInformer: apiretry.NewInformer,
 		},
@@ -209,7 +236,12 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 // health checks to the manager.
 func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 	opts, mgr := a.opts, a.mgr
-	resolver := &Resolver{Reader: mgr.GetAPIReader()}
+	resolver := &Resolver{}
+	pusher := a.pusher()
+	var onLines func([]audit.Event)
+	if pusher != nil {
+		onLines = pusher.Add
+	}
 	r := &Reconciler{
 		Client:       mgr.GetClient(),
 		APIReader:    mgr.GetAPIReader(),
@@ -234,6 +266,7 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		Log:           a.log.WithName("audit"),
 		Retry:         opts.AuditRetry,
 		OnReadyChange: r.Wake,
+		OnLines:       onLines,
 	})
 	if err != nil {
 		return fmt.Errorf("opening the drop log: %w", err)
@@ -253,18 +286,12 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		h := healthHandler()
 		eps.Add("health probes", opts.HealthProbeBindAddress, func(ctx context.Context, ln net.Listener) error { return serveHTTP(ctx, ln, h) })
 	}
-	if enabled(opts.DropsBindAddress) {
-		cs, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return fmt.Errorf("creating the drops endpoint's client: %w", err)
+	if pusher != nil {
+		pusher.OnChange = r.Wake
+		if err := mgr.Add(pusher); err != nil {
+			return fmt.Errorf("adding the drops pusher: %w", err)
 		}
-		srv := &DropsServer{
-			BindAddress: opts.DropsBindAddress, NodeName: opts.NodeName, Lines: drops, CertDir: opts.DropsCertDir,
-			TokenReviews:         cs.AuthenticationV1().TokenReviews(),
-			SubjectAccessReviews: cs.AuthorizationV1().SubjectAccessReviews(),
-			Log:                  a.log.WithName("drops"),
-		}
-		eps.Add("drops", opts.DropsBindAddress, srv.Serve)
+		r.Parts = append(r.Parts, pusher)
 	}
 	if len(eps.list) > 0 {
 		if err := eps.register(reg); err != nil {
@@ -305,6 +332,27 @@ func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
 		return fmt.Errorf("setting up the reconciler: %w", err)
 	}
 	return nil
+}
+
+// pusher builds the drop log's Pusher, nil when it pushes nowhere.
+func (a *Agent) pusher() *Pusher {
+	o := a.opts.Drops
+	if o.TokenFile == "" {
+		return nil
+	}
+	p := &Pusher{
+		Node: a.opts.NodeName, TokenFile: o.TokenFile, CAFile: o.CAFile, Interval: o.Interval,
+		ServerName: cmp.Or(o.ServerName, o.Service+"."+o.Namespace+".svc"),
+		Log:        a.log.WithName("drops"),
+	}
+	if len(o.Servers) > 0 {
+		servers := slices.Clone(o.Servers)
+		p.Servers = func() []string { return servers }
+	} else {
+		ss := &ServiceServers{Reader: a.mgr.GetClient(), Namespace: o.Namespace, Service: o.Service, PortName: "https"}
+		p.Servers = ss.Servers
+	}
+	return p
 }
 
 // wireCNI opens the attachment registry, listens on the plugin's socket and,

@@ -66,9 +66,6 @@ type Config struct {
 	ReadBuffer int
 	// RecentSize is the number of lines Recent returns at most (default 100).
 	RecentSize int
-	// MaxPolicyLabels caps the distinct values of the policy label of the
-	// metrics (default 200); later policies are labelled "other".
-	MaxPolicyLabels int
 	// Resolver names pods and policies; nil leaves lines with IPs and ports.
 	Resolver Resolver
 	// Registerer receives the metrics; nil registers none.
@@ -83,17 +80,20 @@ type Config struct {
 	// OnReadyChange, when set, is called (from the pipeline's goroutines)
 	// whenever what Ready reports changes.
 	OnReadyChange func()
+	// OnLines, when set, receives every batch of lines as they are written
+	// to the file (whether or not that write succeeds); it must not block
+	// and may keep the slice.
+	OnLines func([]Event)
 }
 
 const (
-	defaultMaxSize         = 100 << 20
-	defaultMaxFiles        = 5
-	defaultWindow          = time.Second
-	defaultQueueSize       = 4096
-	defaultReadBuffer      = 1 << 20
-	defaultRecentSize      = 100
-	defaultMaxPolicyLabels = 200
-	defaultRetry           = 5 * time.Second
+	defaultMaxSize    = 100 << 20
+	defaultMaxFiles   = 5
+	defaultWindow     = time.Second
+	defaultQueueSize  = 4096
+	defaultReadBuffer = 1 << 20
+	defaultRecentSize = 100
+	defaultRetry      = 5 * time.Second
 	// maxOpenFlows bounds the flows being folded; past it every open flow is
 	// written early.
 	maxOpenFlows = 4096
@@ -159,16 +159,13 @@ func New(cfg Config) (*Logger, error) {
 	if cfg.RecentSize <= 0 {
 		cfg.RecentSize = defaultRecentSize
 	}
-	if cfg.MaxPolicyLabels <= 0 {
-		cfg.MaxPolicyLabels = defaultMaxPolicyLabels
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = defaultRetry
 	}
-	m, err := newMetrics(cfg.Registerer, cfg.MaxPolicyLabels)
+	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("registering audit metrics: %w", err)
 	}
@@ -426,8 +423,15 @@ func (l *Logger) writeLoop(out *lazyOutput, batches <-chan []flow) {
 			continue
 		}
 		peers := make(map[netip.Addr]peerName)
+		var handed []Event
+		if l.cfg.OnLines != nil {
+			handed = make([]Event, 0, len(batch))
+		}
 		for i := range batch {
 			ev := l.enrich(&batch[i], peers)
+			if handed != nil {
+				handed = append(handed, ev)
+			}
 			b, err := json.Marshal(ev)
 			if err != nil {
 				l.losses.add(LostWrite, 1)
@@ -444,6 +448,9 @@ func (l *Logger) writeLoop(out *lazyOutput, batches <-chan []flow) {
 		}
 		l.write(out, &buf, evs)
 		evs = evs[:0]
+		if len(handed) > 0 {
+			l.cfg.OnLines(handed)
+		}
 	}
 }
 

@@ -129,7 +129,14 @@ func TestLoggerPipeline(t *testing.T) {
 		seq++
 	}
 
-	l, src, reg := newTestLogger(t, Config{Clock: clock, Resolver: resolver, Window: time.Second}, func(in *intake) {
+	var handedMu sync.Mutex
+	var handed []Event
+	onLines := func(evs []Event) {
+		handedMu.Lock()
+		handed = append(handed, evs...)
+		handedMu.Unlock()
+	}
+	l, src, reg := newTestLogger(t, Config{Clock: clock, Resolver: resolver, Window: time.Second, OnLines: onLines}, func(in *intake) {
 		for i := range 3 {
 			send(in, rec(clock, inX, ipv4(17, v4a, v4b, udp(uint16(40000+i), 53))))
 		}
@@ -211,11 +218,14 @@ func TestLoggerPipeline(t *testing.T) {
 	}
 	check("file", readEvents(t, l.cfg.Output))
 	check("Recent", l.Recent())
+	handedMu.Lock()
+	check("OnLines", handed)
+	handedMu.Unlock()
 	if tot := l.Totals(); tot != (Totals{Drops: 5, AuditEvents: 1, Lost: 11}) {
 		t.Errorf("Totals = %+v", tot)
 	}
-	if got := counterValues(t, reg, "nftguard_audit_packets_total", "policy"); got["NetworkPolicy/x/deny-all"] != 5 || got["DefaultDeny/audit-all"] != 1 {
-		t.Errorf("packets by policy = %v", got)
+	if got := counterValues(t, reg, "nftguard_audit_packets_total", "action"); got["drop"] != 5 || got["audit"] != 1 {
+		t.Errorf("packets by action = %v", got)
 	}
 	if got := counterValues(t, reg, "nftguard_audit_records_lost_total", "reason"); got["malformed"] != 2 || got["buffer"] != 2 || got["ratelimit"] != 7 {
 		t.Errorf("lost by reason = %v", got)

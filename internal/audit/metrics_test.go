@@ -36,41 +36,29 @@ func labelValue(m *dto.Metric, name string) string {
 	return ""
 }
 
-func TestMetricsPolicyCardinalityCap(t *testing.T) {
+func TestMetricsCountPacketsOncePerLine(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg, 200)
+	m, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 250 {
 		m.observe(&Event{Action: ActionDrop, Direction: Ingress, Count: 2,
-			Policies: []string{fmt.Sprintf("NetworkPolicy/ns/p%03d", i)}})
+			Policies: []string{fmt.Sprintf("NetworkPolicy/ns/p%03d", i), "DefaultDeny/base"}})
 	}
-	// Policies seen before the cap keep their label.
-	m.observe(&Event{Action: ActionDrop, Direction: Ingress, Count: 1, Policies: []string{"NetworkPolicy/ns/p000"}})
 	m.observe(&Event{Action: ActionAudit, Direction: Egress, Count: 5})
-
-	got := counterValues(t, reg, "nftguard_audit_packets_total", "policy")
-	if len(got) != 200+2 {
-		t.Errorf("%d policy label values, want 200 policies, other and unknown", len(got))
+	// No policy label: a node's series do not grow with the policies.
+	if got := counterValues(t, reg, "nftguard_audit_packets_total", "policy"); len(got) != 1 || got[""] != 505 {
+		t.Errorf("by policy %v, want no policy label and 505 packets", got)
 	}
-	if got[policyOther] != 50*2 {
-		t.Errorf("other = %v, want 100", got[policyOther])
-	}
-	if got["NetworkPolicy/ns/p000"] != 3 {
-		t.Errorf("p000 = %v, want 3", got["NetworkPolicy/ns/p000"])
-	}
-	if got[policyUnknown] != 5 {
-		t.Errorf("unknown = %v, want 5", got[policyUnknown])
-	}
-	if _, ok := got["NetworkPolicy/ns/p200"]; ok {
-		t.Error("policy beyond the cap has its own label")
+	if got := counterValues(t, reg, "nftguard_audit_packets_total", "action"); got["drop"] != 500 || got["audit"] != 5 {
+		t.Errorf("by action %v, want drop 500 (each packet once, whatever its policies) and audit 5", got)
 	}
 }
 
 func TestMetricsLostReasonsStartAtZero(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg, 10)
+	m, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +74,7 @@ func TestMetricsLostReasonsStartAtZero(t *testing.T) {
 		t.Errorf("lost = %v", got)
 	}
 	// A second registration on the same registry fails cleanly.
-	if _, err := newMetrics(reg, 10); err == nil {
+	if _, err := newMetrics(reg); err == nil {
 		t.Error("registered the metrics twice")
 	}
 }

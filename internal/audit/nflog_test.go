@@ -33,7 +33,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func newTestIntake(t *testing.T, queue int) (*intake, chan record, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg, 10)
+	m, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}

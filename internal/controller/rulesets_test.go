@@ -23,7 +23,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/audit"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 var _ = Describe("Rule sets", func() {
@@ -640,6 +642,43 @@ var _ = Describe("An oversized tenant", func() {
 })
 
 var _ = Describe("Status aggregation", func() {
+	It("counts a DefaultDeny's drops in its status, from the drops API's counts", func() {
+		makeNamespace(name("counted"), map[string]string{"app": "counted"})
+		dd := &v1alpha1.DefaultDeny{
+			ObjectMeta: metav1.ObjectMeta{Name: name("counted")},
+			Spec: v1alpha1.DefaultDenySpec{
+				NamespaceSelector: v1alpha1.LabelSelector{MatchLabels: map[string]v1alpha1.LabelValue{"app": "counted"}},
+				PolicyTypes:       []v1alpha1.PolicyType{v1alpha1.PolicyTypeIngress},
+			},
+		}
+		Expect(admin.Create(ctx, dd)).To(Succeed())
+		key := v1alpha1.DefaultDenyKey(dd.Name)
+		line := func(action audit.Action, n uint64, policies ...string) audit.Event {
+			return audit.Event{Time: time.Now(), Action: action, Direction: audit.Ingress,
+				Dst: audit.Endpoint{Namespace: "counted", Pod: "p"}, Policies: policies, Count: n}
+		}
+		drops.Push("n1", &wire.PushRequest{Stream: "s", First: 0, Lines: []audit.Event{
+			line(audit.ActionDrop, 5, key, "NetworkPolicy/counted/other"),
+			line(audit.ActionAudit, 2, key),
+			line(audit.ActionDrop, 9, "NetworkPolicy/counted/other"),
+		}})
+		get := func(g Gomega) *v1alpha1.DropCounts {
+			got := &v1alpha1.DefaultDeny{}
+			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(dd), got)).To(Succeed())
+			return got.Status.Drops
+		}
+		Eventually(func(g Gomega) {
+			d := get(g)
+			g.Expect(d).NotTo(BeNil())
+			g.Expect(d.Dropped).To(BeEquivalentTo(5))
+			g.Expect(d.Audited).To(BeEquivalentTo(2))
+			g.Expect(d.Since.IsZero()).To(BeFalse())
+		}).Should(Succeed())
+		By("new drops reaching the status without any other change")
+		drops.Push("n1", &wire.PushRequest{Stream: "s", First: 3, Lines: []audit.Event{line(audit.ActionDrop, 4, key)}})
+		Eventually(func(g Gomega) { g.Expect(get(g).Dropped).To(BeEquivalentTo(9)) }).Should(Succeed())
+	})
+
 	It("reports DefaultDeny enforcement from the agents' status and NetworkPolicy events", func() {
 		n1, n2 := makeNode(name("n")), makeNode(name("n"))
 		ns := makeNamespace(name("shop"), map[string]string{"app": "shop"})

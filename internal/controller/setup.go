@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 )
@@ -18,7 +19,17 @@ type Options struct {
 	// NetworkPolicy isolates: nftguard's own, so that no policy can cut its
 	// controller off the API server.
 	ExemptNamespaces []string
+	// DropCounts, when set, gives the packets a policy's isolation logged
+	// (the drops API's counts), for DefaultDeny status.
+	DropCounts DropCounter
+	// DropCountsInterval bounds how often a DefaultDeny's status is
+	// written for its counts alone (default 30 s).
+	DropCountsInterval time.Duration
 }
+
+// DropCounter returns the packets the isolation of policy
+// ("DefaultDeny/<name>") dropped and audited, and since when it counts.
+type DropCounter func(policy string) (dropped, audited uint64, since time.Time)
 
 // Setup registers nftguard's reconcilers with a manager.
 func Setup(mgr ctrl.Manager, opts Options) error {
@@ -35,10 +46,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return fmt.Errorf("setting up the rule-set controller: %w", err)
 	}
 	st := &StatusReconciler{
-		Client:           mgr.GetClient(),
-		Recorder:         mgr.GetEventRecorder("nftguard-controller"),
-		State:            state,
-		ExemptNamespaces: opts.ExemptNamespaces,
+		Client:             mgr.GetClient(),
+		Recorder:           mgr.GetEventRecorder("nftguard-controller"),
+		State:              state,
+		DropCounts:         opts.DropCounts,
+		DropCountsInterval: opts.DropCountsInterval,
+		ExemptNamespaces:   opts.ExemptNamespaces,
 	}
 	if err := st.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the status controller: %w", err)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -95,10 +96,21 @@ type StatusReconciler struct {
 	// NetworkPolicy in one gets a warning that it is not enforced.
 	ExemptNamespaces []string
 
+	// DropCounts, when set, fills in DefaultDeny status drops, at most
+	// every DropCountsInterval per DefaultDeny.
+	DropCounts         DropCounter
+	DropCountsInterval time.Duration
+
 	// reported remembers the last event per NetworkPolicy so each state is
 	// reported once.
 	reported map[types.NamespacedName]string
+	// countedAt is when each DefaultDeny's drops were last refreshed.
+	countedAt map[string]time.Time
 }
+
+// defaultDropCountsInterval bounds how often a DefaultDeny's status is
+// written for its drop counts alone.
+const defaultDropCountsInterval = 30 * time.Second
 
 // +kubebuilder:rbac:groups=nftguard.io,resources=defaultdenies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nftguard.io,resources=noderulesets,verbs=get;list;watch
@@ -144,6 +156,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 			continue
 		}
 		want.ExemptNamespaces = exempt
+		want.Drops = r.drops(key, dd.Status.Drops)
 		if errs := dd.Spec.SelectorErrors(); len(errs) > 0 {
 			meta.SetStatusCondition(&want.Conditions, metav1.Condition{
 				Type: v1alpha1.ConditionEnforced, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonInvalidSelector,
@@ -174,7 +187,36 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	if len(errs) > 0 {
 		return reconcile.Result{}, errs[0]
 	}
+	if r.DropCounts != nil {
+		// Counts change without an event: look again.
+		return reconcile.Result{RequeueAfter: r.dropCountsInterval()}, nil
+	}
 	return reconcile.Result{}, nil
+}
+
+func (r *StatusReconciler) dropCountsInterval() time.Duration {
+	if r.DropCountsInterval > 0 {
+		return r.DropCountsInterval
+	}
+	return defaultDropCountsInterval
+}
+
+// drops returns a DefaultDeny's drop counts: fresh when the last refresh is
+// older than the interval (or the counts are none yet), else as they were.
+func (r *StatusReconciler) drops(key string, cur *v1alpha1.DropCounts) *v1alpha1.DropCounts {
+	if r.DropCounts == nil {
+		return cur
+	}
+	now := time.Now()
+	if cur != nil && now.Sub(r.countedAt[key]) < r.dropCountsInterval() {
+		return cur
+	}
+	dropped, audited, since := r.DropCounts(key)
+	if r.countedAt == nil {
+		r.countedAt = map[string]time.Time{}
+	}
+	r.countedAt[key] = now
+	return &v1alpha1.DropCounts{Dropped: int64(dropped), Audited: int64(audited), Since: metav1.NewTime(since.Truncate(time.Second))}
 }
 
 // reportPolicies records an Event on each NetworkPolicy whose enforcement

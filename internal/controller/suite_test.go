@@ -23,6 +23,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftguard/nftguard/internal/controller"
+	"github.com/nftguard/nftguard/internal/dropsapi"
 	"github.com/nftguard/nftguard/internal/testenv"
 )
 
@@ -45,6 +46,8 @@ var (
 	controlCfg *rest.Config
 	ctx        context.Context
 	cancel     context.CancelFunc
+	// drops is the drops API's store whose counts DefaultDeny status shows.
+	drops *dropsapi.Store
 )
 
 func TestController(t *testing.T) {
@@ -76,9 +79,13 @@ var _ = BeforeSuite(func() {
 	mgr, err := ctrl.NewManager(controlCfg, ctrl.Options{
 		Scheme:  scheme.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   controller.CacheOptions(),
 	})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes, MaxGroupEntries: testMaxGroupEntries, ExemptNamespaces: []string{controllerNamespace}})).To(Succeed())
+	// The drops API's store counts what agents push; the status writes them.
+	drops = dropsapi.NewStore(dropsapi.StoreConfig{})
+	Expect(controller.Setup(mgr, controller.Options{MaxObjectBytes: testMaxObjectBytes, MaxGroupEntries: testMaxGroupEntries,
+		ExemptNamespaces: []string{controllerNamespace}, DropCounts: drops.PolicyCounts, DropCountsInterval: time.Second})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

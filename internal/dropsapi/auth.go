@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -128,7 +129,7 @@ func (s *Server) agentNode(r *http.Request) (string, int, string) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	token = strings.TrimSpace(token)
 	if !ok || token == "" {
-		return "", http.StatusUnauthorized, "a bearer token for the audience " + Audience + " is required"
+		return "", http.StatusUnauthorized, "a bearer token for the audience " + wire.Audience + " is required"
 	}
 	k := key("token", token)
 	if rv, ok := s.reviews.get(k); ok {
@@ -140,7 +141,7 @@ func (s *Server) agentNode(r *http.Request) (string, int, string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	tr, err := s.cfg.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{Audience}},
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{wire.Audience}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		s.cfg.Log.Error(err, "Reviewing an agent's token")
@@ -164,15 +165,15 @@ func (s *Server) agentNode(r *http.Request) (string, int, string) {
 func (s *Server) checkAgent(st *authenticationv1.TokenReviewStatus) (node, why string) {
 	switch {
 	case !st.Authenticated:
-		return "", "the token is not valid for the audience " + Audience
-	case !slices.Contains(st.Audiences, Audience):
-		return "", "the token is not bound to the audience " + Audience
+		return "", "the token is not valid for the audience " + wire.Audience
+	case !slices.Contains(st.Audiences, wire.Audience):
+		return "", "the token is not bound to the audience " + wire.Audience
 	case st.User.Username != s.cfg.AgentUsername:
 		return "", fmt.Sprintf("%q is not the agents' service account %q", st.User.Username, s.cfg.AgentUsername)
 	}
-	nodes := st.User.Extra[NodeNameExtra]
+	nodes := st.User.Extra[wire.NodeNameExtra]
 	if len(nodes) != 1 || nodes[0] == "" {
-		return "", "the token is not bound to a pod on a node (it has no " + NodeNameExtra + ")"
+		return "", "the token is not bound to a pod on a node (it has no " + wire.NodeNameExtra + ")"
 	}
 	return nodes[0], ""
 }
@@ -192,7 +193,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, code, reasonOf(code), why)
 		return
 	}
-	var req PushRequest
+	var req wire.PushRequest
 	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxPushBytes)
 	if err := json.NewDecoder(body).Decode(&req); err != nil {
 		code = http.StatusBadRequest
@@ -215,7 +216,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := s.cfg.Store.Push(node, &req)
-	writeJSON(w, http.StatusOK, PushResponse{Next: next})
+	writeJSON(w, http.StatusOK, wire.PushResponse{Next: next})
 }
 
 func reasonOf(code int) metav1.StatusReason {

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 // The rules of visibility:
@@ -71,7 +72,7 @@ func (v *view) redact(ev *audit.Event) bool {
 // authorize checks verb on resource in the namespace of the read, and
 // writes the refusal when it is not allowed.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, verb, resource, namespace string) bool {
-	ok, err := s.allowed(r, verb, Group, resource, namespace)
+	ok, err := s.allowed(r, verb, wire.Group, resource, namespace)
 	if err != nil {
 		s.cfg.Log.Error(err, "Authorizing a drops read", "user", requestUser(r).GetName())
 		writeStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
@@ -87,7 +88,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, verb, resourc
 	}
 	writeStatus(w, http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf(
 		"user %q cannot %s resource %q in API group %q %s: it needs %s on %s.%s %s, for example to the ClusterRole nftguard-drops-reader",
-		requestUser(r).GetName(), verb, resource, Group, scope(namespace), verb, resource, Group, where))
+		requestUser(r).GetName(), verb, resource, wire.Group, scope(namespace), verb, resource, wire.Group, where))
 	return false
 }
 
@@ -109,7 +110,7 @@ func (s *Server) drops(w http.ResponseWriter, r *http.Request, namespace string)
 	if watch {
 		verb = "watch"
 	}
-	if !s.authorize(w, r, verb, ResourceDrops, namespace) {
+	if !s.authorize(w, r, verb, wire.ResourceDrops, namespace) {
 		return
 	}
 	if namespace != "" {
@@ -131,7 +132,7 @@ func (s *Server) drops(w http.ResponseWriter, r *http.Request, namespace string)
 		}
 		return v.owns(ev) && q.Matches(ev)
 	}
-	out := DropList{TypeMeta: metav1.TypeMeta{Kind: "DropList", APIVersion: GroupVersion}, Nodes: []string{}}
+	out := wire.DropList{TypeMeta: metav1.TypeMeta{Kind: "DropList", APIVersion: wire.GroupVersion}, Nodes: []string{}}
 	parts := []audit.Summary{}
 	for _, nl := range s.cfg.Store.Lines(keep) {
 		out.Nodes = append(out.Nodes, nl.Node)
@@ -187,7 +188,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, v *view, q audit.
 		case ev, open := <-sub.C:
 			if !open {
 				if sub.Overflowed() {
-					_ = enc.Encode(WatchEvent{Type: "ERROR", Object: status(http.StatusGone, metav1.StatusReasonExpired,
+					_ = enc.Encode(wire.WatchEvent{Type: "ERROR", Object: status(http.StatusGone, metav1.StatusReasonExpired,
 						"the watch fell too far behind the drops; list and watch again")})
 					fl.Flush()
 				}
@@ -205,8 +206,8 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, v *view, q audit.
 					continue
 				}
 			}
-			if err := enc.Encode(WatchEvent{Type: "ADDED", Object: Drop{
-				TypeMeta: metav1.TypeMeta{Kind: "Drop", APIVersion: GroupVersion}, Line: ev}}); err != nil {
+			if err := enc.Encode(wire.WatchEvent{Type: "ADDED", Object: wire.Drop{
+				TypeMeta: metav1.TypeMeta{Kind: "Drop", APIVersion: wire.GroupVersion}, Line: ev}}); err != nil {
 				return
 			}
 			fl.Flush()
@@ -224,11 +225,11 @@ func (s *Server) dropCounts(w http.ResponseWriter, r *http.Request, namespace st
 		writeStatus(w, http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "dropcounts cannot be watched: list them")
 		return
 	}
-	if !s.authorize(w, r, "list", ResourceDropCounts, namespace) {
+	if !s.authorize(w, r, "list", wire.ResourceDropCounts, namespace) {
 		return
 	}
 	policy := audit.Query{Policy: q.Policy}
-	items := s.cfg.Store.Counts(func(c *DropCount) bool {
+	items := s.cfg.Store.Counts(func(c *wire.DropCount) bool {
 		if namespace != "" && c.Namespace != namespace {
 			return false
 		}
@@ -237,8 +238,8 @@ func (s *Server) dropCounts(w http.ResponseWriter, r *http.Request, namespace st
 		}
 		return q.Policy == "" || policy.Matches(&audit.Event{Action: c.Action, Policies: []string{c.Policy}})
 	})
-	writeJSON(w, http.StatusOK, &DropCountList{
-		TypeMeta: metav1.TypeMeta{Kind: "DropCountList", APIVersion: GroupVersion},
+	writeJSON(w, http.StatusOK, &wire.DropCountList{
+		TypeMeta: metav1.TypeMeta{Kind: "DropCountList", APIVersion: wire.GroupVersion},
 		Since:    metav1.NewTime(s.cfg.Store.Started()),
 		Items:    items,
 	})

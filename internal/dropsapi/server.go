@@ -21,11 +21,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 // The API server publishes its front-proxy (requestheader) configuration in
-// this ConfigMap; reading it takes the Role
-// kube-system/extension-apiserver-authentication-reader.
+// this ConfigMap; the controller's ClusterRole may read it by name.
 const (
 	authConfigNamespace = "kube-system"
 	authConfigName      = "extension-apiserver-authentication"
@@ -146,7 +146,7 @@ func (s *Server) Handler() http.Handler {
 	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
 	mux.HandleFunc("GET /healthz", ok)
 	mux.HandleFunc("GET /readyz", ok)
-	mux.HandleFunc("POST "+PushPath, s.push)
+	mux.HandleFunc("POST "+wire.PushPath, s.push)
 	mux.Handle("/", s.authenticated(http.HandlerFunc(s.api)))
 	return mux
 }
@@ -159,7 +159,7 @@ func (s *Server) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		resp, ok, err := s.users.AuthenticateRequest(r)
 		if err != nil || !ok {
-			msg := "this API is served through the Kubernetes API server: call it there (kubectl get --raw /apis/" + GroupVersion + "/...)"
+			msg := "this API is served through the Kubernetes API server: call it there (kubectl get --raw /apis/" + wire.GroupVersion + "/...)"
 			if err != nil {
 				msg += ": " + err.Error()
 			}
@@ -186,14 +186,14 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 	case "/apis":
 		writeJSON(w, http.StatusOK, groupList())
 		return
-	case "/apis/" + Group:
+	case "/apis/" + wire.Group:
 		writeJSON(w, http.StatusOK, group())
 		return
-	case "/apis/" + GroupVersion:
+	case "/apis/" + wire.GroupVersion:
 		writeJSON(w, http.StatusOK, resourceList())
 		return
 	}
-	rest, ok := strings.CutPrefix(p, "/apis/"+GroupVersion+"/")
+	rest, ok := strings.CutPrefix(p, "/apis/"+wire.GroupVersion+"/")
 	if !ok {
 		writeStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, "not found: "+r.URL.Path)
 		return
@@ -209,12 +209,12 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch parts[0] {
-	case ResourceDrops:
+	case wire.ResourceDrops:
 		s.drops(w, r, namespace)
-	case ResourceDropCounts:
+	case wire.ResourceDropCounts:
 		s.dropCounts(w, r, namespace)
 	default:
-		writeStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, "no resource "+parts[0]+" in "+GroupVersion)
+		writeStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, "no resource "+parts[0]+" in "+wire.GroupVersion)
 	}
 }
 
@@ -223,18 +223,18 @@ func groupList() *metav1.APIGroupList {
 }
 
 func group() *metav1.APIGroup {
-	v := metav1.GroupVersionForDiscovery{GroupVersion: GroupVersion, Version: Version}
-	return &metav1.APIGroup{TypeMeta: metav1.TypeMeta{Kind: "APIGroup", APIVersion: "v1"}, Name: Group,
+	v := metav1.GroupVersionForDiscovery{GroupVersion: wire.GroupVersion, Version: wire.Version}
+	return &metav1.APIGroup{TypeMeta: metav1.TypeMeta{Kind: "APIGroup", APIVersion: "v1"}, Name: wire.Group,
 		Versions: []metav1.GroupVersionForDiscovery{v}, PreferredVersion: v}
 }
 
 func resourceList() *metav1.APIResourceList {
 	return &metav1.APIResourceList{
 		TypeMeta:     metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"},
-		GroupVersion: GroupVersion,
+		GroupVersion: wire.GroupVersion,
 		APIResources: []metav1.APIResource{
-			{Name: ResourceDrops, Namespaced: true, Kind: "Drop", Verbs: metav1.Verbs{"list", "watch"}, Categories: []string{"nftguard"}},
-			{Name: ResourceDropCounts, Namespaced: true, Kind: "DropCount", Verbs: metav1.Verbs{"list"}, Categories: []string{"nftguard"}},
+			{Name: wire.ResourceDrops, Namespaced: true, Kind: "Drop", Verbs: metav1.Verbs{"list", "watch"}, Categories: []string{"nftguard"}},
+			{Name: wire.ResourceDropCounts, Namespaced: true, Kind: "DropCount", Verbs: metav1.Verbs{"list"}, Categories: []string{"nftguard"}},
 		},
 	}
 }

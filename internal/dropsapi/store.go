@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 // Namer names the pod that owns an address. It must answer from memory:
@@ -120,7 +121,7 @@ func OwnerNamespace(ev *audit.Event) string {
 // Push takes in a batch from node and returns the sequence number it
 // expects next. Lines it already holds (by stream and sequence number) are
 // skipped, so agents may send a batch again, and to every replica.
-func (s *Store) Push(node string, req *PushRequest) uint64 {
+func (s *Store) Push(node string, req *wire.PushRequest) uint64 {
 	for i := range req.Lines {
 		ev := &req.Lines[i]
 		ev.Node = node
@@ -257,17 +258,17 @@ func (s *Store) Lines(keep func(*audit.Event) bool) []NodeLines {
 
 // Counts returns the packets counted per policy, namespace, direction and
 // action, for the counts where keep is true.
-func (s *Store) Counts(keep func(*DropCount) bool) []DropCount {
+func (s *Store) Counts(keep func(*wire.DropCount) bool) []wire.DropCount {
 	s.mu.Lock()
-	out := make([]DropCount, 0, len(s.counts))
+	out := make([]wire.DropCount, 0, len(s.counts))
 	for k, v := range s.counts {
-		c := DropCount{Policy: k.policy, Namespace: k.namespace, Direction: k.direction, Action: k.action, Packets: v}
+		c := wire.DropCount{Policy: k.policy, Namespace: k.namespace, Direction: k.direction, Action: k.action, Packets: v}
 		if keep(&c) {
 			out = append(out, c)
 		}
 	}
 	s.mu.Unlock()
-	slices.SortFunc(out, func(a, b DropCount) int {
+	slices.SortFunc(out, func(a, b wire.DropCount) int {
 		for _, c := range [][2]string{{a.Policy, b.Policy}, {a.Namespace, b.Namespace},
 			{string(a.Direction), string(b.Direction)}, {string(a.Action), string(b.Action)}} {
 			if c[0] != c[1] {
@@ -333,4 +334,23 @@ func (s *Store) notify(ev *audit.Event) {
 			close(sub.c)
 		}
 	}
+}
+
+// PolicyCounts returns the packets policy's isolation dropped and audited,
+// in all namespaces and directions, and when the store began counting.
+func (s *Store) PolicyCounts(policy string) (dropped, audited uint64, since time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, v := range s.counts {
+		if k.policy != policy {
+			continue
+		}
+		switch k.action {
+		case audit.ActionDrop:
+			dropped += v
+		case audit.ActionAudit:
+			audited += v
+		}
+	}
+	return dropped, audited, s.started
 }

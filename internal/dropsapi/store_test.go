@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nftguard/nftguard/internal/audit"
+	"github.com/nftguard/nftguard/internal/dropsapi/wire"
 )
 
 type mapNamer map[netip.Addr][2]string
@@ -31,7 +32,7 @@ func line(i int, ns string, policies ...string) audit.Event {
 }
 
 func push(s *Store, node, stream string, first uint64, lines ...audit.Event) uint64 {
-	return s.Push(node, &PushRequest{Node: node, Stream: stream, First: first, Lines: lines})
+	return s.Push(node, &wire.PushRequest{Node: node, Stream: stream, First: first, Lines: lines})
 }
 
 func held(s *Store, node string) []audit.Event {
@@ -84,15 +85,13 @@ func TestStoreBoundsPerNodeAndTotal(t *testing.T) {
 	if len(lines) != 10 || !lines[0].Time.Equal(t0.Add(2*time.Second)) {
 		t.Fatalf("busy holds %d lines from %v, want the newest 10", len(lines), lines[0].Time)
 	}
-	for i := range 8 {
+	for i := range 7 {
 		push(s, "quiet", "a", uint64(i), line(i, "x"))
 	}
+	// Past the total, the node holding the most loses its oldest.
 	busy, quiet := len(held(s, "busy")), len(held(s, "quiet"))
-	if busy+quiet > 15 {
-		t.Fatalf("holds %d lines, bound is 15", busy+quiet)
-	}
-	if quiet != 8 {
-		t.Fatalf("quiet node lost lines (%d of 8) while the busiest node had more", quiet)
+	if busy != 8 || quiet != 7 {
+		t.Fatalf("busy holds %d, quiet %d: want 8 and 7 (the bound of 15, taken from the busiest)", busy, quiet)
 	}
 	var nl NodeLines
 	for _, x := range s.Lines(func(*audit.Event) bool { return false }) {
@@ -149,11 +148,11 @@ func TestStoreCountsOncePerPolicy(t *testing.T) {
 	lost := audit.Event{Time: t0, Action: audit.ActionLost, Count: 7, Reason: "overrun"}
 	push(s, "n1", "a", 0, two, none, third, eg, lost)
 
-	got := map[DropCount]bool{}
-	for _, c := range s.Counts(func(*DropCount) bool { return true }) {
+	got := map[wire.DropCount]bool{}
+	for _, c := range s.Counts(func(*wire.DropCount) bool { return true }) {
 		got[c] = true
 	}
-	want := []DropCount{
+	want := []wire.DropCount{
 		{Policy: "NetworkPolicy/shop/a", Namespace: "shop", Direction: audit.Ingress, Action: audit.ActionDrop, Packets: 5},
 		{Policy: "DefaultDeny/base", Namespace: "shop", Direction: audit.Ingress, Action: audit.ActionDrop, Packets: 5},
 		{Policy: "", Namespace: "shop", Direction: audit.Ingress, Action: audit.ActionDrop, Packets: 1},
@@ -167,6 +166,9 @@ func TestStoreCountsOncePerPolicy(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d counts, want %d (lost lines are not counted)", len(got), len(want))
+	}
+	if d, a, since := s.PolicyCounts("NetworkPolicy/shop/a"); d != 6 || a != 0 || !since.Equal(s.Started()) {
+		t.Errorf("policy a: dropped %d audited %d since %v, want 6 (both directions), 0", d, a, since)
 	}
 	if v := testutil.ToFloat64(m.drops.WithLabelValues("NetworkPolicy/shop/a", "ingress", "drop")); v != 5 {
 		t.Errorf("metric for a = %v, want 5", v)

@@ -54,17 +54,29 @@ func New() (*envtest.Environment, error) {
 // Start starts an API server of the test's own, stopped when the test ends,
 // and returns its config; it fails the test when the server cannot start.
 func Start(t testing.TB) *rest.Config {
+	_, cfg := StartWith(t, nil)
+	return cfg
+}
+
+// StartWith is Start with configure applied to the environment first (to
+// set API server flags, say).
+func StartWith(t testing.TB, configure func(*envtest.Environment) error) (*envtest.Environment, *rest.Config) {
 	t.Helper()
 	env, err := New()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if configure != nil {
+		if err := configure(env); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
-	return cfg
+	return env, cfg
 }
 
 // GroupVersion is re-exported for suites that build unstructured objects.

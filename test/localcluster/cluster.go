@@ -80,10 +80,12 @@ type Cluster struct {
 	state *stateStore
 	pki   *pki
 
-	apiURL    string
-	restCfg   *rest.Config
-	clientset kubernetes.Interface
-	client    client.Client
+	apiURL string
+	// dropsAddress is where the controller serves the drops API ("": none).
+	dropsAddress string
+	restCfg      *rest.Config
+	clientset    kubernetes.Interface
+	client       client.Client
 
 	mu    sync.Mutex
 	procs map[int]*proc // processes started by this process

@@ -110,7 +110,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, etcdURL string) error {
 	c.apiURL = fmt.Sprintf("https://127.0.0.1:%d", port)
 	p, err := c.start(procSpec{
 		role: roleAPIServer, path: filepath.Join(c.cfg.BinDir, "kube-apiserver"), log: c.logPath("kube-apiserver"),
-		args: []string{
+		args: append([]string{
 			"--etcd-servers=" + etcdURL,
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
@@ -129,7 +129,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, etcdURL string) error {
 			"--endpoint-reconciler-type=none",
 			"--cert-dir=" + filepath.Join(c.cfg.StateDir, "pki", "apiserver"),
 			"--profiling=false",
-		},
+		}, pk.frontProxyArgs()...),
 	})
 	if err != nil {
 		return err
@@ -367,6 +367,26 @@ func (c *Cluster) installRBAC(ctx context.Context) (agentRole bool, err error) {
 		files = append(files, f)
 	}
 	return agentRole, applyManifests(ctx, c.adminConfig(), files)
+}
+
+// boundToken writes a token of a service account for audience, bound to a
+// Node object as a pod's token is bound to its node.
+func (c *Cluster) boundToken(ctx context.Context, path, namespace, sa, node, audience string) error {
+	n, err := c.clientset.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	tr, err := c.clientset.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			Audiences:         []string{audience},
+			ExpirationSeconds: ptr.To(int64(certValidity / time.Second)),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("token for %s/%s: %w", namespace, sa, err)
+	}
+	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
 }
 
 // tokenKubeconfig writes a kubeconfig for a service account, with a token

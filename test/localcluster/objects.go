@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -14,8 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Annotations the harness puts on the objects it registers.
@@ -236,19 +239,78 @@ func (c *Cluster) startController(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	drops, err := freePort()
+	if err != nil {
+		return err
+	}
+	if err := c.registerDropsAPI(ctx, drops); err != nil {
+		return err
+	}
 	args := append([]string{
 		"--kubeconfig=" + kc,
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", health),
+		fmt.Sprintf("--drops-bind-address=127.0.0.1:%d", drops),
 		"--leader-elect=false",
 	}, c.cfg.ControllerArgs...)
 	p, err := c.start(procSpec{role: roleController, path: c.cfg.Controller, args: args, log: c.logPath("controller")})
 	if err != nil {
 		return err
 	}
-	return waitFor(ctx, p, 60*time.Second, func() (bool, error) {
+	if err := waitFor(ctx, p, 60*time.Second, func() (bool, error) {
 		return httpOK(fmt.Sprintf("http://127.0.0.1:%d/readyz", health)), nil
+	}); err != nil {
+		return err
+	}
+	c.dropsAddress = fmt.Sprintf("127.0.0.1:%d", drops)
+	// The agents trust the CA the controller publishes.
+	return waitFor(ctx, p, 60*time.Second, func() (bool, error) {
+		cm, err := c.clientset.CoreV1().ConfigMaps(systemNamespace).Get(ctx, dropsCAConfigMap, metav1.GetOptions{})
+		if err != nil || cm.Data["ca.crt"] == "" {
+			return false, nil
+		}
+		return true, os.WriteFile(c.pki.path("drops-ca.crt"), []byte(cm.Data["ca.crt"]), 0o600)
 	})
+}
+
+// The drops API's objects, as config/manager/drops_api.yaml names them.
+const (
+	dropsService     = "nftguard-drops"
+	dropsCAConfigMap = "nftguard-drops-ca"
+	dropsAPIService  = "v1alpha1.drops.nftguard.io"
+	// dropsForwardAddress is where each agent reaches the drops API, on the
+	// loopback of its node's namespace.
+	dropsForwardAddress = "127.0.0.1:8443"
+)
+
+// registerDropsAPI registers the controller's drops API, which serves on
+// loopback at port, with the API server's aggregator: an ExternalName
+// Service (the aggregator refuses loopback endpoints) and the APIService,
+// whose caBundle the controller fills in.
+func (c *Cluster) registerDropsAPI(ctx context.Context, port int) error {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: dropsService, Namespace: systemNamespace},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"},
+	}
+	if _, err := c.clientset.CoreV1().Services(systemNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("drops API Service: %w", err)
+	}
+	apisvc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+		"metadata": map[string]any{"name": dropsAPIService},
+		"spec": map[string]any{
+			"group": "drops.nftguard.io", "version": "v1alpha1", "groupPriorityMinimum": int64(1000), "versionPriority": int64(100),
+			"service": map[string]any{"namespace": systemNamespace, "name": dropsService, "port": int64(port)},
+		},
+	}}
+	cl, err := client.New(c.adminConfig(), client.Options{})
+	if err != nil {
+		return err
+	}
+	if err := cl.Create(ctx, apisvc); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("drops APIService: %w", err)
+	}
+	return nil
 }
 
 // Where each agent reaches the API server and serves its endpoints, on the
@@ -258,6 +320,37 @@ const (
 	agentMetricsAddress = "127.0.0.1:9090"
 	agentHealthAddress  = "127.0.0.1:9091"
 )
+
+// agentDropsArgs starts a forwarder on the node's loopback to the drops
+// API and returns the agent's flags to push to it with a token for its
+// audience bound to the node; none without a drops API or the agents'
+// service account.
+func (c *Cluster) agentDropsArgs(ctx context.Context, n Node, agentRole bool) ([]string, error) {
+	if c.dropsAddress == "" || !agentRole {
+		return nil, nil
+	}
+	fw, err := c.start(procSpec{
+		role: roleForward, name: n.Name + "-drops", path: c.cfg.Helper,
+		args: []string{roleForward, "--netns", netnsPath(n.NetNS), "--listen", dropsForwardAddress, "--to", c.dropsAddress},
+		env:  []string{childRoleEnv + "=" + roleForward}, log: c.logPath("forward-drops-" + n.Name), ready: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := fw.waitReady(readyTimeout); err != nil {
+		return nil, fmt.Errorf("node %s: drops forwarder: %w", n.Name, err)
+	}
+	token := filepath.Join(c.cfg.StateDir, "kubeconfigs", "agent-"+n.Name+".drops-token")
+	if err := c.boundToken(ctx, token, systemNamespace, "nftguard-agent", n.Name, "drops.nftguard.io"); err != nil {
+		return nil, err
+	}
+	return []string{
+		"--drops-token-file=" + token,
+		"--drops-ca-file=" + c.pki.path("drops-ca.crt"),
+		"--drops-server=https://" + dropsForwardAddress,
+		"--drops-server-name=" + dropsService + "." + systemNamespace + ".svc",
+	}, nil
+}
 
 // startAgents starts, for each node, a forwarder listening on the node's
 // loopback that carries connections to the API server, and an agent inside
@@ -288,6 +381,10 @@ func (c *Cluster) startAgents(ctx context.Context, nodes []Node, agentRole bool)
 		if err != nil {
 			return err
 		}
+		dropsArgs, err := c.agentDropsArgs(ctx, n, agentRole)
+		if err != nil {
+			return err
+		}
 		cniArgs, err := c.cniAgentArgs(n)
 		if err != nil {
 			return err
@@ -298,7 +395,7 @@ func (c *Cluster) startAgents(ctx context.Context, nodes []Node, agentRole bool)
 			"--audit-log=" + n.AuditLog,
 			"--metrics-bind-address=" + agentMetricsAddress,
 			"--health-probe-bind-address=" + agentHealthAddress,
-		}, append(cniArgs, c.cfg.AgentArgs...)...)
+		}, append(append(cniArgs, dropsArgs...), c.cfg.AgentArgs...)...)
 		p, err := c.start(procSpec{
 			role: roleAgent, name: n.Name, path: c.cfg.Agent, args: args,
 			env: []string{"NODE_NAME=" + n.Name}, netns: n.NetNS, log: c.logPath("agent-" + n.Name),

@@ -99,6 +99,10 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 
+	if err := frontProxy(p); err != nil {
+		return nil, err
+	}
+
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -137,3 +141,43 @@ func loadPKI(dir string) (*pki, error) {
 }
 
 func writePEM(path string, b []byte) error { return os.WriteFile(path, b, 0o600) }
+
+// frontProxyClient is the common name of the API server's front-proxy
+// client certificate, the only one aggregated APIs accept user headers from.
+const frontProxyClient = "front-proxy-client"
+
+// frontProxy writes the front proxy's own CA (requestheader clients must
+// not be ordinary clients) and the API server's client certificate, with
+// which its aggregator calls aggregated APIs such as the drops API.
+func frontProxy(p *pki) error {
+	ca, err := certs.NewCA("nftguard local cluster front-proxy CA", certValidity)
+	if err != nil {
+		return err
+	}
+	crt, key, err := ca.Issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: frontProxyClient},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, certValidity)
+	if err != nil {
+		return err
+	}
+	for name, b := range map[string][]byte{"front-proxy-ca.crt": ca.CertPEM, "front-proxy-client.crt": crt, "front-proxy-client.key": key} {
+		if err := writePEM(p.path(name), b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// frontProxyArgs are the API server's flags for its front proxy.
+func (p *pki) frontProxyArgs() []string {
+	return []string{
+		"--requestheader-client-ca-file=" + p.path("front-proxy-ca.crt"),
+		"--requestheader-allowed-names=" + frontProxyClient,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + p.path("front-proxy-client.crt"),
+		"--proxy-client-key-file=" + p.path("front-proxy-client.key"),
+	}
+}

@@ -297,7 +297,7 @@ func (c *Cluster) startRealControlPlane(ctx context.Context) error {
 	inside := fmt.Sprintf("https://%s:%d", controlPlaneIPv4, apiServerPort)
 	p, err := c.start(procSpec{
 		role: roleAPIServer, path: filepath.Join(c.cfg.BinDir, "kube"), netns: cp, log: c.logPath("kube-apiserver"),
-		args: []string{
+		args: append([]string{
 			"kube-apiserver",
 			"--etcd-servers=" + etcdURL,
 			"--bind-address=0.0.0.0",
@@ -319,7 +319,10 @@ func (c *Cluster) startRealControlPlane(ctx context.Context) error {
 			"--service-cluster-ip-range=" + serviceRange,
 			"--cert-dir=" + filepath.Join(c.cfg.StateDir, "pki", "apiserver"),
 			"--profiling=false",
-		},
+			// Aggregated APIs (the drops API) are reached at their
+			// endpoints' addresses: no kube-proxy runs beside the API server.
+			"--enable-aggregator-routing=true",
+		}, pk.frontProxyArgs()...),
 	})
 	if err != nil {
 		return err

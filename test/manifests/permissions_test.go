@@ -9,6 +9,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -192,9 +193,10 @@ func TestInstallUnderOtherNames(t *testing.T) {
 
 // TestAgentEventsAndPodReads checks the agent's other permissions: it
 // records Events (events.k8s.io, create and patch, as the agent's event
-// recorder does on pods held not ready), and reads pods only by listing
-// them, as before it recorded Events. It cannot read Events back, write
-// pods, or get and watch single pods.
+// recorder does on pods held not ready), and finds the drops API's
+// replicas from EndpointSlices in nftguard's namespace. It reads no pod at
+// all (its pods are in its NodeRuleSet; the drops API names the others),
+// cannot read Events back, and sees no other namespace's EndpointSlices.
 func TestAgentEventsAndPodReads(t *testing.T) {
 	admin, err := client.New(adminCfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
@@ -267,13 +269,17 @@ func TestAgentEventsAndPodReads(t *testing.T) {
 			return clientsetAs(t, "nftguard-agent").CoreV1().Pods("default").GetLogs("web-0", &corev1.PodLogOptions{}).Do(ctx).Error()
 		},
 	}
+	forbidden["list pods"] = func() error { return agent.List(ctx, &corev1.PodList{}) }
+	forbidden["list EndpointSlices of another namespace"] = func() error {
+		return agent.List(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace("default"))
+	}
 	for what, do := range forbidden {
 		if err := do(); !apierrors.IsForbidden(err) {
 			t.Errorf("the agent may %s: %v, want Forbidden", what, err)
 		}
 	}
-	if err := agent.List(ctx, &corev1.PodList{}); err != nil {
-		t.Errorf("the agent listing pods: %v", err)
+	if err := agent.List(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace("nftguard-system")); err != nil {
+		t.Errorf("the agent listing nftguard's EndpointSlices: %v", err)
 	}
 }
 
