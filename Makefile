@@ -56,7 +56,7 @@ verify-generated: manifests generate ## Fail if generated files are out of date.
 	@git diff --exit-code -- config/crd config/rbac api || (echo "generated files are stale: run make manifests generate and commit"; exit 1)
 
 .PHONY: test
-test: manifests generate fmt vet test-binaries real-nodes ## Run the whole suite (unit, envtest, dataplane, local clusters, real nodes).
+test: manifests generate fmt vet test-binaries real-nodes log-shipper ## Run the whole suite (unit, envtest, dataplane, local clusters, real nodes).
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 .PHONY: test-unit

@@ -33,6 +33,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -447,7 +448,8 @@ func podCondition(p *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition
 
 // TestDropLogThroughKubectlLogs: a denied connection through a Service
 // shows up, named and attributed, in `kubectl logs` of the destination
-// node's agent pod (its drop-log container follows the drop log file).
+// node's agent pod (its drop-log container follows the drop log file), and
+// in the drops API through the API server.
 func TestDropLogThroughKubectlLogs(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
@@ -477,7 +479,49 @@ func TestDropLogThroughKubectlLogs(t *testing.T) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
+
+		// The agent pushed the line to the drops API (with its pod-bound
+		// token, to the controller pods it found in the Service's
+		// EndpointSlices), which the API server's aggregator reaches:
+		// kubectl reads it there, named and attributed.
+		deadline = time.Now().Add(2 * time.Minute) // the agents mount the CA once the controller publishes it
+		for {
+			out, err := kubectl(ctx, c, "get", "--raw", "/apis/drops.nftguard.io/v1alpha1/namespaces/y/drops")
+			if err == nil && dropFlow(out, "x", "a", "y", "b", "NetworkPolicy/y/deny-ingress", dst.Node) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no flow x/a -> y/b in the drops API after 2m: %v\n%s", err, out)
+			}
+			time.Sleep(time.Second)
+		}
 		s.ResetPolicies(t)
+	})
+}
+
+// listedFlow is a flow of a DropList (docs/drops-api.md).
+type listedFlow struct {
+	Node     string   `json:"node"`
+	Action   string   `json:"action"`
+	Policies []string `json:"policies"`
+	Src, Dst struct {
+		Namespace string `json:"namespace"`
+		Pod       string `json:"pod"`
+	}
+}
+
+// dropFlow reports whether a DropList holds a flow from srcNS/srcPod to
+// dstNS/dstPod on node naming policy.
+func dropFlow(list, srcNS, srcPod, dstNS, dstPod, policy, node string) bool {
+	var l struct {
+		Items []listedFlow `json:"items"`
+	}
+	if json.Unmarshal([]byte(list), &l) != nil {
+		return false
+	}
+	return slices.ContainsFunc(l.Items, func(f listedFlow) bool {
+		return f.Action == "drop" && f.Node == node && f.Src.Namespace == srcNS && f.Src.Pod == srcPod &&
+			f.Dst.Namespace == dstNS && f.Dst.Pod == dstPod && slices.Contains(f.Policies, policy)
 	})
 }
 
@@ -811,8 +855,8 @@ func TestAgentTokenIsBoundToItsNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pattern := filepath.Join(root, "var", "lib", "kubelet", "pods", string(pod.UID),
-			"volumes", "kubernetes.io~projected", "*", "token")
+		volumes := filepath.Join(root, "var", "lib", "kubelet", "pods", string(pod.UID), "volumes", "kubernetes.io~projected")
+		pattern := filepath.Join(volumes, "kube-api-access-*", "token")
 		files, _ := filepath.Glob(pattern)
 		if len(files) != 1 {
 			t.Fatalf("the agent's token %s: %v", pattern, files)
@@ -820,6 +864,21 @@ func TestAgentTokenIsBoundToItsNode(t *testing.T) {
 		token, err := os.ReadFile(files[0])
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Its token for the drops API, bound to the same pod, is for that
+		// audience alone: the API server does not accept it.
+		dropsToken, err := os.ReadFile(filepath.Join(volumes, "drops-token", "token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dcfg := rest.AnonymousClientConfig(c.RESTConfig())
+		dcfg.BearerToken = string(dropsToken)
+		dcs, err := kubernetes.NewForConfig(dcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dcs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); !apierrors.IsUnauthorized(err) {
+			t.Errorf("the drops token against the Kubernetes API: %v, want Unauthorized", err)
 		}
 		cfg := rest.AnonymousClientConfig(c.RESTConfig())
 		cfg.BearerToken = string(token)

@@ -8,8 +8,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -48,7 +50,7 @@ const (
 // Cluster is a real API server with a front proxy, and a drops server
 // registered with it as an aggregated API.
 type Cluster struct {
-	T        *testing.T
+	T        testing.TB
 	Env      *envtest.Environment
 	Admin    kubernetes.Interface
 	FrontCA  *certs.CA
@@ -60,12 +62,17 @@ type Cluster struct {
 	Index    *dropsapi.PodIndex
 	Requests atomic.Int64 // requests the drops server made to the API server
 	tokens   int
-	Registry *prometheus.Registry
+	// proxyCert is a front-proxy client certificate, for DirectGet.
+	proxyCert *tls.Certificate
+	Registry  *prometheus.Registry
 }
 
 // Start starts the API server and the drops server, registered and
 // available, for the test.
-func Start(t *testing.T) *Cluster {
+func Start(t testing.TB) *Cluster { return StartWithStore(t, dropsapi.StoreConfig{}) }
+
+// StartWithStore is Start with the store's bounds of sc.
+func StartWithStore(t testing.TB, sc dropsapi.StoreConfig) *Cluster {
 	t.Helper()
 	var frontCA *certs.CA
 	env, cfg := testenv.StartWith(t, func(env *envtest.Environment) error {
@@ -99,9 +106,10 @@ func Start(t *testing.T) *Cluster {
 		t.Fatal(err)
 	}
 	factory.Start(ctx.Done())
-	c.Store = dropsapi.NewStore(dropsapi.StoreConfig{Namer: c.Index, Metrics: c.Metrics})
+	sc.Namer, sc.Metrics = c.Index, c.Metrics
+	c.Store = dropsapi.NewStore(sc)
 	srv, err := dropsapi.NewServer(dropsapi.ServerConfig{
-		Store: c.Store, Client: client, Metrics: c.Metrics, Log: testr.New(t),
+		Store: c.Store, Client: client, Metrics: c.Metrics, Log: testr.NewWithInterface(t, testr.Options{}),
 		AgentUsername: "system:serviceaccount:" + Namespace + ":" + AgentSA,
 		ReviewTTL:     200 * time.Millisecond,
 	})
@@ -124,7 +132,7 @@ func Start(t *testing.T) *Cluster {
 	dyn := dynamic.NewForConfigOrDie(cfg)
 	newManager := func() *dropsapi.CertManager {
 		return &dropsapi.CertManager{Client: c.Admin, Dynamic: dyn, Namespace: Namespace, Service: Service,
-			Secret: "nftguard-drops-tls", ConfigMap: "nftguard-drops-ca", Interval: time.Second, Log: testr.New(t)}
+			Secret: "nftguard-drops-tls", ConfigMap: "nftguard-drops-ca", Interval: time.Second, Log: testr.NewWithInterface(t, testr.Options{})}
 	}
 	c.Certs = newManager()
 	go func() { _ = c.Certs.Start(ctx) }()
@@ -354,7 +362,7 @@ func (c *Cluster) Counter(name string) float64 {
 }
 
 // WaitFor polls cond until it holds; the deadline only catches a hang.
-func WaitFor(t *testing.T, cond func() bool, what string) {
+func WaitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -363,4 +371,38 @@ func WaitFor(t *testing.T, cond func() bool, what string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// DirectGet sends a read straight to the drops server as the API server's
+// front proxy would, for user (no aggregator in between).
+func (c *Cluster) DirectGet(path, user string) ([]byte, error) {
+	c.T.Helper()
+	if c.proxyCert == nil {
+		crt, key, err := c.FrontCA.Issue(&x509.Certificate{Subject: pkix.Name{CommonName: testenv.FrontProxyClientName},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		pair, err := tls.X509KeyPair(crt, key)
+		if err != nil {
+			return nil, err
+		}
+		c.proxyCert = &pair
+	}
+	req, err := http.NewRequest(http.MethodGet, "https://"+c.Addr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-Remote-User", user)
+	req.Header.Set("X-Remote-Group", "system:authenticated")
+	resp, err := c.HTTPClient(c.proxyCert).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return b, err
 }

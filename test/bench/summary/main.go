@@ -66,6 +66,15 @@ var targets = []target{
 	{"real nodes: pod created to reachable p99", re(`^EndToEndRealNodes$`), "pod-p99-ms", 1, "ms", 0, false, "(reported)", ""},
 	{"real nodes: pod Ready to reachable p50", re(`^EndToEndRealNodes$`), "pod-ready-p50-ms", 1, "ms", 0, false, "(reported)", ""},
 	{"real nodes: pod Ready to reachable p99", re(`^EndToEndRealNodes$`), "pod-ready-p99-ms", 1, "ms", 0, false, "(reported)", ""},
+	{"drops API naming memory per pod (index)", re(`^DropsNaming$`), "index-B/pod", 1, "B", 0, false, "(reported)", ""},
+	{"drops API naming index at the pods run", re(`^DropsNaming$`), "index-MiB", 1, "MiB", 0, false, "(reported)", ""},
+	{"controller pod cache per pod, slim", re(`^DropsNaming$`), "slim-pod-B/pod", 1.0 / 1024, "KiB", 0, false, "(reported)", ""},
+	{"controller pod cache per pod, full", re(`^DropsNaming$`), "full-pod-B/pod", 1.0 / 1024, "KiB", 0, false, "(reported)", ""},
+	{"drops list, one namespace, p50", re(`^DropsQuery$`), "namespace-p50-ms", 1, "ms", 0, false, "(reported)", ""},
+	{"drops list, one namespace, p99", re(`^DropsQuery$`), "namespace-p99-ms", 1, "ms", 0, false, "(reported)", ""},
+	{"drops list, cluster-wide, p50", re(`^DropsQuery$`), "cluster-wide-p50-ms", 1, "ms", 0, false, "(reported)", ""},
+	{"drops list, cluster-wide, p99", re(`^DropsQuery$`), "cluster-wide-p99-ms", 1, "ms", 0, false, "(reported)", ""},
+	{"drops list through the aggregator ÷ direct", re(`^DropsQuery$`), "cluster-wide-aggregator-ratio", 1, "×", 0, false, "(reported)", ""},
 }
 
 func re(s string) *regexp.Regexp { return regexp.MustCompile(s) }
