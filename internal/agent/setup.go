@@ -225,7 +225,7 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("opening nftables: %w", err)
 	}
 	a := &Agent{mgr: mgr, programmer: programmer, log: logger, opts: opts}
-	if err := a.wire(cfg, groups); err != nil {
+	if err := a.wire(groups); err != nil {
 		programmer.Close()
 		return nil, err
 	}
@@ -234,7 +234,7 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 
 // wire adds the drop log, the drops endpoint, the reconciler and the
 // health checks to the manager.
-func (a *Agent) wire(cfg *rest.Config, groups *GroupFilter) error {
+func (a *Agent) wire(groups *GroupFilter) error {
 	opts, mgr := a.opts, a.mgr
 	resolver := &Resolver{}
 	pusher := a.pusher()

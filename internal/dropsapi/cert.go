@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -258,7 +259,7 @@ func (m *CertManager) publishAPIService(ctx context.Context, ca []byte) error {
 		return err
 	}
 	want := base64.StdEncoding.EncodeToString(ca)
-	if got, _, _ := unstructuredString(cur.Object, "spec", "caBundle"); got == want {
+	if got, _, _ := unstructured.NestedString(cur.Object, "spec", "caBundle"); got == want {
 		return nil
 	}
 	patch := fmt.Appendf(nil, `{"spec":{"caBundle":%q}}`, want)
@@ -267,19 +268,6 @@ func (m *CertManager) publishAPIService(ctx context.Context, ca []byte) error {
 		m.Log.Info("Published the drops API's CA in its APIService", "apiService", wire.APIServiceName)
 	}
 	return err
-}
-
-func unstructuredString(obj map[string]any, path ...string) (string, bool, error) {
-	cur := any(obj)
-	for _, p := range path {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return "", false, nil
-		}
-		cur = m[p]
-	}
-	s, ok := cur.(string)
-	return s, ok, nil
 }
 
 // FileCertificate serves the pair in dir (tls.crt, tls.key), read again
