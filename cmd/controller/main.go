@@ -59,6 +59,9 @@ func run() int {
 	flag.IntVar(&drops.Store.PerNode, "drops-lines-per-node", 4096, "Most recent drop log lines the drops API holds per node.")
 	flag.IntVar(&drops.Store.Total, "drops-lines-total", 1<<18, "Most drop log lines the drops API holds in all (about 400 bytes each); past it the nodes holding the most lose their oldest.")
 	flag.IntVar(&drops.MaxPolicyLabels, "drops-max-policy-labels", dropsapi.DefaultMaxPolicyLabels, "Most distinct policy values of nftguard_drops_total; later policies are labelled other.")
+	flag.BoolVar(&drops.Events.Enabled, "drop-events", false, "Record Events on the NetworkPolicies and DefaultDenies whose isolation dropped or audited packets: at most one per policy per --drop-events-interval, at most --drop-events-max per interval in the cluster (each one an API write).")
+	flag.DurationVar(&drops.Events.Interval, "drop-events-interval", dropsapi.DefaultEventInterval, "With --drop-events, how often each policy's drops are summed into an Event.")
+	flag.IntVar(&drops.Events.Max, "drop-events-max", dropsapi.DefaultEventMax, "With --drop-events, the most Events per interval; the policies with the most packets go first, the rest wait for a later interval.")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()

@@ -305,3 +305,18 @@ func (f *FileCertificate) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate
 	f.modTime = st.ModTime()
 	return &pair, nil
 }
+
+// APIService is the registration of the drops API with the aggregator for
+// a server behind Service namespace/service on port (the install's
+// manifest, config/manager/drops_api.yaml, holds the same with port 443);
+// the CertManager fills in its caBundle.
+func APIService(namespace, service string, port int) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+		"metadata": map[string]any{"name": wire.APIServiceName},
+		"spec": map[string]any{
+			"group": wire.Group, "version": wire.Version, "groupPriorityMinimum": int64(1000), "versionPriority": int64(100),
+			"service": map[string]any{"namespace": namespace, "name": service, "port": int64(port)},
+		},
+	}}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -35,7 +36,18 @@ type Options struct {
 	// Store bounds the lines held; MaxPolicyLabels the metric's policies.
 	Store           StoreConfig
 	MaxPolicyLabels int
-	Log             logr.Logger
+	// Events, when enabled, records Events on the policies that dropped
+	// or audited packets (on the leader, rate limited).
+	Events EventOptions
+	Log    logr.Logger
+}
+
+// EventOptions configures the Events on policies that dropped traffic:
+// off by default, at most Max per Interval across the cluster.
+type EventOptions struct {
+	Enabled  bool
+	Interval time.Duration
+	Max      int
 }
 
 // Setup adds the drops API to mgr: the server, on every replica (it needs
@@ -89,39 +101,48 @@ func Setup(mgr ctrl.Manager, cfg *rest.Config, o Options) (*Store, error) {
 	})); err != nil {
 		return nil, err
 	}
+	if o.Events.Enabled {
+		instance, _ := os.Hostname()
+		if err := mgr.Add(&PolicyEvents{Store: store, Client: mgr.GetClient(), Events: cs.EventsV1(), Instance: instance,
+			Interval: o.Events.Interval, Max: o.Events.Max, Log: o.Log.WithName("events")}); err != nil {
+			return nil, err
+		}
+	}
 	return store, nil
 }
 
 // serve loads the front-proxy configuration and serves, retrying what
-// fails: the drops API being down must not stop the controller.
+// fails every 5 s: the drops API being down must not stop the controller.
 func serve(ctx context.Context, srv *Server, addr string, cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), log logr.Logger) error {
-	for {
-		err := srv.Start(ctx)
-		if err == nil {
-			break
+	started := false
+	for ctx.Err() == nil {
+		if !started {
+			if err := srv.Start(ctx); err != nil {
+				log.Error(err, "Cannot start the drops API; retrying")
+				sleep(ctx, 5*time.Second)
+				continue
+			}
+			started = true
 		}
-		log.Error(err, "Cannot start the drops API; retrying")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(5 * time.Second):
-		}
-	}
-	for {
 		ln, err := net.Listen("tcp", addr)
 		if err == nil {
 			log.Info("Serving the drops API", "address", ln.Addr().String())
 			err = srv.Serve(ctx, ln, cert)
-			if ctx.Err() != nil {
-				return nil
-			}
 		}
-		log.Error(err, "Serving the drops API failed; retrying", "address", addr)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(5 * time.Second):
+		if ctx.Err() == nil {
+			log.Error(err, "Serving the drops API failed; retrying", "address", addr)
+			sleep(ctx, 5*time.Second)
 		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 

@@ -15,10 +15,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftguard/nftguard/internal/dropsapi"
 )
 
 // Annotations the harness puts on the objects it registers.
@@ -277,7 +278,6 @@ func (c *Cluster) startController(ctx context.Context) error {
 const (
 	dropsService     = "nftguard-drops"
 	dropsCAConfigMap = "nftguard-drops-ca"
-	dropsAPIService  = "v1alpha1.drops.nftguard.io"
 	// dropsForwardAddress is where each agent reaches the drops API, on the
 	// loopback of its node's namespace.
 	dropsForwardAddress = "127.0.0.1:8443"
@@ -295,14 +295,7 @@ func (c *Cluster) registerDropsAPI(ctx context.Context, port int) error {
 	if _, err := c.clientset.CoreV1().Services(systemNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("drops API Service: %w", err)
 	}
-	apisvc := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-		"metadata": map[string]any{"name": dropsAPIService},
-		"spec": map[string]any{
-			"group": "drops.nftguard.io", "version": "v1alpha1", "groupPriorityMinimum": int64(1000), "versionPriority": int64(100),
-			"service": map[string]any{"namespace": systemNamespace, "name": dropsService, "port": int64(port)},
-		},
-	}}
+	apisvc := dropsapi.APIService(systemNamespace, dropsService, port)
 	cl, err := client.New(c.adminConfig(), client.Options{})
 	if err != nil {
 		return err

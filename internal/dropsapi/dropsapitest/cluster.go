@@ -172,14 +172,7 @@ func (c *Cluster) register(cfg *rest.Config) {
 	})
 	_, portS, _ := net.SplitHostPort(c.Addr)
 	port, _ := strconv.Atoi(portS)
-	apisvc := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-		"metadata": map[string]any{"name": wire.APIServiceName},
-		"spec": map[string]any{
-			"group": wire.Group, "version": wire.Version, "groupPriorityMinimum": int64(1000), "versionPriority": int64(100),
-			"service": map[string]any{"namespace": Namespace, "name": Service, "port": int64(port)},
-		},
-	}}
+	apisvc := dropsapi.APIService(Namespace, Service, port)
 	// Installed without a caBundle: the certificate manager publishes it.
 	if _, err := dynamic.NewForConfigOrDie(cfg).Resource(apiServices).Create(ctx, apisvc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
