@@ -124,6 +124,26 @@ func sandboxAddresses(prev types.Result) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// hostInterfaces returns the interfaces a result puts on the host side
+// (no sandbox): the host end of the pod's veth pair, a bridge.
+func hostInterfaces(prev types.Result) ([]string, error) {
+	r, err := types100.NewResultFromResult(prev)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "converting the pod network plugin's result", err.Error())
+	}
+	var out []string
+	for _, i := range r.Interfaces {
+		if i == nil || i.Sandbox != "" || i.Name == "" {
+			continue
+		}
+		if !cni.ValidIfname(i.Name) {
+			return nil, types.NewError(types.ErrDecodingFailure, "the pod network plugin's result has an invalid interface name", i.Name)
+		}
+		out = append(out, i.Name)
+	}
+	return out, nil
+}
+
 // podAttachment is what ADD and CHECK send: the request, the pod (whose UID
 // is required) and the sandbox's addresses from prevResult.
 func podAttachment(args *skel.CmdArgs) (*netConf, cni.Attachment, error) {
@@ -144,6 +164,9 @@ func podAttachment(args *skel.CmdArgs) (*netConf, cni.Attachment, error) {
 	}
 	a := attachment(args, pod)
 	if a.IPs, err = sandboxAddresses(conf.PrevResult); err != nil {
+		return nil, cni.Attachment{}, err
+	}
+	if a.HostInterfaces, err = hostInterfaces(conf.PrevResult); err != nil {
 		return nil, cni.Attachment{}, err
 	}
 	return conf, a, nil

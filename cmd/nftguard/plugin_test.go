@@ -229,7 +229,7 @@ func TestAddTellsTheAgentAndPassesTheResultOn(t *testing.T) {
 
 	want := cni.Attachment{
 		ContainerID: "sandbox1", IfName: "eth0", PodUID: "uid-1", Namespace: "shop", Name: "web-0",
-		IPs: addrs("198.18.0.5", "fd00:198:18::5"), Netns: "/var/run/netns/cni-1234",
+		IPs: addrs("198.18.0.5", "fd00:198:18::5"), Netns: "/var/run/netns/cni-1234", HostInterfaces: []string{"veth3c9a1b2e"},
 	}
 	got, ok := ag.reg.Get(want.Key())
 	if !ok {
@@ -311,6 +311,28 @@ func TestAddSkipsHostSideAddresses(t *testing.T) {
 	got, _ := ag.reg.Get(cni.AttachmentKey{ContainerID: "sandbox1", IfName: "eth0"})
 	if !slices.Equal(got.IPs, addrs("198.18.0.5", "fd00:198:18::5")) {
 		t.Errorf("attachment holds %v, want only the sandbox's addresses", got.IPs)
+	}
+}
+
+// TestAddReportsHostInterfaces: every interface the result puts on the
+// host (a bridge and the host end of the veth, as the bridge plugin
+// returns them) reaches the agent; a result naming an interface Linux
+// could not have fails ADD.
+func TestAddReportsHostInterfaces(t *testing.T) {
+	ag := startAgent(t)
+	bridge := strings.Replace(ptpResult, `"interfaces": [`, `"interfaces": [
+    {"name": "cni0", "mac": "4a:1f:2b:3c:4d:00"},`, 1)
+	bridge = strings.ReplaceAll(bridge, `"interface": 1`, `"interface": 2`)
+	mustSucceed(t, "ADD", exec1(t, request{command: "ADD", args: podArgsFor("uid-1"), conf: config(t, "1.1.0", ag.socket, bridge)}))
+	got, _ := ag.reg.Get(cni.AttachmentKey{ContainerID: "sandbox1", IfName: "eth0"})
+	if !slices.Equal(got.HostInterfaces, []string{"cni0", "veth3c9a1b2e"}) || !slices.Equal(got.IPs, addrs("198.18.0.5", "fd00:198:18::5")) {
+		t.Errorf("attachment holds host interfaces %v and addresses %v, want cni0, veth3c9a1b2e and the sandbox's", got.HostInterfaces, got.IPs)
+	}
+
+	bad := strings.Replace(ptpResult, `"veth3c9a1b2e"`, `"a-name-far-too-long"`, 1)
+	o := exec1(t, request{command: "ADD", args: podArgsFor("uid-2"), conf: config(t, "1.1.0", ag.socket, bad)})
+	if o.code == 0 || !strings.Contains(o.stdout, "a-name-far-too-long") {
+		t.Errorf("ADD with an invalid host interface name: exit %d, %s", o.code, o.stdout)
 	}
 }
 

@@ -349,6 +349,7 @@ func (r *Reconciler) program(ctx context.Context, rs *v1alpha1.NodeRuleSet, grou
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonProgramFailed, fmt.Errorf("recording the pods that predate the CNI plugin: %w", err))
 	}
+	r.renderer.SetPodInterfaces(vw.podIfs)
 	table, err := r.renderer.Render(vw.spec, groups)
 	if err != nil {
 		return r.fail(ctx, rs, v1alpha1.ReasonRenderFailed, fmt.Errorf("rendering generation %d: %w", rs.Generation, err))

@@ -425,6 +425,9 @@ type view struct {
 	// flush are the addresses of adopted attachments dropped in this pass:
 	// their conntrack entries are deleted once it is programmed.
 	flush []netip.Addr
+	// podIfs are the host side of the pods' interfaces (nil without the
+	// plugin: unknown).
+	podIfs []string
 }
 
 // specFor returns the rule set a pass programs when the plugin is in use.
@@ -489,7 +492,7 @@ func (a *Attachments) specFor(in v1alpha1.NodeRuleSetSpec) (view, error) {
 			delete(a.gone, uid) // the pod is gone from the rule set too
 		}
 	}
-	return view{spec: spec, version: v, flush: flush}, nil
+	return view{spec: spec, version: v, flush: flush, podIfs: cni.HostInterfaces(atts)}, nil
 }
 
 // adopt records attachments for the pods the rule set lists with addresses

@@ -49,6 +49,24 @@ func readySet(g Gomega, ns netns.NsHandle, set string) []string {
 	return nil
 }
 
+// podInterfaces is what the kernel's pod interface set holds.
+func podInterfaces(g Gomega, ns netns.NsHandle) []string {
+	t, err := nftnl.ReadTable(int(ns))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(t).NotTo(BeNil(), "no table")
+	for _, s := range t.Sets {
+		if s.Name == model.SetPodInterfaces {
+			out := []string{}
+			for _, e := range s.Elements {
+				out = append(out, model.IfnameOf(e.Key))
+			}
+			return out
+		}
+	}
+	g.Expect(t.Sets).To(BeEmpty(), "the table has no set %s", model.SetPodInterfaces)
+	return nil
+}
+
 // conntrackEntry adds an established-looking UDP entry between two
 // addresses to the namespace's conntrack table.
 func conntrackEntry(ns netns.NsHandle, src, dst string) {
@@ -110,7 +128,8 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		})
 	}
 	add := func(id, uid, ns, name string, ips ...string) {
-		att := cni.Attachment{ContainerID: id, IfName: "eth0", PodUID: uid, Namespace: ns, Name: name}
+		// The host end of the pod's veth, named after the attachment.
+		att := cni.Attachment{ContainerID: id, IfName: "eth0", PodUID: uid, Namespace: ns, Name: name, HostInterfaces: []string{"v" + id}}
 		for _, ip := range ips {
 			att.IPs = append(att.IPs, netip.MustParseAddr(ip))
 		}
@@ -178,6 +197,8 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.2", "198.18.10.3"))
 		Expect(kernelTableIn(Default, nodeNS)).To(ContainSubstring("198.18.10.3"))
 		Expect(kernelTableIn(Default, nodeNS)).NotTo(ContainSubstring("198.18.10.99"), "the rule set's stale address must not be used")
+		By("naming their host interfaces in the pod interface set")
+		Expect(podInterfaces(Default, nodeNS)).To(ConsistOf("vc-free", "vc-web"))
 	})
 
 	It("holds a pod the rule set does not list, and programs it once listed", func() {
@@ -269,6 +290,7 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 	It("forgets what the runtime's GC does not list", func() {
 		Expect(plugin.GC(ctx, []cni.AttachmentKey{{ContainerID: "c-web", IfName: "eth0"}})).To(Succeed())
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.3"))
+		Expect(podInterfaces(Default, nodeNS)).To(ConsistOf("vc-web"))
 		entries, err := os.ReadDir(filepath.Join(stateDir, "registry"))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(entries).To(HaveLen(1), "one attachment file left")

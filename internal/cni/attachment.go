@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // DefaultSocket is where the agent listens and the plugin connects unless
@@ -34,6 +35,10 @@ type Attachment struct {
 	IPs []netip.Addr `json:"ips,omitempty"`
 	// Netns is CNI_NETNS, the sandbox's network namespace path.
 	Netns string `json:"netns,omitempty"`
+	// HostInterfaces are the interfaces on the node's side that the pod
+	// network plugin's result names (the host end of a veth pair, a
+	// bridge): what the pod's packets arrive on.
+	HostInterfaces []string `json:"hostInterfaces,omitempty"`
 }
 
 // AttachmentKey identifies a CNI attachment: the runtime never runs two
@@ -76,6 +81,11 @@ func (a Attachment) validate() error {
 			return fmt.Errorf("attachment %s has an invalid address", a.Key())
 		}
 	}
+	for _, name := range a.HostInterfaces {
+		if !ValidIfname(name) {
+			return fmt.Errorf("attachment %s has an invalid host interface name %q", a.Key(), name)
+		}
+	}
 	return nil
 }
 
@@ -88,4 +98,13 @@ func normalizeIPs(ips []netip.Addr) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// ValidIfname reports whether name can be a Linux interface name: 1 to 15
+// bytes, none of them NUL, '/' or white space.
+func ValidIfname(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	return !strings.ContainsAny(name, "\x00/ \t\n")
 }

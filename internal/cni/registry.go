@@ -374,6 +374,21 @@ func PodAddresses(atts []Attachment) map[string][]netip.Addr {
 	return pods
 }
 
+// HostInterfaces returns the host interfaces of every attachment of a
+// Snapshot, sorted, each once; never nil.
+func HostInterfaces(atts []Attachment) []string {
+	out := []string{}
+	for _, att := range atts {
+		for _, name := range att.HostInterfaces {
+			if ValidIfname(name) {
+				out = append(out, name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // Snapshot returns every attachment with the addresses it owns, oldest
 // claim first; no address appears twice. The caller owns the result.
 func (r *Registry) Snapshot() []Attachment {
@@ -393,6 +408,7 @@ func (r *Registry) Snapshot() []Attachment {
 
 func cloneAttachment(a Attachment) Attachment {
 	a.IPs = slices.Clone(a.IPs)
+	a.HostInterfaces = slices.Clone(a.HostInterfaces)
 	return a
 }
 

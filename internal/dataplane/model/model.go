@@ -1,6 +1,7 @@
 package model
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -28,6 +29,10 @@ const (
 	SetPodRanges6 = "podnets6"
 	SetReady4     = "ready4"
 	SetReady6     = "ready6"
+	// SetPodInterfaces holds the host side of every pod interface the CNI
+	// plugin reported (the egress-input chain drops the router
+	// advertisements and redirects that arrive on them).
+	SetPodInterfaces = "podifs"
 )
 
 // Hook is the netfilter hook of a base chain.
@@ -101,6 +106,8 @@ const (
 	// MapPortsVerdict is a verdict map keyed by protocol . port ranges
 	// (a pod direction's dispatch on the destination port).
 	MapPortsVerdict
+	// SetIfnames is a hash set of interface names (type ifname).
+	SetIfnames
 )
 
 // Set is a named set or verdict map with its elements.
@@ -299,6 +306,8 @@ func (k SetKind) String() string {
 		return "mark . ipv6_addr"
 	case MapPortsVerdict:
 		return "inet_proto . inet_service : verdict"
+	case SetIfnames:
+		return "ifname"
 	}
 	return "unknown"
 }
@@ -355,6 +364,8 @@ func (k SetKind) KeyLen() int {
 		return 8
 	case SetTaggedIPv6:
 		return 20
+	case SetIfnames:
+		return IfnameLen
 	}
 	return 0
 }
@@ -362,7 +373,7 @@ func (k SetKind) KeyLen() int {
 // declaration is the type line(s) of the set in nft syntax.
 func (k SetKind) declaration() []string {
 	switch k {
-	case SetIPv4, SetIPv6, SetEndpointIPv4, SetEndpointIPv6, SetTaggedIPv4, SetTaggedIPv6:
+	case SetIPv4, SetIPv6, SetEndpointIPv4, SetEndpointIPv6, SetTaggedIPv4, SetTaggedIPv6, SetIfnames:
 		return []string{"type " + k.String()}
 	case SetIPv4Interval:
 		return []string{"type ipv4_addr", "flags interval"}
@@ -438,8 +449,33 @@ func (k SetKind) Format(e Element) string {
 			v = e.Verdict.String()
 		}
 		return addrString(e.Key) + " : " + v
+	case SetIfnames:
+		return strconv.Quote(IfnameOf(e.Key))
 	}
 	return fmt.Sprintf("0x%x", e.Key)
+}
+
+// IfnameLen is the length of an interface name key: IFNAMSIZ, the name
+// padded with NULs.
+const IfnameLen = 16
+
+// IfnameKey returns the key of an interface name, or false for a name the
+// kernel could not have (empty, or too long).
+func IfnameKey(name string) ([]byte, bool) {
+	if name == "" || len(name) >= IfnameLen || strings.IndexByte(name, 0) >= 0 {
+		return nil, false
+	}
+	k := make([]byte, IfnameLen)
+	copy(k, name)
+	return k, true
+}
+
+// IfnameOf returns the interface name of a key.
+func IfnameOf(k []byte) string {
+	if i := bytes.IndexByte(k, 0); i >= 0 {
+		k = k[:i]
+	}
+	return string(k)
 }
 
 func addrOf(b []byte) netip.Addr {

@@ -246,6 +246,17 @@ func (s EndpointInSet) appendText(b []byte) []byte {
 	return append(b, s.Set...)
 }
 
+// IifnameInSet matches the packet's input interface against a set of
+// interface names: "iifname @set".
+type IifnameInSet struct{ Set string }
+
+func (s IifnameInSet) text() string { return "iifname @" + s.Set }
+
+func (s IifnameInSet) appendText(b []byte) []byte {
+	b = append(b, "iifname @"...)
+	return append(b, s.Set...)
+}
+
 // PortsInSet matches protocol and destination port against an interval
 // set of port ranges: "meta l4proto . th dport @set".
 type PortsInSet struct{ Set string }

@@ -89,6 +89,7 @@ var (
 	typeProto   = keyField{12, 1}
 	typeService = keyField{13, 2}
 	typeMark    = keyField{19, 4}
+	typeIfname  = keyField{41, model.IfnameLen}
 )
 
 // setType is how the kernel declares a kind of set.
@@ -111,6 +112,7 @@ var setTypes = map[model.SetKind]setType{
 	model.SetTaggedIPv6:   {fields: []keyField{typeMark, typeIPv6}},
 	model.MapIPv4Verdict:  {fields: []keyField{typeIPv4}, isMap: true},
 	model.MapIPv6Verdict:  {fields: []keyField{typeIPv6}, isMap: true},
+	model.SetIfnames:      {fields: []keyField{typeIfname}},
 }
 
 // concat reports whether the key is a concatenation of several fields.

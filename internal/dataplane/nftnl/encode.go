@@ -331,6 +331,11 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
 		b.lookup(reg1, s.Vmap, regVerdict, true, false)
 
+	case model.IifnameInSet:
+		// iifname @set
+		b.meta(unix.NFT_META_IIFNAME, reg1)
+		b.lookup(reg1, s.Set, 0, false, false)
+
 	case model.PortsInSet:
 		// meta l4proto . th dport @set
 		b.meta(unix.NFT_META_L4PROTO, reg1)

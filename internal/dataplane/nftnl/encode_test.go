@@ -172,7 +172,8 @@ func encodeSample(t *testing.T) *model.Table {
 	}
 	spec.Pods = append(spec.Pods, v1alpha1.LocalPod{Namespace: "shop", Name: "busy", IPs: []string{"198.18.0.14", "fd00::14"},
 		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: ids}})
-	tab, err := render.Render(spec, groups, render.Options{LogGroup: 7, LogRate: 5, LogBurst: 10, RevokedMark: testRevokedMark})
+	tab, err := render.Render(spec, groups, render.Options{LogGroup: 7, LogRate: 5, LogBurst: 10, RevokedMark: testRevokedMark,
+		PodInterfaces: []string{"veth1a2b3c4d", "cni0"}})
 	if err != nil {
 		t.Fatal(err)
 	}

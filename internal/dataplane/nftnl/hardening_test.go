@@ -19,6 +19,7 @@ import (
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/dptest"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // ndDelivered sends an ICMPv6 neighbour discovery message of type typ
@@ -78,6 +79,58 @@ func TestNeighbourDiscoveryNotForwarded(t *testing.T) {
 		tcpProbe("a->node6", a.ns, nodeIP6, 80, true),
 		tcpProbe("a->c6 other port", a.ns, c.ip6, 81, false),
 	)
+}
+
+// TestRouterAdvertisementsFromPodsDropped: router advertisements (134)
+// and redirects (137) that arrive at the node on an interface of the pod
+// interface set are dropped, whatever the pod's isolation (neither pod
+// here is isolated), while the pod's router and neighbour solicitations
+// and advertisements (133, 135, 136) still reach the node; a pod whose
+// interface is not in the set, or a table rendered without the set, lets
+// them through (the node's kernel decides, as without nftguard).
+func TestRouterAdvertisementsFromPodsDropped(t *testing.T) {
+	topo := newTopology(t, "a", "b")
+	a, b := topo.pods["a"], topo.pods["b"]
+	p := programmer(t, topo.node)
+	spec := topo.spec(policy{})
+	apply := func(ifs []string) {
+		t.Helper()
+		tab, err := render.Render(spec, nil, render.Options{RevokedMark: testRevokedMark, PodInterfaces: ifs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Apply(tab); err != nil {
+			t.Fatal(err)
+		}
+		assertInSync(t, p)
+	}
+	delivered := func(from *testPod, typ uint8) bool {
+		t.Helper()
+		got, err := ndDelivered(from.ns, topo.node, nodeIP6, typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	apply(nil)
+	for _, typ := range []uint8{134, 137} {
+		if !delivered(a, typ) {
+			t.Fatalf("ICMPv6 type %d from a does not reach the node without the pod interface set: the test cannot tell a drop", typ)
+		}
+	}
+	apply([]string{"vp1"}) // a's host side
+	for _, typ := range []uint8{133, 134, 135, 136, 137} {
+		want := typ != 134 && typ != 137
+		if got := delivered(a, typ); got != want {
+			t.Errorf("ICMPv6 type %d from a (its interface in the set) delivered to the node %v, want %v", typ, got, want)
+		}
+		if !delivered(b, typ) {
+			t.Errorf("ICMPv6 type %d from b (its interface not in the set) not delivered to the node", typ)
+		}
+	}
+	flushNeighbours(t, a.ns)
+	flushNeighbours(t, topo.node)
+	check(t, tcpProbe("a->node6 (cold neighbour caches)", a.ns, nodeIP6, 80, true), tcpProbe("a->b6", a.ns, b.ip6, 80, true))
 }
 
 // tcpSegment is a TCP header with flags and a checksum over the IPv4

@@ -305,6 +305,11 @@ func matchStmt(exprs []rawExpr) (model.Stmt, int) {
 		switch {
 		case isMeta(exprs, 0, unix.NFT_META_NFPROTO, reg1):
 			return matchFamily(exprs)
+		case isMeta(exprs, 0, unix.NFT_META_IIFNAME, reg1):
+			if l, ok := isLookup(exprs, 1); ok && !l.vmap {
+				return model.IifnameInSet{Set: l.set}, 2
+			}
+			return nil, 0
 		case isMeta(exprs, 0, unix.NFT_META_L4PROTO, reg1):
 			if isPayload(exprs, 1, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, nextReg(reg1, 1)) {
 				l, ok := isLookup(exprs, 2)

@@ -165,6 +165,13 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Vmap, DestRegister: regVerdict, IsDestRegSet: true},
 		}, nil
 
+	case model.IifnameInSet:
+		// iifname @set
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
+		}, nil
+
 	case model.PortsInSet:
 		// meta l4proto . th dport @set
 		return []expr.Any{
@@ -285,6 +292,8 @@ func Set(s *model.Set) *nftables.Set {
 		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIPAddr, true, nftables.TypeVerdict
 	case model.MapIPv6Verdict:
 		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIP6Addr, true, nftables.TypeVerdict
+	case model.SetIfnames:
+		ns.KeyType = nftables.TypeIFName
 	}
 	return ns
 }

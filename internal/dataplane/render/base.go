@@ -61,6 +61,25 @@ func (r *renderer) podRanges(spec v1alpha1.NodeRuleSetSpec) ([2]bool, error) {
 	return on, nil
 }
 
+// podInterfaces adds the set of pod interfaces when they are known.
+func (r *renderer) podInterfaces() error {
+	if r.opts.PodInterfaces == nil {
+		return nil
+	}
+	set := &model.Set{Name: model.SetPodInterfaces, Kind: model.SetIfnames}
+	for _, name := range r.opts.PodInterfaces {
+		k, ok := model.IfnameKey(name)
+		if !ok {
+			return fmt.Errorf("pod interface %q is not an interface name", name)
+		}
+		set.Elements = append(set.Elements, model.Element{Key: k})
+	}
+	sortElements(set)
+	set.Elements = slices.CompactFunc(set.Elements, func(a, b model.Element) bool { return model.CompareElements(&a, &b) == 0 })
+	r.sets[set.Name] = set
+	return nil
+}
+
 // notReady returns the rules dropping traffic whose address (field) is in
 // the node's pod ranges but not ready, for the families whose ranges are
 // known.
@@ -83,19 +102,31 @@ func notReady(ranges [2]bool, field model.AddrField) []*model.Rule {
 	return out
 }
 
-// baseChains returns the base chains; with the pod ranges of a family
+// baseChains returns the base chains; with podIfs, egress-input drops the
+// router advertisements and redirects that arrive on pod interfaces; with
+// the pod ranges of a family
 // known, traffic of not-ready addresses in them is dropped after the
 // prologue (after established flows and, on input, neighbour discovery are
 // accepted). With revoked set, the prologue first drops the packets of
 // connections whose conntrack mark has that bit: established connections
 // the agent has revoked.
-func baseChains(ranges [2]bool, revoked uint32) []*model.Chain {
+func baseChains(ranges [2]bool, revoked uint32, podIfs bool) []*model.Chain {
 	prologue := func(hook model.Hook) []*model.Rule {
 		var out []*model.Rule
 		if revoked != 0 {
 			out = append(out, model.NewRule(model.CtMark{Bits: revoked}, model.Verdict{Kind: model.VerdictDrop}))
 		}
 		out = append(out, model.NewRule(model.CtState{Bits: model.CtEstablished | model.CtRelated}, model.Verdict{Kind: model.VerdictAccept}))
+		if hook == model.HookInput && podIfs {
+			// Router advertisements (134) and redirects (137) arriving
+			// on a pod's interface are dropped: a pod is no router of
+			// its node's. The type comes first, so that other packets
+			// cost one compare.
+			for _, typ := range []uint8{134, 137} {
+				out = append(out, model.NewRule(model.ICMPv6Types{From: typ, To: typ}, model.IifnameInSet{Set: model.SetPodInterfaces},
+					model.Verdict{Kind: model.VerdictDrop}))
+			}
+		}
 		if hook == model.HookInput {
 			// Neighbour discovery a pod needs from its node (router
 			// solicitation 133, neighbour solicitation 135 and

@@ -120,6 +120,13 @@ func NewRenderer(opts Options) *Renderer {
 		pods: map[string]*podMemo{}, spans: map[string]*spansMemo{}}
 }
 
+// SetPodInterfaces sets Options.PodInterfaces for the renders that follow.
+func (m *Renderer) SetPodInterfaces(names []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.opts.PodInterfaces = names
+}
+
 // Render renders the rule set as Render does.
 func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) (*model.Table, error) {
 	m.mu.Lock()

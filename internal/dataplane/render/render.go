@@ -32,6 +32,12 @@ type Options struct {
 	// it on the entries of connections a changed table denies. 0: no such
 	// rule, established connections go on.
 	RevokedMark uint32
+	// PodInterfaces, when not nil, are the host side of the node's pod
+	// interfaces (the CNI plugin reports them): they go into the set
+	// podifs, and egress-input drops the router advertisements (134) and
+	// redirects (137) that arrive on them. Nil: no such set or rules (the
+	// agent runs without the plugin and does not know them).
+	PodInterfaces []string
 }
 
 func (o Options) withDefaults() Options {
@@ -55,9 +61,11 @@ func (o Options) withDefaults() Options {
 //     ingress-forward (priority filter + 10), policy accept, each starting
 //     with (when Options.RevokedMark is set) "ct mark and <mark> !=
 //     0x00000000 drop", the packets of revoked connections, then: ct
-//     state established,related accept; egress-input then
-//     accepts the neighbour discovery a pod sends its node (types 133, 135
-//     and 136 with hop limit 255). Output is not hooked: traffic from the
+//     state established,related accept; egress-input then, with
+//     Options.PodInterfaces, drops router advertisements and redirects
+//     arriving on a pod interface ("icmpv6 type 134-134 iifname @podifs
+//     drop"), and accepts the neighbour discovery a pod sends its node
+//     (types 133, 135 and 136 with hop limit 255). Output is not hooked: traffic from the
 //     node to its pods is never filtered, and its replies are established.
 //   - When the node's pod ranges are known (spec.podCIDRs), the base
 //     chains then drop traffic from (egress chains) or to (ingress chain)
@@ -180,7 +188,10 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark), chains...)}
+	if err := r.podInterfaces(); err != nil {
+		return nil, err
+	}
+	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark, r.opts.PodInterfaces != nil), chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
 	}

@@ -43,7 +43,7 @@ func TestRenderGolden(t *testing.T) {
 		{name: "sample", spec: spec, groups: groups, opts: Options{LogGroup: 7, LogRate: 5, LogBurst: 10}},
 		{name: "long-names", spec: longSpec, groups: longGroups},
 		{name: "dispatch", spec: dispatch, groups: dispatchGroups},
-		{name: "pod-ranges", spec: ranged, groups: rangedGroups, opts: Options{RevokedMark: 0x00800000}},
+		{name: "pod-ranges", spec: ranged, groups: rangedGroups, opts: Options{RevokedMark: 0x00800000, PodInterfaces: []string{"vethb2", "veth1a"}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
