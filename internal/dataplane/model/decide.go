@@ -31,13 +31,19 @@ func (t *Table) Decide(h Hook, p Packet) (bool, error) { return NewDecider(t).De
 type Decider struct {
 	t     *Table
 	exact map[string]map[string]*Element
-	base  map[Hook][]*Chain
+	// ranges holds the sets of one-field ranges whose elements are sorted
+	// and disjoint (as rendered): they are searched by halving.
+	ranges map[string]bool
+	base   map[Hook][]*Chain
 }
 
 // NewDecider indexes t.
 func NewDecider(t *Table) *Decider {
-	d := &Decider{t: t, exact: map[string]map[string]*Element{}, base: map[Hook][]*Chain{}}
+	d := &Decider{t: t, exact: map[string]map[string]*Element{}, ranges: map[string]bool{}, base: map[Hook][]*Chain{}}
 	for _, s := range t.Sets {
+		if s.Kind.IsRBTree() && disjointRanges(s.Elements) {
+			d.ranges[s.Name] = true
+		}
 		m := map[string]*Element{}
 		for i := range s.Elements {
 			if e := &s.Elements[i]; e.KeyEnd == nil {
@@ -193,7 +199,7 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if p.Proto != s.Proto || p.Dport < s.From || p.Dport > s.To {
 				return nil, false, nil
 			}
-		case LimitRate, NFLog:
+		case LimitRate, NFLog, Counter:
 			// Side effects only.
 		default:
 			return nil, false, fmt.Errorf("statement %T is not decided", s)
@@ -238,12 +244,34 @@ func (d *Decider) find(name string, key []byte) (*Element, error) {
 	if e := d.exact[name][string(key)]; e != nil {
 		return e, nil
 	}
+	if d.ranges[name] {
+		// The first range ending at or after key holds it, if any does.
+		i, _ := slices.BinarySearchFunc(s.Elements, key, func(e Element, k []byte) int { return bytes.Compare(e.KeyEnd, k) })
+		if i < len(s.Elements) && match(s.Kind, s.Elements[i], key) {
+			return &s.Elements[i], nil
+		}
+		return nil, nil
+	}
 	for i := range s.Elements {
 		if e := &s.Elements[i]; e.KeyEnd != nil && match(s.Kind, *e, key) {
 			return e, nil
 		}
 	}
 	return nil, nil
+}
+
+// disjointRanges reports whether every element is a range, sorted, each
+// ending before the next starts.
+func disjointRanges(es []Element) bool {
+	for i := range es {
+		if es[i].KeyEnd == nil || len(es[i].KeyEnd) != len(es[i].Key) || bytes.Compare(es[i].Key, es[i].KeyEnd) > 0 {
+			return false
+		}
+		if i > 0 && bytes.Compare(es[i-1].KeyEnd, es[i].Key) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // lookup returns the verdict of the map element holding key, or nil.

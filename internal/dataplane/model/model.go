@@ -277,6 +277,40 @@ func KernelRule(stmts []Stmt, id string, handle uint64) *Rule {
 	return &Rule{Stmts: stmts, id: id, handle: handle}
 }
 
+// Counted returns a copy of t, for measuring only, with a counter first in
+// every rule: every packet that a rule is evaluated for counts there, matched
+// or not, so the counters' sum grows by the rules a packet walks. Sets are
+// shared with t.
+func Counted(t *Table) *Table {
+	out := &Table{Sets: t.Sets, Chains: make([]*Chain, len(t.Chains))}
+	for i, c := range t.Chains {
+		cc := *c
+		cc.Rules = make([]*Rule, len(c.Rules))
+		for j, r := range c.Rules {
+			cc.Rules[j] = NewRule(append([]Stmt{Counter{}}, r.Stmts...)...)
+		}
+		out.Chains[i] = &cc
+	}
+	return out
+}
+
+// CountedRules returns the sum of the packet counts of the rules' counters
+// in a table read back from the kernel: for a table made by Counted, the
+// rule evaluations of every packet since it was programmed.
+func CountedRules(t *Table) uint64 {
+	var n uint64
+	for _, c := range t.Chains {
+		for _, r := range c.Rules {
+			for _, s := range r.Stmts {
+				if c, ok := s.(Counter); ok {
+					n += c.Packets
+				}
+			}
+		}
+	}
+	return n
+}
+
 // Handle is the kernel handle of a rule read back from the kernel, else 0.
 func (r *Rule) Handle() uint64 { return r.handle }
 

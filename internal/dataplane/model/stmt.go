@@ -323,6 +323,16 @@ func (s LimitRate) appendText(b []byte) []byte {
 	return append(b, " packets"...)
 }
 
+// Counter counts the packets and bytes that reach it: "counter". The
+// product's tables have none; a copy made by Counted, used only for
+// measuring, has one first in every rule. Read back from the kernel it
+// carries the counts, which its text leaves out.
+type Counter struct{ Packets, Bytes uint64 }
+
+func (s Counter) text() string { return "counter" }
+
+func (s Counter) appendText(b []byte) []byte { return append(b, "counter"...) }
+
 // NFLog logs to an NFLOG group with a prefix: `log prefix "p" group 100`.
 type NFLog struct {
 	Prefix string

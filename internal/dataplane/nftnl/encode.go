@@ -392,6 +392,13 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.u32(unix.NFTA_LIMIT_FLAGS, 0)
 		b.closeExpr(x)
 
+	case model.Counter:
+		// counter (from zero: a rule's counts are the kernel's)
+		x := b.openExpr("counter")
+		b.u64(unix.NFTA_COUNTER_BYTES, 0)
+		b.u64(unix.NFTA_COUNTER_PACKETS, 0)
+		b.closeExpr(x)
+
 	case model.NFLog:
 		// log prefix "..." group 100 (a group selects NFLOG rather than
 		// the kernel log)

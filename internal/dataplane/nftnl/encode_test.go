@@ -198,7 +198,7 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 				model.Op{Kind: model.OpFlushSet, Name: s.Name}, model.Op{Kind: model.OpDelSet, Name: s.Name})
 		}
 	}
-	for _, k := range []model.SetKind{model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapPortsVerdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapIPv4Verdict, model.MapIPv6Verdict} {
+	for _, k := range []model.SetKind{model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapPortsVerdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapIPv4Verdict, model.MapIPv6Verdict, model.SetIfnames} {
 		if !kinds[k] {
 			t.Errorf("sample table has no set of kind %s", k)
 		}
@@ -207,6 +207,8 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 	ops = append(ops,
 		model.Op{Kind: model.OpInsertRule, Name: c.Name, Rule: c.Rules[0], Handle: 7},
 		model.Op{Kind: model.OpInsertRule, Name: c.Name, Rule: c.Rules[0]},
+		// The measuring copy's counters.
+		model.Op{Kind: model.OpInsertRule, Name: c.Name, Rule: model.Counted(tab).Chains[len(tab.Chains)-1].Rules[0]},
 		model.Op{Kind: model.OpDelRule, Name: c.Name, Handle: 9},
 		model.Op{Kind: model.OpFlushChain, Name: c.Name}, model.Op{Kind: model.OpDelChain, Name: c.Name},
 		model.Op{Kind: model.OpFlushTable})

@@ -348,6 +348,13 @@ func matchStmt(exprs []rawExpr) (model.Stmt, int) {
 			}
 		}
 
+	case "counter":
+		nbytes, ok1 := e.attrs[unix.NFTA_COUNTER_BYTES]
+		packets, ok2 := e.attrs[unix.NFTA_COUNTER_PACKETS]
+		if ok1 && ok2 && len(nbytes) == 8 && len(packets) == 8 {
+			return model.Counter{Packets: binary.BigEndian.Uint64(packets), Bytes: binary.BigEndian.Uint64(nbytes)}, 1
+		}
+
 	case "log":
 		group, ok := e.attrs[unix.NFTA_LOG_GROUP]
 		if ok && len(group) == 2 && e.has(unix.NFTA_LOG_PREFIX) && len(e.attrs) == 2 {

@@ -165,6 +165,9 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Vmap, DestRegister: regVerdict, IsDestRegSet: true},
 		}, nil
 
+	case model.Counter:
+		return []expr.Any{&expr.Counter{}}, nil
+
 	case model.IifnameInSet:
 		// iifname @set
 		return []expr.Any{

@@ -111,6 +111,7 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 		pods:       map[string]bool{},
 		segments:   map[string]bool{},
 		groupSets:  map[string]groupRefs{},
+		groupMemos: map[string]*groupMemo{},
 		vmapOwners: map[string]bool{},
 	}
 }
@@ -221,8 +222,10 @@ type renderer struct {
 	// segments records the segment chains added.
 	segments map[string]bool
 	sets     map[string]*model.Set
-	// groupSets caches the v4 and v6 set references of each rendered group.
-	groupSets map[string]groupRefs
+	// groupSets caches the v4 and v6 set references of each rendered
+	// group, and groupMemos what it was rendered from.
+	groupSets  map[string]groupRefs
+	groupMemos map[string]*groupMemo
 	// tags are the tags of the groups whose single addresses go in the
 	// shared sets; a group without one has sets of its own.
 	tags map[string]uint32

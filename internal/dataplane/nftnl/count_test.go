@@ -1,0 +1,165 @@
+package nftnl
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/dptest"
+	"github.com/nftguard/nftguard/internal/dataplane/model"
+)
+
+// The port shapes of selectedBy's rules.
+const (
+	samePort      = "the same port"  // TCP 80: the worst case before merging
+	everyPort     = "every port"     // no ports
+	distinctPorts = "distinct ports" // rule i on TCP 1000+i, the last on 80
+)
+
+// selectedBy is a rule set in which pod b is isolated on ingress by n
+// rules of the given port shape, each from a group of six addresses, and a
+// is in the last rule's group.
+func selectedBy(topo *topology, n int, shape string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+	groups := map[string]v1alpha1.AddressGroupSpec{}
+	var rules []v1alpha1.Rule
+	var ids []string
+	for i := range n {
+		g := fmt.Sprintf("g%05d", i)
+		var members []string
+		for j := range 6 { // 60,000 addresses at most, in 198.19.0.0/16
+			k := 6*i + j
+			members = append(members, netip.AddrFrom4([4]byte{198, 19, byte(k >> 8), byte(k)}).String())
+		}
+		if i == n-1 {
+			members[5] = topo.pods["a"].ip4.String()
+		}
+		groups[g] = v1alpha1.AddressGroupSpec{Addresses: members}
+		id := fmt.Sprintf("r%05d", i)
+		ids = append(ids, id)
+		switch {
+		case shape == everyPort:
+			rules = append(rules, ingressRule(id, group(g)))
+		case shape == distinctPorts && i < n-1:
+			rules = append(rules, ingressRule(id, group(g), dptest.TCP(int32(1000+i))))
+		default:
+			rules = append(rules, ingressRule(id, group(g), dptest.TCP(80)))
+		}
+	}
+	pol := policy{rules: rules, groups: groups}
+	if n > 0 {
+		pol.ingress = map[string][]string{"b": ids}
+	}
+	return topo.spec(pol), groups
+}
+
+// newConnectionRules programs the counted copy of tab (model.Counted) into
+// the node and returns how many rule evaluations one TCP SYN from pod from
+// to pod to on port costs: the least of five SYNs, each from a new source
+// port, so that stray packets (neighbour discovery) only ever add. The
+// server's answers are blackholed in its namespace, so only the SYN
+// crosses the node.
+func newConnectionRules(t *testing.T, topo *topology, p *Programmer, tab *model.Table, from, to *testPod, port uint16) uint64 {
+	t.Helper()
+	if _, err := p.Apply(model.Counted(tab)); err != nil {
+		t.Fatal(err)
+	}
+	read := func() uint64 {
+		kt, err := ReadTable(int(topo.node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return model.CountedRules(kt)
+	}
+	best := uint64(1 << 62)
+	for range 5 {
+		before := read()
+		srcPort, seq := uint16(30000+rand.IntN(20000)), rand.Uint32()
+		const syn = 0x02
+		seg := tcpSegment(from.ip4, to.ip4, srcPort, port, seq, syn)
+		if err := inNS(from.ns, func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Sendto(fd, seg, 0, &unix.SockaddrInet4{Addr: to.ip4.As4()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		best = min(best, read()-before)
+	}
+	return best
+}
+
+// blackholeTo drops, in pod's namespace, what it sends to addr.
+func blackholeTo(t *testing.T, pod *testPod, addr netip.Addr) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(pod.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	dst := netlink.NewIPNet(addr.AsSlice())
+	if err := h.RouteAdd(&netlink.Route{Dst: dst, Type: unix.RTN_BLACKHOLE}); err != nil {
+		t.Fatalf("blackhole route to %s in pod %s: %v", addr, pod.name, err)
+	}
+}
+
+// TestNewConnectionRuleCount counts the rules a new connection walks in
+// nftguard's table (a counter first in every rule of a measuring copy) for
+// a pod selected by 1 to 10,000 rules, allowed and denied, for each port
+// shape: the count does not grow with the rules (past the port map a pod
+// direction of DispatchMin rules with ports starts with). A pod direction's
+// rules are merged into one set per family per port segment, and one for
+// its rules for every port.
+func TestNewConnectionRuleCount(t *testing.T) {
+	topo := newTopology(t, "a", "b", "c")
+	a, b, c := topo.pods["a"], topo.pods["b"], topo.pods["c"]
+	blackholeTo(t, b, a.ip4)
+	blackholeTo(t, b, c.ip4)
+	// No IPv6 from the pods (neighbour discovery, MLD) while counting.
+	for _, pod := range []*testPod{a, b, c} {
+		if err := inNS(pod.ns, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0o644)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := programmer(t, topo.node)
+	spec, groups := selectedBy(topo, 0, samePort)
+	open := newConnectionRules(t, topo, p, mustRender(t, spec, groups), a, b, 80)
+	t.Logf("not isolated: a new connection walks %d rules", open)
+	for _, shape := range []string{samePort, everyPort, distinctPorts} {
+		var first, flat [2]uint64
+		for _, n := range []int{1, 10, 1000, 10000} {
+			spec, groups := selectedBy(topo, n, shape)
+			tab := mustRender(t, spec, groups)
+			got := [2]uint64{newConnectionRules(t, topo, p, tab, a, b, 80), newConnectionRules(t, topo, p, tab, c, b, 80)}
+			t.Logf("%s, selected by %5d rules: a new connection walks %d rules when allowed, %d when denied", shape, n, got[0], got[1])
+			if got[0] <= open || got[1] <= open {
+				t.Errorf("%s, %d rules: %v rules walked, not more than the %d of a pod no policy isolates: the count misses the pod's chains", shape, n, got, open)
+			}
+			// From DispatchMin rules on, a pod direction dispatches on
+			// the port: one map lookup more than walking one rule.
+			switch {
+			case n == 1:
+				first = got
+			case n == 10:
+				flat = got
+				if got[0] > first[0]+1 || got[1] > first[1]+1 {
+					t.Errorf("%s, %d rules: a new connection walks %v rules (allowed, denied), %v with one rule", shape, n, got, first)
+				}
+			case got != flat:
+				t.Errorf("%s, %d rules: a new connection walks %v rules (allowed, denied), %v with 10: per-packet work grows with the policies", shape, n, got, flat)
+			}
+		}
+	}
+}
