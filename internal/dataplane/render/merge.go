@@ -12,6 +12,16 @@ import (
 	"github.com/nftguard/nftguard/internal/dataplane/model"
 )
 
+// MergeBudget bounds the addresses and ranges the merged sets of a node
+// hold in all: as many as its address groups hold, and at least
+// MergeBudget. A group's members are copied into every merged set of a
+// rule referencing it, so a node whose pods each merge many large groups
+// would hold many copies of them (110 pods each selected by 90 policies of
+// 100 peers: a million elements where the groups hold 100,000). Chains are
+// merged in order of their rules, most first, while they fit; the others
+// jump to their rules in turn, as below MergeMin.
+var MergeBudget = 1 << 16
+
 // MergeMin is how many rules a pod direction's port segment (or its rules
 // for every port) needs before they are merged: their peers, groups and
 // ipBlocks alike, go into one interval set per family, matched by one line,
@@ -57,6 +67,82 @@ type mergedMemo struct {
 	chain  *model.Chain
 	sets   [2]*model.Set
 	gen    uint64
+}
+
+// mergedChains builds the merged chains the pods use, those of the most
+// rules first, each a merged chain while the budget lasts (mergedChain),
+// else one that jumps to its rules (which are marked to be rendered).
+func (r *renderer) mergedChains() ([]*model.Chain, error) {
+	slices.SortFunc(r.toMerge, func(a, b merged) int {
+		if c := len(b.ids) - len(a.ids); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	left := 0
+	for _, g := range r.groups {
+		left += len(g.Addresses) + len(g.Endpoints)
+	}
+	left = max(left, MergeBudget)
+	out := make([]*model.Chain, 0, len(r.toMerge))
+	for _, mg := range r.toMerge {
+		if n, err := r.mergedBound(mg); err != nil {
+			return nil, err
+		} else if n <= left {
+			c, err := r.mergedChain(mg)
+			if err != nil {
+				return nil, err
+			}
+			for _, ru := range c.Rules {
+				if s, ok := ru.Stmts[0].(model.AddrInSet); ok {
+					left -= len(r.sets[s.Set].Elements)
+				}
+			}
+			out = append(out, c)
+			continue
+		}
+		for _, id := range mg.ids {
+			if mg.ported {
+				r.rules[id].dispatched = true
+			} else {
+				r.rules[id].direct = true
+			}
+		}
+		c := &model.Chain{Name: mg.name, Rules: r.appendJumps(make([]*model.Rule, 0, len(mg.ids)), mg.ids, mg.ported)}
+		r.identify(c)
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// mergedBound returns an upper bound of the elements of a merged chain's
+// sets: its groups' members and its rules' ipBlocks.
+func (r *renderer) mergedBound(mg merged) (int, error) {
+	n := 0
+	for _, id := range mg.ids {
+		ru := r.rules[id].rule
+		if len(ru.Peers) == 0 {
+			n += 2
+		}
+		for _, peer := range ru.Peers {
+			switch {
+			case peer.AddressGroup != "":
+				if _, err := r.groupSet(peer.AddressGroup); err != nil {
+					return 0, err
+				}
+				gm := r.groupMemos[peer.AddressGroup]
+				for i := range 2 {
+					n += len(gm.tagged[i]) / taggedKeyLen(i)
+				}
+				for _, s := range gm.sets {
+					n += len(s.Elements)
+				}
+			case peer.IPBlock != nil:
+				n += 1 + len(peer.IPBlock.Except)
+			}
+		}
+	}
+	return n, nil
 }
 
 // mergedChain returns a merged chain, adds its sets, and marks the rules

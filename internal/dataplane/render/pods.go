@@ -71,15 +71,11 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 	}
 	chains := make([]*model.Chain, 0, len(pm.chains)+len(pm.segments)+len(pm.merged))
 	for _, mg := range pm.merged {
-		if r.segments[mg.name] {
-			continue
+		// Built once every pod is rendered (mergedChains).
+		if !r.segments[mg.name] {
+			r.segments[mg.name] = true
+			r.toMerge = append(r.toMerge, mg)
 		}
-		r.segments[mg.name] = true
-		c, err := r.mergedChain(mg)
-		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
-		}
-		chains = append(chains, c)
 	}
 	for _, s := range pm.maps {
 		r.sets[s.Name] = s

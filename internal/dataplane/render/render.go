@@ -163,6 +163,11 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 		}
 		chains = append(chains, cs...)
 	}
+	merged, err := r.mergedChains()
+	if err != nil {
+		return nil, err
+	}
+	chains = append(chains, merged...)
 	// In rule set order, so that of two bad inputs the same one is
 	// always reported.
 	for i := range infos {
@@ -243,6 +248,8 @@ type renderer struct {
 	hosts [2][]netip.Addr
 	// portStmts holds the match of each single port span rendered.
 	portStmts map[portSpan][]model.Stmt
+	// toMerge are the chains merging rules that the pods rendered use.
+	toMerge []merged
 }
 
 // ruleInfo is what one render knows of a rule of its rule set.

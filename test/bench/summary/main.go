@@ -32,6 +32,9 @@ type target struct {
 }
 
 var targets = []target{
+	// Counts and ratios first: load cannot change them.
+	{"rules walked by a new connection, nftguard", re(`^RuleCount/`), "nftguard-rules/conn", 1, "", 16, true, "≤ 16 at every policy count (flat)", ""},
+	{"rules walked by a new connection, linear layout", re(`^RuleCount/`), "linear-rules/conn", 1, "", 0, false, "(computed: grows with the policies)", "iptables-style enforcers"},
 	{"full compile", re(`^Compile/`), "ns/op", 1e-9, "s", 3, true, "≤ 3 s (100k pods/25k ns/75k policies)", "Antrea ~6 s"},
 	{"full compile peak heap", re(`^Compile/`), "peak-heap-MiB", 1.0 / 1024, "GiB", 1, true, "≤ 1 GiB", "Antrea ~1.6 GB"},
 	{"pod event (relabel) p99", re(`^EnginePodEvent/.*/relabel`), "p99-ms", 1, "ms", 10, true, "≤ 10 ms", "Cilium policy p99 ~300 ms"},
