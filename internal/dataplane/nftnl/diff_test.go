@@ -199,18 +199,11 @@ func TestDiffIncremental(t *testing.T) {
 				s.Rules = append(s.Rules, v1alpha1.Rule{ID: "r-frontend-eg", Direction: v1alpha1.DirectionEgress,
 					Peers: []v1alpha1.Peer{{AddressGroup: "shop-frontend"}}})
 			},
-			// The pod's two rules for every port are merged: the
-			// named-port rule is still jumped to from the merged chain,
-			// which replaces its jump in the pod chain.
 			want: []string{
-				"add chain any-a1cdeda566587813",
-				"add set any-a1cdeda566587813-4 { type ipv4_addr interval; } { 198.18.1.1-198.18.1.2 }",
-				"add set any-a1cdeda566587813-6 { type ipv6_addr interval; } { fd00::1:1 }",
-				"add rule any-a1cdeda566587813 ip daddr @any-a1cdeda566587813-4 accept",
-				"add rule any-a1cdeda566587813 ip6 daddr @any-a1cdeda566587813-6 accept",
-				"add rule any-a1cdeda566587813 jump rule-r-http-named",
-				"delete rule eg-shop.client handle 21",
-				"insert rule eg-shop.client position 20 jump any-a1cdeda566587813",
+				"add chain rule-r-frontend-eg",
+				"insert rule eg-shop.client position 22 jump rule-r-frontend-eg",
+				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip daddr @" + shared4("shop-frontend") + " accept",
+				"add rule rule-r-frontend-eg " + tag("shop-frontend") + " . ip6 daddr @" + shared6("shop-frontend") + " accept",
 			},
 		},
 		{

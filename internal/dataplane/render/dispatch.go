@@ -92,13 +92,10 @@ func (r *renderer) sameSpans(pod *v1alpha1.LocalPod, want [][]portSpan) bool {
 }
 
 // portDispatch builds a pod direction's port map: the destination ports of
-// its rules cut into disjoint segments, each mapped to a chain for the rules
-// allowing that segment. A segment of MergeMin rules or more gets a merged
-// chain (returned to be built on each render, see mergedChain); a smaller
-// one a chain that jumps to its rules' peer chains in their order, whose
-// rules it returns too. Chains are named by their rules, so that pods with
-// the same rules share them.
-func (r *renderer) portDispatch(name string, ids []string, field model.AddrField) (*model.Set, []*model.Chain, []merged, []string) {
+// its rules cut into disjoint segments, each mapped to a chain that jumps to
+// the rules allowing that segment, in their order. Chains are named by
+// their rules, so that pods with the same rules share them.
+func (r *renderer) portDispatch(name string, ids []string) (*model.Set, []*model.Chain) {
 	m := &model.Set{Name: name, Kind: model.MapPortsVerdict}
 	var chains []*model.Chain
 	made := map[string]bool{}
@@ -145,24 +142,13 @@ func (r *renderer) portDispatch(name string, ids []string, field model.AddrField
 			segs = append(segs, segment{proto, from, to, slices.Clone(in)})
 		}
 	}
-	var mgs []merged
-	var jumped []string
 	for _, sg := range segs {
 		chain := segmentChainName(sg.ids)
 		if !made[chain] {
 			made[chain] = true
-			if len(sg.ids) >= MergeMin {
-				mgs = append(mgs, merged{name: chain, ids: sg.ids, field: field, ported: true})
-			} else {
-				c := &model.Chain{Name: chain, Rules: r.appendJumps(make([]*model.Rule, 0, len(sg.ids)), sg.ids, true)}
-				r.identify(c)
-				chains = append(chains, c)
-				for _, id := range sg.ids {
-					if !slices.Contains(jumped, id) {
-						jumped = append(jumped, id)
-					}
-				}
-			}
+			c := &model.Chain{Name: chain, Rules: r.appendJumps(make([]*model.Rule, 0, len(sg.ids)), sg.ids, true)}
+			r.identify(c)
+			chains = append(chains, c)
 		}
 		k := make([]byte, 16)
 		putConcatField(k[:8], sg.proto, uint16(sg.from))
@@ -170,7 +156,7 @@ func (r *renderer) portDispatch(name string, ids []string, field model.AddrField
 		m.Elements = append(m.Elements, model.Element{Key: k[:8:8], KeyEnd: k[8:], Verdict: &model.Verdict{Kind: model.VerdictJump, Chain: chain}})
 	}
 	sortElements(m)
-	return m, chains, mgs, jumped
+	return m, chains
 }
 
 // portSpan is a protocol and a range of destination ports.

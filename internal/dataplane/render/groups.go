@@ -39,7 +39,6 @@ func (r *renderer) groupSet(name string) (groupRefs, error) {
 			r.memo.groups[name] = m
 		}
 	}
-	r.groupMemos[name] = m
 	for _, s := range m.sets {
 		r.sets[s.Name] = s
 	}

@@ -99,9 +99,7 @@ type Renderer struct {
 	peers map[string]*ruleMemo
 	pods  map[string]*podMemo
 	spans map[string]*spansMemo
-	// merged holds the merged chains of rules (see MergeMin).
-	merged map[string]*mergedMemo
-	gen    uint64 // renders so far
+	gen   uint64 // renders so far
 	// tags are the group tags of the last render, assigned among the
 	// groups in tagged.
 	tags     map[string]uint32
@@ -119,7 +117,7 @@ type sharedMemo struct {
 // NewRenderer returns a Renderer with the given options.
 func NewRenderer(opts Options) *Renderer {
 	return &Renderer{opts: opts.withDefaults(), groups: map[string]*groupMemo{}, rules: map[string]*ruleMemo{}, peers: map[string]*ruleMemo{},
-		pods: map[string]*podMemo{}, spans: map[string]*spansMemo{}, merged: map[string]*mergedMemo{}}
+		pods: map[string]*podMemo{}, spans: map[string]*spansMemo{}}
 }
 
 // SetPodInterfaces sets Options.PodInterfaces for the renders that follow.
@@ -174,11 +172,6 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 	for id, sm := range m.spans {
 		if sm.gen != m.gen {
 			delete(m.spans, id)
-		}
-	}
-	for name, mm := range m.merged {
-		if mm.gen != m.gen {
-			delete(m.merged, name)
 		}
 	}
 	return t, nil
@@ -264,12 +257,10 @@ type podMemo struct {
 	// directions that dispatch on the destination port.
 	maps     []*model.Set
 	segments []*model.Chain
-	// merged are the chains merging rules, built on every render (their
-	// sets hold the groups' members); walked and segmented are, per
-	// direction, the rules the pod chain jumps to and those the
-	// (unmerged) segment chains jump to.
-	merged            []merged
-	walked, segmented [2][]string
+	// dispatched records, for ingress and egress, whether the direction
+	// dispatches on the port: its rules with ports are then reached
+	// through the segment chains.
+	dispatched [2]bool
 }
 
 // podChain is one isolated direction of a pod: its chain and the verdict

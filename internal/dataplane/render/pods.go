@@ -61,22 +61,14 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			if ri.rule.Direction != d.direction {
 				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ri.rule.Direction, id)
 			}
-		}
-		for _, id := range pm.walked[k] {
-			r.rules[id].direct = true
-		}
-		for _, id := range pm.segmented[k] {
-			r.rules[id].dispatched = true
-		}
-	}
-	chains := make([]*model.Chain, 0, len(pm.chains)+len(pm.segments)+len(pm.merged))
-	for _, mg := range pm.merged {
-		// Built once every pod is rendered (mergedChains).
-		if !r.segments[mg.name] {
-			r.segments[mg.name] = true
-			r.toMerge = append(r.toMerge, mg)
+			if pm.dispatched[k] && len(r.spansOf(id, ri)) > 0 {
+				ri.dispatched = true
+			} else {
+				ri.direct = true
+			}
 		}
 	}
+	chains := make([]*model.Chain, 0, len(pm.chains)+len(pm.segments))
 	for _, s := range pm.maps {
 		r.sets[s.Name] = s
 	}
@@ -175,34 +167,16 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 				anyPort = append(anyPort, id)
 			}
 		}
-		field := model.Saddr
-		if d.direction == v1alpha1.DirectionEgress {
-			field = model.Daddr
-		}
 		if len(ported) >= DispatchMin {
 			// Dispatch on the destination port to the rules for that
-			// port, then match the rules for every port.
-			m, segs, mgs, jumped := r.portDispatch(PodPortMapName(d.short, pod.Namespace, pod.Name), ported, field)
+			// port, then walk the rules for every port.
+			m, segs := r.portDispatch(PodPortMapName(d.short, pod.Namespace, pod.Name), ported)
+			pm.dispatched[k] = true
 			pm.maps = append(pm.maps, m)
 			pm.segments = append(pm.segments, segs...)
-			pm.merged = append(pm.merged, mgs...)
-			pm.segmented[k] = jumped
 			c.Rules = append(c.Rules, model.NewRule(model.PortsVmap{Vmap: m.Name}))
 			ids = anyPort
 		}
-		if len(anyPort) >= MergeMin {
-			// The rules for every port, merged; the rules with ports
-			// that do not dispatch (fewer than DispatchMin) are walked.
-			mg := merged{name: mergedAnyName(anyPort), ids: anyPort, field: field}
-			pm.merged = append(pm.merged, mg)
-			c.Rules = append(c.Rules, model.NewRule(model.Verdict{Kind: model.VerdictJump, Chain: mg.name}))
-			if len(ported) >= DispatchMin {
-				ids = nil
-			} else {
-				ids = ported
-			}
-		}
-		pm.walked[k] = ids
 		c.Rules = r.appendJumps(slices.Grow(c.Rules, len(ids)+2), ids, false)
 		c.Rules = append(c.Rules,
 			model.NewRule(model.LimitRate{Rate: r.opts.LogRate, Burst: r.opts.LogBurst}, model.NFLog{Prefix: prefix.Format(action, d.dir, podKey), Group: r.opts.LogGroup}),

@@ -111,7 +111,6 @@ func newRenderer(opts Options, memo *Renderer, groups map[string]v1alpha1.Addres
 		pods:       map[string]bool{},
 		segments:   map[string]bool{},
 		groupSets:  map[string]groupRefs{},
-		groupMemos: map[string]*groupMemo{},
 		vmapOwners: map[string]bool{},
 	}
 }
@@ -163,11 +162,6 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 		}
 		chains = append(chains, cs...)
 	}
-	merged, err := r.mergedChains()
-	if err != nil {
-		return nil, err
-	}
-	chains = append(chains, merged...)
 	// In rule set order, so that of two bad inputs the same one is
 	// always reported.
 	for i := range infos {
@@ -227,10 +221,8 @@ type renderer struct {
 	// segments records the segment chains added.
 	segments map[string]bool
 	sets     map[string]*model.Set
-	// groupSets caches the v4 and v6 set references of each rendered
-	// group, and groupMemos what it was rendered from.
-	groupSets  map[string]groupRefs
-	groupMemos map[string]*groupMemo
+	// groupSets caches the v4 and v6 set references of each rendered group.
+	groupSets map[string]groupRefs
 	// tags are the tags of the groups whose single addresses go in the
 	// shared sets; a group without one has sets of its own.
 	tags map[string]uint32
@@ -248,8 +240,6 @@ type renderer struct {
 	hosts [2][]netip.Addr
 	// portStmts holds the match of each single port span rendered.
 	portStmts map[portSpan][]model.Stmt
-	// toMerge are the chains merging rules that the pods rendered use.
-	toMerge []merged
 }
 
 // ruleInfo is what one render knows of a rule of its rule set.

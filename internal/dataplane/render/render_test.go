@@ -3,7 +3,6 @@ package render
 import (
 	"flag"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -267,55 +266,3 @@ func tag(group string) string { return fmt.Sprintf("0x%08x", GroupTag(group)) }
 // shared4 and shared6 name the shared set holding a group.
 func shared4(group string) string { return SharedSetName(model.IPv4, GroupTag(group)) }
 func shared6(group string) string { return SharedSetName(model.IPv6, GroupTag(group)) }
-
-// TestMergeBudget: merged sets copy group members, so a node's merged sets
-// hold at most as many elements as its groups (or MergeBudget): of two
-// pods whose eight rules on one port reference the same groups, one gets
-// the merged chain and the other walks its rules, and both decide alike.
-func TestMergeBudget(t *testing.T) {
-	defer func(b int) { MergeBudget = b }(MergeBudget)
-	MergeBudget = 0
-	groups := map[string]v1alpha1.AddressGroupSpec{}
-	var spec v1alpha1.NodeRuleSetSpec
-	for p, ip := range []string{"198.18.0.1", "198.18.0.2"} {
-		pod := v1alpha1.LocalPod{Namespace: "x", Name: fmt.Sprintf("p%d", p), IPs: []string{ip},
-			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce}}
-		for g := range 8 {
-			name := fmt.Sprintf("g%d", g)
-			groups[name] = v1alpha1.AddressGroupSpec{Addresses: []string{fmt.Sprintf("198.19.%d.1", g), fmt.Sprintf("198.19.%d.2", g)}}
-			id := fmt.Sprintf("r%d-%d", p, g)
-			spec.Rules = append(spec.Rules, v1alpha1.Rule{ID: id, Direction: v1alpha1.DirectionIngress,
-				Peers: []v1alpha1.Peer{{AddressGroup: name}}, Ports: []v1alpha1.Port{dptest.TCP(80)}})
-			pod.Ingress.Rules = append(pod.Ingress.Rules, id)
-		}
-		spec.Pods = append(spec.Pods, pod)
-	}
-	tab, err := Render(spec, groups, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mergedChains, walking int
-	for _, c := range tab.Chains {
-		if !strings.HasPrefix(c.Name, "ports-") {
-			continue
-		}
-		switch c.Rules[0].Stmts[0].(type) {
-		case model.AddrInSet:
-			mergedChains++
-		case model.Verdict:
-			walking++
-		}
-	}
-	if mergedChains != 1 || walking != 1 {
-		t.Fatalf("%d merged and %d walking segment chains, want one of each (16 elements for a budget of 16):\n%s", mergedChains, walking, tab)
-	}
-	d := model.NewDecider(tab)
-	for _, dst := range []string{"198.18.0.1", "198.18.0.2"} {
-		for src, want := range map[string]bool{"198.19.7.2": true, "198.19.0.1": true, "198.19.8.1": false} {
-			got, err := d.Decide(model.HookForward, model.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: model.ProtoTCP, Dport: 80})
-			if err != nil || got != want {
-				t.Errorf("%s -> %s:80: %v, %v; want %v", src, dst, got, err, want)
-			}
-		}
-	}
-}

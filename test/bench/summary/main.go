@@ -33,7 +33,19 @@ type target struct {
 
 var targets = []target{
 	// Counts and ratios first: load cannot change them.
-	{"rules walked by a new connection, nftguard", re(`^RuleCount/`), "nftguard-rules/conn", 1, "", 16, true, "≤ 16 at every policy count (flat)", ""},
+	{"rules walked by a new connection, nftguard", re(`^RuleCount/`), "nftguard-rules/conn", 1, "", 16, true, "≤ 16 at every policy count (flat; not yet on one port)", ""},
+	{"cold start, nftguard ÷ nft -f (median of rounds)", re(`^ProgramRatios$`), "cold-vs-nft", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "cold-vs-nft-ci-hi", 1, "×", 0, false, "(reported)", ""},
+	{"cold start, nftguard ÷ google/nftables (median of rounds)", re(`^ProgramRatios$`), "cold-vs-nftables", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "cold-vs-nftables-ci-hi", 1, "×", 0, false, "(reported)", ""},
+	{"1-element delta, nftguard ÷ nft -f (median of rounds)", re(`^ProgramRatios$`), "delta-1-vs-nft", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "delta-1-vs-nft-ci-hi", 1, "×", 0, false, "(reported)", ""},
+	{"1-element delta, nftguard ÷ google/nftables (median of rounds)", re(`^ProgramRatios$`), "delta-1-vs-nftables", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "delta-1-vs-nftables-ci-hi", 1, "×", 0, false, "(reported)", ""},
+	{"1,000-element delta, nftguard ÷ nft -f (median of rounds)", re(`^ProgramRatios$`), "delta-1000-vs-nft", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "delta-1000-vs-nft-ci-hi", 1, "×", 0, false, "(reported)", ""},
+	{"1,000-element delta, nftguard ÷ google/nftables (median of rounds)", re(`^ProgramRatios$`), "delta-1000-vs-nftables", 1, "×", 1, true, "≤ 1.00", ""},
+	{"  95% CI high", re(`^ProgramRatios$`), "delta-1000-vs-nftables-ci-hi", 1, "×", 0, false, "(reported)", ""},
 	{"rules walked by a new connection, linear layout", re(`^RuleCount/`), "linear-rules/conn", 1, "", 0, false, "(computed: grows with the policies)", "iptables-style enforcers"},
 	{"full compile", re(`^Compile/`), "ns/op", 1e-9, "s", 3, true, "≤ 3 s (100k pods/25k ns/75k policies)", "Antrea ~6 s"},
 	{"full compile peak heap", re(`^Compile/`), "peak-heap-MiB", 1.0 / 1024, "GiB", 1, true, "≤ 1 GiB", "Antrea ~1.6 GB"},
