@@ -17,7 +17,7 @@ BENCH_OUT ?= $(BIN)/bench.txt
 BENCH_TEST := $(BIN)/bench.test
 BENCH_RUN = (cd test/bench && $(BENCH_TEST) -test.run '^$$' -test.benchtime 1x -test.count $(BENCH_COUNT)
 BENCH_TIERED := ^Benchmark(Compile|EnginePodEvent|ControllerMemory)$$
-BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd|EndToEndRealNodes|AddToReady|Revoke|DropsNaming|DropsQuery|RuleCount|ProgramRatios)$$
+BENCH_ONCE := ^Benchmark(Program|Datapath|AuditLog|AgentMemory|ControlPlane|EndToEnd|EndToEndRealNodes|AddToReady|Revoke|DropsNaming|DropsQuery|RuleCount|ProgramRatios|WatchFanout)$$
 
 # The data path benchmark loads its iptables-style comparison table with nft.
 .PHONY: bench-tools
