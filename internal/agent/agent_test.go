@@ -67,11 +67,30 @@ func sortedLines(s string) []string {
 	return lines
 }
 
+// group is an AddressGroup whose span holds the agents' nodes, as the
+// controller labels the groups a node references.
 func group(name string, addrs ...string) *v1alpha1.AddressGroup {
+	var span []int
+	for _, n := range []string{nodeName, "node-revoke", "node-tamper"} {
+		span = append(span, v1alpha1.SpanBucket(n))
+	}
 	return &v1alpha1.AddressGroup{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: v1alpha1.SpanLabels(span)},
 		Spec:       v1alpha1.AddressGroupSpec{Namespace: "shop", Addresses: addrs},
 	}
+}
+
+// setSpan rewrites the span labels of a group to the given buckets.
+func setSpan(name string, buckets ...int) {
+	GinkgoHelper()
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ag := &v1alpha1.AddressGroup{}
+		if err := k8s.Get(ctx, client.ObjectKey{Name: name}, ag); err != nil {
+			return err
+		}
+		ag.Labels = v1alpha1.SpanLabels(buckets)
+		return k8s.Update(ctx, ag)
+	})).To(Succeed())
 }
 
 var _ = Describe("Agent", Ordered, func() {
@@ -212,6 +231,49 @@ var _ = Describe("Agent", Ordered, func() {
 			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
 			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
 			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.7.1"))
+		}).Should(Succeed())
+		goodTable = kernelTable(Default)
+	})
+
+	It("is sent only the groups whose span holds its node's bucket", func() {
+		mine := v1alpha1.SpanBucket(nodeName)
+		elsewhere := (mine + 1) % v1alpha1.SpanBuckets
+		Expect(elsewhere).NotTo(BeElementOf(v1alpha1.SpanBucket("node-revoke"), v1alpha1.SpanBucket("node-tamper")))
+		ag := group("ag-elsewhere", "198.18.8.1")
+		ag.Labels = v1alpha1.SpanLabels([]int{elsewhere})
+		Expect(k8s.Create(ctx, ag)).To(Succeed())
+		inCache := func(g Gomega) bool {
+			err := agentCache.Get(ctx, client.ObjectKey{Name: "ag-elsewhere"}, &v1alpha1.AddressGroup{})
+			g.Expect(client.IgnoreNotFound(err)).To(Succeed())
+			return err == nil
+		}
+		Consistently(inCache, 2*time.Second, "100ms").Should(BeFalse())
+		By("receiving it once its span reaches the node's bucket")
+		setSpan("ag-elsewhere", elsewhere, mine)
+		Eventually(inCache).Should(BeTrue())
+		By("losing it once the span no longer does")
+		setSpan("ag-elsewhere", elsewhere)
+		Eventually(inCache).Should(BeFalse())
+	})
+
+	It("programs a referenced group its span does not reach yet, read from the API", func() {
+		ag := group("ag-unlabelled", "198.18.9.1")
+		ag.Labels = nil
+		Expect(k8s.Create(ctx, ag)).To(Succeed())
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
+				return err
+			}
+			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-unlabelled"})
+			rs.Spec.AddressGroups = append(rs.Spec.AddressGroups, "ag-unlabelled")
+			return k8s.Update(ctx, rs)
+		})).To(Succeed())
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonProgrammed))
+			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
+			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.9.1"))
 		}).Should(Succeed())
 		goodTable = kernelTable(Default)
 	})

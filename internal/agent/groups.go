@@ -11,11 +11,14 @@ import (
 const StrippedAnnotation = "nftguard.io/agent-stripped"
 
 // GroupFilter keeps the agent's memory proportional to the groups its own
-// rule set references. AddressGroups are watched cluster-wide (the API has no
-// way to watch a changing set of names with one watch), but the cache
-// transform drops the members of every group the node does not reference;
-// when a stripped group becomes referenced, the agent reads it from the API
-// once, and the watch keeps it current from then on.
+// rule set references. The API has no way to watch a changing set of names
+// with one watch, so AddressGroups are watched by their span labels
+// (v1alpha1.SpanSelector): the API server sends the groups referenced from
+// the node's span bucket, which holds other nodes too. The cache transform
+// drops the members of every group the node itself does not reference; when
+// a stripped group becomes referenced, the agent reads it from the API
+// once, and the watch keeps it current from then on. A group the rule set
+// references that the watch has not delivered (yet) is read from the API.
 type GroupFilter struct {
 	referenced atomic.Pointer[map[string]struct{}]
 }

@@ -187,8 +187,9 @@ func Setup(cfg *rest.Config, opts Options) (*Agent, error) {
 	byObject := map[client.Object]cache.ByObject{
 		// Only this node's rule set is watched.
 		&v1alpha1.NodeRuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
-		// Every group is watched, but only referenced ones keep members.
-		&v1alpha1.AddressGroup{}: {Transform: groups.Transform},
+		// Only the groups whose span holds this node's bucket are sent,
+		// and of those only the referenced ones keep their members.
+		&v1alpha1.AddressGroup{}: {Label: v1alpha1.SpanSelector(opts.NodeName), Transform: groups.Transform},
 	}
 	if opts.Drops.TokenFile != "" && len(opts.Drops.Servers) == 0 {
 		// The drops API's replicas: the slices of one Service in the

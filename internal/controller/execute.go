@@ -32,19 +32,38 @@ func (r *RuleSetReconciler) converge(ctx context.Context, dirtyRS, dirtyAG map[s
 		groupNodes[name] = int32(r.engine.GroupReferences(name))
 	}
 	r.mu.Unlock()
+	groupSpans := make(map[string]map[string]string, len(dirtyAG))
+	for name := range dirtyAG {
+		groupSpans[name] = v1alpha1.SpanLabels(r.reach.buckets(name))
+	}
 
 	in, retryRS, retryAG, errs := r.read(ctx, dirtyRS, dirtyAG)
 	in.DesiredRuleSets, in.DesiredGroups = r.desiredRS, r.desiredAG
-	in.GroupNodes, in.OversizedGroups, in.MaxBytes = groupNodes, r.oversizedAG, r.maxBytes()
+	in.GroupNodes, in.GroupSpans, in.OversizedGroups, in.MaxBytes = groupNodes, groupSpans, r.oversizedAG, r.maxBytes()
 	p := planWrites(in)
 	errs = append(errs, r.execute(ctx, p, retryRS, retryAG)...)
 
+	unkept := map[string]struct{}{}
 	for _, name := range in.RuleSets {
-		if t, ok := p.Targets[name]; ok {
+		t, ok := p.Targets[name]
+		if ok {
 			r.targets[name] = t
 		} else {
 			delete(r.targets, name)
 		}
+		// A node keeping its previous spec still needs that spec's groups:
+		// they stay in its span until it stops keeping it.
+		if old, was := r.kept[name]; was {
+			r.reach.add(name, &old, -1, unkept)
+			delete(r.kept, name)
+		}
+		if p.Kept[name] {
+			r.kept[name] = t
+			r.reach.add(name, &t, +1, nil)
+		}
+	}
+	if len(unkept) > 0 {
+		r.requeue(nil, unkept) // their spans shrink in the next pass
 	}
 	for name, size := range p.RuleSetBytes {
 		if size > 0 {

@@ -30,6 +30,9 @@ type planInput struct {
 	// GroupNodes counts the rule sets referencing each group (the Engine's
 	// count), for the groups' status.
 	GroupNodes map[string]int32
+	// GroupSpans holds each group's span labels (v1alpha1.SpanLabels): the
+	// buckets of the nodes whose rule sets reference it.
+	GroupSpans map[string]map[string]string
 	// OversizedGroups holds the size of every desired group whose spec
 	// exceeds the limit (see measureGroups).
 	OversizedGroups map[string]int
@@ -100,6 +103,9 @@ type plan struct {
 	// RuleSetBytes holds, for each compared rule set, the size of its
 	// compiled spec when it exceeds the limit, else 0.
 	RuleSetBytes map[string]int
+	// Kept names the rule sets that keep their previous spec (the compiled
+	// one is above the limit even without any policy's rules).
+	Kept map[string]bool
 	// Largest is the size of the largest compiled spec compared.
 	Largest int
 	Notices []notice
@@ -155,7 +161,7 @@ func referencing(ruleSets map[string]v1alpha1.NodeRuleSetSpec, groups []string) 
 //     nothing desired references, unless a rule set kept or failing to be
 //     rewritten still references it.
 func planWrites(in planInput) plan {
-	p := plan{Targets: map[string]v1alpha1.NodeRuleSetSpec{}, RuleSetBytes: map[string]int{}}
+	p := plan{Targets: map[string]v1alpha1.NodeRuleSetSpec{}, RuleSetBytes: map[string]int{}, Kept: map[string]bool{}}
 	groups := slices.Sorted(slices.Values(in.Groups))
 	ruleSets := slices.Sorted(slices.Values(in.RuleSets))
 
@@ -164,22 +170,34 @@ func planWrites(in planInput) plan {
 		if !ok {
 			continue
 		}
+		cur := in.CurGroups[name]
+		span := in.GroupSpans[name]
+		// The span labels are written with the spec (before the rule sets
+		// that come to reference the group), so the agents that need the
+		// group are watching it by then.
+		relabel := cur != nil && !maps.Equal(spanLabels(cur.Labels), span)
 		if size, over := in.OversizedGroups[name]; over {
 			for _, node := range referencing(in.DesiredRuleSets, []string{name}) {
 				p.Notices = append(p.Notices, notice{Node: node, Reason: v1alpha1.ReasonAddressGroupTooLarge,
 					Message: fmt.Sprintf("Address group %s is %d bytes, above the %d-byte object limit; its membership is not updated", name, size, in.MaxBytes)})
 			}
+			if relabel {
+				// Its members stay as written, but the nodes that need them get them.
+				ag := cur.DeepCopy()
+				ag.Labels = withSpan(cur.Labels, span)
+				p.Writes = append(p.Writes, write{Kind: updateGroup, Name: name, Object: ag, Base: cur})
+			}
 			continue
 		}
-		cur := in.CurGroups[name]
 		if cur == nil {
-			ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, Spec: *spec.DeepCopy()}
+			ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: withSpan(managedLabels(), span)}, Spec: *spec.DeepCopy()}
 			p.Writes = append(p.Writes, write{Kind: createGroup, Name: name, Object: ag})
 			continue // its status is written once the create is in the cache
 		}
-		if !equality.Semantic.DeepEqual(cur.Spec, spec) {
+		if relabel || !equality.Semantic.DeepEqual(cur.Spec, spec) {
 			ag := cur.DeepCopy()
 			ag.Spec = *spec.DeepCopy()
+			ag.Labels = withSpan(cur.Labels, span)
 			p.Writes = append(p.Writes, write{Kind: updateGroup, Name: name, Object: ag, Base: cur})
 		}
 		want := v1alpha1.AddressGroupStatus{Size: int32(len(spec.Addresses) + len(spec.Endpoints)), Nodes: in.GroupNodes[name]}
@@ -243,6 +261,7 @@ func planWrites(in planInput) plan {
 			for _, g := range cur.Spec.AddressGroups {
 				keep[g] = true
 			}
+			p.Kept[name] = true
 			target = cur.Spec
 			target.Unwritten = &v1alpha1.Unwritten{Reason: v1alpha1.ReasonRuleSetTooLarge, Bytes: int64(size), Limit: int64(in.MaxBytes)}
 		} else {

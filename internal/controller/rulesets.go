@@ -76,6 +76,8 @@ type RuleSetReconciler struct {
 	// targets holds the spec each node's NodeRuleSet is to have (see
 	// plan.Targets), for the status reconciler.
 	targets     map[string]v1alpha1.NodeRuleSetSpec
+	reach       reach                               // group -> bucket -> references (span labels)
+	kept        map[string]v1alpha1.NodeRuleSetSpec // node -> previous spec it keeps (see plan.Kept)
 	spans       map[string]compiler.PolicySpan
 	gens        map[string]int64
 	oversizedRS map[string]int // node -> bytes of its compiled spec, when above the limit
@@ -188,18 +190,14 @@ func (r *RuleSetReconciler) shardLevels(ctx context.Context) (map[string]int, er
 // may have changed, so their status is compared.
 func (r *RuleSetReconciler) setDesiredRS(name string, spec *v1alpha1.NodeRuleSetSpec, dirtyAG map[string]struct{}) {
 	if old, ok := r.desiredRS[name]; ok {
-		for _, g := range old.AddressGroups {
-			dirtyAG[g] = struct{}{}
-		}
+		r.reach.add(name, &old, -1, dirtyAG)
 	}
 	if spec == nil {
 		delete(r.desiredRS, name)
 		return
 	}
 	r.desiredRS[name] = *spec
-	for _, g := range spec.AddressGroups {
-		dirtyAG[g] = struct{}{}
-	}
+	r.reach.add(name, spec, +1, dirtyAG)
 }
 
 // markAll adds every existing and desired output to the sets to compare.
@@ -276,6 +274,8 @@ func (r *RuleSetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.desiredRS = map[string]v1alpha1.NodeRuleSetSpec{}
 	r.desiredAG = map[string]v1alpha1.AddressGroupSpec{}
 	r.targets = map[string]v1alpha1.NodeRuleSetSpec{}
+	r.reach = reach{}
+	r.kept = map[string]v1alpha1.NodeRuleSetSpec{}
 	r.spans = map[string]compiler.PolicySpan{}
 	r.gens = map[string]int64{}
 	r.oversizedRS = map[string]int{}

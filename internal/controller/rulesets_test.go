@@ -271,6 +271,50 @@ var _ = Describe("Rule sets", func() {
 		}).Should(Succeed())
 	})
 
+	It("labels each address group with the span buckets of the nodes that reference it", func() {
+		// Two nodes of two buckets.
+		n1 := makeNode(name("n"))
+		var n2 *corev1.Node
+		for n2 == nil || v1alpha1.SpanBucket(n2.Name) == v1alpha1.SpanBucket(n1.Name) {
+			n2 = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name("n")}}
+		}
+		n2 = makeNode(n2.Name)
+		ns := makeNamespace(name("ns"), nil)
+		Expect(admin.Create(ctx, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "from-clients"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "server"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
+				}},
+			},
+		})).To(Succeed())
+		makePod(ns.Name, "client", n2.Name, map[string]string{"role": "client"})
+		s1 := makePod(ns.Name, "server-1", n1.Name, map[string]string{"role": "server"})
+		// The span labels of the one group the node's rule set references.
+		span := func(node string) func(g Gomega) map[string]string {
+			return func(g Gomega) map[string]string {
+				rs := ruleSet(g, node)
+				g.Expect(rs.Spec.AddressGroups).To(HaveLen(1))
+				out := map[string]string{}
+				for k, v := range addressGroup(g, rs.Spec.AddressGroups[0]).Labels {
+					if v1alpha1.IsSpanLabel(k) {
+						out[k] = v
+					}
+				}
+				return out
+			}
+		}
+		By("reaching the bucket of the one node with a selected pod")
+		Eventually(span(n1.Name)).Should(Equal(v1alpha1.SpanLabels([]int{v1alpha1.SpanBucket(n1.Name)})))
+		By("reaching both buckets once the other node has a selected pod")
+		makePod(ns.Name, "server-2", n2.Name, map[string]string{"role": "server"})
+		Eventually(span(n1.Name)).Should(Equal(v1alpha1.SpanLabels([]int{v1alpha1.SpanBucket(n1.Name), v1alpha1.SpanBucket(n2.Name)})))
+		By("leaving the first node's bucket once its pod is gone")
+		Expect(admin.Delete(ctx, s1, client.GracePeriodSeconds(0))).To(Succeed())
+		Eventually(span(n2.Name)).Should(Equal(v1alpha1.SpanLabels([]int{v1alpha1.SpanBucket(n2.Name)})))
+	})
+
 	It("rewrites only the pod's own node and its address groups when one pod changes", func() {
 		nodes := []*corev1.Node{makeNode(name("n")), makeNode(name("n")), makeNode(name("n"))}
 		ns := makeNamespace(name("ns"), nil)

@@ -5,8 +5,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,8 +17,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
@@ -23,20 +29,28 @@ import (
 )
 
 var (
-	fanoutAgents = flag.String("bench.fanout.agents", "500,2000", "simulated agents of the watch fan-out benchmark (5000: see docs/benchmarks.md)")
-	fanoutEvents = flag.Int("bench.fanout.events", 10, "group writes (pod events) per fan-out run")
+	fanoutAgents = flag.String("bench.fanout.agents", "500,2000,5000", "simulated agents of the watch fan-out benchmark")
+	fanoutEvents = flag.Int("bench.fanout.events", 10, "writes (pod events) per fan-out run")
+	fanoutSpans  = flag.String("bench.fanout.spans", "1,50", "nodes referencing the written group in the span runs (every node is always run too)")
 )
 
 // BenchmarkWatchFanout measures what one pod event costs the API server's
-// watchers today: every agent watches every AddressGroup (as the agent's
-// cache does), so a write of one group shard of 4,096 addresses (a pod
-// joining a group) reaches every agent. Simulated agents are watch
-// streams on the real kube-apiserver of envtest, sharing HTTP/2
-// connections; each counts the events and bytes it reads. Per pod event it
-// reports the events and bytes delivered in all and the API server's CPU
-// (user and system time of its process). This is the baseline the
-// per-node filtering of the fan-out is to cut: with it, a group reaches the
-// nodes that reference it.
+// watchers: the write of one group shard of 4,096 addresses (a pod joining
+// a group), watched by simulated agents, streams on the real kube-apiserver
+// of envtest sharing HTTP/2 connections, each counting the events and
+// bytes it reads. Per pod event it reports the events and bytes delivered
+// in all and the API server's CPU (user and system time of its process).
+//
+// Runs, at each number of agents (nodes node-0 to node-<n-1>):
+//   - unfiltered: every agent watches every AddressGroup (the agents
+//     before span labels): a write reaches every node;
+//   - span=S: every agent watches with its node's span selector, as agents
+//     do, and the group's span labels are those the controller writes when
+//     S nodes reference it (S = every node included): a write reaches the
+//     nodes of those nodes' buckets;
+//   - drops-endpoints: every agent watches the drops API's EndpointSlice,
+//     as agents do to find the drops servers; a write is a replica's
+//     readiness changing.
 func BenchmarkWatchFanout(b *testing.B) {
 	cfg := testenv.Start(b)
 	cfg.QPS, cfg.Burst = 1000, 1000
@@ -44,109 +58,214 @@ func BenchmarkWatchFanout(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	addrs := make([]string, 4096)
-	for i := range addrs {
-		addrs[i] = addrAt(peerBase, i).String()
-	}
-	ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: "ag-fanout-0"}, Spec: v1alpha1.AddressGroupSpec{Addresses: addrs}}
-	if err := cl.Create(ctx, ag); err != nil {
-		b.Fatal(err)
-	}
 	apiserver := apiServerPID(b)
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
-	url := strings.TrimSuffix(cfg.Host, "/") + "/apis/nftguard.io/v1alpha1/addressgroups?watch=1&allowWatchBookmarks=false"
+	host := strings.TrimSuffix(cfg.Host, "/")
+	groups := host + "/apis/nftguard.io/v1alpha1/addressgroups?watch=1&allowWatchBookmarks=false"
 	for _, agents := range intList(b, *fanoutAgents) {
-		b.Run(fmt.Sprintf("agents=%d", agents), func(b *testing.B) {
-			wctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			var events, bytes atomic.Int64
-			var wg sync.WaitGroup
-			cur := &v1alpha1.AddressGroup{}
-			if err := cl.Get(ctx, client.ObjectKey{Name: ag.Name}, cur); err != nil {
-				b.Fatal(err)
+		node := func(i int) string { return fmt.Sprintf("node-%d", i) }
+		spans := append(intList(b, *fanoutSpans), agents)
+		b.Run(fmt.Sprintf("agents=%d/unfiltered", agents), func(b *testing.B) {
+			w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-all", agents), nil)
+			fanout(b, hc, apiserver, agents, agents, func(int) string { return groups }, w)
+		})
+		for _, span := range spans {
+			if span > agents {
+				continue
 			}
-			started := make(chan error, agents)
-			for range agents {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					var resp *http.Response
-					for attempt := 0; ; attempt++ {
-						req, _ := http.NewRequestWithContext(wctx, http.MethodGet, url+"&resourceVersion="+cur.ResourceVersion, nil)
-						var err error
-						if resp, err = hc.Do(req); err != nil {
-							started <- err
-							return
-						}
-						if resp.StatusCode == http.StatusOK {
-							break
-						}
-						// Too many watches starting at once (priority and
-						// fairness): retry, as a client does.
-						resp.Body.Close()
-						if attempt == 100 {
-							started <- fmt.Errorf("watch: %s", resp.Status)
-							return
-						}
-						time.Sleep(100 * time.Millisecond)
-					}
-					defer resp.Body.Close()
-					started <- nil
-					r := bufio.NewReaderSize(resp.Body, 1<<16)
-					for {
-						line, err := r.ReadSlice('\n')
-						bytes.Add(int64(len(line)))
-						if err == bufio.ErrBufferFull {
-							continue
-						}
-						if err != nil {
-							return
-						}
-						events.Add(1)
-					}
-				}()
-			}
-			for range agents {
-				if err := <-started; err != nil {
-					b.Fatalf("watch: %v", err)
+			b.Run(fmt.Sprintf("agents=%d/span=%d", agents, span), func(b *testing.B) {
+				buckets := map[int]bool{}
+				for i := range span {
+					buckets[v1alpha1.SpanBucket(node(i))] = true
 				}
-			}
-			var cpu time.Duration
-			for b.Loop() {
-				cpu0 := processCPU(b, apiserver)
-				events.Store(0)
-				bytes.Store(0)
-				for e := range *fanoutEvents {
-					if err := cl.Get(ctx, client.ObjectKey{Name: ag.Name}, cur); err != nil {
-						b.Fatal(err)
-					}
-					cur.Spec.Addresses[e%len(cur.Spec.Addresses)] = addrAt(spareBase, e).String()
-					if err := cl.Update(ctx, cur); err != nil {
-						b.Fatal(err)
-					}
-					want := int64((e + 1) * agents)
-					deadline := time.Now().Add(2 * time.Minute)
-					for events.Load() < want {
-						if time.Now().After(deadline) {
-							b.Fatalf("%d of %d events delivered", events.Load(), want)
-						}
-						time.Sleep(5 * time.Millisecond)
+				reached := 0
+				for i := range agents {
+					if buckets[v1alpha1.SpanBucket(node(i))] {
+						reached++
 					}
 				}
-				cpu = processCPU(b, apiserver) - cpu0
-			}
-			n := float64(*fanoutEvents)
-			b.ReportMetric(float64(events.Load())/n, "events/pod-event")
-			b.ReportMetric(float64(bytes.Load())/n/(1<<20), "MiB/pod-event")
-			b.ReportMetric(cpu.Seconds()/n*1e3, "apiserver-cpu-ms/pod-event")
-			cancel()
-			wg.Wait()
+				w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-%d", agents, span), v1alpha1.SpanLabels(slices.Sorted(maps.Keys(buckets))))
+				fanout(b, hc, apiserver, agents, reached, func(i int) string {
+					return groups + "&labelSelector=" + url.QueryEscape(v1alpha1.SpanSelector(node(i)).String())
+				}, w)
+				b.ReportMetric(float64(reached)/float64(span), "nodes-reached/node-referencing")
+			})
+		}
+		b.Run(fmt.Sprintf("agents=%d/drops-endpoints", agents), func(b *testing.B) {
+			w := newSliceWriter(b, cl, fmt.Sprintf("fanout-%d", agents))
+			watch := host + "/apis/discovery.k8s.io/v1/namespaces/" + w.ns + "/endpointslices?watch=1&allowWatchBookmarks=false&labelSelector=" +
+				url.QueryEscape(discoveryv1.LabelServiceName+"=nftguard-drops")
+			fanout(b, hc, apiserver, agents, agents, func(int) string { return watch }, w)
 		})
 	}
+}
+
+// writer is the object a fan-out run writes: resourceVersion returns its
+// current version (the watches start there), write changes it once.
+type writer interface {
+	resourceVersion() string
+	write(e int)
+}
+
+// groupWriter writes a member change of one group of 4,096 addresses with
+// the given span labels.
+type groupWriter struct {
+	b   *testing.B
+	cl  client.Client
+	cur *v1alpha1.AddressGroup
+}
+
+func newGroupWriter(b *testing.B, cl client.Client, name string, span map[string]string) *groupWriter {
+	addrs := make([]string, 4096)
+	for i := range addrs {
+		addrs[i] = addrAt(peerBase, i).String()
+	}
+	ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: span}, Spec: v1alpha1.AddressGroupSpec{Addresses: addrs}}
+	if err := cl.Create(context.Background(), ag); err != nil {
+		b.Fatal(err)
+	}
+	return &groupWriter{b: b, cl: cl, cur: ag}
+}
+
+func (w *groupWriter) resourceVersion() string { return w.cur.ResourceVersion }
+
+func (w *groupWriter) write(e int) {
+	w.cur.Spec.Addresses[e%len(w.cur.Spec.Addresses)] = addrAt(spareBase, e).String()
+	if err := w.cl.Update(context.Background(), w.cur); err != nil {
+		w.b.Fatal(err)
+	}
+}
+
+// sliceWriter flips the readiness of one of the two endpoints of the drops
+// API's EndpointSlice, in a namespace of its own.
+type sliceWriter struct {
+	b   *testing.B
+	cl  client.Client
+	ns  string
+	cur *discoveryv1.EndpointSlice
+}
+
+func newSliceWriter(b *testing.B, cl client.Client, ns string) *sliceWriter {
+	ctx := context.Background()
+	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		b.Fatal(err)
+	}
+	port, proto := int32(8443), corev1.ProtocolTCP
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: "nftguard-drops-x7k2p", Labels: map[string]string{discoveryv1.LabelServiceName: "nftguard-drops"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("https"), Port: &port, Protocol: &proto}},
+	}
+	for i := range 2 {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{addrAt(peerBase, i).String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+			NodeName:   ptr.To(fmt.Sprintf("node-%d", i)),
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: fmt.Sprintf("nftguard-controller-6d9f8c7b5-%d", i)},
+		})
+	}
+	if err := cl.Create(ctx, es); err != nil {
+		b.Fatal(err)
+	}
+	return &sliceWriter{b: b, cl: cl, ns: ns, cur: es}
+}
+
+func (w *sliceWriter) resourceVersion() string { return w.cur.ResourceVersion }
+
+func (w *sliceWriter) write(e int) {
+	w.cur.Endpoints[0].Conditions.Ready = ptr.To(e%2 == 1)
+	if err := w.cl.Update(context.Background(), w.cur); err != nil {
+		w.b.Fatal(err)
+	}
+}
+
+// fanout starts agents watch streams (agent i on watchURL(i)), then makes
+// *fanoutEvents writes, waiting after each for the reached watchers to
+// receive it, and reports events, bytes and API server CPU per write.
+func fanout(b *testing.B, hc *http.Client, apiserver, agents, reached int, watchURL func(int) string, w writer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var events, bytes atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	started := make(chan error, agents)
+	rv := w.resourceVersion()
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var resp *http.Response
+			for attempt := 0; ; attempt++ {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, watchURL(i)+"&resourceVersion="+rv, nil)
+				var err error
+				if resp, err = hc.Do(req); err != nil {
+					started <- err
+					return
+				}
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+				// Too many watches starting at once (priority and
+				// fairness): retry, as a client does.
+				resp.Body.Close()
+				if attempt == 100 {
+					started <- fmt.Errorf("watch: %s", resp.Status)
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			defer resp.Body.Close()
+			started <- nil
+			r := bufio.NewReaderSize(resp.Body, 1<<16)
+			for {
+				line, err := r.ReadSlice('\n')
+				bytes.Add(int64(len(line)))
+				if err == bufio.ErrBufferFull {
+					continue
+				}
+				if err != nil {
+					return
+				}
+				events.Add(1)
+			}
+		}()
+	}
+	for range agents {
+		if err := <-started; err != nil {
+			b.Fatalf("watch: %v", err)
+		}
+	}
+	var cpu time.Duration
+	for b.Loop() {
+		cpu0 := processCPU(b, apiserver)
+		events.Store(0)
+		bytes.Store(0)
+		for e := range *fanoutEvents {
+			w.write(e)
+			want := int64((e + 1) * reached)
+			deadline := time.Now().Add(2 * time.Minute)
+			for events.Load() < want {
+				if time.Now().After(deadline) {
+					b.Fatalf("%d of %d events delivered", events.Load(), want)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		cpu = processCPU(b, apiserver) - cpu0
+		// No watcher outside the reach got it late.
+		time.Sleep(200 * time.Millisecond)
+		if got, want := events.Load(), int64(*fanoutEvents*reached); got != want {
+			b.Fatalf("%d events delivered, want %d", got, want)
+		}
+	}
+	n := float64(*fanoutEvents)
+	b.ReportMetric(float64(events.Load())/n, "events/pod-event")
+	b.ReportMetric(float64(bytes.Load())/n/(1<<20), "MiB/pod-event")
+	b.ReportMetric(cpu.Seconds()/n*1e3, "apiserver-cpu-ms/pod-event")
 }
 
 // apiServerPID finds the kube-apiserver this process started.
