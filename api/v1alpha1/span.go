@@ -1,7 +1,8 @@
 package v1alpha1
 
 import (
-	"hash/fnv"
+	"crypto/sha256"
+	"encoding/binary"
 	"strconv"
 	"strings"
 
@@ -34,12 +35,13 @@ const (
 	SpanLabelPrefix = "span.nftguard.io/"
 )
 
-// SpanBucket returns the bucket of a node: the FNV-1a hash of its name,
-// modulo SpanBuckets.
+// SpanBucket returns the bucket of a node: the first four bytes of the
+// SHA-256 of its name, modulo SpanBuckets. (The low bits of FNV-1a depend
+// only on the low bits of its state, so names that differ in their last
+// characters, as node names do, fill its buckets unevenly.)
 func SpanBucket(node string) int {
-	h := fnv.New32a()
-	h.Write([]byte(node))
-	return int(h.Sum32() % SpanBuckets)
+	sum := sha256.Sum256([]byte(node))
+	return int(binary.BigEndian.Uint32(sum[:4]) % SpanBuckets)
 }
 
 // SpanLabels returns the labels that say a group reaches the given buckets

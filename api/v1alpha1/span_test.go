@@ -72,17 +72,41 @@ func TestSpanSelectorMatchesItsBucketsOnly(t *testing.T) {
 	}
 }
 
-// TestSpanBucketsSpread checks that node names hash evenly enough: 5,000
-// nodes fill every bucket, none with more than twice the mean.
+// TestSpanBucketsSpread checks that node names hash evenly, for cloud-style
+// names and for names that differ only in their last digits: 5,000 nodes
+// fill every bucket, none with more than twice the mean, and the nodes
+// sharing a bucket with a given node (what a group that node alone uses
+// reaches) average near what a uniform hash gives.
 func TestSpanBucketsSpread(t *testing.T) {
-	counts := make([]int, v1alpha1.SpanBuckets)
-	for i := range 5000 {
-		counts[v1alpha1.SpanBucket(fmt.Sprintf("ip-10-0-%d-%d.ec2.internal", i/256, i%256))]++
-	}
-	mean := 5000 / v1alpha1.SpanBuckets
-	for b, c := range counts {
-		if c == 0 || c > 2*mean {
-			t.Fatalf("bucket %d holds %d of 5000 nodes (mean %d)", b, c, mean)
+	const nodes = 5000
+	for _, format := range []func(int) string{
+		func(i int) string { return fmt.Sprintf("ip-10-0-%d-%d.ec2.internal", i/256, i%256) },
+		func(i int) string { return fmt.Sprintf("node-%d", i) },
+	} {
+		counts := make([]int, v1alpha1.SpanBuckets)
+		for i := range nodes {
+			counts[v1alpha1.SpanBucket(format(i))]++
+		}
+		mean := nodes / v1alpha1.SpanBuckets
+		for b, c := range counts {
+			if c == 0 || c > 2*mean {
+				t.Fatalf("%s...: bucket %d holds %d of %d nodes (mean %d)", format(0), b, c, nodes, mean)
+			}
+		}
+		// Of 2,000 nodes, over the first 100, the size of each one's
+		// bucket: uniform hashing gives 1 + 1999/256 = 8.8 on average (the
+		// low bits of FNV-1a give 11.8 here).
+		const fewer = 2000
+		clear(counts)
+		for i := range fewer {
+			counts[v1alpha1.SpanBucket(format(i))]++
+		}
+		sum := 0
+		for i := range 100 {
+			sum += counts[v1alpha1.SpanBucket(format(i))]
+		}
+		if got, want := float64(sum)/100, 1+float64(fewer-1)/v1alpha1.SpanBuckets; got > 1.15*want {
+			t.Fatalf("%s...: a node shares its bucket with %.1f nodes on average, want about %.1f", format(0), got, want)
 		}
 	}
 }

@@ -69,86 +69,108 @@ func BenchmarkWatchFanout(b *testing.B) {
 		node := func(i int) string { return fmt.Sprintf("node-%d", i) }
 		spans := append(intList(b, *fanoutSpans), agents)
 		b.Run(fmt.Sprintf("agents=%d/unfiltered", agents), func(b *testing.B) {
-			w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-all", agents), nil)
-			fanout(b, hc, apiserver, agents, agents, func(int) string { return groups }, w)
+			w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-all", agents), []map[string]string{nil}, []int{agents})
+			fanout(b, hc, apiserver, agents, func(int) string { return groups }, w)
 		})
 		for _, span := range spans {
 			if span > agents {
 				continue
 			}
 			b.Run(fmt.Sprintf("agents=%d/span=%d", agents, span), func(b *testing.B) {
-				buckets := map[int]bool{}
-				for i := range span {
-					buckets[v1alpha1.SpanBucket(node(i))] = true
-				}
-				reached := 0
-				for i := range agents {
-					if buckets[v1alpha1.SpanBucket(node(i))] {
-						reached++
+				// One group per write, each referenced by S other nodes, so
+				// the figure is not one bucket's luck.
+				var labels []map[string]string
+				var reach []int
+				total := 0
+				for e := range *fanoutEvents {
+					buckets := map[int]bool{}
+					for j := range span {
+						buckets[v1alpha1.SpanBucket(node((e*span+j)%agents))] = true
 					}
+					reached := 0
+					for i := range agents {
+						if buckets[v1alpha1.SpanBucket(node(i))] {
+							reached++
+						}
+					}
+					labels = append(labels, v1alpha1.SpanLabels(slices.Sorted(maps.Keys(buckets))))
+					reach = append(reach, reached)
+					total += reached
 				}
-				w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-%d", agents, span), v1alpha1.SpanLabels(slices.Sorted(maps.Keys(buckets))))
-				fanout(b, hc, apiserver, agents, reached, func(i int) string {
+				w := newGroupWriter(b, cl, fmt.Sprintf("ag-fanout-%d-%d", agents, span), labels, reach)
+				fanout(b, hc, apiserver, agents, func(i int) string {
 					return groups + "&labelSelector=" + url.QueryEscape(v1alpha1.SpanSelector(node(i)).String())
 				}, w)
-				b.ReportMetric(float64(reached)/float64(span), "nodes-reached/node-referencing")
+				b.ReportMetric(float64(total)/float64(span**fanoutEvents), "nodes-reached/node-referencing")
 			})
 		}
 		b.Run(fmt.Sprintf("agents=%d/drops-endpoints", agents), func(b *testing.B) {
-			w := newSliceWriter(b, cl, fmt.Sprintf("fanout-%d", agents))
+			w := newSliceWriter(b, cl, fmt.Sprintf("fanout-%d", agents), agents)
 			watch := host + "/apis/discovery.k8s.io/v1/namespaces/" + w.ns + "/endpointslices?watch=1&allowWatchBookmarks=false&labelSelector=" +
 				url.QueryEscape(discoveryv1.LabelServiceName+"=nftguard-drops")
-			fanout(b, hc, apiserver, agents, agents, func(int) string { return watch }, w)
+			fanout(b, hc, apiserver, agents, func(int) string { return watch }, w)
 		})
 	}
 }
 
-// writer is the object a fan-out run writes: resourceVersion returns its
-// current version (the watches start there), write changes it once.
+// writer is what a fan-out run writes: resourceVersion returns the version
+// the watches start at, write makes write e and returns how many watchers
+// it reaches.
 type writer interface {
 	resourceVersion() string
-	write(e int)
+	write(e int) (reach int)
 }
 
-// groupWriter writes a member change of one group of 4,096 addresses with
-// the given span labels.
+// groupWriter writes member changes of groups of 4,096 addresses, one per
+// span given (write e changes group e modulo their number), each reaching
+// the given number of watchers.
 type groupWriter struct {
-	b   *testing.B
-	cl  client.Client
-	cur *v1alpha1.AddressGroup
+	b     *testing.B
+	cl    client.Client
+	cur   []*v1alpha1.AddressGroup
+	reach []int
+	rv    string
 }
 
-func newGroupWriter(b *testing.B, cl client.Client, name string, span map[string]string) *groupWriter {
+func newGroupWriter(b *testing.B, cl client.Client, prefix string, spans []map[string]string, reach []int) *groupWriter {
 	addrs := make([]string, 4096)
 	for i := range addrs {
 		addrs[i] = addrAt(peerBase, i).String()
 	}
-	ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: span}, Spec: v1alpha1.AddressGroupSpec{Addresses: addrs}}
-	if err := cl.Create(context.Background(), ag); err != nil {
-		b.Fatal(err)
+	w := &groupWriter{b: b, cl: cl, reach: reach}
+	for i, span := range spans {
+		ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", prefix, i), Labels: span},
+			Spec: v1alpha1.AddressGroupSpec{Addresses: slices.Clone(addrs)}}
+		if err := cl.Create(context.Background(), ag); err != nil {
+			b.Fatal(err)
+		}
+		w.cur, w.rv = append(w.cur, ag), ag.ResourceVersion
 	}
-	return &groupWriter{b: b, cl: cl, cur: ag}
+	return w
 }
 
-func (w *groupWriter) resourceVersion() string { return w.cur.ResourceVersion }
+func (w *groupWriter) resourceVersion() string { return w.rv }
 
-func (w *groupWriter) write(e int) {
-	w.cur.Spec.Addresses[e%len(w.cur.Spec.Addresses)] = addrAt(spareBase, e).String()
-	if err := w.cl.Update(context.Background(), w.cur); err != nil {
+func (w *groupWriter) write(e int) int {
+	ag := w.cur[e%len(w.cur)]
+	ag.Spec.Addresses[e%len(ag.Spec.Addresses)] = addrAt(spareBase, e).String()
+	if err := w.cl.Update(context.Background(), ag); err != nil {
 		w.b.Fatal(err)
 	}
+	return w.reach[e%len(w.reach)]
 }
 
 // sliceWriter flips the readiness of one of the two endpoints of the drops
 // API's EndpointSlice, in a namespace of its own.
 type sliceWriter struct {
-	b   *testing.B
-	cl  client.Client
-	ns  string
-	cur *discoveryv1.EndpointSlice
+	b      *testing.B
+	cl     client.Client
+	ns     string
+	cur    *discoveryv1.EndpointSlice
+	agents int
 }
 
-func newSliceWriter(b *testing.B, cl client.Client, ns string) *sliceWriter {
+func newSliceWriter(b *testing.B, cl client.Client, ns string, agents int) *sliceWriter {
 	ctx := context.Background()
 	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		b.Fatal(err)
@@ -170,22 +192,23 @@ func newSliceWriter(b *testing.B, cl client.Client, ns string) *sliceWriter {
 	if err := cl.Create(ctx, es); err != nil {
 		b.Fatal(err)
 	}
-	return &sliceWriter{b: b, cl: cl, ns: ns, cur: es}
+	return &sliceWriter{b: b, cl: cl, ns: ns, cur: es, agents: agents}
 }
 
 func (w *sliceWriter) resourceVersion() string { return w.cur.ResourceVersion }
 
-func (w *sliceWriter) write(e int) {
+func (w *sliceWriter) write(e int) int {
 	w.cur.Endpoints[0].Conditions.Ready = ptr.To(e%2 == 1)
 	if err := w.cl.Update(context.Background(), w.cur); err != nil {
 		w.b.Fatal(err)
 	}
+	return w.agents
 }
 
 // fanout starts agents watch streams (agent i on watchURL(i)), then makes
-// *fanoutEvents writes, waiting after each for the reached watchers to
+// *fanoutEvents writes, waiting after each for the watchers it reaches to
 // receive it, and reports events, bytes and API server CPU per write.
-func fanout(b *testing.B, hc *http.Client, apiserver, agents, reached int, watchURL func(int) string, w writer) {
+func fanout(b *testing.B, hc *http.Client, apiserver, agents int, watchURL func(int) string, w writer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var events, bytes atomic.Int64
@@ -244,9 +267,9 @@ func fanout(b *testing.B, hc *http.Client, apiserver, agents, reached int, watch
 		cpu0 := processCPU(b, apiserver)
 		events.Store(0)
 		bytes.Store(0)
+		var want int64
 		for e := range *fanoutEvents {
-			w.write(e)
-			want := int64((e + 1) * reached)
+			want += int64(w.write(e))
 			deadline := time.Now().Add(2 * time.Minute)
 			for events.Load() < want {
 				if time.Now().After(deadline) {
@@ -258,7 +281,7 @@ func fanout(b *testing.B, hc *http.Client, apiserver, agents, reached int, watch
 		cpu = processCPU(b, apiserver) - cpu0
 		// No watcher outside the reach got it late.
 		time.Sleep(200 * time.Millisecond)
-		if got, want := events.Load(), int64(*fanoutEvents*reached); got != want {
+		if got := events.Load(); got != want {
 			b.Fatalf("%d events delivered, want %d", got, want)
 		}
 	}
