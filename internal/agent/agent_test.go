@@ -120,6 +120,29 @@ var _ = Describe("Agent", Ordered, func() {
 		Expect(k8s.Create(ctx, rs)).To(Succeed())
 	})
 
+	// allowGroup adds a group to the peers of the first rule and waits until
+	// the agent has programmed that rule set fully, with the group's
+	// address in the kernel.
+	allowGroup := func(name, addr string) {
+		GinkgoHelper()
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
+				return err
+			}
+			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: name})
+			rs.Spec.AddressGroups = append(rs.Spec.AddressGroups, name)
+			return k8s.Update(ctx, rs)
+		})).To(Succeed())
+		Eventually(func(g Gomega) {
+			c := programmed(g, nodeName)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonProgrammed))
+			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
+			g.Expect(kernelTable(g)).To(ContainSubstring(addr))
+		}).Should(Succeed())
+		goodTable = kernelTable(Default)
+	}
+
 	It("programs its rule set and reports Programmed with the generation and counts", func() {
 		Eventually(func(g Gomega) {
 			c := programmed(g, nodeName)
@@ -218,21 +241,7 @@ var _ = Describe("Agent", Ordered, func() {
 			g.Expect(cached.Annotations).To(HaveKey(agent.StrippedAnnotation))
 			g.Expect(cached.Spec.Addresses).To(BeEmpty())
 		}).Should(Succeed())
-		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
-				return err
-			}
-			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-late"})
-			rs.Spec.AddressGroups = append(rs.Spec.AddressGroups, "ag-late")
-			return k8s.Update(ctx, rs)
-		})).To(Succeed())
-		Eventually(func(g Gomega) {
-			c := programmed(g, nodeName)
-			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
-			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
-			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.7.1"))
-		}).Should(Succeed())
-		goodTable = kernelTable(Default)
+		allowGroup("ag-late", "198.18.7.1")
 	})
 
 	It("is sent only the groups whose span holds its node's bucket", func() {
@@ -260,22 +269,7 @@ var _ = Describe("Agent", Ordered, func() {
 		ag := group("ag-unlabelled", "198.18.9.1")
 		ag.Labels = nil
 		Expect(k8s.Create(ctx, ag)).To(Succeed())
-		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			if err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, rs); err != nil {
-				return err
-			}
-			rs.Spec.Rules[0].Peers = append(rs.Spec.Rules[0].Peers, v1alpha1.Peer{AddressGroup: "ag-unlabelled"})
-			rs.Spec.AddressGroups = append(rs.Spec.AddressGroups, "ag-unlabelled")
-			return k8s.Update(ctx, rs)
-		})).To(Succeed())
-		Eventually(func(g Gomega) {
-			c := programmed(g, nodeName)
-			g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
-			g.Expect(c.Reason).To(Equal(v1alpha1.ReasonProgrammed))
-			g.Expect(c.ObservedGeneration).To(Equal(rs.Generation))
-			g.Expect(kernelTable(g)).To(ContainSubstring("198.18.9.1"))
-		}).Should(Succeed())
-		goodTable = kernelTable(Default)
+		allowGroup("ag-unlabelled", "198.18.9.1")
 	})
 
 	It("restores the table after someone deletes it", func() {

@@ -111,6 +111,20 @@ func reportProgrammed(g Gomega, node string, ok bool, message string) {
 	g.Expect(admin.Status().Update(ctx, rs)).To(Succeed())
 }
 
+// ingressFrom is a policy isolating the pods labelled to (every pod when
+// nil) for ingress, allowing the pods of its namespace labelled from.
+func ingressFrom(ns, n string, to, from map[string]string) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: n},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: to},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: from}}},
+			}},
+		},
+	}
+}
+
 func denyAllIngress(ns, n string) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: n},

@@ -171,34 +171,36 @@ func planWrites(in planInput) plan {
 			continue
 		}
 		cur := in.CurGroups[name]
-		span := in.GroupSpans[name]
-		// The span labels are written with the spec (before the rule sets
-		// that come to reference the group), so the agents that need the
-		// group are watching it by then.
-		relabel := cur != nil && !maps.Equal(spanLabels(cur.Labels), span)
-		if size, over := in.OversizedGroups[name]; over {
+		size, over := in.OversizedGroups[name]
+		if over {
 			for _, node := range referencing(in.DesiredRuleSets, []string{name}) {
 				p.Notices = append(p.Notices, notice{Node: node, Reason: v1alpha1.ReasonAddressGroupTooLarge,
 					Message: fmt.Sprintf("Address group %s is %d bytes, above the %d-byte object limit; its membership is not updated", name, size, in.MaxBytes)})
 			}
-			if relabel {
-				// Its members stay as written, but the nodes that need them get them.
-				ag := cur.DeepCopy()
-				ag.Labels = withSpan(cur.Labels, span)
-				p.Writes = append(p.Writes, write{Kind: updateGroup, Name: name, Object: ag, Base: cur})
+			if cur == nil {
+				continue
 			}
-			continue
+			// Its members stay as written, but its span follows the nodes
+			// that need them.
+			spec = cur.Spec
 		}
+		// The span labels are written with the spec (before the rule sets
+		// that come to reference the group), so the agents that need the
+		// group are watching it by then.
+		span := in.GroupSpans[name]
 		if cur == nil {
 			ag := &v1alpha1.AddressGroup{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: withSpan(managedLabels(), span)}, Spec: *spec.DeepCopy()}
 			p.Writes = append(p.Writes, write{Kind: createGroup, Name: name, Object: ag})
 			continue // its status is written once the create is in the cache
 		}
-		if relabel || !equality.Semantic.DeepEqual(cur.Spec, spec) {
+		if !maps.Equal(spanLabels(cur.Labels), span) || !equality.Semantic.DeepEqual(cur.Spec, spec) {
 			ag := cur.DeepCopy()
 			ag.Spec = *spec.DeepCopy()
 			ag.Labels = withSpan(cur.Labels, span)
 			p.Writes = append(p.Writes, write{Kind: updateGroup, Name: name, Object: ag, Base: cur})
+		}
+		if over {
+			continue
 		}
 		want := v1alpha1.AddressGroupStatus{Size: int32(len(spec.Addresses) + len(spec.Endpoints)), Nodes: in.GroupNodes[name]}
 		if cur.Status != want {

@@ -17,9 +17,6 @@ type reach map[string]map[int]int32
 
 // add counts the groups of a spec of node by delta (+1 or -1).
 func (r reach) add(node string, spec *v1alpha1.NodeRuleSetSpec, delta int32, dirty map[string]struct{}) {
-	if spec == nil {
-		return
-	}
 	b := v1alpha1.SpanBucket(node)
 	for _, g := range spec.AddressGroups {
 		m := r[g]

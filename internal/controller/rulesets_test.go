@@ -46,15 +46,7 @@ var _ = Describe("Rule sets", func() {
 	It("follows pods being created, relabelled and deleted", func() {
 		node := makeNode(name("n"))
 		ns := makeNamespace(name("ns"), nil)
-		Expect(admin.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "web-from-api"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}}}},
-				}},
-			},
-		})).To(Succeed())
+		Expect(admin.Create(ctx, ingressFrom(ns.Name, "web-from-api", map[string]string{"app": "web"}, map[string]string{"app": "api"}))).To(Succeed())
 		web := makePod(ns.Name, "web", node.Name, map[string]string{"app": "web"})
 		api := makePod(ns.Name, "api", node.Name, map[string]string{"app": "api"})
 
@@ -274,21 +266,13 @@ var _ = Describe("Rule sets", func() {
 	It("labels each address group with the span buckets of the nodes that reference it", func() {
 		// Two nodes of two buckets.
 		n1 := makeNode(name("n"))
-		var n2 *corev1.Node
-		for n2 == nil || v1alpha1.SpanBucket(n2.Name) == v1alpha1.SpanBucket(n1.Name) {
-			n2 = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name("n")}}
+		second := name("n")
+		for v1alpha1.SpanBucket(second) == v1alpha1.SpanBucket(n1.Name) {
+			second = name("n")
 		}
-		n2 = makeNode(n2.Name)
+		n2 := makeNode(second)
 		ns := makeNamespace(name("ns"), nil)
-		Expect(admin.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "from-clients"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "server"}},
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
-				}},
-			},
-		})).To(Succeed())
+		Expect(admin.Create(ctx, ingressFrom(ns.Name, "from-clients", map[string]string{"role": "server"}, map[string]string{"role": "client"}))).To(Succeed())
 		makePod(ns.Name, "client", n2.Name, map[string]string{"role": "client"})
 		s1 := makePod(ns.Name, "server-1", n1.Name, map[string]string{"role": "server"})
 		// The span labels of the one group the node's rule set references.
@@ -318,14 +302,7 @@ var _ = Describe("Rule sets", func() {
 	It("rewrites only the pod's own node and its address groups when one pod changes", func() {
 		nodes := []*corev1.Node{makeNode(name("n")), makeNode(name("n")), makeNode(name("n"))}
 		ns := makeNamespace(name("ns"), nil)
-		Expect(admin.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "from-clients"},
-			Spec: networkingv1.NetworkPolicySpec{
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
-				}},
-			},
-		})).To(Succeed())
+		Expect(admin.Create(ctx, ingressFrom(ns.Name, "from-clients", nil, map[string]string{"role": "client"}))).To(Succeed())
 		for i, n := range nodes {
 			makePod(ns.Name, "server-"+string(rune('a'+i)), n.Name, map[string]string{"role": "server"})
 		}

@@ -210,11 +210,10 @@ func (w *sliceWriter) write(e int) int {
 // receive it, and reports events, bytes and API server CPU per write.
 func fanout(b *testing.B, hc *http.Client, apiserver, agents int, watchURL func(int) string, w writer) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var events, bytes atomic.Int64
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer cancel()
+	defer cancel() // before the wait: it ends the watches
 	started := make(chan error, agents)
 	rv := w.resourceVersion()
 	for i := range agents {
