@@ -24,7 +24,15 @@ type AddressGroupSpec struct {
 	// with the number it resolves to on that pod.
 	// +optional
 	NamedPort *NamedPort `json:"namedPort,omitempty"`
-	// addresses are the member pods' IPs, sorted (plain groups).
+	// fromIPBlocks is set on the group of a policy rule's ipBlocks, made
+	// when a policy has more ipBlocks than the compiler keeps inline in a
+	// rule set: its addresses are the CIDRs the blocks cover (each block's
+	// CIDR minus its except CIDRs), it has no selectors, and no pod event
+	// changes it.
+	// +optional
+	FromIPBlocks bool `json:"fromIPBlocks,omitempty"`
+	// addresses are the member pods' IPs, sorted (plain groups), or the
+	// CIDRs of a group made from ipBlocks.
 	// +optional
 	// +listType=atomic
 	Addresses []string `json:"addresses,omitempty"`

@@ -3,7 +3,9 @@ package compiler
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -775,4 +777,134 @@ func deepCopySnapshot(s *Snapshot) *Snapshot {
 		out.DefaultDenies = append(out.DefaultDenies, o.DeepCopy())
 	}
 	return out
+}
+
+// TestIPBlockGroups: a policy with more ipBlocks than the rule sets hold
+// inline gets each rule's blocks as one group of the CIDRs they cover; a
+// policy with fewer keeps them inline; the group of 20,000 blocks is split
+// into shards and the rule set stays small.
+func TestIPBlockGroups(t *testing.T) {
+	few := []networkingv1.NetworkPolicyPeer{blockPeer("198.18.0.0/16", "198.18.1.0/24", "198.18.2.128/25"), blockPeer("fd00::/64")}
+	many := slices.Clone(few)
+	for i := range DefaultMaxInlineBlocks {
+		many = append(many, blockPeer(fmt.Sprintf("198.19.%d.0/24", i)))
+	}
+	res := Compile(snap(base(),
+		mkNP("x", "few", sel("app", "a"), ingressRule(nil, few...)),
+		mkNP("y", "many", sel("app", "a"), ingressRule(nil, many...), policyTypes(tIn, tEg), egressRule(ports(tcp(53)), blockPeer("198.18.0.5/32"))),
+	))
+	checkIntegrity(t, res)
+	rules := map[string]v1alpha1.Rule{}
+	for _, r := range res.NodeRuleSets["n1"].Rules {
+		rules[r.ID] = r
+	}
+	peersOf := func(ns string, egress bool) []v1alpha1.Peer {
+		t.Helper()
+		for _, p := range res.NodeRuleSets["n1"].Pods {
+			if p.Namespace == ns && p.Name == "a" {
+				iso := p.Ingress
+				if egress {
+					iso = p.Egress
+				}
+				if iso == nil || len(iso.Rules) != 1 {
+					t.Fatalf("%s/a: isolation %+v, want one rule", ns, iso)
+				}
+				return rules[iso.Rules[0]].Peers
+			}
+		}
+		t.Fatalf("%s/a not on n1", ns)
+		return nil
+	}
+	for _, p := range peersOf("x", false) {
+		if p.IPBlock == nil {
+			t.Errorf("a policy of %d blocks: peer %+v, want its blocks inline", len(few), p)
+		}
+	}
+	// The policy's every rule gets a group, even one with a single block:
+	// the bound is on the policy.
+	for _, egress := range []bool{false, true} {
+		peers := peersOf("y", egress)
+		if len(peers) != 1 || peers[0].AddressGroup == "" {
+			t.Fatalf("a policy of %d blocks, egress %v: peers %+v, want one group", len(many)+1, egress, peers)
+		}
+	}
+	g := res.AddressGroups[peersOf("y", false)[0].AddressGroup]
+	want := []string{"198.18.0.0/24", "198.18.2.0/25", "198.18.3.0/24", "198.18.4.0/22", "198.18.8.0/21", "198.18.16.0/20",
+		"198.18.32.0/19", "198.18.64.0/18", "198.18.128.0/17"}
+	for i := range DefaultMaxInlineBlocks {
+		want = append(want, fmt.Sprintf("198.19.%d.0/24", i))
+	}
+	want = append(want, "fd00::/64")
+	slices.SortFunc(want, func(a, b string) int {
+		pa, pb := netip.MustParsePrefix(a), netip.MustParsePrefix(b)
+		if c := pa.Addr().Compare(pb.Addr()); c != 0 {
+			return c
+		}
+		return pa.Bits() - pb.Bits()
+	})
+	if diff := cmp.Diff(v1alpha1.AddressGroupSpec{FromIPBlocks: true, Addresses: want}, g); diff != "" {
+		t.Errorf("group of the blocks (-want +got):\n%s", diff)
+	}
+	if eg := res.AddressGroups[peersOf("y", true)[0].AddressGroup]; !slices.Equal(eg.Addresses, []string{"198.18.0.5/32"}) || !eg.FromIPBlocks {
+		t.Errorf("group of the egress block: %+v", eg)
+	}
+
+	var blocks []networkingv1.NetworkPolicyPeer
+	for i := range 20000 {
+		blocks = append(blocks, blockPeer(fmt.Sprintf("198.%d.%d.%d/32", 18+i>>16, i>>8&255, i&255)))
+	}
+	res = Compile(snap(base(), mkNP("z", "huge", sel("app", "a"), ingressRule(nil, blocks...))))
+	checkIntegrity(t, res)
+	checkShards(t, res, DefaultMaxGroupEntries)
+	entries := 0
+	for _, g := range res.AddressGroups {
+		if g.FromIPBlocks {
+			entries += len(g.Addresses)
+		}
+	}
+	if entries != 20000 {
+		t.Errorf("the group's shards hold %d CIDRs, want 20,000", entries)
+	}
+	b, err := json.Marshal(res.NodeRuleSets["n1"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 4096 {
+		t.Errorf("rule set of 20,000 blocks in groups: %d bytes, want a few shard references", len(b))
+	}
+}
+
+func TestBlockPrefixes(t *testing.T) {
+	for _, tc := range []struct {
+		cidr   string
+		except []string
+		want   []string
+	}{
+		{"198.18.0.0/24", nil, []string{"198.18.0.0/24"}},
+		{"198.18.0.0/24", []string{"198.18.0.0/25"}, []string{"198.18.0.128/25"}},
+		{"198.18.0.0/30", []string{"198.18.0.1/32"}, []string{"198.18.0.0/32", "198.18.0.2/31"}},
+		{"198.18.0.0/30", []string{"198.18.0.1/32", "198.18.0.2/31"}, []string{"198.18.0.0/32"}},
+		{"fd00::/126", []string{"fd00::2/127"}, []string{"fd00::/127"}},
+	} {
+		b, ok := normalizeIPBlock(tc.cidr, tc.except)
+		if !ok {
+			t.Fatalf("%s except %v: not a block", tc.cidr, tc.except)
+		}
+		var got []string
+		for _, p := range blockPrefixes(b) {
+			got = append(got, p.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s except %v: %v, want %v", tc.cidr, tc.except, got, tc.want)
+		}
+		// Every address of the block is covered iff it is not excepted.
+		block := netip.MustParsePrefix(tc.cidr)
+		for a := block.Addr(); block.Contains(a); a = a.Next() {
+			in := slices.ContainsFunc(blockPrefixes(b), func(p netip.Prefix) bool { return p.Contains(a) })
+			excepted := slices.ContainsFunc(tc.except, func(e string) bool { return netip.MustParsePrefix(e).Contains(a) })
+			if in == excepted {
+				t.Errorf("%s except %v: %s covered %v", tc.cidr, tc.except, a, in)
+			}
+		}
+	}
 }

@@ -812,6 +812,8 @@ func (e *Engine) ref(g *groupDef) {
 	st := &groupState{def: g, refs: 1} // recompute scans its members
 	e.groups[g.name] = st
 	switch names, pinned := pinnedNamespaces(g); {
+	case g.blocks != nil:
+		// No pod is a member.
 	case g.nsSel == nil:
 		addGroup(e.nsGroups, g.namespace, st)
 	case pinned:
@@ -833,6 +835,7 @@ func (e *Engine) unref(name string) {
 	delete(e.groups, name)
 	g := st.def
 	switch names, pinned := pinnedNamespaces(g); {
+	case g.blocks != nil:
 	case g.nsSel == nil:
 		removeGroup(e.nsGroups, g.namespace, name)
 	case pinned:

@@ -176,7 +176,12 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps, maxEntries int) {
 	if len(pool) == 0 {
 		return
 	}
-	e := NewEngineWith(Options{MaxGroupEntries: maxEntries})
+	// Half the sequences have their policies' ipBlocks made into groups.
+	inline := 0
+	if rng.IntN(2) == 0 {
+		inline = 1
+	}
+	e := NewEngineWith(Options{MaxGroupEntries: maxEntries, MaxInlineBlocks: inline})
 	w := world{}
 	m := &mirror{res: &Result{NodeRuleSets: map[string]v1alpha1.NodeRuleSetSpec{}, AddressGroups: map[string]v1alpha1.AddressGroupSpec{}, Policies: map[string]PolicySpan{}}}
 	var log []string
@@ -186,13 +191,13 @@ func runEngineSequence(t *testing.T, rng *rand.Rand, steps, maxEntries int) {
 		// The levels are the Engine's: Compile checks that they are the
 		// ones it would keep (see chooseLevel).
 		levels := e.ShardLevels()
-		want := CompileWith(s, Options{MaxGroupEntries: maxEntries, ShardLevels: levels})
+		want := CompileWith(s, Options{MaxGroupEntries: maxEntries, MaxInlineBlocks: inline, ShardLevels: levels})
 		if diff := cmp.Diff(want, e.Result()); diff != "" {
 			t.Fatalf("after %v\nengine result differs from Compile (-compile +engine):\n%s", log, diff)
 		}
 		if maxEntries > 0 {
 			checkShards(t, want, maxEntries)
-			if diff := cmp.Diff(Compile(s), mergeShards(t, want)); diff != "" {
+			if diff := cmp.Diff(CompileWith(s, Options{MaxInlineBlocks: inline}), mergeShards(t, want)); diff != "" {
 				t.Fatalf("after %v\nmerged shards differ from the unsplit groups (-unsplit +merged):\n%s", log, diff)
 			}
 		}

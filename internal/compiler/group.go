@@ -3,6 +3,7 @@ package compiler
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/netip"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,10 @@ type groupDef struct {
 	nsSel     labels.Selector       // nil when the namespace is fixed
 	podSel    labels.Selector       // nil: every pod
 	namedPort *v1alpha1.NamedPort   // set for an endpoint group
+	// blocks, set for a group made from a rule's ipBlocks (see blockGroup),
+	// are its fixed entries: the CIDRs the blocks cover, sorted, with the
+	// prefix length in the entry key's port. No pod is a member.
+	blocks []groupEntry
 }
 
 // groupKey is hashed into a group's name.
@@ -63,6 +68,78 @@ func (ix *index) group(ns string, nsSel, podSel *metav1.LabelSelector, port *v1a
 	}
 	ix.groups[id] = g
 	return g
+}
+
+// blockGroup returns the group of a rule's IP blocks (canonical, sorted by
+// key, at least one): its entries are the CIDRs the blocks cover. Equal
+// blocks give one group.
+func (ix *index) blockGroup(blocks []peer) *groupDef {
+	b := append(ix.buf[:0], "blocks\x00"...)
+	for _, p := range blocks {
+		b = append(b, p.key...)
+		b = append(b, 0)
+	}
+	ix.buf = b
+	sum := sha256.Sum256(b)
+	id := [8]byte(sum[:8])
+	if g, ok := ix.groups[id]; ok {
+		return g
+	}
+	var entries []groupEntry
+	for _, p := range blocks {
+		for _, c := range blockPrefixes(p.block) {
+			entries = append(entries, groupEntry{key: entryKey{addr: c.Addr(), port: int32(c.Bits())}, str: c.String()})
+		}
+	}
+	slices.SortFunc(entries, func(a, b groupEntry) int { return compareEntryKeys(a.key, b.key) })
+	entries = slices.CompactFunc(entries, func(a, b groupEntry) bool { return a.key == b.key })
+	name := "ag-" + hex.EncodeToString(id[:])
+	g := &groupDef{name: name, peerKey: "g:" + name, blocks: entries}
+	ix.groups[id] = g
+	return g
+}
+
+// blockPrefixes returns the CIDRs that cover a canonical block: its CIDR
+// minus its except CIDRs, as the fewest prefixes.
+func blockPrefixes(b *v1alpha1.IPBlock) []netip.Prefix {
+	p := netip.MustParsePrefix(b.CIDR)
+	except := make([]netip.Prefix, len(b.Except))
+	for i, e := range b.Except {
+		except[i] = netip.MustParsePrefix(e)
+	}
+	var out []netip.Prefix
+	var walk func(p netip.Prefix)
+	walk = func(p netip.Prefix) {
+		split := false
+		for _, e := range except {
+			switch {
+			case e.Bits() <= p.Bits() && e.Contains(p.Addr()):
+				return // p is excepted
+			case e.Bits() > p.Bits() && p.Contains(e.Addr()):
+				split = true
+			}
+		}
+		if !split {
+			out = append(out, p)
+			return
+		}
+		lo, hi := halves(p)
+		walk(lo)
+		walk(hi)
+	}
+	walk(p)
+	return out
+}
+
+// halves splits a prefix that is not a single address into its two halves.
+func halves(p netip.Prefix) (netip.Prefix, netip.Prefix) {
+	bits := p.Bits() + 1
+	lo := netip.PrefixFrom(p.Addr(), bits)
+	b := p.Addr().AsSlice()
+	i := p.Bits() / 8
+	b[i] |= 0x80 >> (p.Bits() % 8)
+	a, _ := netip.AddrFromSlice(b)
+	return lo, netip.PrefixFrom(a, bits)
 }
 
 // matchesNamespace reports whether the group can hold pods of namespace ns
@@ -150,6 +227,10 @@ type groupEntry struct {
 // releaseEntries when done with them.
 func (ix *index) groupEntries(g *groupDef) []groupEntry {
 	entries := ix.entries[:0]
+	if g.blocks != nil {
+		ix.entries = append(entries, g.blocks...)
+		return ix.entries
+	}
 	var port int32
 	for _, ns := range ix.candidateNamespaces(g) {
 		for _, p := range ix.podsByNs[ns] {
@@ -228,6 +309,7 @@ func buildShards(g *groupDef, entries []groupEntry, hashes []uint64, level int) 
 			NamespaceSelector: g.nsSpec,
 			PodSelector:       g.podSpec,
 			NamedPort:         g.namedPort,
+			FromIPBlocks:      g.blocks != nil,
 		}
 		if sizes[i] > 0 {
 			if g.namedPort == nil {

@@ -350,6 +350,8 @@ type index struct {
 	entries   []groupEntry    // scratch space for a group's entries
 	hashes    []uint64        // and for their hashes
 	nb        *nodeBuilder    // scratch space for compileNode
+	// maxInlineBlocks is Options.MaxInlineBlocks, or its default.
+	maxInlineBlocks int
 }
 
 func newIndex(o Options) *index {
@@ -366,6 +368,10 @@ func newIndex(o Options) *index {
 		selectors:  map[string]cachedSelector{},
 		nsMatches:  map[string][]string{},
 		npsSorted:  map[string][]*policy{},
+	}
+	ix.maxInlineBlocks = o.MaxInlineBlocks
+	if ix.maxInlineBlocks <= 0 {
+		ix.maxInlineBlocks = DefaultMaxInlineBlocks
 	}
 	for _, ns := range o.ExemptNamespaces {
 		if ix.exempt == nil {

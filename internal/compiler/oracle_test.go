@@ -408,7 +408,13 @@ func compiledRuleAllows(res *Result, r v1alpha1.Rule, remote netip.Addr, proto c
 			}
 			continue
 		}
-		if portOK && slices.Contains(g.Addresses, remote.String()) {
+		if portOK && slices.ContainsFunc(g.Addresses, func(a string) bool {
+			// An address, or a CIDR in a group made from ipBlocks.
+			if !g.FromIPBlocks {
+				return a == remote.String()
+			}
+			return netip.MustParsePrefix(a).Contains(remote)
+		}) {
 			return true
 		}
 	}

@@ -14,6 +14,12 @@ import (
 // under etcd's 1.5 MiB object limit, and bound what a pod event rewrites.
 const DefaultMaxGroupEntries = 4096
 
+// DefaultMaxInlineBlocks is the most ipBlocks a policy keeps inline: a
+// policy lists a few ranges (the cluster's, an office's, the metadata
+// address), and each inline block is a few dozen bytes in the rule set of
+// every node the policy selects pods on.
+const DefaultMaxInlineBlocks = 16
+
 // maxShardLevel bounds the number of shards of a group (2^maxShardLevel),
 // so that a maximum too small for the hash to spread the entries cannot
 // make the number grow without end. At that level shards may exceed the
@@ -31,6 +37,10 @@ type Options struct {
 	// keeps a level while it still fits (see chooseLevel), so that a group
 	// at a boundary does not change its shards back and forth.
 	ShardLevels map[string]int
+	// MaxInlineBlocks is the most ipBlocks a policy's rules hold inline in
+	// the rule sets; a policy with more gets each rule's blocks as an
+	// AddressGroup (FromIPBlocks). 0 means DefaultMaxInlineBlocks.
+	MaxInlineBlocks int
 	// ExemptNamespaces are namespaces whose pods no policy isolates:
 	// nftguard's own, so that no DefaultDeny or NetworkPolicy can cut its
 	// controller off the API server. Their pods are still peers.

@@ -35,7 +35,16 @@ func groupKeys(t *testing.T, g v1alpha1.AddressGroupSpec) []entryKey {
 		out = append(out, entryKey{a, port})
 	}
 	for _, a := range g.Addresses {
-		add(a, 0)
+		if !g.FromIPBlocks {
+			add(a, 0)
+			continue
+		}
+		// A CIDR: its key holds the prefix length as the port.
+		p, err := netip.ParsePrefix(a)
+		if err != nil || p.Masked() != p {
+			t.Fatalf("CIDR %q of a group made from ipBlocks: not canonical (%v)", a, err)
+		}
+		out = append(out, entryKey{p.Addr(), int32(p.Bits())})
 	}
 	for _, ep := range g.Endpoints {
 		add(ep.IP, ep.Port)
@@ -90,7 +99,7 @@ func mergeShards(t *testing.T, res *Result) *Result {
 	for name, g := range res.AddressGroups {
 		group := LogicalGroup(name)
 		m := out.AddressGroups[group]
-		m.Namespace, m.NamespaceSelector, m.PodSelector, m.NamedPort = g.Namespace, g.NamespaceSelector, g.PodSelector, g.NamedPort
+		m.Namespace, m.NamespaceSelector, m.PodSelector, m.NamedPort, m.FromIPBlocks = g.Namespace, g.NamespaceSelector, g.PodSelector, g.NamedPort, g.FromIPBlocks
 		out.AddressGroups[group] = m
 		merged[group] = append(merged[group], groupKeys(t, g)...)
 	}
@@ -98,9 +107,12 @@ func mergeShards(t *testing.T, res *Result) *Result {
 		slices.SortFunc(keys, compareEntryKeys)
 		m := out.AddressGroups[group]
 		for _, k := range keys {
-			if m.NamedPort == nil {
+			switch {
+			case m.FromIPBlocks:
+				m.Addresses = append(m.Addresses, netip.PrefixFrom(k.addr, int(k.port)).String())
+			case m.NamedPort == nil:
 				m.Addresses = append(m.Addresses, k.addr.String())
-			} else {
+			default:
 				m.Endpoints = append(m.Endpoints, v1alpha1.Endpoint{IP: k.addr.String(), Port: k.port})
 			}
 		}

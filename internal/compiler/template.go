@@ -81,9 +81,24 @@ func (rt *ruleTemplate) rulesFor(ix *index, p *podInfo) []*compiledRule {
 
 func (ix *index) compileTemplate(p *policy, ns string) *policyTemplate {
 	t := &policyTemplate{}
+	// A policy with more ipBlocks than the rule sets hold inline gets each
+	// rule's blocks as a group: one policy's blocks then add a few group
+	// references to a rule set, not its every block, and cannot push a node
+	// over the object limit (the group is split into shards like any).
+	blocks := 0
 	for d := range 2 {
 		for _, rs := range p.rules[d] {
-			if rt := ix.compileRule(d, ns, rs); rt != nil {
+			for _, pe := range rs.peers {
+				if pe.block {
+					blocks++
+				}
+			}
+		}
+	}
+	grouped := blocks > ix.maxInlineBlocks
+	for d := range 2 {
+		for _, rs := range p.rules[d] {
+			if rt := ix.compileRule(d, ns, rs, grouped); rt != nil {
 				t.rules[d] = append(t.rules[d], rt)
 			}
 		}
@@ -91,9 +106,10 @@ func (ix *index) compileTemplate(p *policy, ns string) *policyTemplate {
 	return t
 }
 
-// compileRule compiles a rule of a policy applying to pods of namespace ns.
-// It returns nil for a rule that allows nothing.
-func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
+// compileRule compiles a rule of a policy applying to pods of namespace ns,
+// with its IP blocks as one group when grouped is set. It returns nil for a
+// rule that allows nothing.
+func (ix *index) compileRule(d int, ns string, rs ruleSpec, grouped bool) *ruleTemplate {
 	allPeers := len(rs.peers) == 0
 	pods := make([]peerSpec, 0, len(rs.peers))
 	var blocks []peer
@@ -111,6 +127,10 @@ func (ix *index) compileRule(d int, ns string, rs ruleSpec) *ruleTemplate {
 	}
 	if !allPeers && len(pods) == 0 && len(blocks) == 0 {
 		return nil
+	}
+	if grouped && len(blocks) > 0 {
+		g := ix.blockGroup(canonicalPeers(blocks))
+		blocks = []peer{{key: g.peerKey, group: g}}
 	}
 	allPorts := len(rs.ports) == 0
 	numeric := make([]v1alpha1.Port, 0, len(rs.ports))

@@ -589,22 +589,22 @@ var _ = Describe("Oversized address groups", func() {
 })
 
 var _ = Describe("An oversized tenant", func() {
-	It("loses its own policy's rules on the node, not its neighbours': a policy of 20,000 ipBlocks", func() {
+	It("loses its own policy's rules on the node, not its neighbours': a policy of 20,000 ports", func() {
 		node := makeNode(name("n"))
 		big, small := makeNamespace(name("big"), nil), makeNamespace(name("small"), nil)
 		makePod(big.Name, "target", node.Name, map[string]string{"app": "target"})
 		makePod(small.Name, "web", node.Name, map[string]string{"app": "web"})
 		makePod(small.Name, "client", node.Name, map[string]string{"role": "client"})
-		var peers []networkingv1.NetworkPolicyPeer
+		var ports []networkingv1.NetworkPolicyPort
 		for i := range 20000 {
-			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
-				CIDR: fmt.Sprintf("198.%d.%d.%d/32", 18+i>>16, i>>8&255, i&255)}})
+			ports = append(ports, networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromInt32(int32(1 + 3*i)))})
 		}
 		many := &networkingv1.NetworkPolicy{
 			ObjectMeta: metav1.ObjectMeta{Namespace: big.Name, Name: "many"},
 			Spec: networkingv1.NetworkPolicySpec{
 				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
-				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: peers}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: ports, From: []networkingv1.NetworkPolicyPeer{{
+					PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}}}},
 			},
 		}
 		few := &networkingv1.NetworkPolicy{
@@ -659,6 +659,55 @@ var _ = Describe("An oversized tenant", func() {
 		Eventually(func(g Gomega) {
 			g.Expect(ruleSet(g, node.Name).Spec.Unwritten).To(BeNil())
 		}, 30*time.Second).Should(Succeed())
+	})
+})
+
+var _ = Describe("A policy of many ipBlocks", func() {
+	It("is enforced through a group of its blocks, split into shards, not written into the rule set", func() {
+		node := makeNode(name("n"))
+		ns := makeNamespace(name("blocks"), nil)
+		makePod(ns.Name, "target", node.Name, map[string]string{"app": "target"})
+		var peers []networkingv1.NetworkPolicyPeer
+		var want []string
+		for i := range 100 {
+			cidr := fmt.Sprintf("198.19.%d.%d/32", i>>8, i&255)
+			want = append(want, cidr)
+			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr}})
+		}
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "blocks"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: peers}},
+			},
+		}
+		Expect(admin.Create(ctx, np)).To(Succeed())
+		Eventually(func(g Gomega) {
+			rs := ruleSet(g, node.Name)
+			g.Expect(rs.Spec.Unwritten).To(BeNil())
+			target := localPod(rs, ns.Name, "target")
+			g.Expect(target).NotTo(BeNil())
+			g.Expect(target.Ingress).NotTo(BeNil())
+			g.Expect(target.Ingress.Rules).To(HaveLen(1))
+			r := rule(rs, target.Ingress.Rules[0])
+			g.Expect(r).NotTo(BeNil())
+			// 100 CIDRs in shards of at most testMaxGroupEntries.
+			g.Expect(len(r.Peers)).To(BeNumerically(">=", 100/testMaxGroupEntries))
+			var got []string
+			for _, p := range r.Peers {
+				g.Expect(p.IPBlock).To(BeNil(), "an ipBlock was written inline")
+				ag := addressGroup(g, p.AddressGroup)
+				g.Expect(ag.Spec.FromIPBlocks).To(BeTrue())
+				g.Expect(len(ag.Spec.Addresses)).To(BeNumerically("<=", testMaxGroupEntries))
+				got = append(got, ag.Spec.Addresses...)
+			}
+			g.Expect(got).To(ConsistOf(want))
+		}, 30*time.Second).Should(Succeed())
+		Eventually(func(g Gomega) { reportProgrammed(g, node.Name, true, "") }).Should(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(policyEvents(g, np)).To(ContainElement(And(
+				HaveField("Reason", v1alpha1.ReasonEnforced), HaveField("Type", corev1.EventTypeNormal))))
+		}).Should(Succeed())
 	})
 })
 
