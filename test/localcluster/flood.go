@@ -29,9 +29,15 @@ type FloodTarget struct {
 // UDP datagram or one TCP SYN (a new non-blocking connect) to each target,
 // until stopped: a process that talks from the first moment it can.
 type Flood struct {
-	stop chan struct{}
-	done chan error
-	sent atomic.Int64
+	stop   chan struct{}
+	done   chan error
+	sent   atomic.Int64
+	failed atomic.Int64
+	// firstSent is when the kernel took the first packet (Unix
+	// nanoseconds, 0: not yet); failedBefore, how many sends had failed
+	// by then.
+	firstSent    atomic.Int64
+	failedBefore atomic.Int64
 
 	mu sync.Mutex
 	// connected counts, per TCP target, the connections that completed.
@@ -108,17 +114,14 @@ func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
 						}
 					}
 				}
-				if unix.Sendto(fd, []byte("flood"), 0, sa) == nil {
-					f.sent.Add(1)
-				}
+				f.count(unix.Sendto(fd, []byte("flood"), 0, sa) == nil)
 			case corev1.ProtocolTCP:
 				fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 				if err != nil {
 					return fmt.Errorf("opening a TCP socket: %w", err)
 				}
-				if err := unix.Connect(fd, sa); err == nil || errors.Is(err, unix.EINPROGRESS) {
-					f.sent.Add(1)
-				}
+				err = unix.Connect(fd, sa)
+				f.count(err == nil || errors.Is(err, unix.EINPROGRESS))
 				open = append(open, pending{fd, tg.Addr})
 				if len(open) > maxOpen {
 					unix.Close(open[0].fd)
@@ -136,9 +139,37 @@ func (f *Flood) run(targets []FloodTarget, every time.Duration) error {
 	}
 }
 
+// count counts one send (only the Flood's goroutine calls it).
+func (f *Flood) count(took bool) {
+	if !took {
+		f.failed.Add(1)
+		return
+	}
+	if f.sent.Add(1) == 1 {
+		f.failedBefore.Store(f.failed.Load())
+		f.firstSent.Store(time.Now().UnixNano())
+	}
+}
+
 // Sent is how many packets the kernel took so far (datagrams sent, SYNs
 // started).
 func (f *Flood) Sent() int64 { return f.sent.Load() }
+
+// Failed is how many sends the kernel refused so far (no interface or no
+// route yet, say).
+func (f *Flood) Failed() int64 { return f.failed.Load() }
+
+// FirstSent returns when the kernel took the Flood's first packet (zero if
+// it has not yet) and how many sends it had refused before: a Flood that
+// began before its namespace could send anywhere has refusals before its
+// first packet.
+func (f *Flood) FirstSent() (time.Time, int64) {
+	ns := f.firstSent.Load()
+	if ns == 0 {
+		return time.Time{}, f.failed.Load()
+	}
+	return time.Unix(0, ns), f.failedBefore.Load()
+}
 
 // Connected returns, per TCP target, how many of its connections
 // completed (the target answered the SYN), as seen so far.
@@ -170,22 +201,31 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 // before the pod's own stack, whatever the protocol).
 type Capture struct {
 	fd      int
-	sources map[netip.Addr]bool
+	sources map[netip.Addr]bool // empty: every source
 	done    chan struct{}
 	stopped atomic.Bool
 
-	mu    sync.Mutex
+	mu       sync.Mutex
+	count    int64
+	first    time.Time
+	bySource map[netip.Addr]*seen
+}
+
+// seen is what a Capture counted from one source.
+type seen struct {
 	count int64
 	first time.Time
 }
 
-// CaptureFrom starts counting what a pod receives from the sources.
+// CaptureFrom starts counting what a pod receives from the sources; with
+// none, from every source (SeenFrom tells them apart), for a sender whose
+// addresses are not known yet.
 func (c *Cluster) CaptureFrom(pod string, sources ...netip.Addr) (*Capture, error) {
 	p, ok := c.Pod(pod)
 	if !ok {
 		return nil, fmt.Errorf("no pod %q", pod)
 	}
-	cp := &Capture{sources: map[netip.Addr]bool{}, done: make(chan struct{})}
+	cp := &Capture{sources: map[netip.Addr]bool{}, done: make(chan struct{}), bySource: map[netip.Addr]*seen{}}
 	for _, s := range sources {
 		cp.sources[s] = true
 	}
@@ -237,7 +277,7 @@ func (cp *Capture) read() {
 			continue
 		}
 		src, ok := sourceAddr(buf[:n])
-		if !ok || !cp.sources[src] {
+		if !ok || (len(cp.sources) > 0 && !cp.sources[src]) {
 			continue
 		}
 		cp.mu.Lock()
@@ -245,6 +285,12 @@ func (cp *Capture) read() {
 			cp.first = now
 		}
 		cp.count++
+		s := cp.bySource[src]
+		if s == nil {
+			s = &seen{first: now}
+			cp.bySource[src] = s
+		}
+		s.count++
 		cp.mu.Unlock()
 	}
 }
@@ -273,6 +319,24 @@ func (cp *Capture) Seen() (int64, time.Time) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	return cp.count, cp.first
+}
+
+// SeenFrom returns how many of the packets counted came from the given
+// sources, and when the first of them did (zero if none).
+func (cp *Capture) SeenFrom(sources ...netip.Addr) (int64, time.Time) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	var n int64
+	var first time.Time
+	for _, src := range slices.Compact(slices.SortedFunc(slices.Values(sources), netip.Addr.Compare)) {
+		if s := cp.bySource[src]; s != nil {
+			n += s.count
+			if first.IsZero() || s.first.Before(first) {
+				first = s.first
+			}
+		}
+	}
+	return n, first
 }
 
 // Close stops counting.

@@ -1302,6 +1302,248 @@ func TestNodeReboot(t *testing.T) {
 	})
 }
 
+// TestFirstPackets: a new pod on node-1 whose egress a policy limits to y/a
+// sends TCP SYNs and UDP every millisecond, over IPv4 and IPv6, to y/a and
+// z/b from the moment containerd has made its sandbox's network namespace:
+// the sender enters that namespace from the node before the CNI ADD gives
+// it an interface (its sends fail until ptp has set up the address and
+// routes), so it talks before nftguard's plugin has told the agent of the
+// pod. Counted at the peers' interfaces: z/b never sees a packet of it; y/a
+// sees the first only after the ADD reached node-1's agent, and within 30 s.
+func TestFirstPackets(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
+		ctx := context.Background()
+		s := policySuite(t, c)
+		defer s.ResetPolicies(t)
+		const ns, name, node = "x", "first-packets", "node-1"
+		const allowedPeer, deniedPeer = "y/a", "z/b"
+		key := ns + "/" + name
+		s.Create(t, conformance.AllowEgress(conformance.Policy(ns, name, conformance.Labels("pod", name), conformance.Egress), nil,
+			networkingv1.NetworkPolicyPeer{
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: conformance.Labels("ns", "y")},
+				PodSelector:       &metav1.LabelSelector{MatchLabels: conformance.Labels("pod", "a")},
+			}))
+		s.WaitConverged(t)
+		var targets []localcluster.FloodTarget
+		for _, peer := range []string{allowedPeer, deniedPeer} {
+			p, ok := c.Pod(peer)
+			if !ok {
+				t.Fatalf("no pod %s", peer)
+			}
+			for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+				if ip.IsValid() {
+					targets = append(targets,
+						localcluster.FloodTarget{Addr: netip.AddrPortFrom(ip, 80), Protocol: corev1.ProtocolTCP},
+						localcluster.FloodTarget{Addr: netip.AddrPortFrom(ip, 81), Protocol: corev1.ProtocolUDP})
+				}
+			}
+		}
+		// The sender's addresses are known only once it runs: the peers
+		// count by source from the start, and the sender's are read later.
+		allowed, err := c.CaptureFrom(allowedPeer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer allowed.Close()
+		denied, err := c.CaptureFrom(deniedPeer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer denied.Close()
+		watch, err := c.WatchNetNS(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer watch.Close()
+
+		t.Cleanup(func() {
+			if _, ok := c.Pod(key); ok {
+				if err := c.DeletePod(ctx, key); err != nil {
+					t.Errorf("removing %s: %v", key, err)
+				}
+				return
+			}
+			// Created but never recorded (not Ready): remove the objects.
+			_ = c.Clientset().CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
+			err := c.Clientset().CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
+			for deadline := time.Now().Add(2 * time.Minute); err == nil && time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+				_, err = c.Clientset().CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			}
+			if !apierrors.IsNotFound(err) {
+				t.Errorf("removing pod %s: %v", key, err)
+			}
+		})
+		type added struct {
+			pod localcluster.Pod
+			err error
+		}
+		addc := make(chan added, 1)
+		go func() {
+			p, err := c.AddPod(ctx, localcluster.PodSpec{Namespace: ns, Name: name, Node: node,
+				Labels: conformance.Labels("pod", name), Ports: []localcluster.PortSpec{{Name: "http", Port: 80}}})
+			addc <- added{p, err}
+		}()
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		path, appeared, err := watch.Next(wctx)
+		cancel()
+		if err != nil {
+			r := <-addc // recorded or failed, for the cleanup
+			t.Fatalf("waiting for %s's sandbox on %s: %v (starting it: %v)", key, node, err, r.err)
+		}
+		// From the node, in the sandbox's namespace: the pod's own process
+		// (its container) starts only after the CNI ADD, too late to send
+		// before nftguard has heard of the pod.
+		flood := c.StartFlood(localcluster.Pod{Namespace: ns, Name: name, Node: node, NetNS: path}, targets, time.Millisecond)
+		floodStarted := time.Now()
+		// Its count, sampled every millisecond: how many packets went out
+		// before the agent heard of the pod.
+		type sample struct {
+			at   time.Time
+			sent int64
+		}
+		var samples []sample
+		quit, sampled := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(sampled)
+			tick := time.NewTicker(time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-quit:
+					return
+				case <-tick.C:
+					n := flood.Sent()
+					samples = append(samples, sample{time.Now(), n})
+				}
+			}
+		}()
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				close(quit)
+				<-sampled
+				if err := flood.Stop(); err != nil {
+					t.Errorf("the sender: %v", err)
+				}
+			}
+		}
+		defer stop()
+		r := <-addc
+		if r.err != nil {
+			t.Fatalf("starting %s: %v", key, r.err)
+		}
+		if filepath.Base(r.pod.NetNS) != filepath.Base(path) {
+			t.Fatalf("the sender entered %s, but %s runs in %s", path, key, r.pod.NetNS)
+		}
+		ready := time.Now()
+		var from []netip.Addr
+		for _, ip := range []netip.Addr{r.pod.IPv4, r.pod.IPv6} {
+			if ip.IsValid() {
+				from = append(from, ip)
+			}
+		}
+		// The pod talks to y/a once programmed; keep going a second after
+		// y/a's first packet to see that z/b still gets nothing.
+		keepUntil := time.Time{}
+		for deadline := floodStarted.Add(30 * time.Second); keepUntil.IsZero(); time.Sleep(10 * time.Millisecond) {
+			if n, first := allowed.SeenFrom(from...); n > 0 {
+				keepUntil = first.Add(time.Second)
+			} else if time.Now().After(deadline) {
+				keepUntil = time.Now().Add(time.Second)
+			}
+		}
+		time.Sleep(time.Until(keepUntil))
+		stop()
+		allowed.Close()
+		denied.Close()
+		sent, failed := flood.Sent(), flood.Failed()
+		firstSent, failedBefore := flood.FirstSent()
+		nA, firstA := allowed.SeenFrom(from...)
+		// Its addresses, from its CNI ADD (the other it has, IPv6
+		// link-local, is never forwarded off its link).
+		nD, _ := denied.SeenFrom(from...)
+		otherD, _ := denied.Seen()
+		otherD -= nD
+		addAt, err := agentAdded(c, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sentEarly int64 // at least this many before the ADD reached the agent
+		for _, sm := range samples {
+			if sm.at.Before(addAt) {
+				sentEarly = sm.sent
+			}
+		}
+		since := func(at time.Time) string {
+			if at.IsZero() {
+				return "never"
+			}
+			return at.Sub(appeared).Round(time.Microsecond).String()
+		}
+		t.Logf("%s (%v) on %s, times from its network namespace's appearance: sender in it after %s, first packet taken after %s "+
+			"(%d sends refused before), ADD reached the agent after %s, Ready after %s, %s saw the first packet after %s",
+			key, from, node, since(floodStarted), since(firstSent), failedBefore, since(addAt), since(ready), allowedPeer, since(firstA))
+		t.Logf("%s sent %d packets (%d sends refused), at least %d before the ADD reached the agent; packets from it (SYNs, "+
+			"datagrams, the handshakes' ACKs and closes): %s saw %d, %s saw %d (and %d from other sources: its capture was counting); "+
+			"TCP connections completed: %v", key, sent, failed, sentEarly, allowedPeer, nA, deniedPeer, nD, otherD, flood.Connected())
+		if nD != 0 {
+			t.Errorf("%s, which %s's policy denies, saw %d of its packets", deniedPeer, key, nD)
+		}
+		switch {
+		case firstSent.IsZero():
+			t.Fatalf("the sender sent nothing")
+		case failedBefore == 0:
+			t.Fatalf("the sender's first send went out: it did not start before %s's interface had its addresses", key)
+		case !firstSent.Before(addAt):
+			t.Fatalf("the sender's first packet went out %s after the ADD reached the agent: the window before the node heard of the pod is not exercised",
+				firstSent.Sub(addAt))
+		}
+		if nA == 0 {
+			t.Fatalf("%s, which %s's policy allows, saw none of its packets within 30s", allowedPeer, key)
+		}
+		if firstA.Before(addAt) {
+			t.Errorf("%s saw %s's first packet %s before its ADD reached the agent: it passed before the pod was programmed",
+				allowedPeer, key, addAt.Sub(firstA))
+		}
+	})
+}
+
+// agentAdded is when a real node's agent recorded the CNI ADD of a pod: the
+// time in its attachment record on the node's /var/lib.
+func agentAdded(c *localcluster.Cluster, key string) (time.Time, error) {
+	ns, name, _ := strings.Cut(key, "/")
+	p, ok := c.Pod(key)
+	if !ok {
+		return time.Time{}, fmt.Errorf("no pod %s", key)
+	}
+	pod, err := c.Clientset().CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return time.Time{}, err
+	}
+	root, err := c.NodeRoot(p.Node)
+	if err != nil {
+		return time.Time{}, err
+	}
+	records, _ := filepath.Glob(filepath.Join(root, "var", "lib", "nftguard", "cni", "*.json"))
+	for _, path := range records {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			Added      time.Time `json:"added"`
+			Attachment struct {
+				PodUID string `json:"podUID"`
+			} `json:"attachment"`
+		}
+		if json.Unmarshal(b, &rec) == nil && rec.Attachment.PodUID == string(pod.UID) {
+			return rec.Added, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("no attachment of pod %s (uid %s) among the %d records of %s's agent", key, pod.UID, len(records), p.Node)
+}
+
 // TestControllerDownNewPodsStayClosed: with the controller Deployment
 // scaled to zero, a pod started on each node (no policy isolates it) runs
 // and turns Ready (kubelet's probes come from the node), but no rule set
