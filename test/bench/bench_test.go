@@ -42,6 +42,7 @@ var (
 	cpPods     = flag.Int("bench.cp.pods", 10_000, "pods of the control plane benchmark")
 	cpPolicies = flag.Int("bench.cp.policies", 2_000, "NetworkPolicies of the control plane benchmark")
 	cpEvents   = flag.Int("bench.cp.events", 50, "pod events measured after convergence")
+	cpTimeout  = flag.Duration("bench.cp.timeout", 10*time.Minute, "longest wait for the control plane benchmark to converge")
 )
 
 func TestMain(m *testing.M) {

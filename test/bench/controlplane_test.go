@@ -1,28 +1,36 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/go-logr/logr"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
@@ -150,16 +158,49 @@ func load(ctx context.Context, c client.Client, s *compiler.Snapshot) error {
 	return nil
 }
 
+// compileFromAPI compiles the cluster the API server holds.
+func compileFromAPI(ctx context.Context, c client.Client) (*compiler.Result, error) {
+	var (
+		pods  corev1.PodList
+		nss   corev1.NamespaceList
+		nodes corev1.NodeList
+		nps   networkingv1.NetworkPolicyList
+		dds   v1alpha1.DefaultDenyList
+	)
+	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &nps, &dds} {
+		if err := c.List(ctx, l); err != nil {
+			return nil, err
+		}
+	}
+	var s compiler.Snapshot
+	for i := range pods.Items {
+		s.Pods = append(s.Pods, &pods.Items[i])
+	}
+	for i := range nss.Items {
+		s.Namespaces = append(s.Namespaces, &nss.Items[i])
+	}
+	for i := range nodes.Items {
+		s.Nodes = append(s.Nodes, &nodes.Items[i])
+	}
+	for i := range nps.Items {
+		s.NetworkPolicies = append(s.NetworkPolicies, &nps.Items[i])
+	}
+	for i := range dds.Items {
+		s.DefaultDenies = append(s.DefaultDenies, &dds.Items[i])
+	}
+	return compiler.Compile(&s), nil
+}
+
 // converged reports whether the API holds exactly the rule sets and groups
-// of want.
-func converged(ctx context.Context, c client.Client, want *compiler.Result) (bool, int, error) {
+// of want, and if not, the first difference found.
+func converged(ctx context.Context, c client.Client, want *compiler.Result) (bool, int, string, error) {
 	var rss v1alpha1.NodeRuleSetList
 	if err := c.List(ctx, &rss); err != nil {
-		return false, 0, err
+		return false, 0, "", err
 	}
 	var ags v1alpha1.AddressGroupList
 	if err := c.List(ctx, &ags); err != nil {
-		return false, 0, err
+		return false, 0, "", err
 	}
 	largest := 0
 	for _, rs := range rss.Items {
@@ -167,19 +208,77 @@ func converged(ctx context.Context, c client.Client, want *compiler.Result) (boo
 		largest = max(largest, len(b))
 	}
 	if len(rss.Items) != len(want.NodeRuleSets) || len(ags.Items) != len(want.AddressGroups) {
-		return false, largest, nil
+		return false, largest, fmt.Sprintf("%d rule sets and %d groups, want %d and %d",
+			len(rss.Items), len(ags.Items), len(want.NodeRuleSets), len(want.AddressGroups)), nil
 	}
 	for _, rs := range rss.Items {
 		if w, ok := want.NodeRuleSets[rs.Name]; !ok || !equality.Semantic.DeepEqual(w, rs.Spec) {
-			return false, largest, nil
+			return false, largest, "rule set " + rs.Name + ": " + cmp.Diff(w, rs.Spec), nil
 		}
 	}
 	for _, ag := range ags.Items {
 		if w, ok := want.AddressGroups[ag.Name]; !ok || !equality.Semantic.DeepEqual(w, ag.Spec) {
-			return false, largest, nil
+			return false, largest, "group " + ag.Name + ": " + cmp.Diff(w, ag.Spec), nil
 		}
 	}
-	return true, largest, nil
+	return true, largest, "", nil
+}
+
+// childPID returns the pid of this process's child whose command is name.
+func childPID(name string) (int, error) {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	self := os.Getpid()
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue // gone
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		fields := strings.Fields(string(b[end+1:]))
+		if len(fields) < 2 || string(b[open+1:end]) != name {
+			continue
+		}
+		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == self {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no child process %q", name)
+}
+
+// processRSS returns a process's resident memory now and at its peak
+// (VmRSS and VmHWM), in bytes.
+func processRSS(pid int) (now, peak int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		key, value, ok := strings.Cut(line, ":")
+		if !ok || (key != "VmRSS" && key != "VmHWM") {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
+		}
+		if key == "VmRSS" {
+			now = kb << 10
+		} else {
+			peak = kb << 10
+		}
+	}
+	return now, peak, nil
 }
 
 // BenchmarkControlPlane runs the controller in this process against a real
@@ -190,13 +289,22 @@ func converged(ctx context.Context, c client.Client, want *compiler.Result) (boo
 // compile of the cluster (converge-s), the largest NodeRuleSet spec in
 // bytes, and then for -bench.cp.events new pods (created and given an IP,
 // one at a time) the controller's API writes and bytes written per event,
-// counted at its HTTP transport (events and status included).
+// counted at its HTTP transport (events and status included). It reports
+// the resident memory of the API server and etcd (now and at their peak,
+// after the events) and the controller's live heap: the growth of this
+// process's live heap from before the controller started to after the
+// events (its informer caches and compiler state; the benchmark's own
+// snapshot and compiled result were allocated before).
 func BenchmarkControlPlane(b *testing.B) {
 	env, err := testenv.New()
 	if err != nil {
 		b.Skipf("no API server: %v", err)
 	}
 	logf.SetLogger(logr.Discard())
+	// etcd's default quota (2 GiB) is below what 150,000 pods and their
+	// history take between compactions.
+	env.ControlPlane.Etcd = &envtest.Etcd{}
+	env.ControlPlane.Etcd.Configure().Set("quota-backend-bytes", strconv.Itoa(16<<30))
 	cfg, err := env.Start()
 	if err != nil {
 		b.Fatal(err)
@@ -220,7 +328,21 @@ func BenchmarkControlPlane(b *testing.B) {
 	}
 	b.Logf("loaded %d nodes, %d namespaces, %d pods, %d policies in %v", len(s.Nodes), len(s.Namespaces), len(s.Pods),
 		len(s.NetworkPolicies), time.Since(start).Round(time.Millisecond))
-	want := compiler.Compile(s)
+	// Compiled from the objects as the API holds them (with the UIDs it
+	// gave them).
+	want, err := compileFromAPI(ctx, admin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids := map[string]int{}
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		pid, err := childPID(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pids[name] = pid
+	}
+	heap0 := liveHeap()
 
 	counter := &writeCounter{}
 	ccfg := rest.CopyConfig(cfg)
@@ -239,8 +361,10 @@ func BenchmarkControlPlane(b *testing.B) {
 			start := time.Now()
 			go func() { mgrDone <- mgr.Start(ctx) }()
 			var largest int
+			logged := start
 			for {
-				ok, l, err := converged(ctx, admin, want)
+				t0 := time.Now()
+				ok, l, diff, err := converged(ctx, admin, want)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -248,10 +372,16 @@ func BenchmarkControlPlane(b *testing.B) {
 				if ok {
 					break
 				}
-				if time.Since(start) > 10*time.Minute {
-					b.Fatal("not converged after 10 minutes")
+				if time.Since(start) > *cpTimeout {
+					b.Fatalf("not converged after %v: %s", *cpTimeout, diff)
 				}
-				time.Sleep(250 * time.Millisecond)
+				if time.Since(logged) > time.Minute {
+					logged = time.Now()
+					b.Logf("after %v: %.200s", time.Since(start).Round(time.Second), diff)
+				}
+				// Listing every rule set and group loads the API server:
+				// at scale, look at most half the time.
+				time.Sleep(max(250*time.Millisecond, time.Since(t0)))
 			}
 			convergeTime := time.Since(start)
 			initialWrites := counter.writes.Load()
@@ -277,7 +407,17 @@ func BenchmarkControlPlane(b *testing.B) {
 				time.Sleep(500 * time.Millisecond)
 			}
 			time.Sleep(time.Second)
+			heap := int64(liveHeap()) - int64(heap0)
 			events := float64(max(*cpEvents, 1))
+			for name, pid := range pids {
+				now, peak, err := processRSS(pid)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(now)/(1<<20), name+"-rss-MiB")
+				b.ReportMetric(float64(peak)/(1<<20), name+"-peak-rss-MiB")
+			}
+			b.ReportMetric(float64(heap)/(1<<20), "controller-heap-MiB")
 			b.ReportMetric(convergeTime.Seconds(), "converge-s")
 			b.ReportMetric(float64(largest), "largest-nrs-bytes")
 			b.ReportMetric(float64(initialWrites), "initial-writes")

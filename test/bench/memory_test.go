@@ -3,8 +3,6 @@ package bench
 import (
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/nftguard/nftguard/internal/compiler/compilertest"
@@ -14,17 +12,11 @@ import (
 
 // rss is the process's resident memory in bytes.
 func rss() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
+	now, _, err := processRSS(os.Getpid())
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return uint64(now)
 }
 
 // BenchmarkAgentMemory measures what the agent keeps per remote pod in its

@@ -10,9 +10,12 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
+	"time"
 )
 
 // target is one row of the table: the metric of the benchmarks whose name
@@ -102,6 +105,56 @@ func re(s string) *regexp.Regexp { return regexp.MustCompile(s) }
 type result struct {
 	name    string
 	metrics map[string]float64
+	// load is the machine's mean 1-minute load average while the
+	// benchmark ran (since the line before it), or -1 if unknown.
+	load float64
+}
+
+// loadSampler records the machine's 1-minute load average once a second,
+// so that each result carries the load it ran under: timings are context
+// only, next to that load.
+type loadSampler struct {
+	mu      sync.Mutex
+	sum     float64
+	samples int
+}
+
+func (l *loadSampler) run(read func() (float64, bool), every time.Duration) {
+	for range time.Tick(every) {
+		if v, ok := read(); ok {
+			l.mu.Lock()
+			l.sum += v
+			l.samples++
+			l.mu.Unlock()
+		}
+	}
+}
+
+// take returns the mean of the samples since the last take (-1 if none)
+// and starts again.
+func (l *loadSampler) take() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.samples == 0 {
+		return -1
+	}
+	mean := l.sum / float64(l.samples)
+	l.sum, l.samples = 0, 0
+	return mean
+}
+
+// loadAverage reads the 1-minute load average.
+func loadAverage() (float64, bool) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	return v, err == nil
 }
 
 var procSuffix = regexp.MustCompile(`-\d+$`)
@@ -126,17 +179,22 @@ func parse(line string) (result, bool) {
 }
 
 func main() {
+	loads := &loadSampler{}
+	go loads.run(loadAverage, time.Second)
 	var results []result
 	sc := bufio.NewScanner(io.TeeReader(os.Stdin, os.Stdout))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if r, ok := parse(sc.Text()); ok {
+			r.load = loads.take()
 			results = append(results, r)
 		}
 	}
 	fmt.Println()
+	fmt.Printf("LOAD is the machine's mean 1-minute load average while the benchmark ran, on %d CPUs: "+
+		"counts and ratios do not depend on it, timings do.\n", runtime.NumCPU())
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "TARGET\tBENCHMARK\tMEASURED\tTARGET\tMET\tANCHOR")
+	fmt.Fprintln(w, "TARGET\tBENCHMARK\tMEASURED\tTARGET\tMET\tLOAD\tANCHOR")
 	for _, t := range targets {
 		for _, r := range results {
 			v, ok := r.metrics[t.metric]
@@ -152,7 +210,11 @@ func main() {
 			default:
 				met = "NO"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s %s\t%s\t%s\t%s\n", t.what, r.name, format(shown), t.unit, t.target, met, t.anchor)
+			load := "?"
+			if r.load >= 0 {
+				load = strconv.FormatFloat(r.load, 'f', 1, 64)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s %s\t%s\t%s\t%s\t%s\n", t.what, r.name, format(shown), t.unit, t.target, met, load, t.anchor)
 		}
 	}
 	w.Flush()
