@@ -30,6 +30,9 @@ type netConf struct {
 	// Timeout bounds each request to the agent, as a Go duration such as
 	// "10s" (default cni.DefaultTimeout).
 	Timeout string `json:"timeout,omitempty"`
+	// StateDir is the agent's state directory, where a DEL the agent
+	// cannot take is recorded for it to replay (none when empty).
+	StateDir string `json:"stateDir,omitempty"`
 
 	timeout time.Duration
 }
@@ -203,13 +206,19 @@ func cmdDel(args *skel.CmdArgs) error {
 		// The key is enough to delete.
 		fmt.Fprintf(os.Stderr, "nftguard: DEL of %s/%s: %v\n", args.ContainerID, args.IfName, err)
 	}
-	err = conf.client().Del(context.Background(), attachment(args, pod))
+	a := attachment(args, pod)
+	err = conf.client().Del(context.Background(), a)
 	if errors.Is(err, cni.ErrUnavailable) {
-		// The agent reconciles its attachments with the node's pods when it
-		// runs again, and a later ADD of a reused address takes it over;
-		// failing would only hold up the pod's teardown.
-		fmt.Fprintf(os.Stderr, "nftguard: DEL of %s/%s succeeds without the agent, which reconciles when it runs: %v\n",
+		// The agent replays the recorded DEL when it runs again, before it
+		// takes ADDs, so that the address is not left ready for this pod
+		// until GC; failing would only hold up the pod's teardown.
+		fmt.Fprintf(os.Stderr, "nftguard: DEL of %s/%s succeeds without the agent, which replays it when it runs: %v\n",
 			args.ContainerID, args.IfName, err)
+		if conf.StateDir != "" {
+			if err := cni.RecordDeleted(conf.StateDir, a.Key(), time.Now()); err != nil {
+				fmt.Fprintf(os.Stderr, "nftguard: %v; the agent's GC removes the attachment\n", err)
+			}
+		}
 		return nil
 	}
 	if err != nil {

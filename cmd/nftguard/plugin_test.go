@@ -416,6 +416,39 @@ func TestDelSucceedsWhileTheAgentIsDown(t *testing.T) {
 	}
 }
 
+// TestDelRecordedWhileTheAgentIsDown: with the agent's state directory in
+// its configuration, a DEL the agent cannot take is recorded there, and the
+// agent's replay forgets the attachment.
+func TestDelRecordedWhileTheAgentIsDown(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "registry")
+	reg, err := cni.OpenRegistry(dir, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ADD, taken before the agent went.
+	a := cni.Attachment{ContainerID: "sandbox1", IfName: "eth0", PodUID: "uid-1", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.5")}}
+	if err := reg.Add(a); err != nil {
+		t.Fatal(err)
+	}
+	conf := map[string]any{}
+	if err := json.Unmarshal(config(t, "1.1.0", filepath.Join(t.TempDir(), "cni.sock"), ptpResult), &conf); err != nil {
+		t.Fatal(err)
+	}
+	conf["stateDir"] = dir
+	b, err := json.Marshal(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSucceed(t, "DEL with no agent", exec1(t, request{command: "DEL", args: podArgsFor("uid-1"), conf: b}))
+	gone, err := reg.ReplayDeleted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gone) != 1 || gone[0].Key() != a.Key() || len(reg.Snapshot()) != 0 {
+		t.Errorf("replay forgot %v and left %v, want %s forgotten", gone, reg.Snapshot(), a.Key())
+	}
+}
+
 func TestCheck(t *testing.T) {
 	ag := startAgent(t)
 	conf := config(t, "1.1.0", ag.socket, ptpResult)

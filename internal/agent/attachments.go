@@ -300,6 +300,33 @@ func (a *Attachments) Del(ctx context.Context, att cni.Attachment) error {
 	return nil
 }
 
+// replayDeleted applies the DELs the plugin recorded while it could not
+// reach the agent (cni.RecordDeleted): their attachments are forgotten, as
+// a DEL forgets them, so that their pods are not adopted again and their
+// addresses are not ready until GC. Before the first pass (programmed
+// false) only their conntrack entries need deleting; later, the entries go
+// once a pass has dropped the addresses from the ready sets.
+func (a *Attachments) replayDeleted(ctx context.Context, programmed bool) {
+	gone, err := a.Registry.ReplayDeleted()
+	if err != nil {
+		a.Log.Error(err, "Replaying the DELs recorded while the agent was not reachable")
+	}
+	if len(gone) == 0 {
+		return
+	}
+	var addrs []netip.Addr
+	for _, att := range gone {
+		a.forget(att)
+		addrs = append(addrs, att.IPs...)
+	}
+	a.Log.Info("Replayed the DELs recorded while the agent was not reachable", "attachments", len(gone), "addresses", len(addrs))
+	if programmed {
+		a.settle(ctx, addrs)
+	} else {
+		a.flush(ctx, addrs)
+	}
+}
+
 // settle waits for a pass that programs the registry's current version,
 // then deletes the conntrack entries of addrs.
 func (a *Attachments) settle(ctx context.Context, addrs []netip.Addr) {

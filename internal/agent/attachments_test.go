@@ -287,13 +287,27 @@ var _ = Describe("Agent with the CNI plugin", Ordered, func() {
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf(want))
 	})
 
+	It("replays a DEL the plugin recorded while it was down, before its first pass", func() {
+		stop()
+		Expect(plugin.Status(ctx)).NotTo(Succeed(), "nobody listens while the agent is down")
+		conntrackEntry(nodeNS, "198.18.10.5", "198.18.20.1")
+		// What the plugin does with a DEL the agent cannot take.
+		Expect(cni.RecordDeleted(filepath.Join(stateDir, "registry"), cni.AttachmentKey{ContainerID: "c-ctrl", IfName: "eth0"}, time.Now())).To(Succeed())
+		start()
+		Eventually(func() error { return plugin.Status(ctx) }).Should(Succeed())
+		// No Eventually: the first pass is programmed once STATUS succeeds.
+		Expect(readySet(Default, nodeNS, model.SetReady4)).NotTo(ContainElement("198.18.10.5"))
+		Expect(conntrackHas(Default, nodeNS, "198.18.10.5")).To(BeFalse())
+		Expect(os.ReadDir(cni.DeletedDir(filepath.Join(stateDir, "registry")))).To(BeEmpty())
+	})
+
 	It("forgets what the runtime's GC does not list", func() {
 		Expect(plugin.GC(ctx, []cni.AttachmentKey{{ContainerID: "c-web", IfName: "eth0"}})).To(Succeed())
 		Expect(readySet(Default, nodeNS, model.SetReady4)).To(ConsistOf("198.18.10.3"))
 		Expect(podInterfaces(Default, nodeNS)).To(ConsistOf("vc-web"))
-		entries, err := os.ReadDir(filepath.Join(stateDir, "registry"))
+		files, err := filepath.Glob(filepath.Join(stateDir, "registry", "*.json"))
 		Expect(err).NotTo(HaveOccurred())
-		Expect(entries).To(HaveLen(1), "one attachment file left")
+		Expect(files).To(HaveLen(1), "one attachment file left")
 	})
 
 	It("takes the plugin out before the table on uninstall, and puts it back on cancel", func() {

@@ -356,6 +356,10 @@ func (a *Agent) pusher() *Pusher {
 	return p
 }
 
+// replayInterval is how often the agent looks for DELs the plugin recorded
+// while the socket did not answer.
+const replayInterval = 30 * time.Second
+
 // wireCNI opens the attachment registry, listens on the plugin's socket and,
 // when the agent installs the plugin itself, keeps it chained.
 func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
@@ -376,8 +380,27 @@ func (a *Agent) wireCNI(r *Reconciler) (*Attachments, error) {
 		Log:       logger,
 	}
 	att.init()
+	// DELs the runtime made while the agent was down go before the first
+	// pass, and then every replayInterval for those made while the socket
+	// did not answer.
+	att.replayDeleted(logr.NewContext(context.Background(), logger), false)
+	if err := a.mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		t := time.NewTicker(replayInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				att.replayDeleted(logr.NewContext(ctx, logger), true)
+			}
+		}
+	})); err != nil {
+		return nil, fmt.Errorf("adding the DEL replay: %w", err)
+	}
 	if o.PluginSource != "" {
-		inst := &install.Installer{ConfDir: o.ConfDir, BinDir: o.BinDir, Source: o.PluginSource, Socket: o.Socket, Log: logger}
+		inst := &install.Installer{ConfDir: o.ConfDir, BinDir: o.BinDir, Source: o.PluginSource, Socket: o.Socket,
+			StateDir: o.StateDir, Log: logger}
 		att.Installer = inst
 		interval := cmp.Or(o.InstallInterval, 5*time.Second)
 		if err := a.mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr/testr"
 	"github.com/google/go-cmp/cmp"
@@ -444,5 +445,57 @@ func TestRegistryConcurrentAdds(t *testing.T) {
 	}
 	if diff := cmp.Diff(r.Snapshot(), openRegistry(t, dir).Snapshot(), addrCmp); diff != "" {
 		t.Errorf("reopened registry differs (-running +reopened):\n%s", diff)
+	}
+}
+
+// TestReplayDeleted: a DEL recorded while the agent was down forgets its
+// attachment when replayed, unless the attachment's ADD came after it;
+// every recorded DEL's file goes, readable or not.
+func TestReplayDeleted(t *testing.T) {
+	dir := t.TempDir()
+	r := openRegistry(t, dir)
+	if gone, err := r.ReplayDeleted(); err != nil || gone != nil {
+		t.Fatalf("nothing recorded: %v, %v", gone, err)
+	}
+	before := time.Now()
+	mustAdd(t, r, attachment("gone", "uid-1", "198.18.0.1"))
+	mustAdd(t, r, attachment("readded", "uid-2", "198.18.0.2"))
+	after := time.Now()
+	for _, d := range []struct {
+		key AttachmentKey
+		at  time.Time
+	}{
+		{AttachmentKey{"gone", "eth0"}, after},
+		// The DEL came before this ADD of the same key.
+		{AttachmentKey{"readded", "eth0"}, before.Add(-time.Second)},
+		{AttachmentKey{"unknown", "eth0"}, after},
+	} {
+		if err := RecordDeleted(dir, d.key, d.at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(DeletedDir(dir), "garbage.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := r.ReplayDeleted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gone) != 1 || gone[0].ContainerID != "gone" {
+		t.Errorf("replayed %v, want the attachment gone only", gone)
+	}
+	if _, ok := r.Get(AttachmentKey{"gone", "eth0"}); ok {
+		t.Error("the replayed DEL's attachment is still held")
+	}
+	if _, ok := r.Get(AttachmentKey{"readded", "eth0"}); !ok {
+		t.Error("an attachment added after its recorded DEL was forgotten")
+	}
+	left, err := os.ReadDir(DeletedDir(dir))
+	if err != nil || len(left) != 0 {
+		t.Errorf("recorded DELs left after the replay: %v, %v", left, err)
+	}
+	// It is gone from disk too.
+	if got := openRegistry(t, dir).Snapshot(); len(got) != 1 || got[0].ContainerID != "readded" {
+		t.Errorf("reopened registry holds %v", got)
 	}
 }

@@ -240,11 +240,19 @@ func (i *Installer) entryLast(plugins []json.RawMessage) ([]json.RawMessage, boo
 		out = append(out, p)
 	}
 	if entry == nil {
-		entry = object{{"type", mustRaw(cni.PluginType)}, {"socket", mustRaw(i.socket())}}.marshal()
+		o := object{{"type", mustRaw(cni.PluginType)}, {"socket", mustRaw(i.socket())}}
+		if i.StateDir != "" {
+			o = append(o, member{"stateDir", mustRaw(i.StateDir)})
+		}
+		entry = o.marshal()
 	} else if o, err := parseObject(entry); err != nil {
 		return nil, false, fmt.Errorf("decoding the nftguard entry: %w", err)
-	} else if o.getString("socket") != i.socket() {
-		entry = o.set("socket", mustRaw(i.socket())).marshal()
+	} else if o.getString("socket") != i.socket() || (i.StateDir != "" && o.getString("stateDir") != i.StateDir) {
+		o = o.set("socket", mustRaw(i.socket()))
+		if i.StateDir != "" {
+			o = o.set("stateDir", mustRaw(i.StateDir))
+		}
+		entry = o.marshal()
 	}
 	out = append(out, entry)
 	changed := !slices.EqualFunc(out, plugins, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) })

@@ -41,7 +41,10 @@ type Installer struct {
 	Source string
 	// Socket is the agent socket written into the entry.
 	Socket string
-	Log    logr.Logger
+	// StateDir, when set, is written into the entry: the plugin records
+	// there the DELs the agent could not take (see cni.RecordDeleted).
+	StateDir string
+	Log      logr.Logger
 
 	// op serializes Watch's passes with Uninstall and Resume, so that a
 	// pass under way cannot chain the plugin again after Uninstall.

@@ -180,6 +180,28 @@ func TestChainAppendsTheEntryAndKeepsEverythingElse(t *testing.T) {
 	}
 }
 
+// TestChainWritesTheStateDir: an installer with a state directory writes
+// it into the entry (the plugin records there the DELs the agent cannot
+// take), and sets it in an entry that names another.
+func TestChainWritesTheStateDir(t *testing.T) {
+	i := newInstaller(t)
+	i.StateDir = "/var/lib/nftguard/cni"
+	path := filepath.Join(i.ConfDir, "10-ptp.conflist")
+	writeFile(t, path, ptpConflist)
+	mustChain(t, i)
+	want := `{"type":"nftguard","socket":"` + testSocket + `","stateDir":"/var/lib/nftguard/cni"}`
+	if got := plugins(t, readFile(t, path)); got[len(got)-1] != want {
+		t.Errorf("entry %s, want %s", got[len(got)-1], want)
+	}
+	i.StateDir = "/elsewhere"
+	if res := mustChain(t, i); !res.Changed {
+		t.Error("a new state directory left the entry as it was")
+	}
+	if got := plugins(t, readFile(t, path)); !strings.Contains(got[len(got)-1], `"stateDir":"/elsewhere"`) {
+		t.Errorf("entry %s, want the new state directory", got[len(got)-1])
+	}
+}
+
 func TestChainIsIdempotent(t *testing.T) {
 	i := newInstaller(t)
 	path := filepath.Join(i.ConfDir, "10-ptp.conflist")
