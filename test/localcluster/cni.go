@@ -31,6 +31,9 @@ func (c *Cluster) cniDir(node string) string { return filepath.Join(c.cfg.StateD
 // cniSocket is where a node's agent listens for the plugin.
 func (c *Cluster) cniSocket(node string) string { return filepath.Join(c.cniDir(node), "cni.sock") }
 
+// cniStateDir is a node's agent's state directory.
+func (c *Cluster) cniStateDir(node string) string { return filepath.Join(c.cniDir(node), "cni") }
+
 // cniAgentArgs are the agent flags that turn the plugin on.
 func (c *Cluster) cniAgentArgs(n Node) ([]string, error) {
 	if !c.cniEnabled() {
@@ -41,7 +44,7 @@ func (c *Cluster) cniAgentArgs(n Node) ([]string, error) {
 	}
 	return []string{
 		"--cni-socket=" + c.cniSocket(n.Name),
-		"--cni-state-dir=" + filepath.Join(c.cniDir(n.Name), "cni"),
+		"--cni-state-dir=" + c.cniStateDir(n.Name),
 		"--namespace=" + systemNamespace,
 	}, nil
 }
@@ -69,6 +72,7 @@ func (c *Cluster) cniConfig(p Pod) ([]byte, error) {
 		"name":       cniNetwork,
 		"type":       "nftguard",
 		"socket":     c.cniSocket(p.Node),
+		"stateDir":   c.cniStateDir(p.Node),
 		"prevResult": res,
 	})
 }
