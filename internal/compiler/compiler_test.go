@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -906,5 +907,35 @@ func TestBlockPrefixes(t *testing.T) {
 				t.Errorf("%s except %v: %s covered %v", tc.cidr, tc.except, a, in)
 			}
 		}
+	}
+}
+
+// TestBlockGroupsSharedWhileUsed: equal blocks give one group definition
+// while a template uses it (a DefaultDeny's templates, one per namespace,
+// share its entries), and the index does not keep it once none does.
+func TestBlockGroupsSharedWhileUsed(t *testing.T) {
+	ix := newIndex(Options{})
+	blocks := func() []peer {
+		var out []peer
+		for i := range 20 {
+			b, _ := normalizeIPBlock(fmt.Sprintf("198.19.%d.0/24", i), nil)
+			out = append(out, peer{key: blockKey(b), block: b})
+		}
+		return canonicalPeers(out)
+	}
+	g1, g2 := ix.blockGroup(blocks()), ix.blockGroup(blocks())
+	if g1 != g2 || len(g1.blocks) != 20 {
+		t.Fatalf("equal blocks gave %p and %p (%d entries), want one group of 20", g1, g2, len(g1.blocks))
+	}
+	name := g1.name
+	g1, g2 = nil, nil
+	runtime.GC()
+	for id, w := range ix.blockGroups {
+		if w.Value() != nil {
+			t.Errorf("group %x still held by the index with no template using it", id)
+		}
+	}
+	if g := ix.blockGroup(blocks()); g.name != name {
+		t.Errorf("the same blocks again: group %s, want %s", g.name, name)
 	}
 }

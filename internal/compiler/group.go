@@ -3,8 +3,10 @@ package compiler
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"maps"
 	"net/netip"
 	"slices"
+	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,7 +74,11 @@ func (ix *index) group(ns string, nsSel, podSel *metav1.LabelSelector, port *v1a
 
 // blockGroup returns the group of a rule's IP blocks (canonical, sorted by
 // key, at least one): its entries are the CIDRs the blocks cover. Equal
-// blocks give one group.
+// blocks give one group while it is in use (the templates of a
+// DefaultDeny for every namespace share it). Unlike selector groups, the
+// index holds block groups weakly: their entries go with the last template
+// using them, so that a tenant editing a long list of blocks does not leave
+// every version of it behind.
 func (ix *index) blockGroup(blocks []peer) *groupDef {
 	b := append(ix.buf[:0], "blocks\x00"...)
 	for _, p := range blocks {
@@ -82,8 +88,16 @@ func (ix *index) blockGroup(blocks []peer) *groupDef {
 	ix.buf = b
 	sum := sha256.Sum256(b)
 	id := [8]byte(sum[:8])
-	if g, ok := ix.groups[id]; ok {
+	if g := ix.blockGroups[id].Value(); g != nil {
 		return g
+	}
+	if ix.blockGroups == nil {
+		ix.blockGroups = map[[8]byte]weak.Pointer[groupDef]{}
+	}
+	// Forget the groups no template uses any more, now and then.
+	if len(ix.blockGroups) >= 2*ix.liveBlockGroups+64 {
+		maps.DeleteFunc(ix.blockGroups, func(_ [8]byte, w weak.Pointer[groupDef]) bool { return w.Value() == nil })
+		ix.liveBlockGroups = len(ix.blockGroups)
 	}
 	var entries []groupEntry
 	for _, p := range blocks {
@@ -95,7 +109,7 @@ func (ix *index) blockGroup(blocks []peer) *groupDef {
 	entries = slices.CompactFunc(entries, func(a, b groupEntry) bool { return a.key == b.key })
 	name := "ag-" + hex.EncodeToString(id[:])
 	g := &groupDef{name: name, peerKey: "g:" + name, blocks: entries}
-	ix.groups[id] = g
+	ix.blockGroups[id] = weak.Make(g)
 	return g
 }
 

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -352,6 +353,10 @@ type index struct {
 	nb        *nodeBuilder    // scratch space for compileNode
 	// maxInlineBlocks is Options.MaxInlineBlocks, or its default.
 	maxInlineBlocks int
+	// blockGroups holds the block groups by id, weakly (see blockGroup);
+	// liveBlockGroups is how many were live when it was last swept.
+	blockGroups     map[[8]byte]weak.Pointer[groupDef]
+	liveBlockGroups int
 }
 
 func newIndex(o Options) *index {
