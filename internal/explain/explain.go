@@ -534,6 +534,9 @@ func describeGroup(name string, g v1alpha1.AddressGroupSpec) string {
 	if g.NamedPort != nil {
 		sel = append(sel, fmt.Sprintf("port %s/%s", g.NamedPort.Protocol, g.NamedPort.Name))
 	}
+	if g.FromIPBlocks {
+		sel = append(sel, "the CIDRs of the policy's ipBlocks")
+	}
 	if len(sel) == 0 {
 		return name
 	}
