@@ -729,7 +729,7 @@ func waitChained(path string) string {
 }
 
 // notChained says why the conflist does not end with the nftguard entry
-// on the agent's socket ("" if it does), after ptp.
+// on the agent's socket and state directory ("" if it does), after ptp.
 func notChained(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -737,8 +737,9 @@ func notChained(path string) string {
 	}
 	var list struct {
 		Plugins []struct {
-			Type   string `json:"type"`
-			Socket string `json:"socket"`
+			Type     string `json:"type"`
+			Socket   string `json:"socket"`
+			StateDir string `json:"stateDir"`
 		} `json:"plugins"`
 	}
 	if err := json.Unmarshal(b, &list); err != nil {
@@ -748,8 +749,9 @@ func notChained(path string) string {
 	for _, p := range list.Plugins {
 		types = append(types, p.Type)
 	}
-	if !slices.Equal(types, []string{"ptp", "nftguard"}) || list.Plugins[1].Socket != "/run/nftguard/cni.sock" {
-		return fmt.Sprintf("%s chains %q (want ptp, then nftguard on /run/nftguard/cni.sock):\n%s", path, types, b)
+	if !slices.Equal(types, []string{"ptp", "nftguard"}) || list.Plugins[1].Socket != "/run/nftguard/cni.sock" ||
+		list.Plugins[1].StateDir != "/var/lib/nftguard/cni" {
+		return fmt.Sprintf("%s chains %q (want ptp, then nftguard on /run/nftguard/cni.sock with state in /var/lib/nftguard/cni):\n%s", path, types, b)
 	}
 	return ""
 }
