@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -136,12 +137,15 @@ func TestStatusAgreesWithController(t *testing.T) {
 	for i := range 40 {
 		pod("toolarge", fmt.Sprintf("a-pod-with-a-name-long-enough-to-fill-the-rule-set-%02d", i), "toolarge")
 	}
-	var blocks []networkingv1.NetworkPolicyPeer
-	for i := range 300 {
-		blocks = append(blocks, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("198.18.%d.%d/32", i/250, i%250)}})
+	// Many ports (many ipBlocks would become a group and fit).
+	var ports []networkingv1.NetworkPolicyPort
+	for i := range 400 {
+		port := intstr.FromInt32(int32(1000 + 3*i))
+		ports = append(ports, networkingv1.NetworkPolicyPort{Port: &port})
 	}
 	if err := c.Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "degraded", Name: "many"},
-		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{From: blocks}}}}); err != nil {
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: ports,
+			From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "198.18.0.1/32"}}}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually("degraded leaving out the rules of many", func() error {
