@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -176,35 +175,11 @@ func quiet(c *writeCounter, max time.Duration) time.Duration {
 
 // compileFromAPI compiles the cluster the API server holds.
 func compileFromAPI(ctx context.Context, c client.Client) (*compiler.Result, error) {
-	var (
-		pods  corev1.PodList
-		nss   corev1.NamespaceList
-		nodes corev1.NodeList
-		nps   networkingv1.NetworkPolicyList
-		dds   v1alpha1.DefaultDenyList
-	)
-	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &nps, &dds} {
-		if err := c.List(ctx, l); err != nil {
-			return nil, err
-		}
+	s, err := compilertest.SnapshotFromAPI(ctx, c)
+	if err != nil {
+		return nil, err
 	}
-	var s compiler.Snapshot
-	for i := range pods.Items {
-		s.Pods = append(s.Pods, &pods.Items[i])
-	}
-	for i := range nss.Items {
-		s.Namespaces = append(s.Namespaces, &nss.Items[i])
-	}
-	for i := range nodes.Items {
-		s.Nodes = append(s.Nodes, &nodes.Items[i])
-	}
-	for i := range nps.Items {
-		s.NetworkPolicies = append(s.NetworkPolicies, &nps.Items[i])
-	}
-	for i := range dds.Items {
-		s.DefaultDenies = append(s.DefaultDenies, &dds.Items[i])
-	}
-	return compiler.Compile(&s), nil
+	return compiler.Compile(s), nil
 }
 
 // converged reports whether the API holds exactly the rule sets and groups

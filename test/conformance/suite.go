@@ -18,6 +18,7 @@ import (
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/compiler"
+	"github.com/nftguard/nftguard/internal/compiler/compilertest"
 	"github.com/nftguard/nftguard/internal/explain"
 	"github.com/nftguard/nftguard/test/localcluster"
 )
@@ -90,35 +91,18 @@ func (s *Suite) WaitConverged(t *testing.T) {
 
 // NotConverged says what is not enforced yet as compiled with o, or "".
 func NotConverged(ctx context.Context, c client.Client, o compiler.Options) (string, error) {
+	snap, err := compilertest.SnapshotFromAPI(ctx, c)
+	if err != nil {
+		return "", err
+	}
 	var (
-		pods  corev1.PodList
-		nss   corev1.NamespaceList
-		nodes corev1.NodeList
-		nps   networkingv1.NetworkPolicyList
-		dds   v1alpha1.DefaultDenyList
-		rss   v1alpha1.NodeRuleSetList
-		ags   v1alpha1.AddressGroupList
+		rss v1alpha1.NodeRuleSetList
+		ags v1alpha1.AddressGroupList
 	)
-	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &nps, &dds, &rss, &ags} {
+	for _, l := range []client.ObjectList{&rss, &ags} {
 		if err := c.List(ctx, l); err != nil {
 			return "", err
 		}
-	}
-	snap := &compiler.Snapshot{}
-	for i := range pods.Items {
-		snap.Pods = append(snap.Pods, &pods.Items[i])
-	}
-	for i := range nss.Items {
-		snap.Namespaces = append(snap.Namespaces, &nss.Items[i])
-	}
-	for i := range nodes.Items {
-		snap.Nodes = append(snap.Nodes, &nodes.Items[i])
-	}
-	for i := range nps.Items {
-		snap.NetworkPolicies = append(snap.NetworkPolicies, &nps.Items[i])
-	}
-	for i := range dds.Items {
-		snap.DefaultDenies = append(snap.DefaultDenies, &dds.Items[i])
 	}
 	want := compiler.CompileWith(snap, o)
 	have := map[string]*v1alpha1.NodeRuleSet{}
