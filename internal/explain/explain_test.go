@@ -123,6 +123,19 @@ func (c *cluster) compile(t *testing.T) explain.Input {
 	return in
 }
 
+// manyBlocks isolates x/a, allowing more ipBlocks than rule sets hold
+// inline (so they are compiled into a group): 198.19.0.0/24 and up, and
+// 198.18.2.0/24 except y/b's 198.18.2.2.
+func manyBlocks(c *cluster) {
+	var peers []networkingv1.NetworkPolicyPeer
+	for i := range compiler.DefaultMaxInlineBlocks {
+		peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("198.19.%d.0/24", i)}})
+	}
+	peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "198.18.2.0/24", Except: []string{"198.18.2.2/32"}}})
+	c.NetworkPolicies = append(c.NetworkPolicies, np("x", "a-from-blocks", ingressOnly,
+		[]networkingv1.NetworkPolicyIngressRule{{From: peers}}, nil, sel("app", "a")))
+}
+
 func TestExplain(t *testing.T) {
 	splitCases := 0
 	for _, tc := range []struct {
@@ -163,30 +176,14 @@ func TestExplain(t *testing.T) {
 			allowed: true, ingressIso: true, allowedBy: "NetworkPolicy/x/a-from-any-b",
 		},
 		{
-			name: "a policy of many ipBlocks, in a group of their CIDRs",
-			setup: func(c *cluster) {
-				var peers []networkingv1.NetworkPolicyPeer
-				for i := range compiler.DefaultMaxInlineBlocks {
-					peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("198.19.%d.0/24", i)}})
-				}
-				peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "198.18.2.0/24", Except: []string{"198.18.2.2/32"}}})
-				c.NetworkPolicies = append(c.NetworkPolicies, np("x", "a-from-blocks", ingressOnly,
-					[]networkingv1.NetworkPolicyIngressRule{{From: peers}}, nil, sel("app", "a")))
-			},
+			name:    "a policy of many ipBlocks, in a group of their CIDRs",
+			setup:   manyBlocks,
 			q:       explain.Query{FromNamespace: "x", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80},
 			allowed: true, ingressIso: true, allowedBy: "NetworkPolicy/x/a-from-blocks",
 		},
 		{
-			name: "a policy of many ipBlocks: an excepted peer is not in their group",
-			setup: func(c *cluster) {
-				var peers []networkingv1.NetworkPolicyPeer
-				for i := range compiler.DefaultMaxInlineBlocks {
-					peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("198.19.%d.0/24", i)}})
-				}
-				peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "198.18.2.0/24", Except: []string{"198.18.2.2/32"}}})
-				c.NetworkPolicies = append(c.NetworkPolicies, np("x", "a-from-blocks", ingressOnly,
-					[]networkingv1.NetworkPolicyIngressRule{{From: peers}}, nil, sel("app", "a")))
-			},
+			name:       "a policy of many ipBlocks: an excepted peer is not in their group",
+			setup:      manyBlocks,
 			q:          explain.Query{FromNamespace: "y", FromPod: "b", ToNamespace: "x", ToPod: "a", Port: 80},
 			ingressIso: true, missWhy: "198.18.2.2 is not among its peers",
 		},
