@@ -69,10 +69,11 @@ func (r *Registry) ReplayDeleted() ([]Attachment, error) {
 	for _, e := range entries {
 		name := e.Name()
 		path := filepath.Join(dir, name)
-		if atomicfile.IsTemp(name) || !strings.HasSuffix(name, ".json") {
-			if atomicfile.IsTemp(name) {
-				_, _ = atomicfile.Remove(path)
-			}
+		switch {
+		case atomicfile.IsTemp(name):
+			_, _ = atomicfile.Remove(path) // a write the plugin did not finish
+			continue
+		case !strings.HasSuffix(name, ".json"):
 			continue
 		}
 		var d deleted
