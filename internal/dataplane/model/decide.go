@@ -180,6 +180,11 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if err != nil || !in {
 				return nil, false, err
 			}
+		case IdentityInSet:
+			ok, err := d.identityMatch(s, p)
+			if err != nil || !ok {
+				return nil, false, err
+			}
 		case PortsInSet:
 			in, err := d.contains(s.Set, portKey(p.Proto, p.Dport))
 			if err != nil || !in {
@@ -206,6 +211,27 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 		}
 	}
 	return verdict, true, nil
+}
+
+// identityMatch decides the identity statements: the address's identity
+// from the map (none: no match), then the set lookup.
+func (d *Decider) identityMatch(s IdentityInSet, p Packet) (bool, error) {
+	a := addrOfField(p, s.Field)
+	if !familyIs(a, s.Family) {
+		return false, nil
+	}
+	e, err := d.find(s.Map, a.AsSlice())
+	if err != nil || e == nil {
+		return false, err
+	}
+	if len(e.Data) != 4 {
+		return false, fmt.Errorf("map %s: element without an identity", s.Map)
+	}
+	key := slices.Clone(e.Data)
+	if s.Ports {
+		key = append(key, portKey(p.Proto, p.Dport)...)
+	}
+	return d.contains(s.Set, key)
 }
 
 // portKey is a protocol and port as the port sets hold them: the protocol
@@ -298,6 +324,10 @@ func match(k SetKind, e Element, key []byte) bool {
 	}
 	if k == SetPorts || k == MapPortsVerdict {
 		return within(e.Key[:1], key[:1], e.KeyEnd[:1]) && within(e.Key[4:6], key[4:6], e.KeyEnd[4:6])
+	}
+	if k == SetIdentityPorts {
+		return within(e.Key[:4], key[:4], e.KeyEnd[:4]) && within(e.Key[4:5], key[4:5], e.KeyEnd[4:5]) &&
+			within(e.Key[8:10], key[8:10], e.KeyEnd[8:10])
 	}
 	return within(e.Key, key, e.KeyEnd)
 }

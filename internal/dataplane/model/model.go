@@ -108,6 +108,23 @@ const (
 	MapPortsVerdict
 	// SetIfnames is a hash set of interface names (type ifname).
 	SetIfnames
+	// MapIPv4Identity maps IPv4 addresses to a peer identity (type
+	// ipv4_addr : mark): the identity of an address is the set of the
+	// node's peer sets that hold it (see package render, flat layout).
+	MapIPv4Identity
+	// MapIPv6Identity maps IPv6 addresses to a peer identity.
+	MapIPv6Identity
+	// MapIPv4IdentityInterval maps disjoint IPv4 ranges to a peer identity
+	// (type ipv4_addr : mark, flags interval).
+	MapIPv4IdentityInterval
+	// MapIPv6IdentityInterval maps disjoint IPv6 ranges to a peer identity.
+	MapIPv6IdentityInterval
+	// SetIdentityPorts is an interval set of identity . inet_proto .
+	// inet_service: the peers and ports a pod direction allows.
+	SetIdentityPorts
+	// SetIdentities is a hash set of identities (type mark): the peers a
+	// pod direction allows on every protocol and port.
+	SetIdentities
 )
 
 // Set is a named set or verdict map with its elements.
@@ -142,6 +159,9 @@ type Element struct {
 	KeyEnd []byte
 	// Verdict is the value of a verdict map element.
 	Verdict *Verdict
+	// Data is the value of a data map element (4 bytes, a mark in host
+	// byte order, for the identity maps).
+	Data []byte
 }
 
 // VerdictKind is a verdict.
@@ -342,6 +362,18 @@ func (k SetKind) String() string {
 		return "inet_proto . inet_service : verdict"
 	case SetIfnames:
 		return "ifname"
+	case MapIPv4Identity:
+		return "ipv4_addr : mark"
+	case MapIPv6Identity:
+		return "ipv6_addr : mark"
+	case MapIPv4IdentityInterval:
+		return "ipv4_addr : mark interval"
+	case MapIPv6IdentityInterval:
+		return "ipv6_addr : mark interval"
+	case SetIdentityPorts:
+		return "mark . inet_proto . inet_service interval"
+	case SetIdentities:
+		return "mark"
 	}
 	return "unknown"
 }
@@ -351,14 +383,27 @@ func (k SetKind) IsMap() bool {
 	return k == MapIPv4Verdict || k == MapIPv6Verdict || k == MapPortsVerdict
 }
 
+// IsDataMap reports whether the kind maps keys to data (a mark).
+func (k SetKind) IsDataMap() bool {
+	return k == MapIPv4Identity || k == MapIPv6Identity || k == MapIPv4IdentityInterval || k == MapIPv6IdentityInterval
+}
+
 // IsInterval reports whether elements are ranges.
 func (k SetKind) IsInterval() bool {
-	return k == SetIPv4Interval || k == SetIPv6Interval || k == SetPorts || k == MapPortsVerdict
+	return k.IsRBTree() || k.IsConcatInterval()
 }
 
 // IsRBTree reports whether the kernel stores the kind as start and end
 // elements (one-field interval sets) rather than as key and key end.
-func (k SetKind) IsRBTree() bool { return k == SetIPv4Interval || k == SetIPv6Interval }
+func (k SetKind) IsRBTree() bool {
+	return k == SetIPv4Interval || k == SetIPv6Interval || k == MapIPv4IdentityInterval || k == MapIPv6IdentityInterval
+}
+
+// IsConcatInterval reports whether the kind is an interval set of a
+// concatenation, stored as key and inclusive key end, each field a range.
+func (k SetKind) IsConcatInterval() bool {
+	return k == SetPorts || k == MapPortsVerdict || k == SetIdentityPorts
+}
 
 // Sized reports whether sets of the kind are created with a declared size:
 // the shared sets, which hold most elements of a node. Given a size, the
@@ -400,6 +445,12 @@ func (k SetKind) KeyLen() int {
 		return 20
 	case SetIfnames:
 		return IfnameLen
+	case MapIPv4Identity, MapIPv4IdentityInterval, SetIdentities:
+		return 4
+	case MapIPv6Identity, MapIPv6IdentityInterval:
+		return 16
+	case SetIdentityPorts:
+		return 12
 	}
 	return 0
 }
@@ -417,8 +468,14 @@ func (k SetKind) declaration() []string {
 		return []string{"type inet_proto . inet_service", "flags interval"}
 	case MapPortsVerdict:
 		return []string{"type inet_proto . inet_service : verdict", "flags interval"}
-	case MapIPv4Verdict, MapIPv6Verdict:
+	case MapIPv4Verdict, MapIPv6Verdict, MapIPv4Identity, MapIPv6Identity, SetIdentities:
 		return []string{"type " + k.String()}
+	case MapIPv4IdentityInterval:
+		return []string{"type ipv4_addr : mark", "flags interval"}
+	case MapIPv6IdentityInterval:
+		return []string{"type ipv6_addr : mark", "flags interval"}
+	case SetIdentityPorts:
+		return []string{"type mark . inet_proto . inet_service", "flags interval"}
 	}
 	return []string{"type unknown"}
 }
@@ -433,8 +490,24 @@ func (e Element) elementKey() string {
 		b.WriteByte(0xff)
 		b.WriteString(e.Verdict.String())
 	}
+	if e.Data != nil {
+		b.WriteByte(0xfe)
+		b.Write(e.Data)
+	}
 	return b.String()
 }
+
+// Identity returns the identity a data map element maps to (0 without
+// data).
+func (e Element) Identity() uint32 {
+	if len(e.Data) != 4 {
+		return 0
+	}
+	return binary.NativeEndian.Uint32(e.Data)
+}
+
+// IdentityData is the element data of an identity.
+func IdentityData(id uint32) []byte { return binary.NativeEndian.AppendUint32(nil, id) }
 
 // Format prints an element the way nft does.
 func (k SetKind) Format(e Element) string {
@@ -485,8 +558,31 @@ func (k SetKind) Format(e Element) string {
 		return addrString(e.Key) + " : " + v
 	case SetIfnames:
 		return strconv.Quote(IfnameOf(e.Key))
+	case MapIPv4Identity, MapIPv6Identity:
+		return addrString(e.Key) + " : " + identityString(e.Data)
+	case MapIPv4IdentityInterval, MapIPv6IdentityInterval:
+		return RangeString(addrOf(e.Key), addrOf(e.KeyEnd)) + " : " + identityString(e.Data)
+	case SetIdentities:
+		return identityString(e.Key)
+	case SetIdentityPorts:
+		if len(e.Key) != 12 || len(e.KeyEnd) != 12 {
+			return fmt.Sprintf("0x%x", e.Key)
+		}
+		id := identityString(e.Key[:4])
+		if !bytes.Equal(e.Key[:4], e.KeyEnd[:4]) {
+			id += "-" + identityString(e.KeyEnd[:4])
+		}
+		return id + " . " + SetPorts.Format(Element{Key: e.Key[4:], KeyEnd: e.KeyEnd[4:]})
 	}
 	return fmt.Sprintf("0x%x", e.Key)
+}
+
+// identityString prints an identity as nft prints a mark.
+func identityString(b []byte) string {
+	if len(b) != 4 {
+		return fmt.Sprintf("0x%x", b)
+	}
+	return string(appendHex8(nil, binary.NativeEndian.Uint32(b)))
 }
 
 // IfnameLen is the length of an interface name key: IFNAMSIZ, the name
@@ -540,7 +636,7 @@ func (t *Table) String() string {
 	for _, s := range t.Sets {
 		sep()
 		word := "set"
-		if s.Kind.IsMap() {
+		if s.Kind.IsMap() || s.Kind.IsDataMap() {
 			word = "map"
 		}
 		fmt.Fprintf(&b, "\t%s %s {\n", word, s.Name)

@@ -14,6 +14,7 @@ import (
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/dptest"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // The port shapes of selectedBy's rules.
@@ -138,29 +139,34 @@ func TestNewConnectionRuleCount(t *testing.T) {
 	spec, groups := selectedBy(topo, 0, samePort)
 	open := newConnectionRules(t, topo, p, mustRender(t, spec, groups), a, b, 80)
 	t.Logf("not isolated: a new connection walks %d rules", open)
-	for _, shape := range []string{samePort, everyPort, distinctPorts} {
-		var at10 [2]uint64
-		for _, n := range []int{1, 10, 1000} {
-			spec, groups := selectedBy(topo, n, shape)
-			tab := mustRender(t, spec, groups)
-			got := [2]uint64{newConnectionRules(t, topo, p, tab, a, b, 80), newConnectionRules(t, topo, p, tab, c, b, 80)}
-			t.Logf("%s, selected by %4d rules: a new connection walks %d rules when allowed, %d when denied", shape, n, got[0], got[1])
-			if got[0] <= open || got[1] <= open {
-				t.Errorf("%s, %d rules: %v rules walked, not more than the %d of a pod no policy isolates: the count misses the pod's chains", shape, n, got, open)
-			}
-			if n == 10 {
-				at10 = got
-			}
-			if n <= 10 {
-				continue
-			}
-			want := at10
-			if shape != distinctPorts {
-				grow := uint64(2 * (n - 10))
-				want = [2]uint64{at10[0] + grow, at10[1] + grow}
-			}
-			if got != want {
-				t.Errorf("%s, %d rules: a new connection walks %v rules (allowed, denied), want %v (%v with 10 rules)", shape, n, got, want, at10)
+	for _, layout := range []struct {
+		name       string
+		identities bool
+	}{{"rule chains", false}, {"identity layout", true}} {
+		for _, shape := range []string{samePort, everyPort, distinctPorts} {
+			var at10 [2]uint64
+			for _, n := range []int{1, 10, 1000} {
+				spec, groups := selectedBy(topo, n, shape)
+				tab := mustRenderWith(t, spec, groups, render.Options{Identities: layout.identities})
+				got := [2]uint64{newConnectionRules(t, topo, p, tab, a, b, 80), newConnectionRules(t, topo, p, tab, c, b, 80)}
+				t.Logf("%s, %s, selected by %4d rules: a new connection walks %d rules when allowed, %d when denied", layout.name, shape, n, got[0], got[1])
+				if got[0] <= open || got[1] <= open {
+					t.Errorf("%s, %d rules: %v rules walked, not more than the %d of a pod no policy isolates: the count misses the pod's chains", shape, n, got, open)
+				}
+				if n == 10 {
+					at10 = got
+				}
+				if n <= 10 {
+					continue
+				}
+				want := at10
+				if shape != distinctPorts && !layout.identities {
+					grow := uint64(2 * (n - 10))
+					want = [2]uint64{at10[0] + grow, at10[1] + grow}
+				}
+				if got != want {
+					t.Errorf("%s, %s, %d rules: a new connection walks %v rules (allowed, denied), want %v (%v with 10 rules)", layout.name, shape, n, got, want, at10)
+				}
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/dptest"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
 // TestDecideAgreesWithTheKernel: for rule sets with egress and ingress
@@ -18,6 +19,8 @@ import (
 func TestDecideAgreesWithTheKernel(t *testing.T) {
 	topo := newTopology(t, "a", "b", "c")
 	p := programmer(t, topo.node)
+	dispatchMin := render.DispatchMin
+	defer func() { render.DispatchMin = dispatchMin }()
 	udp := func(port int32) v1alpha1.Port { return v1alpha1.Port{Protocol: v1alpha1.ProtocolUDP, Port: port} }
 	many := []v1alpha1.Port{dptest.TCP(80), udp(81), dptest.TCP(8080), {Protocol: v1alpha1.ProtocolTCP, Port: 7000, EndPort: 7100}, udp(9000)}
 	for _, tc := range []struct {
@@ -45,10 +48,50 @@ func TestDecideAgreesWithTheKernel(t *testing.T) {
 			},
 			groups: map[string]v1alpha1.AddressGroupSpec{"ab": topo.addrs("a", "b"), "pods-a": topo.addrs("a"), "pods-c": topo.addrs("c")},
 		}},
+		{"rules without ports, without peers, and a CIDR group", policy{
+			ingress: map[string][]string{"b": {"all-from-c", "open-81"}, "c": {"from-net"}},
+			egress:  map[string][]string{"a": {"to-net", "to-c-all"}},
+			rules: []v1alpha1.Rule{
+				ingressRule("all-from-c", group("pods-c")),
+				ingressRule("open-81", nil, v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: 81}),
+				ingressRule("from-net", group("net"), dptest.TCP(8080), udp(80)),
+				egressRule("to-net", group("net"), dptest.TCP(80)),
+				egressRule("to-c-all", group("pods-c")),
+			},
+			// 198.18.0.2 and fd00::2 (b) as ranges, a as addresses.
+			groups: map[string]v1alpha1.AddressGroupSpec{"pods-c": topo.addrs("c"),
+				"net": {Addresses: []string{"198.18.0.2/31", "fd00::2/127", topo.pods["a"].ip4.String()}}},
+		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			topo.apply(t, p, tc.pol)
-			tab := p.applied
+		for _, identities := range []bool{false, true} {
+			name := tc.name
+			render.DispatchMin = dispatchMin
+			if identities {
+				// Every isolated direction in the identity layout.
+				render.DispatchMin = 1
+				name += ", identity layout"
+			}
+			t.Run(name, func(t *testing.T) {
+				if _, err := p.Apply(mustRenderWith(t, topo.spec(tc.pol), tc.pol.groups, render.Options{Identities: identities})); err != nil {
+					t.Fatal(err)
+				}
+				assertInSync(t, p)
+				tab := p.applied
+				if got := tab.Set(render.MapIdentity4) != nil; got != identities {
+					t.Fatalf("identity maps in the table: %t, want %t", got, identities)
+				}
+				decideInKernel(t, topo, tab)
+			})
+		}
+	}
+}
+
+// decideInKernel sends a new TCP and UDP connection between every two pods
+// of topo, in both families, to every served port, and checks each gets the
+// verdict tab.Decide gives it.
+func decideInKernel(t *testing.T, topo *topology, tab *model.Table) {
+	{
+		{
 			var probes []expect
 			for _, from := range []string{"a", "b", "c"} {
 				for _, to := range []string{"a", "b", "c"} {
@@ -75,6 +118,6 @@ func TestDecideAgreesWithTheKernel(t *testing.T) {
 				}
 			}
 			check(t, probes...)
-		})
+		}
 	}
 }

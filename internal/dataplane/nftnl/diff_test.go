@@ -18,7 +18,14 @@ import (
 
 func mustRender(t testing.TB, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) *model.Table {
 	t.Helper()
-	tab, err := render.Render(spec, groups, render.Options{RevokedMark: testRevokedMark})
+	return mustRenderWith(t, spec, groups, render.Options{})
+}
+
+// mustRenderWith renders with options (and the tests' revoked mark).
+func mustRenderWith(t testing.TB, spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec, opts render.Options) *model.Table {
+	t.Helper()
+	opts.RevokedMark = testRevokedMark
+	tab, err := render.Render(spec, groups, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ type kernelElement struct {
 	key, keyEnd []byte
 	end         bool
 	verdict     *model.Verdict
+	// data is the value of a data map's element.
+	data []byte
 	// code is the kernel's code of verdict, set by eachKernelElement.
 	code int32
 }
@@ -38,16 +40,19 @@ func eachKernelElement(kind model.SetKind, elems []model.Element, fn func(kernel
 		} else if e.Verdict != nil {
 			return fmt.Errorf("element %s of a set has a verdict", kind.Format(*e))
 		}
+		if kind.IsDataMap() != (len(e.Data) == 4) {
+			return fmt.Errorf("element %s: a data map's elements, and only they, have 4 bytes of data", kind.Format(*e))
+		}
 		switch {
 		case kind.IsRBTree():
-			fn(kernelElement{key: e.Key})
+			fn(kernelElement{key: e.Key, data: e.Data})
 			if next, ok := increment(e.KeyEnd); ok {
 				fn(kernelElement{key: next, end: true})
 			}
-		case kind == model.SetPorts || kind == model.MapPortsVerdict:
+		case kind.IsConcatInterval():
 			fn(kernelElement{key: e.Key, keyEnd: e.KeyEnd, verdict: e.Verdict, code: code})
 		default:
-			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code})
+			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code, data: e.Data})
 		}
 	}
 	return nil
@@ -58,8 +63,8 @@ func modelElements(kind model.SetKind, elems []kernelElement) []model.Element {
 	if !kind.IsRBTree() {
 		out := make([]model.Element, 0, len(elems))
 		for _, e := range elems {
-			m := model.Element{Key: e.key, Verdict: e.verdict}
-			if kind == model.SetPorts || kind == model.MapPortsVerdict {
+			m := model.Element{Key: e.key, Verdict: e.verdict, Data: e.data}
+			if kind.IsConcatInterval() {
 				m.KeyEnd = e.keyEnd
 				if m.KeyEnd == nil {
 					m.KeyEnd = e.key
@@ -86,21 +91,21 @@ func modelElements(kind model.SetKind, elems []kernelElement) []model.Element {
 		return 1
 	})
 	var out []model.Element
-	var start []byte
+	var start, data []byte
 	for _, e := range sorted {
 		switch {
 		case !e.end:
 			if start != nil { // a start without an end: keep it as one address
-				out = append(out, model.Element{Key: start, KeyEnd: start})
+				out = append(out, model.Element{Key: start, KeyEnd: start, Data: data})
 			}
-			start = e.key
+			start, data = e.key, e.data
 		case start != nil:
-			out = append(out, model.Element{Key: start, KeyEnd: decrement(e.key)})
-			start = nil
+			out = append(out, model.Element{Key: start, KeyEnd: decrement(e.key), Data: data})
+			start, data = nil, nil
 		}
 	}
 	if start != nil { // runs to the last address
-		out = append(out, model.Element{Key: start, KeyEnd: bytes.Repeat([]byte{0xff}, len(start))})
+		out = append(out, model.Element{Key: start, KeyEnd: bytes.Repeat([]byte{0xff}, len(start)), Data: data})
 	}
 	return out
 }

@@ -325,6 +325,21 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
 		b.lookup(reg1, s.Set, 0, false, false)
 
+	case model.IdentityInSet:
+		// ip saddr map @id4 [. meta l4proto . th dport] @set: the identity
+		// the map gives the address replaces it in register 1, protocol
+		// and port follow it.
+		off, n := addrOffset(s.Family, s.Field)
+		b.familyCheck(s.Family)
+		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.lookup(reg1, s.Map, reg1, true, false)
+		if s.Ports {
+			protoReg := nextReg(reg1, 4)
+			b.meta(unix.NFT_META_L4PROTO, protoReg)
+			b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		}
+		b.lookup(reg1, s.Set, 0, false, false)
+
 	case model.PortsVmap:
 		// meta l4proto . th dport vmap @map
 		b.meta(unix.NFT_META_L4PROTO, reg1)
@@ -535,6 +550,10 @@ func (b *batch) addSet(s *model.Set, capacity uint32) uint32 {
 		b.u32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
 		b.u32(unix.NFTA_SET_DATA_LEN, 0)
 	}
+	if t.data != nil {
+		b.u32(unix.NFTA_SET_DATA_TYPE, t.data.magic)
+		b.u32(unix.NFTA_SET_DATA_LEN, t.data.len)
+	}
 	if t.concat() || capacity != 0 {
 		desc := b.nest(unix.NFTA_SET_DESC)
 		if capacity != 0 {
@@ -612,6 +631,9 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 			data := b.nest(unix.NFTA_SET_ELEM_DATA)
 			b.verdict(e.code, e.verdict.Chain)
 			b.end(data)
+		}
+		if e.data != nil {
+			b.value(unix.NFTA_SET_ELEM_DATA, e.data)
 		}
 		b.end(at)
 	})

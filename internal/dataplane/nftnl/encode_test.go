@@ -161,7 +161,12 @@ func sameAttributes(a, b []byte, path string) error {
 
 // encodeSample returns a table using every statement, set kind and port
 // dispatch.
-func encodeSample(t *testing.T) *model.Table {
+func encodeSample(t *testing.T) *model.Table { return encodeSampleWith(t, false) }
+
+// encodeSampleWith is encodeSample, with the identity layout when
+// identities is set (busy's rules then also include an ipBlock, a CIDR
+// group, a rule without ports and one without peers).
+func encodeSampleWith(t *testing.T, identities bool) *model.Table {
 	spec, groups := dptest.SampleWithPodRanges()
 	var ids []string
 	for i := range 10 {
@@ -170,10 +175,19 @@ func encodeSample(t *testing.T) *model.Table {
 		spec.Rules = append(spec.Rules, ingressRule(id, group("shop-frontend"),
 			v1alpha1.Port{Protocol: v1alpha1.ProtocolTCP, Port: int32(100 + 10*i), EndPort: int32(105 + 10*i)}))
 	}
+	if identities {
+		groups["nets"] = v1alpha1.AddressGroupSpec{Addresses: []string{"198.18.4.0/24", "fd00::4:0/112", "198.18.4.7"}}
+		spec.AddressGroups = append(spec.AddressGroups, "nets")
+		spec.Rules = append(spec.Rules,
+			ingressRule("d-block", []v1alpha1.Peer{{IPBlock: &v1alpha1.IPBlock{CIDR: "198.19.0.0/16", Except: []string{"198.19.1.0/24"}}}}, dptest.TCP(443)),
+			ingressRule("d-nets", group("nets")),
+			ingressRule("d-open", nil, dptest.TCP(9090)))
+		ids = append(ids, "d-block", "d-nets", "d-open")
+	}
 	spec.Pods = append(spec.Pods, v1alpha1.LocalPod{Namespace: "shop", Name: "busy", IPs: []string{"198.18.0.14", "fd00::14"},
 		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: ids}})
 	tab, err := render.Render(spec, groups, render.Options{LogGroup: 7, LogRate: 5, LogBurst: 10, RevokedMark: testRevokedMark,
-		PodInterfaces: []string{"veth1a2b3c4d", "cni0"}})
+		PodInterfaces: []string{"veth1a2b3c4d", "cni0"}, Identities: identities})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,9 +198,31 @@ func encodeSample(t *testing.T) *model.Table {
 // of every other kind, and compares each message with what google/nftables
 // builds for it.
 func TestEncodeMatchesLibrary(t *testing.T) {
-	tab := encodeSample(t)
-	ops := model.Diff(nil, tab).Ops
 	kinds := map[model.SetKind]bool{}
+	for _, identities := range []bool{false, true} {
+		encodeMatchesLibrary(t, encodeSampleWith(t, identities), kinds)
+	}
+	for _, k := range []model.SetKind{model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapPortsVerdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapIPv4Verdict, model.MapIPv6Verdict, model.SetIfnames,
+		model.MapIPv4Identity, model.MapIPv6Identity, model.MapIPv4IdentityInterval, model.MapIPv6IdentityInterval, model.SetIdentityPorts, model.SetIdentities} {
+		if !kinds[k] {
+			t.Errorf("sample tables have no set of kind %s", k)
+		}
+	}
+
+	// Delete the table.
+	b := newBatch(1, 0)
+	b.delTable()
+	buf, ackSeq, _, _ := b.finish()
+	msgs := encodedMessages(t, buf)
+	if len(msgs) != 3 || msgs[1].Header.Type != unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_DELTABLE || ackSeq != msgs[1].Header.Seq {
+		t.Fatalf("delete table: %+v, acknowledged %d", msgs, ackSeq)
+	}
+}
+
+// encodeMatchesLibrary checks every change of tab, recording the kinds of
+// its sets.
+func encodeMatchesLibrary(t *testing.T, tab *model.Table, kinds map[model.SetKind]bool) {
+	ops := model.Diff(nil, tab).Ops
 	for _, s := range tab.Sets {
 		kinds[s.Kind] = true
 		if s.Kind.Sized() {
@@ -196,11 +232,6 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 			ops = append(ops, model.Op{Kind: model.OpAddElements, Name: s.Name, Set: s, Elems: s.Elements},
 				model.Op{Kind: model.OpDelElements, Name: s.Name, Set: s, Elems: s.Elements[:1]},
 				model.Op{Kind: model.OpFlushSet, Name: s.Name}, model.Op{Kind: model.OpDelSet, Name: s.Name})
-		}
-	}
-	for _, k := range []model.SetKind{model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapPortsVerdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapIPv4Verdict, model.MapIPv6Verdict, model.SetIfnames} {
-		if !kinds[k] {
-			t.Errorf("sample table has no set of kind %s", k)
 		}
 	}
 	c := tab.Chains[len(tab.Chains)-1]
@@ -239,15 +270,6 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-	}
-
-	// Delete the table.
-	b := newBatch(1, 0)
-	b.delTable()
-	buf, ackSeq, _, _ := b.finish()
-	msgs := encodedMessages(t, buf)
-	if len(msgs) != 3 || msgs[1].Header.Type != unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_DELTABLE || ackSeq != msgs[1].Header.Seq {
-		t.Fatalf("delete table: %+v, acknowledged %d", msgs, ackSeq)
 	}
 }
 

@@ -1,7 +1,6 @@
 package render
 
 import (
-	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -195,19 +194,7 @@ func portSpans(ru *v1alpha1.Rule) ([]portSpan, error) {
 		}
 		spans = append(spans, s)
 	}
-	slices.SortFunc(spans, func(a, b span) int {
-		return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.from, b.from), cmp.Compare(a.to, b.to))
-	})
-	merged := spans[:1] // in place: a span is read before it is written
-	for _, s := range spans[1:] {
-		last := &merged[len(merged)-1]
-		if s.proto == last.proto && uint32(s.from) <= uint32(last.to)+1 {
-			last.to = max(last.to, s.to)
-			continue
-		}
-		merged = append(merged, s)
-	}
-	return merged, nil
+	return mergeInPlace(spans), nil
 }
 
 // concatField encodes protocol . port as the kernel lays them out in a

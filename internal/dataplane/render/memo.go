@@ -261,6 +261,9 @@ type podMemo struct {
 	// dispatches on the port: its rules with ports are then reached
 	// through the segment chains.
 	dispatched [2]bool
+	// flat holds, for ingress and egress, the set names of a direction in
+	// the identity layout (nil for the others).
+	flat [2]*flatDir
 }
 
 // podChain is one isolated direction of a pod: its chain and the verdict

@@ -151,11 +151,14 @@ func TestRendererMatchesRender(t *testing.T) {
 	// Pods here have a few rules: dispatch on ports from two of them, so
 	// that both layouts are exercised.
 	defer func(n int) { DispatchMin = n }(DispatchMin)
-	var rendered, failed, dispatched int
+	var rendered, failed, dispatched, flat int
 	for seed := range uint64(200) {
 		DispatchMin = 2 + int(seed%2)*100
 		rng := rand.New(rand.NewPCG(seed, 7))
-		m := NewRenderer(Options{})
+		// Half the sequences in the identity layout (with dispatch
+		// above, it replaces it).
+		opts := Options{Identities: seed%4 >= 2}
+		m := NewRenderer(opts)
 		spec, groups := randomNode(rng)
 		type kept struct {
 			table *model.Table
@@ -164,7 +167,7 @@ func TestRendererMatchesRender(t *testing.T) {
 		var earlier []kept
 		for step := range 15 {
 			got, gotErr := m.Render(spec, groups)
-			want, wantErr := Render(spec, groups, Options{})
+			want, wantErr := Render(spec, groups, opts)
 			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
 				t.Fatalf("seed %d step %d: Renderer error %v, Render error %v", seed, step, gotErr, wantErr)
 			}
@@ -174,6 +177,9 @@ func TestRendererMatchesRender(t *testing.T) {
 				rendered++
 				if slices.ContainsFunc(got.Sets, func(s *model.Set) bool { return s.Kind == model.MapPortsVerdict }) {
 					dispatched++
+				}
+				if got.Set(MapIdentity4) != nil {
+					flat++
 				}
 				if got.String() != want.String() {
 					t.Fatalf("seed %d step %d: Renderer gave\n%s\nRender gave\n%s", seed, step, got, want)
@@ -201,10 +207,10 @@ func TestRendererMatchesRender(t *testing.T) {
 		}
 	}
 	// Both paths must be exercised for the comparison to mean anything.
-	if rendered < 1000 || failed < 50 || dispatched < 200 {
-		t.Fatalf("%d tables rendered (%d with port dispatch) and %d rule sets refused: the generator no longer covers all", rendered, dispatched, failed)
+	if rendered < 1000 || failed < 50 || dispatched < 100 || flat < 100 {
+		t.Fatalf("%d tables rendered (%d with port dispatch, %d in the identity layout) and %d rule sets refused: the generator no longer covers all", rendered, dispatched, flat, failed)
 	}
-	t.Logf("%d tables rendered (%d with port dispatch), %d rule sets refused", rendered, dispatched, failed)
+	t.Logf("%d tables rendered (%d with port dispatch, %d in the identity layout), %d rule sets refused", rendered, dispatched, flat, failed)
 }
 
 // TestRendererReuses checks that a Renderer hands back the very chains and

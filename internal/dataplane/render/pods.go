@@ -18,7 +18,13 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 	key := pod.Namespace + "/" + pod.Name
 	// A second pod of the same name (invalid input) is rendered, not
 	// remembered.
-	remember := r.memo != nil && !r.pods[key]
+	// Pods in the identity layout are rendered each time: their lines
+	// depend on which of their rules have named-port peers.
+	flat := r.isFlat(pod.Ingress) || r.isFlat(pod.Egress)
+	remember := r.memo != nil && !r.pods[key] && !flat
+	if flat && r.memo != nil && !r.pods[key] {
+		delete(r.memo.pods, key)
+	}
 	r.pods[key] = true
 	var pm *podMemo
 	if remember {
@@ -53,6 +59,10 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 		if d.iso == nil {
 			continue
 		}
+		var fd *flatDir
+		if pm.flat[k] != nil {
+			fd = &flatDir{ports: pm.flat[k].ports, all: pm.flat[k].all, open: pm.flat[k].open}
+		}
 		for _, id := range d.iso.Rules {
 			ri, ok := r.rules[id]
 			if !ok {
@@ -61,11 +71,19 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			if ri.rule.Direction != d.direction {
 				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ri.rule.Direction, id)
 			}
-			if pm.dispatched[k] && len(r.spansOf(id, ri)) > 0 {
+			switch {
+			case fd != nil && r.flatEligible(ri.rule):
+				if !slices.Contains(fd.rules, ri) {
+					fd.rules = append(fd.rules, ri)
+				}
+			case pm.dispatched[k] && len(r.spansOf(id, ri)) > 0:
 				ri.dispatched = true
-			} else {
+			default:
 				ri.direct = true
 			}
+		}
+		if fd != nil {
+			r.flat = append(r.flat, *fd)
 		}
 	}
 	chains := make([]*model.Chain, 0, len(pm.chains)+len(pm.segments))
@@ -167,7 +185,22 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 				anyPort = append(anyPort, id)
 			}
 		}
-		if len(ported) >= DispatchMin {
+		if r.isFlat(d.iso) {
+			// The identity layout: a few lines, whatever the rules.
+			field := model.Saddr
+			if d.direction == v1alpha1.DirectionEgress {
+				field = model.Daddr
+			}
+			fd := &flatDir{}
+			fd.ports, fd.all, fd.open = identitySetNames(d.short, pod.Namespace, pod.Name)
+			lines, jumps, err := r.flatRules(*fd, ids, field)
+			if err != nil {
+				return nil, err
+			}
+			pm.flat[k] = fd
+			c.Rules = append(c.Rules, lines...)
+			ids = jumps
+		} else if len(ported) >= DispatchMin {
 			// Dispatch on the destination port to the rules for that
 			// port, then walk the rules for every port.
 			m, segs := r.portDispatch(PodPortMapName(d.short, pod.Namespace, pod.Name), ported)

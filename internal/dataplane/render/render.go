@@ -38,6 +38,11 @@ type Options struct {
 	// redirects (137) that arrive on them. Nil: no such set or rules (the
 	// agent runs without the plugin and does not know them).
 	PodInterfaces []string
+	// Identities renders pod directions of DispatchMin or more rules in
+	// the identity layout (see flat.go), where a new connection walks the
+	// same few rules however many policies select the pod, instead of
+	// port dispatch.
+	Identities bool
 }
 
 func (o Options) withDefaults() Options {
@@ -184,6 +189,9 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
 
 	r.sharedSets()
+	if err := r.identities(); err != nil {
+		return nil, err
+	}
 	ranges, err := r.podRanges(spec)
 	if err != nil {
 		return nil, err
@@ -240,6 +248,8 @@ type renderer struct {
 	hosts [2][]netip.Addr
 	// portStmts holds the match of each single port span rendered.
 	portStmts map[portSpan][]model.Stmt
+	// flat lists the pod directions rendered in the identity layout.
+	flat []flatDir
 }
 
 // ruleInfo is what one render knows of a rule of its rule set.

@@ -72,13 +72,19 @@ func benchNode(pods, rules, groups, size int) (v1alpha1.NodeRuleSetSpec, map[str
 
 // BenchmarkRender renders a large node from scratch, as an agent does on
 // start: 110 pods, 10,000 rules and 100,000 peer addresses in 1,000 groups.
-func BenchmarkRender(b *testing.B) {
+func BenchmarkRender(b *testing.B) { benchRender(b, Options{}) }
+
+// BenchmarkRenderIdentities is BenchmarkRender in the identity layout
+// (every pod has about 90 rules: all of them are flat).
+func BenchmarkRenderIdentities(b *testing.B) { benchRender(b, Options{Identities: true}) }
+
+func benchRender(b *testing.B, opts Options) {
 	spec, groups := benchNode(110, 10_000, 1_000, 100)
 	b.ReportAllocs()
 	var t *model.Table
 	for b.Loop() {
 		var err error
-		if t, err = NewRenderer(Options{}).Render(spec, groups); err != nil {
+		if t, err = NewRenderer(opts).Render(spec, groups); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,0 +1,216 @@
+package render
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/model"
+)
+
+// flatProbeAddrs are the addresses randomNode's pods, groups and ipBlocks
+// use, and some they do not.
+func flatProbeAddrs() []netip.Addr {
+	var out []netip.Addr
+	for i := range 10 {
+		out = append(out,
+			netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", i)),
+			netip.MustParseAddr(fmt.Sprintf("198.18.1.%d", i)),
+			netip.MustParseAddr(fmt.Sprintf("198.18.2.%d", i*2)),
+			netip.MustParseAddr(fmt.Sprintf("198.18.9.%d", i)),
+			netip.MustParseAddr(fmt.Sprintf("198.19.%d.7", i%4)),
+			netip.MustParseAddr(fmt.Sprintf("fd00::%x", i)),
+			netip.MustParseAddr(fmt.Sprintf("fd00::9:%d", i)))
+	}
+	out = append(out, netip.MustParseAddr("198.18.0.20"), netip.MustParseAddr("198.20.0.1"))
+	return out
+}
+
+// TestIdentityLayoutDecidesAsRuleChains renders random rule sets with and
+// without the identity layout and checks that every new connection between
+// the addresses they use, on the ports they name and others, gets the same
+// verdict from both tables.
+func TestIdentityLayoutDecidesAsRuleChains(t *testing.T) {
+	defer func(n int) { DispatchMin = n }(DispatchMin)
+	addrs := flatProbeAddrs()
+	var compared, flat, packets int
+	for seed := range uint64(120) {
+		DispatchMin = 1 + int(seed%3)
+		rng := rand.New(rand.NewPCG(seed, 11))
+		spec, groups := randomNode(rng)
+		for step := range 4 {
+			want, wantErr := Render(spec, groups, Options{})
+			got, gotErr := Render(spec, groups, Options{Identities: true})
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("seed %d step %d: identity layout error %v, rule chains error %v", seed, step, gotErr, wantErr)
+			}
+			spec, groups = mutate(rng, spec, groups)
+			if wantErr != nil {
+				continue
+			}
+			compared++
+			if got.Set(MapIdentity4) != nil {
+				flat++
+			}
+			for _, s := range got.Sets {
+				if !model.SortedElements(s.Elements) {
+					t.Fatalf("seed %d: set %s is not in order", seed, s.Name)
+				}
+			}
+			dw, dg := model.NewDecider(want), model.NewDecider(got)
+			for _, src := range addrs {
+				for _, dst := range addrs {
+					if src.Is4() != dst.Is4() {
+						continue
+					}
+					for _, proto := range []uint8{model.ProtoTCP, model.ProtoUDP} {
+						for _, port := range []uint16{79, 80, 81, 82, 84, 8080} {
+							p := model.Packet{Src: src, Dst: dst, Proto: proto, Dport: port}
+							w, err := dw.Decide(model.HookForward, p)
+							if err != nil {
+								t.Fatalf("seed %d: %v", seed, err)
+							}
+							g, err := dg.Decide(model.HookForward, p)
+							if err != nil {
+								t.Fatalf("seed %d: identity layout: %v", seed, err)
+							}
+							packets++
+							if g != w {
+								t.Fatalf("seed %d step %d: %+v: identity layout lets it through %t, rule chains %t\n%s", seed, step, p, g, w, got)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if flat < compared/2 {
+		t.Fatalf("%d of %d tables have the identity layout: the generator no longer covers it", flat, compared)
+	}
+	t.Logf("%d tables (%d with identities), %d packets", compared, flat, packets)
+}
+
+// TestSegments cuts overlapping ranges of peer sets into disjoint
+// segments.
+func TestSegments(t *testing.T) {
+	r := func(from, to string) ipRange {
+		return ipRange{from: netip.MustParseAddr(from), to: netip.MustParseAddr(to)}
+	}
+	var cuts []boundary
+	for _, c := range []struct {
+		set string
+		rg  ipRange
+	}{
+		{"a", r("198.18.0.0", "198.18.0.255")},
+		{"b", r("198.18.0.16", "198.18.0.31")},
+		{"c", r("198.18.0.31", "198.18.0.31")},
+		{"c", r("198.18.1.0", "198.18.1.9")},
+		{"d", r("198.18.1.10", "198.18.1.20")},
+		{"e", r("198.18.1.10", "198.18.1.20")},
+		{"f", r("255.255.255.0", "255.255.255.255")},
+	} {
+		cuts = append(cuts, boundary{at: c.rg.from, set: c.set}, boundary{at: c.rg.to, set: c.set, end: true})
+	}
+	var got []string
+	for _, s := range segments(cuts) {
+		got = append(got, fmt.Sprintf("%s %s", model.RangeString(s.from, s.to), strings.Join(s.sets, ",")))
+	}
+	want := []string{
+		"198.18.0.0/28 a",
+		"198.18.0.16-198.18.0.30 a,b",
+		"198.18.0.31 a,b,c",
+		"198.18.0.32-198.18.0.255 a",
+		"198.18.1.0-198.18.1.9 c",
+		"198.18.1.10-198.18.1.20 d,e",
+		"255.255.255.0/24 f",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("segments:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestIdentityLayoutShape renders a pod selected by 40 rules on one port,
+// each from a group of its own: its chain has the same lines as with 10,
+// and a member change moves one element of a map.
+func TestIdentityLayoutShape(t *testing.T) {
+	node := func(n int, extra string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+		spec := v1alpha1.NodeRuleSetSpec{}
+		groups := map[string]v1alpha1.AddressGroupSpec{}
+		var ids []string
+		for i := range n {
+			g := fmt.Sprintf("g%d", i)
+			addrs := []string{fmt.Sprintf("198.18.%d.%d", 1+i/200, 1+i%200)}
+			if i == 0 && extra != "" {
+				addrs = append(addrs, extra)
+			}
+			groups[g] = v1alpha1.AddressGroupSpec{Addresses: addrs}
+			spec.AddressGroups = append(spec.AddressGroups, g)
+			id := fmt.Sprintf("r%d", i)
+			ids = append(ids, id)
+			spec.Rules = append(spec.Rules, v1alpha1.Rule{ID: id, Direction: v1alpha1.DirectionIngress,
+				Peers: []v1alpha1.Peer{{AddressGroup: g}}, Ports: []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}}})
+		}
+		spec.Pods = []v1alpha1.LocalPod{{Namespace: "ns", Name: "server", IPs: []string{"198.18.0.1"},
+			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: ids}}}
+		return spec, groups
+	}
+	lines := func(n int) []string {
+		spec, groups := node(n, "")
+		tab, err := Render(spec, groups, Options{Identities: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tab.Chain(PodChainName("in", "ns", "server"))
+		var out []string
+		for _, ru := range c.Rules {
+			out = append(out, ru.String())
+		}
+		if s := tab.Set("ini-ns.server"); s == nil || len(s.Elements) != n {
+			t.Fatalf("%d rules: identity port set %v", n, s)
+		}
+		return out
+	}
+	ten, forty := lines(10), lines(40)
+	if !slices.Equal(ten, forty) {
+		t.Fatalf("the pod chain grows with its rules:\n%s\nthen\n%s", strings.Join(ten, "\n"), strings.Join(forty, "\n"))
+	}
+	if !slices.Contains(ten, "ip saddr map @id4 . meta l4proto . th dport @ini-ns.server accept") {
+		t.Fatalf("no identity lookup in\n%s", strings.Join(ten, "\n"))
+	}
+
+	// 198.18.1.9 joins g0 (and stays in g8): it takes g0+g8's identity,
+	// which no other address has, so the port set gains that identity.
+	// Then 198.18.1.50 joins g0 too, and shares it: one map element.
+	spec, groups := node(40, "")
+	before, err := Render(spec, groups, Options{Identities: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, groups = node(40, "198.18.1.50")
+	after, err := Render(spec, groups, Options{Identities: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changed []string
+	for _, s := range after.Sets {
+		old := before.Set(s.Name)
+		if old == nil {
+			changed = append(changed, "new "+s.Name)
+			continue
+		}
+		removed, added := model.ElementDelta(old.Elements, s.Elements)
+		for _, e := range removed {
+			changed = append(changed, "- "+s.Name+" "+s.Kind.Format(e))
+		}
+		for _, e := range added {
+			changed = append(changed, "+ "+s.Name+" "+s.Kind.Format(e))
+		}
+	}
+	if len(changed) != 1 || !strings.HasPrefix(changed[0], "+ id4 198.18.1.50 : ") {
+		t.Fatalf("a new member of a group changed:\n%s", strings.Join(changed, "\n"))
+	}
+}
