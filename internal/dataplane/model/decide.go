@@ -180,9 +180,15 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 			if err != nil || !in {
 				return nil, false, err
 			}
-		case IdentityInSet:
-			ok, err := d.identityMatch(s, p)
-			if err != nil || !ok {
+		case TaggedEndpointInSet:
+			a := addrOfField(p, s.Field)
+			if !familyIs(a, s.Family) {
+				return nil, false, nil
+			}
+			key := binary.NativeEndian.AppendUint32(nil, s.Tag)
+			key = append(append(key, a.AsSlice()...), portKey(p.Proto, p.Dport)...)
+			in, err := d.contains(s.Set, key)
+			if err != nil || !in {
 				return nil, false, err
 			}
 		case PortsInSet:
@@ -211,27 +217,6 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 		}
 	}
 	return verdict, true, nil
-}
-
-// identityMatch decides the identity statements: the address's identity
-// from the map (none: no match), then the set lookup.
-func (d *Decider) identityMatch(s IdentityInSet, p Packet) (bool, error) {
-	a := addrOfField(p, s.Field)
-	if !familyIs(a, s.Family) {
-		return false, nil
-	}
-	e, err := d.find(s.Map, a.AsSlice())
-	if err != nil || e == nil {
-		return false, err
-	}
-	if len(e.Data) != 4 {
-		return false, fmt.Errorf("map %s: element without an identity", s.Map)
-	}
-	key := slices.Clone(e.Data)
-	if s.Ports {
-		key = append(key, portKey(p.Proto, p.Dport)...)
-	}
-	return d.contains(s.Set, key)
 }
 
 // portKey is a protocol and port as the port sets hold them: the protocol
@@ -322,14 +307,29 @@ func match(k SetKind, e Element, key []byte) bool {
 	if len(e.Key) != len(key) || len(e.KeyEnd) != len(key) {
 		return false
 	}
-	if k == SetPorts || k == MapPortsVerdict {
-		return within(e.Key[:1], key[:1], e.KeyEnd[:1]) && within(e.Key[4:6], key[4:6], e.KeyEnd[4:6])
-	}
-	if k == SetIdentityPorts {
-		return within(e.Key[:4], key[:4], e.KeyEnd[:4]) && within(e.Key[4:5], key[4:5], e.KeyEnd[4:5]) &&
-			within(e.Key[8:10], key[8:10], e.KeyEnd[8:10])
+	if k.IsConcatInterval() {
+		// Each field (padded to 4 bytes) within its own range: the
+		// address of a tagged endpoint is one field of 4 or 16 bytes.
+		for _, f := range concatFields(k) {
+			if !within(e.Key[f[0]:f[1]], key[f[0]:f[1]], e.KeyEnd[f[0]:f[1]]) {
+				return false
+			}
+		}
+		return true
 	}
 	return within(e.Key, key, e.KeyEnd)
+}
+
+// concatFields returns the byte ranges of the fields of a concatenated
+// interval kind's key.
+func concatFields(k SetKind) [][2]int {
+	switch k {
+	case SetTaggedEndpointIPv4:
+		return [][2]int{{0, 4}, {4, 8}, {8, 12}, {12, 16}}
+	case SetTaggedEndpointIPv6:
+		return [][2]int{{0, 4}, {4, 20}, {20, 24}, {24, 28}}
+	}
+	return [][2]int{{0, 4}, {4, 8}} // protocol . port
 }
 
 func within(from, v, to []byte) bool {

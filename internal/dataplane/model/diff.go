@@ -386,23 +386,19 @@ func sameElements(a, b []Element) bool {
 	for i := range a {
 		x, y := &a[i], &b[i]
 		if !bytes.Equal(x.Key, y.Key) || !bytes.Equal(x.KeyEnd, y.KeyEnd) || (x.Verdict == nil) != (y.Verdict == nil) ||
-			(x.Verdict != nil && *x.Verdict != *y.Verdict) || !bytes.Equal(x.Data, y.Data) {
+			(x.Verdict != nil && *x.Verdict != *y.Verdict) {
 			return false
 		}
 	}
 	return true
 }
 
-// CompareElements orders elements by key, then key end, then data, then
-// verdict.
+// CompareElements orders elements by key, then key end, then verdict.
 func CompareElements(x, y *Element) int {
 	if c := bytes.Compare(x.Key, y.Key); c != 0 {
 		return c
 	}
 	if c := bytes.Compare(x.KeyEnd, y.KeyEnd); c != 0 {
-		return c
-	}
-	if c := bytes.Compare(x.Data, y.Data); c != 0 {
 		return c
 	}
 	switch {

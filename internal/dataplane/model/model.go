@@ -108,23 +108,19 @@ const (
 	MapPortsVerdict
 	// SetIfnames is a hash set of interface names (type ifname).
 	SetIfnames
-	// MapIPv4Identity maps IPv4 addresses to a peer identity (type
-	// ipv4_addr : mark): the identity of an address is the set of the
-	// node's peer sets that hold it (see package render, flat layout).
-	MapIPv4Identity
-	// MapIPv6Identity maps IPv6 addresses to a peer identity.
-	MapIPv6Identity
-	// MapIPv4IdentityInterval maps disjoint IPv4 ranges to a peer identity
-	// (type ipv4_addr : mark, flags interval).
-	MapIPv4IdentityInterval
-	// MapIPv6IdentityInterval maps disjoint IPv6 ranges to a peer identity.
-	MapIPv6IdentityInterval
-	// SetIdentityPorts is an interval set of identity . inet_proto .
-	// inet_service: the peers and ports a pod direction allows.
-	SetIdentityPorts
-	// SetIdentities is a hash set of identities (type mark): the peers a
-	// pod direction allows on every protocol and port.
-	SetIdentities
+	// MapIPv4VerdictInterval is a verdict map keyed by disjoint IPv4
+	// ranges (flags interval).
+	MapIPv4VerdictInterval
+	// MapIPv6VerdictInterval is a verdict map keyed by disjoint IPv6
+	// ranges.
+	MapIPv6VerdictInterval
+	// SetTaggedEndpointIPv4 is an interval set of tag . IPv4 address .
+	// protocol . port (type mark . ipv4_addr . inet_proto . inet_service,
+	// flags interval): the tag and address exact, protocol and ports
+	// ranges.
+	SetTaggedEndpointIPv4
+	// SetTaggedEndpointIPv6 is SetTaggedEndpointIPv4 for IPv6.
+	SetTaggedEndpointIPv6
 )
 
 // Set is a named set or verdict map with its elements.
@@ -159,9 +155,6 @@ type Element struct {
 	KeyEnd []byte
 	// Verdict is the value of a verdict map element.
 	Verdict *Verdict
-	// Data is the value of a data map element (4 bytes, a mark in host
-	// byte order, for the identity maps).
-	Data []byte
 }
 
 // VerdictKind is a verdict.
@@ -362,30 +355,21 @@ func (k SetKind) String() string {
 		return "inet_proto . inet_service : verdict"
 	case SetIfnames:
 		return "ifname"
-	case MapIPv4Identity:
-		return "ipv4_addr : mark"
-	case MapIPv6Identity:
-		return "ipv6_addr : mark"
-	case MapIPv4IdentityInterval:
-		return "ipv4_addr : mark interval"
-	case MapIPv6IdentityInterval:
-		return "ipv6_addr : mark interval"
-	case SetIdentityPorts:
-		return "mark . inet_proto . inet_service interval"
-	case SetIdentities:
-		return "mark"
+	case MapIPv4VerdictInterval:
+		return "ipv4_addr : verdict interval"
+	case MapIPv6VerdictInterval:
+		return "ipv6_addr : verdict interval"
+	case SetTaggedEndpointIPv4:
+		return "mark . ipv4_addr . inet_proto . inet_service interval"
+	case SetTaggedEndpointIPv6:
+		return "mark . ipv6_addr . inet_proto . inet_service interval"
 	}
 	return "unknown"
 }
 
 // IsMap reports whether the kind is a verdict map.
 func (k SetKind) IsMap() bool {
-	return k == MapIPv4Verdict || k == MapIPv6Verdict || k == MapPortsVerdict
-}
-
-// IsDataMap reports whether the kind maps keys to data (a mark).
-func (k SetKind) IsDataMap() bool {
-	return k == MapIPv4Identity || k == MapIPv6Identity || k == MapIPv4IdentityInterval || k == MapIPv6IdentityInterval
+	return k == MapIPv4Verdict || k == MapIPv6Verdict || k == MapPortsVerdict || k == MapIPv4VerdictInterval || k == MapIPv6VerdictInterval
 }
 
 // IsInterval reports whether elements are ranges.
@@ -396,13 +380,13 @@ func (k SetKind) IsInterval() bool {
 // IsRBTree reports whether the kernel stores the kind as start and end
 // elements (one-field interval sets) rather than as key and key end.
 func (k SetKind) IsRBTree() bool {
-	return k == SetIPv4Interval || k == SetIPv6Interval || k == MapIPv4IdentityInterval || k == MapIPv6IdentityInterval
+	return k == SetIPv4Interval || k == SetIPv6Interval || k == MapIPv4VerdictInterval || k == MapIPv6VerdictInterval
 }
 
 // IsConcatInterval reports whether the kind is an interval set of a
 // concatenation, stored as key and inclusive key end, each field a range.
 func (k SetKind) IsConcatInterval() bool {
-	return k == SetPorts || k == MapPortsVerdict || k == SetIdentityPorts
+	return k == SetPorts || k == MapPortsVerdict || k == SetTaggedEndpointIPv4 || k == SetTaggedEndpointIPv6
 }
 
 // Sized reports whether sets of the kind are created with a declared size:
@@ -445,12 +429,14 @@ func (k SetKind) KeyLen() int {
 		return 20
 	case SetIfnames:
 		return IfnameLen
-	case MapIPv4Identity, MapIPv4IdentityInterval, SetIdentities:
+	case MapIPv4VerdictInterval:
 		return 4
-	case MapIPv6Identity, MapIPv6IdentityInterval:
+	case MapIPv6VerdictInterval:
 		return 16
-	case SetIdentityPorts:
-		return 12
+	case SetTaggedEndpointIPv4:
+		return 16
+	case SetTaggedEndpointIPv6:
+		return 28
 	}
 	return 0
 }
@@ -468,14 +454,16 @@ func (k SetKind) declaration() []string {
 		return []string{"type inet_proto . inet_service", "flags interval"}
 	case MapPortsVerdict:
 		return []string{"type inet_proto . inet_service : verdict", "flags interval"}
-	case MapIPv4Verdict, MapIPv6Verdict, MapIPv4Identity, MapIPv6Identity, SetIdentities:
+	case MapIPv4Verdict, MapIPv6Verdict:
 		return []string{"type " + k.String()}
-	case MapIPv4IdentityInterval:
-		return []string{"type ipv4_addr : mark", "flags interval"}
-	case MapIPv6IdentityInterval:
-		return []string{"type ipv6_addr : mark", "flags interval"}
-	case SetIdentityPorts:
-		return []string{"type mark . inet_proto . inet_service", "flags interval"}
+	case MapIPv4VerdictInterval:
+		return []string{"type ipv4_addr : verdict", "flags interval"}
+	case MapIPv6VerdictInterval:
+		return []string{"type ipv6_addr : verdict", "flags interval"}
+	case SetTaggedEndpointIPv4:
+		return []string{"type mark . ipv4_addr . inet_proto . inet_service", "flags interval"}
+	case SetTaggedEndpointIPv6:
+		return []string{"type mark . ipv6_addr . inet_proto . inet_service", "flags interval"}
 	}
 	return []string{"type unknown"}
 }
@@ -490,24 +478,8 @@ func (e Element) elementKey() string {
 		b.WriteByte(0xff)
 		b.WriteString(e.Verdict.String())
 	}
-	if e.Data != nil {
-		b.WriteByte(0xfe)
-		b.Write(e.Data)
-	}
 	return b.String()
 }
-
-// Identity returns the identity a data map element maps to (0 without
-// data).
-func (e Element) Identity() uint32 {
-	if len(e.Data) != 4 {
-		return 0
-	}
-	return binary.NativeEndian.Uint32(e.Data)
-}
-
-// IdentityData is the element data of an identity.
-func IdentityData(id uint32) []byte { return binary.NativeEndian.AppendUint32(nil, id) }
 
 // Format prints an element the way nft does.
 func (k SetKind) Format(e Element) string {
@@ -558,31 +530,24 @@ func (k SetKind) Format(e Element) string {
 		return addrString(e.Key) + " : " + v
 	case SetIfnames:
 		return strconv.Quote(IfnameOf(e.Key))
-	case MapIPv4Identity, MapIPv6Identity:
-		return addrString(e.Key) + " : " + identityString(e.Data)
-	case MapIPv4IdentityInterval, MapIPv6IdentityInterval:
-		return RangeString(addrOf(e.Key), addrOf(e.KeyEnd)) + " : " + identityString(e.Data)
-	case SetIdentities:
-		return identityString(e.Key)
-	case SetIdentityPorts:
-		if len(e.Key) != 12 || len(e.KeyEnd) != 12 {
+	case MapIPv4VerdictInterval, MapIPv6VerdictInterval:
+		return RangeString(addrOf(e.Key), addrOf(e.KeyEnd)) + " : " + verdictString(e.Verdict)
+	case SetTaggedEndpointIPv4, SetTaggedEndpointIPv6:
+		n := len(e.Key) - 12
+		if (n != 4 && n != 16) || len(e.KeyEnd) != len(e.Key) {
 			return fmt.Sprintf("0x%x", e.Key)
 		}
-		id := identityString(e.Key[:4])
-		if !bytes.Equal(e.Key[:4], e.KeyEnd[:4]) {
-			id += "-" + identityString(e.KeyEnd[:4])
-		}
-		return id + " . " + SetPorts.Format(Element{Key: e.Key[4:], KeyEnd: e.KeyEnd[4:]})
+		return fmt.Sprintf("0x%08x . %s . ", binary.NativeEndian.Uint32(e.Key), addrString(e.Key[4:4+n])) +
+			SetPorts.Format(Element{Key: e.Key[4+n:], KeyEnd: e.KeyEnd[4+n:]})
 	}
 	return fmt.Sprintf("0x%x", e.Key)
 }
 
-// identityString prints an identity as nft prints a mark.
-func identityString(b []byte) string {
-	if len(b) != 4 {
-		return fmt.Sprintf("0x%x", b)
+func verdictString(v *Verdict) string {
+	if v == nil {
+		return "?"
 	}
-	return string(appendHex8(nil, binary.NativeEndian.Uint32(b)))
+	return v.String()
 }
 
 // IfnameLen is the length of an interface name key: IFNAMSIZ, the name
@@ -636,7 +601,7 @@ func (t *Table) String() string {
 	for _, s := range t.Sets {
 		sep()
 		word := "set"
-		if s.Kind.IsMap() || s.Kind.IsDataMap() {
+		if s.Kind.IsMap() {
 			word = "map"
 		}
 		fmt.Fprintf(&b, "\t%s %s {\n", word, s.Name)

@@ -360,30 +360,22 @@ func (v Verdict) appendText(b []byte) []byte {
 	return b
 }
 
-// IdentityInSet looks an address up in an identity map and matches the
-// identity it maps to against a set: with Ports, with the protocol and
-// destination port against an interval set of identity . protocol . port,
-// "ip saddr map @id4 . meta l4proto . th dport @set"; without, against a
-// set of identities, "ip saddr map @id4 @set". An address the map does not
-// hold matches nothing. (nft's parser has no syntax for a map lookup inside
-// a concatenation; the kernel evaluates it as written, and nft lists it.)
-type IdentityInSet struct {
+// TaggedEndpointInSet matches an address, with a tag before it and the
+// protocol and destination port after it, against an interval set shared
+// by many tags: "0x0012abcd . ip daddr . meta l4proto . th dport @set".
+type TaggedEndpointInSet struct {
 	Family Family
 	Field  AddrField
-	Map    string
-	Ports  bool
+	Tag    uint32
 	Set    string
 }
 
-func (s IdentityInSet) text() string { return string(s.appendText(nil)) }
+func (s TaggedEndpointInSet) text() string { return string(s.appendText(nil)) }
 
-func (s IdentityInSet) appendText(b []byte) []byte {
+func (s TaggedEndpointInSet) appendText(b []byte) []byte {
+	b = appendHex8(b, s.Tag)
+	b = append(b, " . "...)
 	b = appendFamilyField(b, s.Family, s.Field)
-	b = append(b, " map @"...)
-	b = append(b, s.Map...)
-	if s.Ports {
-		b = append(b, " . meta l4proto . th dport"...)
-	}
-	b = append(b, " @"...)
+	b = append(b, " . meta l4proto . th dport @"...)
 	return append(b, s.Set...)
 }

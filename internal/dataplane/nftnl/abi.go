@@ -97,9 +97,6 @@ type setType struct {
 	fields   []keyField
 	interval bool
 	isMap    bool
-	// data is the type of a data map's values (nil for sets and verdict
-	// maps).
-	data *keyField
 }
 
 var setTypes = map[model.SetKind]setType{
@@ -117,12 +114,10 @@ var setTypes = map[model.SetKind]setType{
 	model.MapIPv6Verdict:  {fields: []keyField{typeIPv6}, isMap: true},
 	model.SetIfnames:      {fields: []keyField{typeIfname}},
 
-	model.MapIPv4Identity:         {fields: []keyField{typeIPv4}, data: &typeMark},
-	model.MapIPv6Identity:         {fields: []keyField{typeIPv6}, data: &typeMark},
-	model.MapIPv4IdentityInterval: {fields: []keyField{typeIPv4}, interval: true, data: &typeMark},
-	model.MapIPv6IdentityInterval: {fields: []keyField{typeIPv6}, interval: true, data: &typeMark},
-	model.SetIdentityPorts:        {fields: []keyField{typeMark, typeProto, typeService}, interval: true},
-	model.SetIdentities:           {fields: []keyField{typeMark}},
+	model.MapIPv4VerdictInterval: {fields: []keyField{typeIPv4}, interval: true, isMap: true},
+	model.MapIPv6VerdictInterval: {fields: []keyField{typeIPv6}, interval: true, isMap: true},
+	model.SetTaggedEndpointIPv4:  {fields: []keyField{typeMark, typeIPv4, typeProto, typeService}, interval: true},
+	model.SetTaggedEndpointIPv6:  {fields: []keyField{typeMark, typeIPv6, typeProto, typeService}, interval: true},
 }
 
 // concat reports whether the key is a concatenation of several fields.
@@ -134,25 +129,13 @@ func (t setType) flags() uint32 {
 	if t.interval {
 		f |= unix.NFT_SET_INTERVAL
 	}
-	if t.isMap || t.data != nil {
+	if t.isMap {
 		f |= unix.NFT_SET_MAP
 	}
 	if t.concat() {
 		f |= nftSetConcat
 	}
 	return f
-}
-
-// dataType is the set's NFTA_SET_DATA_TYPE: NFT_DATA_VERDICT for a
-// verdict map, the values' type for a data map, 0 for a set.
-func (t setType) dataType() uint32 {
-	switch {
-	case t.isMap:
-		return unix.NFT_DATA_VERDICT
-	case t.data != nil:
-		return t.data.magic
-	}
-	return 0
 }
 
 // keyType is the key's data type: for a concatenation, the fields' types
@@ -184,7 +167,7 @@ func kindOf(flags, keyType, keyLen, dataType uint32) model.SetKind {
 		return 0 // anonymous, constant, timeout, dynamic, object: not ours
 	}
 	for k, t := range setTypes {
-		if t.flags() == flags && t.keyType() == keyType && t.keyLen() == keyLen && t.dataType() == dataType {
+		if t.flags() == flags && t.keyType() == keyType && t.keyLen() == keyLen && (!t.isMap || dataType == unix.NFT_DATA_VERDICT) {
 			return k
 		}
 	}

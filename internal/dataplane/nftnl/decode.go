@@ -274,10 +274,6 @@ func (r *reader) elements(set string) ([]kernelElement, error) {
 							case unix.NFTA_SET_ELEM_FLAGS:
 								e.end = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
 							case unix.NFTA_SET_ELEM_DATA:
-								if d, ok := (rawExpr{attrs: map[uint16][]byte{0: el.Bytes()}}).value(0); ok {
-									e.data = slices.Clone(d) // a data map's value
-									continue
-								}
 								// A verdict the decoder cannot read
 								// becomes one no rendered element
 								// has: drift, repaired by a rewrite.

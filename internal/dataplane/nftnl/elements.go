@@ -16,8 +16,6 @@ type kernelElement struct {
 	key, keyEnd []byte
 	end         bool
 	verdict     *model.Verdict
-	// data is the value of a data map's element.
-	data []byte
 	// code is the kernel's code of verdict, set by eachKernelElement.
 	code int32
 }
@@ -40,19 +38,16 @@ func eachKernelElement(kind model.SetKind, elems []model.Element, fn func(kernel
 		} else if e.Verdict != nil {
 			return fmt.Errorf("element %s of a set has a verdict", kind.Format(*e))
 		}
-		if kind.IsDataMap() != (len(e.Data) == 4) {
-			return fmt.Errorf("element %s: a data map's elements, and only they, have 4 bytes of data", kind.Format(*e))
-		}
 		switch {
 		case kind.IsRBTree():
-			fn(kernelElement{key: e.Key, data: e.Data})
+			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code})
 			if next, ok := increment(e.KeyEnd); ok {
 				fn(kernelElement{key: next, end: true})
 			}
 		case kind.IsConcatInterval():
 			fn(kernelElement{key: e.Key, keyEnd: e.KeyEnd, verdict: e.Verdict, code: code})
 		default:
-			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code, data: e.Data})
+			fn(kernelElement{key: e.Key, verdict: e.Verdict, code: code})
 		}
 	}
 	return nil
@@ -63,7 +58,7 @@ func modelElements(kind model.SetKind, elems []kernelElement) []model.Element {
 	if !kind.IsRBTree() {
 		out := make([]model.Element, 0, len(elems))
 		for _, e := range elems {
-			m := model.Element{Key: e.key, Verdict: e.verdict, Data: e.data}
+			m := model.Element{Key: e.key, Verdict: e.verdict}
 			if kind.IsConcatInterval() {
 				m.KeyEnd = e.keyEnd
 				if m.KeyEnd == nil {
@@ -91,21 +86,22 @@ func modelElements(kind model.SetKind, elems []kernelElement) []model.Element {
 		return 1
 	})
 	var out []model.Element
-	var start, data []byte
+	var start []byte
+	var verdict *model.Verdict // of a verdict map's start element
 	for _, e := range sorted {
 		switch {
 		case !e.end:
 			if start != nil { // a start without an end: keep it as one address
-				out = append(out, model.Element{Key: start, KeyEnd: start, Data: data})
+				out = append(out, model.Element{Key: start, KeyEnd: start, Verdict: verdict})
 			}
-			start, data = e.key, e.data
+			start, verdict = e.key, e.verdict
 		case start != nil:
-			out = append(out, model.Element{Key: start, KeyEnd: decrement(e.key), Data: data})
-			start, data = nil, nil
+			out = append(out, model.Element{Key: start, KeyEnd: decrement(e.key), Verdict: verdict})
+			start, verdict = nil, nil
 		}
 	}
 	if start != nil { // runs to the last address
-		out = append(out, model.Element{Key: start, KeyEnd: bytes.Repeat([]byte{0xff}, len(start)), Data: data})
+		out = append(out, model.Element{Key: start, KeyEnd: bytes.Repeat([]byte{0xff}, len(start)), Verdict: verdict})
 	}
 	return out
 }

@@ -325,19 +325,18 @@ func (b *batch) stmt(s model.Stmt) error {
 		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
 		b.lookup(reg1, s.Set, 0, false, false)
 
-	case model.IdentityInSet:
-		// ip saddr map @id4 [. meta l4proto . th dport] @set: the identity
-		// the map gives the address replaces it in register 1, protocol
-		// and port follow it.
+	case model.TaggedEndpointInSet:
+		// 0x0012abcd . ip daddr . meta l4proto . th dport @set
 		off, n := addrOffset(s.Family, s.Field)
+		addrReg := nextReg(reg1, 4)
+		protoReg := nextReg(addrReg, n)
 		b.familyCheck(s.Family)
-		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.lookup(reg1, s.Map, reg1, true, false)
-		if s.Ports {
-			protoReg := nextReg(reg1, 4)
-			b.meta(unix.NFT_META_L4PROTO, protoReg)
-			b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
-		}
+		var tag [4]byte
+		binary.NativeEndian.PutUint32(tag[:], s.Tag)
+		b.immediate(reg1, tag[:])
+		b.payload(addrReg, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.meta(unix.NFT_META_L4PROTO, protoReg)
+		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
 		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.PortsVmap:
@@ -550,10 +549,7 @@ func (b *batch) addSet(s *model.Set, capacity uint32) uint32 {
 		b.u32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
 		b.u32(unix.NFTA_SET_DATA_LEN, 0)
 	}
-	if t.data != nil {
-		b.u32(unix.NFTA_SET_DATA_TYPE, t.data.magic)
-		b.u32(unix.NFTA_SET_DATA_LEN, t.data.len)
-	}
+
 	if t.concat() || capacity != 0 {
 		desc := b.nest(unix.NFTA_SET_DESC)
 		if capacity != 0 {
@@ -632,9 +628,7 @@ func (b *batch) elements(del bool, s *model.Set, id uint32, elems []model.Elemen
 			b.verdict(e.code, e.verdict.Chain)
 			b.end(data)
 		}
-		if e.data != nil {
-			b.value(unix.NFTA_SET_ELEM_DATA, e.data)
-		}
+
 		b.end(at)
 	})
 	closeMsg()

@@ -203,7 +203,7 @@ func TestEncodeMatchesLibrary(t *testing.T) {
 		encodeMatchesLibrary(t, encodeSampleWith(t, identities), kinds)
 	}
 	for _, k := range []model.SetKind{model.SetIPv4Interval, model.SetIPv6Interval, model.SetEndpointIPv4, model.SetEndpointIPv6, model.SetPorts, model.MapPortsVerdict, model.SetTaggedIPv4, model.SetTaggedIPv6, model.MapIPv4Verdict, model.MapIPv6Verdict, model.SetIfnames,
-		model.MapIPv4Identity, model.MapIPv6Identity, model.MapIPv4IdentityInterval, model.MapIPv6IdentityInterval, model.SetIdentityPorts, model.SetIdentities} {
+		model.MapIPv4VerdictInterval, model.MapIPv6VerdictInterval, model.SetTaggedEndpointIPv4, model.SetTaggedEndpointIPv6} {
 		if !kinds[k] {
 			t.Errorf("sample tables have no set of kind %s", k)
 		}

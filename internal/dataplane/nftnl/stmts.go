@@ -217,20 +217,6 @@ func isInvertedLookup(exprs []rawExpr, i int) (lookup, bool) {
 	return out, out.set != ""
 }
 
-// isDataLookup recognises a data map lookup from register 1 into register
-// 1 and returns the map's name.
-func isDataLookup(exprs []rawExpr, i int) (string, bool) {
-	l, ok := at(exprs, i, "lookup")
-	if !ok || !l.u32Is(unix.NFTA_LOOKUP_SREG, reg1) || l.has(unix.NFTA_LOOKUP_FLAGS) && !l.u32Is(unix.NFTA_LOOKUP_FLAGS, 0) {
-		return "", false
-	}
-	if r, ok := l.reg(unix.NFTA_LOOKUP_DREG); !ok || r != regSlot(reg1) {
-		return "", false
-	}
-	name := l.str(unix.NFTA_LOOKUP_SET)
-	return name, name != ""
-}
-
 // addrFieldOf returns the address a network header load of a family reads.
 func addrFieldOf(f model.Family, base, off, n uint32) (model.AddrField, bool) {
 	if base != unix.NFT_PAYLOAD_NETWORK_HEADER {
@@ -436,11 +422,21 @@ func matchFamily(exprs []rawExpr) (model.Stmt, int) {
 			return nil, 0
 		}
 		field, ok := addrFieldOf(f, base, off, n)
-		l, ok2 := isLookup(exprs, 4)
-		if !ok || !ok2 || l.vmap {
+		if !ok {
 			return nil, 0
 		}
-		return model.TaggedAddrInSet{Family: f, Field: field, Tag: binary.NativeEndian.Uint32(tag), Set: l.set}, 5
+		if l, ok := isLookup(exprs, 4); ok && !l.vmap {
+			return model.TaggedAddrInSet{Family: f, Field: field, Tag: binary.NativeEndian.Uint32(tag), Set: l.set}, 5
+		}
+		// 0x0012abcd . ip daddr . meta l4proto . th dport @set
+		protoReg := nextReg(nextReg(reg1, 4), n)
+		if isMeta(exprs, 4, unix.NFT_META_L4PROTO, protoReg) &&
+			isPayload(exprs, 5, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, nextReg(protoReg, 1)) {
+			if l, ok := isLookup(exprs, 6); ok && !l.vmap {
+				return model.TaggedEndpointInSet{Family: f, Field: field, Tag: binary.NativeEndian.Uint32(tag), Set: l.set}, 7
+			}
+		}
+		return nil, 0
 	}
 	base, off, n, ok := payloadLoad(exprs, 2, reg1)
 	if !ok {
@@ -453,21 +449,6 @@ func matchFamily(exprs []rawExpr) (model.Stmt, int) {
 	if v, ok := cmpEq(exprs, 3); ok && uint32(len(v)) == n {
 		a, _ := netip.AddrFromSlice(v)
 		return model.AddrIs{Field: field, Addr: a}, 4
-	}
-	if m, ok := isDataLookup(exprs, 3); ok {
-		// ip saddr map @id4 . meta l4proto . th dport @set, or
-		// ip saddr map @id4 @set
-		if l, ok := isLookup(exprs, 4); ok && !l.vmap {
-			return model.IdentityInSet{Family: f, Field: field, Map: m, Set: l.set}, 5
-		}
-		protoReg := nextReg(reg1, 4)
-		if isMeta(exprs, 4, unix.NFT_META_L4PROTO, protoReg) &&
-			isPayload(exprs, 5, unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, nextReg(protoReg, 1)) {
-			if l, ok := isLookup(exprs, 6); ok && !l.vmap {
-				return model.IdentityInSet{Family: f, Field: field, Map: m, Ports: true, Set: l.set}, 7
-			}
-		}
-		return nil, 0
 	}
 	if l, ok := isInvertedLookup(exprs, 3); ok {
 		if l.vmap {

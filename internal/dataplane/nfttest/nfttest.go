@@ -157,17 +157,18 @@ func Stmt(s model.Stmt) ([]expr.Any, error) {
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
 		), nil
 
-	case model.IdentityInSet:
-		// ip saddr map @id4 [. meta l4proto . th dport] @set
-		p, _ := addrPayload(s.Family, s.Field, reg1)
-		out := append(familyCheck(s.Family), p,
-			&expr.Lookup{SourceRegister: reg1, SetName: s.Map, DestRegister: reg1, IsDestRegSet: true})
-		if s.Ports {
-			protoReg := nextReg(reg1, 4)
-			out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
-				&expr.Payload{DestRegister: nextReg(protoReg, 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-		}
-		return append(out, &expr.Lookup{SourceRegister: reg1, SetName: s.Set}), nil
+	case model.TaggedEndpointInSet:
+		// 0x0012abcd . ip daddr . meta l4proto . th dport @set
+		addrReg := nextReg(reg1, 4)
+		p, n := addrPayload(s.Family, s.Field, addrReg)
+		protoReg := nextReg(addrReg, n)
+		return append(familyCheck(s.Family),
+			&expr.Immediate{Register: reg1, Data: binaryutil.NativeEndian.PutUint32(s.Tag)},
+			p,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+			&expr.Payload{DestRegister: nextReg(protoReg, 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
+		), nil
 
 	case model.PortsVmap:
 		// meta l4proto . th dport vmap @map
@@ -276,7 +277,8 @@ var (
 	typePorts     = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
 	typeTagged4   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIPAddr)
 	typeTagged6   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIP6Addr)
-	typeIDPorts   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTaggedEP4 = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeTaggedEP6 = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 )
 
 // Set returns the definition of a set (without elements).
@@ -310,18 +312,14 @@ func Set(s *model.Set) *nftables.Set {
 		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIP6Addr, true, nftables.TypeVerdict
 	case model.SetIfnames:
 		ns.KeyType = nftables.TypeIFName
-	case model.MapIPv4Identity:
-		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIPAddr, true, nftables.TypeMark
-	case model.MapIPv6Identity:
-		ns.KeyType, ns.IsMap, ns.DataType = nftables.TypeIP6Addr, true, nftables.TypeMark
-	case model.MapIPv4IdentityInterval:
-		ns.KeyType, ns.IsMap, ns.DataType, ns.Interval = nftables.TypeIPAddr, true, nftables.TypeMark, true
-	case model.MapIPv6IdentityInterval:
-		ns.KeyType, ns.IsMap, ns.DataType, ns.Interval = nftables.TypeIP6Addr, true, nftables.TypeMark, true
-	case model.SetIdentityPorts:
-		ns.KeyType, ns.Concatenation, ns.Interval = typeIDPorts, true, true
-	case model.SetIdentities:
-		ns.KeyType = nftables.TypeMark
+	case model.MapIPv4VerdictInterval:
+		ns.KeyType, ns.IsMap, ns.DataType, ns.Interval = nftables.TypeIPAddr, true, nftables.TypeVerdict, true
+	case model.MapIPv6VerdictInterval:
+		ns.KeyType, ns.IsMap, ns.DataType, ns.Interval = nftables.TypeIP6Addr, true, nftables.TypeVerdict, true
+	case model.SetTaggedEndpointIPv4:
+		ns.KeyType, ns.Concatenation, ns.Interval = typeTaggedEP4, true, true
+	case model.SetTaggedEndpointIPv6:
+		ns.KeyType, ns.Concatenation, ns.Interval = typeTaggedEP6, true, true
 	}
 	return ns
 }
@@ -346,14 +344,14 @@ func eachElement(kind model.SetKind, elems []model.Element, fn func(nftables.Set
 		}
 		switch {
 		case kind.IsRBTree():
-			fn(nftables.SetElement{Key: e.Key, Val: e.Data})
+			fn(nftables.SetElement{Key: e.Key, VerdictData: v})
 			if next, ok := increment(e.KeyEnd); ok {
 				fn(nftables.SetElement{Key: next, IntervalEnd: true})
 			}
 		case kind.IsConcatInterval():
 			fn(nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, VerdictData: v})
 		default:
-			fn(nftables.SetElement{Key: e.Key, VerdictData: v, Val: e.Data})
+			fn(nftables.SetElement{Key: e.Key, VerdictData: v})
 		}
 	}
 	return nil

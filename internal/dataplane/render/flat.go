@@ -2,6 +2,8 @@ package render
 
 import (
 	"cmp"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -13,50 +15,72 @@ import (
 )
 
 // The identity layout (Options.Identities) keeps the rules a new connection
-// walks flat however many policies select its pod. Every address the
-// node's flat pod directions allow by peer gets an identity: the set of
-// peer sets that hold it, where a peer set is an address group or the
-// ipBlocks of one rule. Maps give each address its identity: id4/id6 hold
-// single addresses (hash maps), idn4/idn6 the ranges of CIDR groups and
+// walks flat however many policies select its pod, as Cilium's policy maps
+// do. For each direction, every address that the node's flat pod
+// directions allow by peer gets an identity: the set of the peer sets that
+// hold it, where a peer set is an address group or the ipBlocks of one
+// rule. Identities are numbered by a hash of their peer sets' names.
+//
+// Verdict maps send each peer address to its identity's chain: idi4/idi6
+// (ingress, by source) and ide4/ide6 (egress, by destination) hold single
+// addresses, idni4/idni6 and idne4/idne6 the ranges of CIDR groups and
 // ipBlocks, cut into disjoint segments (interval maps). A single address
-// inside a range is in both maps, each with the peer sets holding it
-// there, and is allowed what either identity is. Each
-// flat pod direction then has one interval set of identity . protocol .
-// port (<dir>i-<namespace>.<name>), the union over its rules of the peers
-// and ports they allow, and, when a rule with peers allows every port, a set
-// of identities (<dir>a-...). Its chain looks the packet's peer address up
-// once per map and family:
+// inside a range is in both maps, each with the peer sets holding it there,
+// and is allowed what either identity is. A flat pod chain looks the peer
+// up once per map:
 //
-//	ip saddr map @id4 . meta l4proto . th dport @ini-shop.web accept
-//	ip saddr map @idn4 . meta l4proto . th dport @ini-shop.web accept
+//	ip saddr vmap @idi4
+//	ip saddr vmap @idni4
+//	ip6 saddr vmap @idi6
+//	ip6 saddr vmap @idni6
 //
-// An address no peer set holds has no identity, so those lines never
-// match it. Rules without peers (any address) are a set of ports
-// (<dir>o-...) or, with no ports either, an accept. Rules whose peers
-// include a named-port group stay rule chains, jumped to as before: their
-// port resolves on each destination pod.
+// and an identity's chain (idi-<number>, ide-<number>) accepts what any
+// pod allows it, with the identity as a tag before the local pod's address
+// in sets the whole node shares: idpi4/idpi6 (tag . pod address . protocol
+// . port ranges) and idai4/idai6 (tag . pod address, every port):
 //
-// Identities are named by a hash of their peer sets (FNV-1a of the sorted
-// names), so that a membership change that moves an address to an identity
-// another address has already is one element of a map; a new identity adds
-// its elements to the sets of the pod directions that allow it.
+//	0x1a2b3c4d . ip daddr . meta l4proto . th dport @idpi4 accept
+//
+// An address no peer set holds is in no map, so it reaches no identity
+// chain. Rules without peers (any address) are a set of ports of the pod
+// direction (<dir>o-<namespace>.<name>) or, with no ports either, an
+// accept. Rules whose peers include a named-port group stay rule chains,
+// jumped to as before: their port resolves on each destination pod.
+//
+// nft lists every rule of the layout. (A map lookup of the identity into a
+// concatenation, "ip saddr map @id4 . th dport @set", is one rule fewer per
+// packet, but nft 1.0.6 aborts listing it.)
+//
+// A membership change that moves an address to an identity another address
+// has already is one element of a map; a new identity adds its chain and
+// the elements of the pods that allow it.
 //
 // Pod directions with fewer than DispatchMin rules keep the rule chains:
 // they walk at most that many.
 
-// Names of the identity maps.
-const (
-	MapIdentity4         = "id4"
-	MapIdentity6         = "id6"
-	MapIdentityInterval4 = "idn4"
-	MapIdentityInterval6 = "idn6"
+// Names of the identity layout's maps and sets, by direction (ingress,
+// egress) and family.
+var (
+	identityMaps      = [2][2]string{{"idi4", "idi6"}, {"ide4", "ide6"}}
+	identityRangeMaps = [2][2]string{{"idni4", "idni6"}, {"idne4", "idne6"}}
+	identityPortSets  = [2][2]string{{"idpi4", "idpi6"}, {"idpe4", "idpe6"}}
+	identityAllSets   = [2][2]string{{"idai4", "idai6"}, {"idae4", "idae6"}}
+	identityChain     = [2]string{"idi-", "ide-"}
 )
 
-// flatDir is a pod direction rendered in the identity layout: the names of
-// its sets and the rules whose peers its identity sets hold.
+// MapIdentity4 is the map of the ingress identities of single IPv4
+// addresses.
+const MapIdentity4 = "idi4"
+
+// flatDir is a pod direction rendered in the identity layout: its
+// direction (0 ingress, 1 egress), the pod's addresses, the name of its set
+// of ports open to any peer, and the rules whose peers its identities
+// hold.
 type flatDir struct {
-	ports, all, open string
-	rules            []*ruleInfo
+	dir   int
+	addrs []netip.Addr
+	open  string
+	rules []*ruleInfo
 }
 
 // isFlat reports whether a pod direction uses the identity layout.
@@ -73,8 +97,8 @@ func (r *renderer) isFlat(iso *v1alpha1.Isolation) bool {
 	return n >= DispatchMin
 }
 
-// flatEligible reports whether the identity sets can hold a rule's peers:
-// every peer is an ipBlock or a group of addresses (not of named-port
+// flatEligible reports whether identities can hold a rule's peers: every
+// peer is an ipBlock or a group of addresses (not of named-port
 // endpoints).
 func (r *renderer) flatEligible(ru *v1alpha1.Rule) bool {
 	for _, p := range ru.Peers {
@@ -88,13 +112,13 @@ func (r *renderer) flatEligible(ru *v1alpha1.Rule) bool {
 	return true
 }
 
-// flatRules returns the chain lines of a flat pod direction whose peer
-// address is field, and the jumps to its rules that stay rule chains.
-func (r *renderer) flatRules(dir flatDir, ids []string, field model.AddrField) ([]*model.Rule, []string, error) {
+// flatRules returns the lines of a flat pod direction's chain, and the
+// rules that stay rule chains (jumped to after the lines).
+func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, error) {
 	var out []*model.Rule
 	var jumps []string
 	var open []portSpan
-	openAll, anyPeersAll, anyPorts := false, false, false
+	openAll, peers := false, false
 	for _, id := range ids {
 		ri := r.rules[id]
 		if ri == nil || !r.flatEligible(ri.rule) {
@@ -110,70 +134,84 @@ func (r *renderer) flatRules(dir flatDir, ids []string, field model.AddrField) (
 			}
 		}
 		switch {
-		case len(ru.Peers) == 0 && len(spans) == 0:
-			openAll = true
-		case len(ru.Peers) == 0:
-			open = append(open, spans...)
+		case len(ru.Peers) > 0:
+			peers = true
 		case len(spans) == 0:
-			anyPeersAll = true
+			openAll = true
 		default:
-			anyPorts = true
+			open = append(open, spans...)
 		}
 	}
 	accept := model.Verdict{Kind: model.VerdictAccept}
 	if openAll {
 		out = append(out, model.NewRule(accept))
 	} else if len(open) > 0 {
-		out = append(out, model.NewRule(model.PortsInSet{Set: dir.open}, accept))
+		out = append(out, model.NewRule(model.PortsInSet{Set: d.open}, accept))
 	}
-	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
-		maps := []string{MapIdentity4, MapIdentityInterval4}
-		if fam == model.IPv6 {
-			maps = []string{MapIdentity6, MapIdentityInterval6}
+	if peers {
+		field := model.Saddr
+		if d.dir == 1 {
+			field = model.Daddr
 		}
-		for _, m := range maps {
-			if anyPorts {
-				out = append(out, model.NewRule(model.IdentityInSet{Family: fam, Field: field, Map: m, Ports: true, Set: dir.ports}, accept))
-			}
-			if anyPeersAll {
-				out = append(out, model.NewRule(model.IdentityInSet{Family: fam, Field: field, Map: m, Set: dir.all}, accept))
+		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+			for _, m := range []string{identityMaps[d.dir][i], identityRangeMaps[d.dir][i]} {
+				out = append(out, model.NewRule(model.AddrVmap{Family: fam, Field: field, Vmap: m}))
 			}
 		}
 	}
 	return out, jumps, nil
 }
 
-// peerSet is one peer set of the identity layout: its name (g/ plus a
-// group's, b/ plus a rule's id for its ipBlocks), its single addresses and
+// peerSet is one peer set of the identity layout: its single addresses and
 // its ranges.
 type peerSet struct {
-	name   string
 	hosts  []netip.Addr
 	ranges []ipRange
 }
 
-// identities renders the identity maps and the sets of the flat pod
-// directions.
-func (r *renderer) identities() error {
-	if len(r.flat) == 0 {
-		return nil
+// identities renders the identity layout's maps, chains and sets, and the
+// sets of ports of the flat pod directions. It returns the identity chains.
+func (r *renderer) identities() ([]*model.Chain, error) {
+	var chains []*model.Chain
+	for dir := range 2 {
+		var dirs []*flatDir
+		for i := range r.flat {
+			if d := &r.flat[i]; d.dir == dir {
+				dirs = append(dirs, d)
+				r.openPorts(d)
+			}
+		}
+		cs, err := r.directionIdentities(dir, dirs)
+		if err != nil {
+			return nil, err
+		}
+		chains = append(chains, cs...)
 	}
-	// The peer sets the flat directions reference, and for each the rules
-	// that reference it.
+	return chains, nil
+}
+
+// directionIdentities renders the identities of one direction.
+func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain, error) {
+	// The peer sets the flat directions reference.
 	sets := map[string]*peerSet{}
-	for _, d := range r.flat {
+	peers := false
+	for _, d := range dirs {
 		for _, ri := range d.rules {
 			for _, name := range r.peerSetNames(ri.rule) {
+				peers = true
 				if sets[name] != nil {
 					continue
 				}
 				ps, err := r.buildPeerSet(name, ri.rule)
 				if err != nil {
-					return err
+					return nil, err
 				}
 				sets[name] = ps
 			}
 		}
+	}
+	if !peers {
+		return nil, nil
 	}
 	names := make([]string, 0, len(sets))
 	for n := range sets {
@@ -183,14 +221,17 @@ func (r *renderer) identities() error {
 
 	// Identities: per family, each single address with the peer sets
 	// holding it as a single address, and each segment of the ranges with
-	// those holding it as a range. An address can be both: the chain looks
-	// it up in both maps, and what it is allowed is the union.
+	// those holding it as a range.
 	idx := newIdentities()
 	type hostRef struct {
 		addr netip.Addr
 		set  int32
 	}
-	var hostElems, rangeElems [2][]model.Element
+	type member struct {
+		key, keyEnd []byte
+		id          *identity
+	}
+	var hostMembers, rangeMembers [2][]member
 	total := 0
 	for _, ps := range sets {
 		total += len(ps.hosts)
@@ -212,7 +253,9 @@ func (r *renderer) identities() error {
 			}
 		}
 		for _, sg := range segments(cuts) {
-			rangeElems[i] = append(rangeElems[i], model.Element{Key: sg.from.AsSlice(), KeyEnd: sg.to.AsSlice(), Data: idx.of(sg.sets).data})
+			id := idx.of(sg.sets)
+			id.members[i] = true
+			rangeMembers[i] = append(rangeMembers[i], member{key: sg.from.AsSlice(), keyEnd: sg.to.AsSlice(), id: id})
 		}
 		slices.SortFunc(refs, func(a, b hostRef) int { return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.set, b.set)) })
 		n := 4
@@ -220,7 +263,7 @@ func (r *renderer) identities() error {
 			n = 16
 		}
 		keys := make([]byte, 0, n*len(refs))
-		hostElems[i] = make([]model.Element, 0, len(refs))
+		hostMembers[i] = make([]member, 0, len(refs))
 		var in []string
 		for j := 0; j < len(refs); {
 			a := refs[j].addr
@@ -240,45 +283,169 @@ func (r *renderer) identities() error {
 				}
 				id = idx.of(in)
 			}
+			id.members[i] = true
 			at := len(keys)
 			keys = append(keys, a.AsSlice()...)
-			hostElems[i] = append(hostElems[i], model.Element{Key: keys[at : at+n : at+n], Data: id.data})
+			hostMembers[i] = append(hostMembers[i], member{key: keys[at : at+n : at+n], id: id})
 			j = k
 		}
 	}
-	idx.number()
+	idx.number(identityChain[dir])
 
-	for i, kinds := range [][2]model.SetKind{{model.MapIPv4Identity, model.MapIPv4IdentityInterval}, {model.MapIPv6Identity, model.MapIPv6IdentityInterval}} {
-		hm := &model.Set{Name: MapIdentity4, Kind: kinds[0], Elements: hostElems[i]}
-		im := &model.Set{Name: MapIdentityInterval4, Kind: kinds[1], Elements: rangeElems[i]}
-		if i == 1 {
-			hm.Name, im.Name = MapIdentity6, MapIdentityInterval6
-		}
-		sortElements(hm)
-		sortElements(im)
-		r.sets[hm.Name], r.sets[im.Name] = hm, im
-	}
-
-	// Which identities hold each peer set.
+	// What the pods allow each identity.
 	holding := map[string][]*identity{}
 	for _, id := range idx.order {
 		for _, n := range id.sets {
 			holding[n] = append(holding[n], id)
 		}
 	}
-	for _, d := range r.flat {
-		r.flatSets(d, holding)
+	var portSets, allSets [2]*model.Set
+	for i := range 2 {
+		kind, allKind := model.SetTaggedEndpointIPv4, model.SetTaggedIPv4
+		if i == 1 {
+			kind, allKind = model.SetTaggedEndpointIPv6, model.SetTaggedIPv6
+		}
+		portSets[i] = &model.Set{Name: identityPortSets[dir][i], Kind: kind}
+		allSets[i] = &model.Set{Name: identityAllSets[dir][i], Kind: allKind}
 	}
-	return nil
+	for _, d := range dirs {
+		r.allowIdentities(d, holding, &portSets, &allSets)
+	}
+
+	// The maps, and a chain per identity.
+	for i, kinds := range [][2]model.SetKind{{model.MapIPv4Verdict, model.MapIPv4VerdictInterval}, {model.MapIPv6Verdict, model.MapIPv6VerdictInterval}} {
+		hm := &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: make([]model.Element, 0, len(hostMembers[i]))}
+		for _, m := range hostMembers[i] {
+			hm.Elements = append(hm.Elements, model.Element{Key: m.key, Verdict: &m.id.jump})
+		}
+		im := &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1]}
+		for _, m := range rangeMembers[i] {
+			im.Elements = append(im.Elements, model.Element{Key: m.key, KeyEnd: m.keyEnd, Verdict: &m.id.jump})
+		}
+		sortElements(hm)
+		sortElements(im)
+		r.sets[hm.Name], r.sets[im.Name] = hm, im
+		for _, s := range []*model.Set{portSets[i], allSets[i]} {
+			if len(s.Elements) > 0 {
+				sortElements(s)
+				r.sets[s.Name] = s
+			}
+		}
+	}
+	field := model.Daddr // the local pod's address
+	if dir == 1 {
+		field = model.Saddr
+	}
+	chains := make([]*model.Chain, 0, len(idx.order))
+	for _, id := range idx.order {
+		c := &model.Chain{Name: id.jump.Chain}
+		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+			if id.ports[i] {
+				c.Rules = append(c.Rules, model.NewRule(model.TaggedEndpointInSet{Family: fam, Field: field, Tag: id.number, Set: portSets[i].Name}, acceptVerdict))
+			}
+		}
+		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+			if id.all[i] {
+				c.Rules = append(c.Rules, model.NewRule(model.TaggedAddrInSet{Family: fam, Field: field, Tag: id.number, Set: allSets[i].Name}, acceptVerdict))
+			}
+		}
+		chains = append(chains, c)
+	}
+	return chains, nil
+}
+
+// allowIdentities adds to the node's tagged sets what one flat pod
+// direction allows each identity: for each of the pod's addresses, tag .
+// address . ports, or tag . address for every port.
+func (r *renderer) allowIdentities(d *flatDir, holding map[string][]*identity, portSets, allSets *[2]*model.Set) {
+	allowed := map[*identity][]portSpan{}
+	all := map[*identity]bool{}
+	for _, ri := range d.rules {
+		if len(ri.rule.Peers) == 0 {
+			continue
+		}
+		spans := r.spansOf(ri.rule.ID, ri)
+		for _, n := range r.peerSetNames(ri.rule) {
+			for _, id := range holding[n] {
+				if len(spans) == 0 {
+					all[id] = true
+				} else {
+					allowed[id] = append(allowed[id], spans...)
+				}
+			}
+		}
+	}
+	for _, a := range d.addrs {
+		i, n := 0, 4
+		if a.Is6() {
+			i, n = 1, 16
+		}
+		addr := a.AsSlice()
+		// An identity is reached from the maps of its members' families
+		// only.
+		for id := range all {
+			if !id.members[i] {
+				continue
+			}
+			key := binary.NativeEndian.AppendUint32(make([]byte, 0, 4+n), id.number)
+			allSets[i].Elements = append(allSets[i].Elements, model.Element{Key: append(key, addr...)})
+			id.all[i] = true
+		}
+		for id, spans := range allowed {
+			if all[id] || !id.members[i] {
+				continue // every port already, or never reached
+			}
+			for _, sp := range mergeSpans(spans) {
+				k := make([]byte, 2*(12+n))
+				end := k[12+n:]
+				for _, half := range [][]byte{k[:12+n], end} {
+					binary.NativeEndian.PutUint32(half, id.number)
+					copy(half[4:], addr)
+				}
+				putConcatField(k[4+n:12+n], sp.proto, sp.from)
+				putConcatField(end[4+n:], sp.proto, sp.to)
+				portSets[i].Elements = append(portSets[i].Elements, model.Element{Key: k[: 12+n : 12+n], KeyEnd: end})
+			}
+			id.ports[i] = true
+		}
+	}
+}
+
+// openPorts renders a flat pod direction's set of the ports its rules
+// without peers open to any address.
+func (r *renderer) openPorts(d *flatDir) {
+	var open []portSpan
+	for _, ri := range d.rules {
+		if len(ri.rule.Peers) == 0 {
+			open = append(open, r.spansOf(ri.rule.ID, ri)...)
+		}
+	}
+	if len(open) == 0 {
+		return
+	}
+	s := &model.Set{Name: d.open, Kind: model.SetPorts}
+	for _, sp := range mergeSpans(open) {
+		k := make([]byte, 16)
+		putConcatField(k[:8], sp.proto, sp.from)
+		putConcatField(k[8:], sp.proto, sp.to)
+		s.Elements = append(s.Elements, model.Element{Key: k[:8:8], KeyEnd: k[8:]})
+	}
+	sortElements(s)
+	r.sets[s.Name] = s
 }
 
 // identity is a set of peer sets and its number.
 type identity struct {
 	key  string   // the names of its peer sets, sorted, one per line
 	sets []string // the same names
-	// data is the number as map elements hold it, shared by them; it is
-	// filled in by number, once every identity is known.
-	data []byte
+	// number and jump (to its chain) are filled in by number, once every
+	// identity is known; map elements share jump.
+	number uint32
+	jump   model.Verdict
+	// members records, per family, that addresses of the family have
+	// the identity; ports and all that a pod allows the identity some
+	// ports, or every port.
+	members, ports, all [2]bool
 }
 
 // identities interns the identities of one render.
@@ -310,15 +477,16 @@ func (x *identities) of(names []string) *identity {
 	if id := x.byKey[key]; id != nil {
 		return id
 	}
-	id := &identity{key: key, sets: sorted, data: make([]byte, 4)}
+	id := &identity{key: key, sets: sorted}
 	x.byKey[key] = id
 	x.order = append(x.order, id)
 	return id
 }
 
 // number gives every identity its number, a hash of its key (FNV-1a, 32
-// bits, never 0); of two with the same hash, the first by key keeps it.
-func (x *identities) number() {
+// bits, never 0; of two with the same hash, the first by key keeps it), and
+// its chain, named by the prefix and the number.
+func (x *identities) number(chainPrefix string) {
 	slices.SortFunc(x.order, func(a, b *identity) int { return cmp.Compare(a.key, b.key) })
 	used := make(map[uint32]bool, len(x.order))
 	for _, id := range x.order {
@@ -327,83 +495,10 @@ func (x *identities) number() {
 			n++
 		}
 		used[n] = true
-		copy(id.data, model.IdentityData(n))
+		id.number = n
+		// Named as nft prints the tag: its bytes in order.
+		id.jump = model.Verdict{Kind: model.VerdictJump, Chain: chainPrefix + hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, n))}
 	}
-}
-
-// flatSets renders the sets of one flat pod direction.
-func (r *renderer) flatSets(d flatDir, holding map[string][]*identity) {
-	allowed := map[*identity][]portSpan{}
-	all := map[*identity]bool{}
-	var open []portSpan
-	openSet, portsSet, allSet := false, false, false
-	for _, ri := range d.rules {
-		spans := r.spansOf(ri.rule.ID, ri)
-		if len(ri.rule.Peers) == 0 {
-			open = append(open, spans...)
-			openSet = openSet || len(spans) > 0
-			continue
-		}
-		if len(spans) == 0 {
-			allSet = true
-		} else {
-			portsSet = true
-		}
-		for _, n := range r.peerSetNames(ri.rule) {
-			for _, k := range holding[n] {
-				if len(spans) == 0 {
-					all[k] = true
-				} else {
-					allowed[k] = append(allowed[k], spans...)
-				}
-			}
-		}
-	}
-	if openSet {
-		s := &model.Set{Name: d.open, Kind: model.SetPorts}
-		for _, sp := range mergeSpans(open) {
-			k := make([]byte, 16)
-			putConcatField(k[:8], sp.proto, sp.from)
-			putConcatField(k[8:], sp.proto, sp.to)
-			s.Elements = append(s.Elements, model.Element{Key: k[:8:8], KeyEnd: k[8:]})
-		}
-		sortElements(s)
-		r.sets[s.Name] = s
-	}
-	if portsSet {
-		r.identityPorts(d.ports, allowed, all)
-	}
-	if allSet {
-		s := &model.Set{Name: d.all, Kind: model.SetIdentities}
-		for id := range all {
-			s.Elements = append(s.Elements, model.Element{Key: id.data})
-		}
-		sortElements(s)
-		r.sets[s.Name] = s
-	}
-}
-
-// identityPorts renders a flat pod direction's set of identity . protocol
-// . port: the ports allowed to each identity that is not allowed every
-// port.
-func (r *renderer) identityPorts(name string, allowed map[*identity][]portSpan, all map[*identity]bool) {
-	ports := &model.Set{Name: name, Kind: model.SetIdentityPorts}
-	for ident, spans := range allowed {
-		if all[ident] {
-			continue // every port already
-		}
-		id := ident.data
-		for _, sp := range mergeSpans(spans) {
-			key := make([]byte, 24)
-			copy(key, id)
-			putConcatField(key[4:12], sp.proto, sp.from)
-			copy(key[12:], id)
-			putConcatField(key[16:], sp.proto, sp.to)
-			ports.Elements = append(ports.Elements, model.Element{Key: key[:12:12], KeyEnd: key[12:]})
-		}
-	}
-	sortElements(ports)
-	r.sets[ports.Name] = ports
 }
 
 // peerSetNames returns the names of a rule's peer sets.
@@ -429,7 +524,7 @@ func (r *renderer) peerSetNames(ru *v1alpha1.Rule) []string {
 // buildPeerSet collects the addresses of a peer set named by peerSetNames
 // (ru is a rule referencing it).
 func (r *renderer) buildPeerSet(name string, ru *v1alpha1.Rule) (*peerSet, error) {
-	ps := &peerSet{name: name}
+	ps := &peerSet{}
 	if group, ok := strings.CutPrefix(name, "g/"); ok {
 		for _, s := range r.groups[group].Addresses {
 			p, err := parsePrefix(s)
@@ -582,7 +677,7 @@ func identityHash(key string) uint32 {
 	return h.Sum32()
 }
 
-// identitySetNames returns the names of a flat pod direction's sets.
-func identitySetNames(dir, namespace, name string) (ports, all, open string) {
-	return objName(dir+"i-", namespace+"."+name, 0), objName(dir+"a-", namespace+"."+name, 0), objName(dir+"o-", namespace+"."+name, 0)
+// openSetName names a flat pod direction's set of ports open to any peer.
+func openSetName(dir, namespace, name string) string {
+	return objName(dir+"o-", namespace+"."+name, 0)
 }

@@ -135,7 +135,8 @@ func TestSegments(t *testing.T) {
 
 // TestIdentityLayoutShape renders a pod selected by 40 rules on one port,
 // each from a group of its own: its chain has the same lines as with 10,
-// and a member change moves one element of a map.
+// each identity a chain of one line, and a new member of a group is one
+// element of a map.
 func TestIdentityLayoutShape(t *testing.T) {
 	node := func(n int, extra string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
 		spec := v1alpha1.NodeRuleSetSpec{}
@@ -169,8 +170,20 @@ func TestIdentityLayoutShape(t *testing.T) {
 		for _, ru := range c.Rules {
 			out = append(out, ru.String())
 		}
-		if s := tab.Set("ini-ns.server"); s == nil || len(s.Elements) != n {
+		if s := tab.Set("idpi4"); s == nil || len(s.Elements) != n {
 			t.Fatalf("%d rules: identity port set %v", n, s)
+		}
+		ids := 0
+		for _, c := range tab.Chains {
+			if strings.HasPrefix(c.Name, "idi-") {
+				ids++
+				if len(c.Rules) != 1 {
+					t.Fatalf("%d rules: identity chain %s has %d rules", n, c.Name, len(c.Rules))
+				}
+			}
+		}
+		if ids != n {
+			t.Fatalf("%d rules: %d identity chains", n, ids)
 		}
 		return out
 	}
@@ -178,13 +191,12 @@ func TestIdentityLayoutShape(t *testing.T) {
 	if !slices.Equal(ten, forty) {
 		t.Fatalf("the pod chain grows with its rules:\n%s\nthen\n%s", strings.Join(ten, "\n"), strings.Join(forty, "\n"))
 	}
-	if !slices.Contains(ten, "ip saddr map @id4 . meta l4proto . th dport @ini-ns.server accept") {
+	if !slices.Contains(ten, "ip saddr vmap @idi4") {
 		t.Fatalf("no identity lookup in\n%s", strings.Join(ten, "\n"))
 	}
 
-	// 198.18.1.9 joins g0 (and stays in g8): it takes g0+g8's identity,
-	// which no other address has, so the port set gains that identity.
-	// Then 198.18.1.50 joins g0 too, and shares it: one map element.
+	// 198.18.1.50 joins g0: it shares g0's identity with g0's other
+	// member, so the change is one element of a map.
 	spec, groups := node(40, "")
 	before, err := Render(spec, groups, Options{Identities: true})
 	if err != nil {
@@ -210,7 +222,7 @@ func TestIdentityLayoutShape(t *testing.T) {
 			changed = append(changed, "+ "+s.Name+" "+s.Kind.Format(e))
 		}
 	}
-	if len(changed) != 1 || !strings.HasPrefix(changed[0], "+ id4 198.18.1.50 : ") {
+	if len(changed) != 1 || !strings.HasPrefix(changed[0], "+ idi4 198.18.1.50 : jump idi-") || len(after.Chains) != len(before.Chains) {
 		t.Fatalf("a new member of a group changed:\n%s", strings.Join(changed, "\n"))
 	}
 }

@@ -273,6 +273,14 @@ type podChain struct {
 	map4, map6 string
 }
 
+// dir is the direction of the chain: 0 ingress, 1 egress.
+func (pc podChain) dir() int {
+	if pc.map4 == model.MapEgress4 {
+		return 1
+	}
+	return 0
+}
+
 // spansMemo is a rule's port spans and the ports they came from, with the
 // render that last used them.
 type spansMemo struct {

@@ -52,6 +52,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 	if len(pm.addrs) == 0 {
 		return nil, nil
 	}
+	var flatDirs [2]*flatDir
 	for k, d := range []struct {
 		iso       *v1alpha1.Isolation
 		direction v1alpha1.Direction
@@ -61,7 +62,8 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 		}
 		var fd *flatDir
 		if pm.flat[k] != nil {
-			fd = &flatDir{ports: pm.flat[k].ports, all: pm.flat[k].all, open: pm.flat[k].open}
+			fd = &flatDir{dir: k, open: pm.flat[k].open}
+			flatDirs[k] = fd
 		}
 		for _, id := range d.iso.Rules {
 			ri, ok := r.rules[id]
@@ -81,9 +83,6 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			default:
 				ri.direct = true
 			}
-		}
-		if fd != nil {
-			r.flat = append(r.flat, *fd)
 		}
 	}
 	chains := make([]*model.Chain, 0, len(pm.chains)+len(pm.segments))
@@ -111,7 +110,17 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			if owner := m + "/" + a.String(); !r.vmapOwners[owner] {
 				r.vmapOwners[owner] = true
 				r.sets[m].Elements = append(r.sets[m].Elements, model.Element{Key: a.AsSlice(), Verdict: &model.Verdict{Kind: model.VerdictGoto, Chain: pc.chain.Name}})
+				// In the identity layout too, only for the addresses the
+				// pod keeps.
+				if k := pc.dir(); flatDirs[k] != nil {
+					flatDirs[k].addrs = append(flatDirs[k].addrs, a)
+				}
 			}
+		}
+	}
+	for _, fd := range flatDirs {
+		if fd != nil {
+			r.flat = append(r.flat, *fd)
 		}
 	}
 	return chains, nil
@@ -187,13 +196,8 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		}
 		if r.isFlat(d.iso) {
 			// The identity layout: a few lines, whatever the rules.
-			field := model.Saddr
-			if d.direction == v1alpha1.DirectionEgress {
-				field = model.Daddr
-			}
-			fd := &flatDir{}
-			fd.ports, fd.all, fd.open = identitySetNames(d.short, pod.Namespace, pod.Name)
-			lines, jumps, err := r.flatRules(*fd, ids, field)
+			fd := &flatDir{dir: k, open: openSetName(d.short, pod.Namespace, pod.Name)}
+			lines, jumps, err := r.flatRules(*fd, ids)
 			if err != nil {
 				return nil, err
 			}

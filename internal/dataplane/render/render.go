@@ -189,8 +189,13 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
 
 	r.sharedSets()
-	if err := r.identities(); err != nil {
+	idChains, err := r.identities()
+	if err != nil {
 		return nil, err
+	}
+	if len(idChains) > 0 {
+		chains = append(chains, idChains...)
+		slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
 	}
 	ranges, err := r.podRanges(spec)
 	if err != nil {
