@@ -55,7 +55,7 @@ func BenchmarkAuditLog(b *testing.B) {
 	p := newPair(b)
 	spec := v1alpha1.NodeRuleSetSpec{Pods: []v1alpha1.LocalPod{{Namespace: "bench", Name: "server", IPs: []string{serverAddr.String()},
 		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Policies: []string{"NetworkPolicy/bench/deny-all"}}}}}
-	t, err := render.Render(spec, nil, render.Options{LogRate: 1_000_000, LogBurst: 1_000_000})
+	t, err := render.Render(spec, nil, layout(render.Options{LogRate: 1_000_000, LogBurst: 1_000_000}))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -155,7 +155,7 @@ func BenchmarkDatapath(b *testing.B) {
 					return "", err
 				}
 				defer prog.Close()
-				t, err := render.Render(n.spec, n.groups, render.Options{})
+				t, err := render.Render(n.spec, n.groups, layout(render.Options{}))
 				if err != nil {
 					return "", err
 				}

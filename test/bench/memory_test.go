@@ -32,7 +32,7 @@ func BenchmarkAgentMemory(b *testing.B) {
 	for b.Loop() {
 		heap0, rss0 := liveHeap(), rss()
 		n := shape.build()
-		t, err := render.Render(n.spec, n.groups, render.Options{})
+		t, err := render.Render(n.spec, n.groups, layout(render.Options{}))
 		if err != nil {
 			b.Fatal(err)
 		}

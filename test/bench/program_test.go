@@ -85,7 +85,7 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 				runtime.GC()
 				b.StartTimer()
 				start := time.Now()
-				t, err := render.NewRenderer(render.Options{}).Render(n.spec, n.groups)
+				t, err := render.NewRenderer(layout(render.Options{})).Render(n.spec, n.groups)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -121,7 +121,7 @@ func benchProgram(b *testing.B, ns netns.NsHandle, shape nodeShape) {
 			}
 			defer p.Close()
 			versions := [2]map[string]v1alpha1.AddressGroupSpec{n.groups, n.withDelta(d)}
-			renderer := render.NewRenderer(render.Options{})
+			renderer := render.NewRenderer(layout(render.Options{}))
 			first, err := renderer.Render(n.spec, versions[0])
 			if err != nil {
 				b.Fatal(err)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -75,7 +76,7 @@ func BenchmarkProgramRatios(b *testing.B) {
 	}
 	groups := intList(b, *progGroups)[0]
 	n := programShape(groups).build()
-	base, err := render.Render(n.spec, n.groups, render.Options{})
+	base, err := render.Render(n.spec, n.groups, layout(render.Options{}))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func BenchmarkProgramRatios(b *testing.B) {
 	methods := []programMethod{
 		{"nftguard",
 			func(*model.Table) error {
-				renderer = render.NewRenderer(render.Options{})
+				renderer = render.NewRenderer(layout(render.Options{}))
 				t, err := renderer.Render(n.spec, n.groups)
 				if err != nil {
 					return err
@@ -104,9 +105,23 @@ func BenchmarkProgramRatios(b *testing.B) {
 				_, err = prog.Apply(t)
 				return err
 			}},
-		{"nft", func(tab *model.Table) error { return nftIn(ns, untagged(tab).String(), "-f", "-") },
+		{"nft", func(tab *model.Table) error {
+			u, err := untagged(tab)
+			if err != nil {
+				return err
+			}
+			return nftIn(ns, u.String(), "-f", "-")
+		},
 			func(from, to *model.Table, _ func() (*model.Table, error)) error {
-				script, err := elementScript(untagged(from), untagged(to))
+				f, err := untagged(from)
+				if err != nil {
+					return err
+				}
+				t, err := untagged(to)
+				if err != nil {
+					return err
+				}
+				script, err := elementScript(f, t)
 				if err != nil {
 					return err
 				}
@@ -120,7 +135,7 @@ func BenchmarkProgramRatios(b *testing.B) {
 	sizes := []int{1, 1000}
 	variants := map[int][2]*model.Table{}
 	for _, d := range sizes {
-		next, err := render.Render(n.spec, n.withDelta(d), render.Options{})
+		next, err := render.Render(n.spec, n.withDelta(d), layout(render.Options{}))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -232,35 +247,46 @@ func binom(n, k int) float64 {
 }
 
 // untagged returns t as nft can read it: nft cannot parse a constant in a
-// concatenation, so each tagged line (tag . ip saddr @ag4.N) becomes a
-// lookup in a set of its group's own holding the same addresses
-// (tg4-<tag>), and the shared sets go. The rules and elements are the
-// same in number; the sets are more (one per group and family, as an
-// enforcer without shared sets writes them).
-func untagged(t *model.Table) *model.Table {
-	name := func(fam model.Family, tag uint32) string {
+// concatenation, so each tagged line (tag . ip saddr @ag4.N, and the
+// identity chains' tag . ip daddr . meta l4proto . th dport @idpi4) becomes
+// a lookup in a set of its tag's own holding the same keys without the tag
+// (tg4-<tag>, tp4-<tag>), and the shared sets go. The rules and elements
+// are the same in number; the sets are more (one per tag and family, as an
+// enforcer without shared sets writes them). The identity lines of egress,
+// and port ranges in them, are not translated: the benchmark's node has
+// neither.
+func untagged(t *model.Table) (*model.Table, error) {
+	name := func(prefix string, fam model.Family, tag uint32) string {
 		if fam == model.IPv6 {
-			return fmt.Sprintf("tg6-%08x", tag)
+			return fmt.Sprintf("%s6-%08x", prefix, tag)
 		}
-		return fmt.Sprintf("tg4-%08x", tag)
+		return fmt.Sprintf("%s4-%08x", prefix, tag)
 	}
 	out := &model.Table{}
 	split := map[string]*model.Set{}
 	var names []string
 	for _, s := range t.Sets {
-		if s.Kind != model.SetTaggedIPv4 && s.Kind != model.SetTaggedIPv6 {
+		fam, kind, prefix := model.IPv4, model.SetIPv4, "tg"
+		switch s.Kind {
+		case model.SetTaggedIPv4:
+		case model.SetTaggedIPv6:
+			fam, kind = model.IPv6, model.SetIPv6
+		case model.SetTaggedEndpointIPv4:
+			kind, prefix = model.SetEndpointIPv4, "tp"
+		case model.SetTaggedEndpointIPv6:
+			fam, kind, prefix = model.IPv6, model.SetEndpointIPv6, "tp"
+		default:
 			out.Sets = append(out.Sets, s)
 			continue
 		}
-		fam, kind := model.IPv4, model.SetIPv4
-		if s.Kind == model.SetTaggedIPv6 {
-			fam, kind = model.IPv6, model.SetIPv6
-		}
 		for _, e := range s.Elements {
-			n := name(fam, binary.NativeEndian.Uint32(e.Key[:4]))
+			n := name(prefix, fam, binary.NativeEndian.Uint32(e.Key[:4]))
 			if split[n] == nil {
 				split[n] = &model.Set{Name: n, Kind: kind}
 				names = append(names, n)
+			}
+			if e.KeyEnd != nil && !bytes.Equal(e.Key, e.KeyEnd) {
+				return nil, fmt.Errorf("set %s: a range of ports, %s, which an endpoint set cannot hold", s.Name, s.Kind.Format(e))
 			}
 			split[n].Elements = append(split[n].Elements, model.Element{Key: e.Key[4:]})
 		}
@@ -275,15 +301,21 @@ func untagged(t *model.Table) *model.Table {
 		for i, r := range c.Rules {
 			stmts := slices.Clone(r.Stmts)
 			for j, st := range stmts {
-				if ts, ok := st.(model.TaggedAddrInSet); ok {
-					stmts[j] = model.AddrInSet{Family: ts.Family, Field: ts.Field, Set: name(ts.Family, ts.Tag)}
+				switch ts := st.(type) {
+				case model.TaggedAddrInSet:
+					stmts[j] = model.AddrInSet{Family: ts.Family, Field: ts.Field, Set: name("tg", ts.Family, ts.Tag)}
+				case model.TaggedEndpointInSet:
+					if ts.Field != model.Daddr {
+						return nil, fmt.Errorf("chain %s: an identity line of egress, which nft has no endpoint set for", c.Name)
+					}
+					stmts[j] = model.EndpointInSet{Family: ts.Family, Set: name("tp", ts.Family, ts.Tag)}
 				}
 			}
 			cc.Rules[i] = model.NewRule(stmts...)
 		}
 		out.Chains = append(out.Chains, &cc)
 	}
-	return out
+	return out, nil
 }
 
 // elementScript is the change from one table to the other as nft commands,

@@ -55,7 +55,7 @@ func BenchmarkRevoke(b *testing.B) {
 					Peers: []v1alpha1.Peer{{AddressGroup: "clients"}}, Ports: []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}}}},
 				AddressGroups: []string{"clients"},
 			}
-			tab, err := render.Render(spec, map[string]v1alpha1.AddressGroupSpec{"clients": {Addresses: allowed}}, render.Options{RevokedMark: agent.DefaultRevokedMark})
+			tab, err := render.Render(spec, map[string]v1alpha1.AddressGroupSpec{"clients": {Addresses: allowed}}, layout(render.Options{RevokedMark: agent.DefaultRevokedMark}))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -78,7 +78,7 @@ func BenchmarkRevoke(b *testing.B) {
 				marked += done.Revoked
 				// Clear the marks for the next round: a table that allows
 				// everyone restores them (not timed).
-				open, err := render.Render(spec, map[string]v1alpha1.AddressGroupSpec{"clients": {Addresses: append(allowed, "198.19.0.0/16")}}, render.Options{RevokedMark: agent.DefaultRevokedMark})
+				open, err := render.Render(spec, map[string]v1alpha1.AddressGroupSpec{"clients": {Addresses: append(allowed, "198.19.0.0/16")}}, layout(render.Options{RevokedMark: agent.DefaultRevokedMark}))
 				if err != nil {
 					b.Fatal(err)
 				}

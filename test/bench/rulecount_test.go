@@ -108,9 +108,10 @@ func linearCount(n node) int {
 // BenchmarkRuleCount counts the rules one new connection walks (its first
 // packet, a TCP SYN from the client to the server, whose answers are
 // blackholed) in nftguard's table for a server selected by 0 to 10,000
-// policies on one port: the table is programmed as a measuring copy with a
-// counter first in every rule (model.Counted), and the count is the growth
-// of the counters' sum, the least of five SYNs. The linear layout of the
+// policies on one port, in the identity layout the agent renders and in the
+// rule chains of the older layout: each table is programmed as a measuring
+// copy with a counter first in every rule (model.Counted), and the count is
+// the growth of the counters' sum, the least of five SYNs. The linear layout of the
 // data path benchmark is counted by walking its rules (loading a million
 // rules with nft is out of reach here). Counts do not depend on the
 // machine's load.
@@ -140,18 +141,23 @@ func BenchmarkRuleCount(b *testing.B) {
 	for _, policies := range intList(b, *countPolicies) {
 		b.Run(fmt.Sprintf("policies=%d", policies), func(b *testing.B) {
 			n := selectedByShape(policies)
-			tab, err := render.Render(n.spec, n.groups, render.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := prog.Apply(model.Counted(tab)); err != nil {
-				b.Fatal(err)
-			}
-			var got uint64
+			var got [2]uint64
 			for b.Loop() {
-				got = countSYN(b, p)
+				// The identity layout (the agent's), then the rule
+				// chains.
+				for i, opts := range []render.Options{{Identities: true}, {}} {
+					tab, err := render.Render(n.spec, n.groups, opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := prog.Apply(model.Counted(tab)); err != nil {
+						b.Fatal(err)
+					}
+					got[i] = countSYN(b, p)
+				}
 			}
-			b.ReportMetric(float64(got), "nftguard-rules/conn")
+			b.ReportMetric(float64(got[0]), "nftguard-rules/conn")
+			b.ReportMetric(float64(got[1]), "rule-chains-rules/conn")
 			b.ReportMetric(float64(linearCount(n)), "linear-rules/conn")
 		})
 	}

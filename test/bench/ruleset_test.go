@@ -1,11 +1,22 @@
 package bench
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 
 	"github.com/nftguard/nftguard/api/v1alpha1"
+	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
+
+var ruleChains = flag.Bool("bench.rule-chains", false, "render the benchmarks' tables in the older rule-chain layout (the agent's --identity-layout=false) instead of the identity layout")
+
+// layout returns opts with the layout the benchmarks measure: the agent's
+// (the identity layout) unless -bench.rule-chains.
+func layout(opts render.Options) render.Options {
+	opts.Identities = !*ruleChains
+	return opts
+}
 
 // Addresses of the benchmarks, all inside namespaces they create:
 // 198.18.0.1 onwards for peers in address groups (up to 130,000 of them),

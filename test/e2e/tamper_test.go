@@ -9,7 +9,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nftguard/nftguard/internal/dataplane/model"
@@ -45,14 +44,7 @@ func TestTamperRepairedUnderTraffic(t *testing.T) {
 	if len(senders) < 2 {
 		t.Fatal("want two pods of y to send")
 	}
-	node, ok := cl.Node(xa.Node)
-	if !ok {
-		t.Fatalf("no node %s", xa.Node)
-	}
-	h, err := netns.GetFromPath(localcluster.NetNSPath(node.NetNS))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := nodeNetNS(t, xa.Node)
 	defer h.Close()
 	tamper, err := nftables.New(nftables.WithNetNSFd(int(h)))
 	if err != nil {

@@ -19,8 +19,6 @@ import (
 func TestDecideAgreesWithTheKernel(t *testing.T) {
 	topo := newTopology(t, "a", "b", "c")
 	p := programmer(t, topo.node)
-	dispatchMin := render.DispatchMin
-	defer func() { render.DispatchMin = dispatchMin }()
 	udp := func(port int32) v1alpha1.Port { return v1alpha1.Port{Protocol: v1alpha1.ProtocolUDP, Port: port} }
 	many := []v1alpha1.Port{dptest.TCP(80), udp(81), dptest.TCP(8080), {Protocol: v1alpha1.ProtocolTCP, Port: 7000, EndPort: 7100}, udp(9000)}
 	for _, tc := range []struct {
@@ -65,10 +63,7 @@ func TestDecideAgreesWithTheKernel(t *testing.T) {
 	} {
 		for _, identities := range []bool{false, true} {
 			name := tc.name
-			render.DispatchMin = dispatchMin
 			if identities {
-				// Every isolated direction in the identity layout.
-				render.DispatchMin = 1
 				name += ", identity layout"
 			}
 			t.Run(name, func(t *testing.T) {

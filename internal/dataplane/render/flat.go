@@ -3,7 +3,6 @@ package render
 import (
 	"cmp"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -55,8 +54,8 @@ import (
 // has already is one element of a map; a new identity adds its chain and
 // the elements of the pods that allow it.
 //
-// Pod directions with fewer than DispatchMin rules keep the rule chains:
-// they walk at most that many.
+// Without Options.Identities, pods have the rule chains and port dispatch
+// of the older layout (pods.go).
 
 // Names of the identity layout's maps and sets, by direction (ingress,
 // egress) and family.
@@ -83,24 +82,59 @@ type flatDir struct {
 	rules []*ruleInfo
 }
 
-// isFlat reports whether a pod direction uses the identity layout.
+// isFlat reports whether a pod direction uses the identity layout: every
+// isolated direction does, with Options.Identities.
 func (r *renderer) isFlat(iso *v1alpha1.Isolation) bool {
-	if !r.opts.Identities || iso == nil || len(iso.Rules) < DispatchMin {
-		return false
-	}
-	n := 0
-	for i, id := range iso.Rules {
-		if !slices.Contains(iso.Rules[:i], id) {
-			n++
+	return r.opts.Identities && iso != nil
+}
+
+// flatShape describes what the lines of a pod's flat directions depend on
+// besides the pod and its rules' ports: whether each rule exists, can be
+// flat and has peers.
+func (r *renderer) flatShape(pod *v1alpha1.LocalPod) []byte {
+	var out []byte
+	for _, iso := range []*v1alpha1.Isolation{pod.Ingress, pod.Egress} {
+		if iso == nil {
+			continue
 		}
+		for _, id := range iso.Rules {
+			ri := r.rules[id]
+			switch {
+			case ri == nil:
+				out = append(out, 0)
+			case !r.flatEligible(ri):
+				out = append(out, 1)
+			case len(ri.rule.Peers) == 0:
+				out = append(out, 2)
+			default:
+				out = append(out, 3)
+			}
+		}
+		out = append(out, '|')
 	}
-	return n >= DispatchMin
+	return out
 }
 
 // flatEligible reports whether identities can hold a rule's peers: every
 // peer is an ipBlock or a group of addresses (not of named-port
 // endpoints).
-func (r *renderer) flatEligible(ru *v1alpha1.Rule) bool {
+func (r *renderer) flatEligible(ri *ruleInfo) bool {
+	r.flatInfo(ri)
+	return ri.flatEligible
+}
+
+// flatInfo fills in a rule's flat fields.
+func (r *renderer) flatInfo(ri *ruleInfo) {
+	if ri.flatDone {
+		return
+	}
+	ri.flatDone = true
+	ri.flatEligible = r.eligible(ri.rule)
+	ri.peerSets = r.peerSetNames(ri.rule)
+}
+
+// eligible is flatEligible, worked out.
+func (r *renderer) eligible(ru *v1alpha1.Rule) bool {
 	for _, p := range ru.Peers {
 		if p.AddressGroup != "" && (p.IPBlock != nil || r.groups[p.AddressGroup].NamedPort != nil) {
 			return false
@@ -121,7 +155,7 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 	openAll, peers := false, false
 	for _, id := range ids {
 		ri := r.rules[id]
-		if ri == nil || !r.flatEligible(ri.rule) {
+		if ri == nil || !r.flatEligible(ri) {
 			// An unknown rule is reported by podChains.
 			jumps = append(jumps, id)
 			continue
@@ -192,109 +226,60 @@ func (r *renderer) identities() ([]*model.Chain, error) {
 
 // directionIdentities renders the identities of one direction.
 func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain, error) {
-	// The peer sets the flat directions reference.
-	sets := map[string]*peerSet{}
 	peers := false
 	for _, d := range dirs {
 		for _, ri := range d.rules {
-			for _, name := range r.peerSetNames(ri.rule) {
-				peers = true
-				if sets[name] != nil {
-					continue
-				}
-				ps, err := r.buildPeerSet(name, ri.rule)
-				if err != nil {
-					return nil, err
-				}
-				sets[name] = ps
-			}
+			peers = peers || len(ri.rule.Peers) > 0
 		}
+	}
+	var st *idState
+	if r.memo != nil {
+		st = r.memo.ids[dir]
 	}
 	if !peers {
+		if st != nil {
+			r.memo.ids[dir] = nil
+		}
 		return nil, nil
 	}
-	names := make([]string, 0, len(sets))
-	for n := range sets {
-		names = append(names, n)
+	if st == nil {
+		st = newIDState(identityChain[dir])
+		if r.memo != nil {
+			r.memo.ids[dir] = st
+		}
 	}
-	slices.Sort(names)
-
-	// Identities: per family, each single address with the peer sets
-	// holding it as a single address, and each segment of the ranges with
-	// those holding it as a range.
-	idx := newIdentities()
-	type hostRef struct {
-		addr netip.Addr
-		set  int32
+	if _, err := st.update(r, dirs); err != nil {
+		return nil, err
 	}
-	type member struct {
-		key, keyEnd []byte
-		id          *identity
-	}
-	var hostMembers, rangeMembers [2][]member
-	total := 0
-	for _, ps := range sets {
-		total += len(ps.hosts)
+	ids := st.idx.all()
+	field := model.Daddr // the local pod's address
+	if dir == 1 {
+		field = model.Saddr
 	}
 	for i := range 2 {
-		refs := make([]hostRef, 0, total)
-		var cuts []boundary
-		for j, n := range names {
-			ps := sets[n]
-			for _, a := range ps.hosts {
-				if a.Is4() == (i == 0) {
-					refs = append(refs, hostRef{a, int32(j)})
-				}
-			}
-			for _, rg := range ps.ranges {
-				if rg.from.Is4() == (i == 0) {
-					cuts = append(cuts, boundary{at: rg.from, set: n}, boundary{at: rg.to, set: n, end: true})
-				}
-			}
-		}
-		for _, sg := range segments(cuts) {
-			id := idx.of(sg.sets)
-			id.members[i] = true
-			rangeMembers[i] = append(rangeMembers[i], member{key: sg.from.AsSlice(), keyEnd: sg.to.AsSlice(), id: id})
-		}
-		slices.SortFunc(refs, func(a, b hostRef) int { return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.set, b.set)) })
-		n := 4
+		kinds := [2]model.SetKind{model.MapIPv4Verdict, model.MapIPv4VerdictInterval}
 		if i == 1 {
-			n = 16
+			kinds = [2]model.SetKind{model.MapIPv6Verdict, model.MapIPv6VerdictInterval}
 		}
-		keys := make([]byte, 0, n*len(refs))
-		hostMembers[i] = make([]member, 0, len(refs))
-		var in []string
-		for j := 0; j < len(refs); {
-			a := refs[j].addr
-			k := j + 1
-			for k < len(refs) && refs[k].addr == a {
-				k++
-			}
-			var id *identity
-			if k == j+1 {
-				id = idx.single(names[refs[j].set])
-			} else {
-				in = in[:0]
-				for _, ref := range refs[j:k] {
-					if n := names[ref.set]; !slices.Contains(in, n) {
-						in = append(in, n)
-					}
-				}
-				id = idx.of(in)
-			}
-			id.members[i] = true
-			at := len(keys)
-			keys = append(keys, a.AsSlice()...)
-			hostMembers[i] = append(hostMembers[i], member{key: keys[at : at+n : at+n], id: id})
-			j = k
-		}
+		hm := &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
+		im := &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1], Elements: st.segElems[i]}
+		r.sets[hm.Name], r.sets[im.Name] = hm, im
 	}
-	idx.number(identityChain[dir])
+	// What the pods allow each identity depends on the flat directions
+	// and the identities only: when neither changed, it is the last
+	// render's.
+	fp := r.flatFingerprint(dirs, ids)
+	if st.allowed != nil && fp == st.allowedFP {
+		for _, s := range st.allowed {
+			r.sets[s.Name] = s
+		}
+		return st.chains, nil
+	}
 
 	// What the pods allow each identity.
 	holding := map[string][]*identity{}
-	for _, id := range idx.order {
+	for _, id := range ids {
+		id.ports, id.all = [2]bool{}, [2]bool{}
 		for _, n := range id.sets {
 			holding[n] = append(holding[n], id)
 		}
@@ -312,46 +297,82 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain
 		r.allowIdentities(d, holding, &portSets, &allSets)
 	}
 
-	// The maps, and a chain per identity.
-	for i, kinds := range [][2]model.SetKind{{model.MapIPv4Verdict, model.MapIPv4VerdictInterval}, {model.MapIPv6Verdict, model.MapIPv6VerdictInterval}} {
-		hm := &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: make([]model.Element, 0, len(hostMembers[i]))}
-		for _, m := range hostMembers[i] {
-			hm.Elements = append(hm.Elements, model.Element{Key: m.key, Verdict: &m.id.jump})
-		}
-		im := &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1]}
-		for _, m := range rangeMembers[i] {
-			im.Elements = append(im.Elements, model.Element{Key: m.key, KeyEnd: m.keyEnd, Verdict: &m.id.jump})
-		}
-		sortElements(hm)
-		sortElements(im)
-		r.sets[hm.Name], r.sets[im.Name] = hm, im
+	// The sets, and a chain per identity.
+	var allowed []*model.Set
+	for i := range 2 {
 		for _, s := range []*model.Set{portSets[i], allSets[i]} {
 			if len(s.Elements) > 0 {
 				sortElements(s)
 				r.sets[s.Name] = s
+				allowed = append(allowed, s)
 			}
 		}
 	}
-	field := model.Daddr // the local pod's address
-	if dir == 1 {
-		field = model.Saddr
+	chains := make([]*model.Chain, 0, len(ids))
+	for _, id := range ids {
+		lines := [4]bool{id.ports[0], id.ports[1], id.all[0], id.all[1]}
+		if id.chain == nil || id.chainLines != lines {
+			c := &model.Chain{Name: id.jump.Chain}
+			for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+				if id.ports[i] {
+					c.Rules = append(c.Rules, model.NewRule(model.TaggedEndpointInSet{Family: fam, Field: field, Tag: id.number, Set: portSets[i].Name}, acceptVerdict))
+				}
+			}
+			for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+				if id.all[i] {
+					c.Rules = append(c.Rules, model.NewRule(model.TaggedAddrInSet{Family: fam, Field: field, Tag: id.number, Set: allSets[i].Name}, acceptVerdict))
+				}
+			}
+			r.identify(c)
+			if r.memo != nil {
+				id.chain, id.chainLines = c, lines
+			}
+			chains = append(chains, c)
+			continue
+		}
+		chains = append(chains, id.chain)
 	}
-	chains := make([]*model.Chain, 0, len(idx.order))
-	for _, id := range idx.order {
-		c := &model.Chain{Name: id.jump.Chain}
-		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
-			if id.ports[i] {
-				c.Rules = append(c.Rules, model.NewRule(model.TaggedEndpointInSet{Family: fam, Field: field, Tag: id.number, Set: portSets[i].Name}, acceptVerdict))
-			}
-		}
-		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
-			if id.all[i] {
-				c.Rules = append(c.Rules, model.NewRule(model.TaggedAddrInSet{Family: fam, Field: field, Tag: id.number, Set: allSets[i].Name}, acceptVerdict))
-			}
-		}
-		chains = append(chains, c)
+	if r.memo != nil {
+		st.allowed, st.allowedFP, st.chains = allowed, fp, chains
 	}
 	return chains, nil
+}
+
+// flatFingerprint describes what the sets of allowed identities are made
+// from: the flat directions (their pods' addresses, their rules' ids, ports
+// and peer sets) and the identities (numbers, and the families of their
+// members).
+func (r *renderer) flatFingerprint(dirs []*flatDir, ids []*identity) string {
+	var b []byte
+	for _, d := range dirs {
+		b = append(b, byte(d.dir))
+		for _, a := range d.addrs {
+			b = a.AppendTo(b)
+			b = append(b, ',')
+		}
+		for _, ri := range d.rules {
+			b = append(b, ri.rule.ID...)
+			b = append(b, ':')
+			for _, sp := range r.spansOf(ri.rule.ID, ri) {
+				b = append(b, sp.proto, byte(sp.from>>8), byte(sp.from), byte(sp.to>>8), byte(sp.to))
+			}
+			for _, n := range ri.peerSets {
+				b = append(b, n...)
+				b = append(b, ',')
+			}
+			b = append(b, ';')
+		}
+		b = append(b, '|')
+	}
+	for _, id := range ids {
+		b = binary.BigEndian.AppendUint32(b, id.number)
+		for i := range 2 {
+			if id.members(i) {
+				b = append(b, byte(i))
+			}
+		}
+	}
+	return string(b)
 }
 
 // allowIdentities adds to the node's tagged sets what one flat pod
@@ -365,7 +386,7 @@ func (r *renderer) allowIdentities(d *flatDir, holding map[string][]*identity, p
 			continue
 		}
 		spans := r.spansOf(ri.rule.ID, ri)
-		for _, n := range r.peerSetNames(ri.rule) {
+		for _, n := range ri.peerSets {
 			for _, id := range holding[n] {
 				if len(spans) == 0 {
 					all[id] = true
@@ -384,7 +405,7 @@ func (r *renderer) allowIdentities(d *flatDir, holding map[string][]*identity, p
 		// An identity is reached from the maps of its members' families
 		// only.
 		for id := range all {
-			if !id.members[i] {
+			if !id.members(i) {
 				continue
 			}
 			key := binary.NativeEndian.AppendUint32(make([]byte, 0, 4+n), id.number)
@@ -392,7 +413,7 @@ func (r *renderer) allowIdentities(d *flatDir, holding map[string][]*identity, p
 			id.all[i] = true
 		}
 		for id, spans := range allowed {
-			if all[id] || !id.members[i] {
+			if all[id] || !id.members(i) {
 				continue // every port already, or never reached
 			}
 			for _, sp := range mergeSpans(spans) {
@@ -432,73 +453,6 @@ func (r *renderer) openPorts(d *flatDir) {
 	}
 	sortElements(s)
 	r.sets[s.Name] = s
-}
-
-// identity is a set of peer sets and its number.
-type identity struct {
-	key  string   // the names of its peer sets, sorted, one per line
-	sets []string // the same names
-	// number and jump (to its chain) are filled in by number, once every
-	// identity is known; map elements share jump.
-	number uint32
-	jump   model.Verdict
-	// members records, per family, that addresses of the family have
-	// the identity; ports and all that a pod allows the identity some
-	// ports, or every port.
-	members, ports, all [2]bool
-}
-
-// identities interns the identities of one render.
-type identities struct {
-	byKey   map[string]*identity
-	singles map[string]*identity
-	order   []*identity
-}
-
-func newIdentities() *identities {
-	return &identities{byKey: map[string]*identity{}, singles: map[string]*identity{}}
-}
-
-// single returns the identity of one peer set.
-func (x *identities) single(name string) *identity {
-	if id := x.singles[name]; id != nil {
-		return id
-	}
-	id := x.of([]string{name})
-	x.singles[name] = id
-	return id
-}
-
-// of returns the identity of peer sets (names, without duplicates).
-func (x *identities) of(names []string) *identity {
-	sorted := slices.Clone(names)
-	slices.Sort(sorted)
-	key := strings.Join(sorted, "\n")
-	if id := x.byKey[key]; id != nil {
-		return id
-	}
-	id := &identity{key: key, sets: sorted}
-	x.byKey[key] = id
-	x.order = append(x.order, id)
-	return id
-}
-
-// number gives every identity its number, a hash of its key (FNV-1a, 32
-// bits, never 0; of two with the same hash, the first by key keeps it), and
-// its chain, named by the prefix and the number.
-func (x *identities) number(chainPrefix string) {
-	slices.SortFunc(x.order, func(a, b *identity) int { return cmp.Compare(a.key, b.key) })
-	used := make(map[uint32]bool, len(x.order))
-	for _, id := range x.order {
-		n := identityHash(id.key)
-		for used[n] || n == 0 {
-			n++
-		}
-		used[n] = true
-		id.number = n
-		// Named as nft prints the tag: its bytes in order.
-		id.jump = model.Verdict{Kind: model.VerdictJump, Chain: chainPrefix + hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, n))}
-	}
 }
 
 // peerSetNames returns the names of a rule's peer sets.

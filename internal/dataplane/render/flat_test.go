@@ -139,25 +139,17 @@ func TestSegments(t *testing.T) {
 // element of a map.
 func TestIdentityLayoutShape(t *testing.T) {
 	node := func(n int, extra string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
-		spec := v1alpha1.NodeRuleSetSpec{}
-		groups := map[string]v1alpha1.AddressGroupSpec{}
-		var ids []string
-		for i := range n {
-			g := fmt.Sprintf("g%d", i)
+		names := make([]string, n)
+		for i := range names {
+			names[i] = fmt.Sprintf("g%d", i)
+		}
+		return serverSelectedBy(names, func(i int) []string {
 			addrs := []string{fmt.Sprintf("198.18.%d.%d", 1+i/200, 1+i%200)}
 			if i == 0 && extra != "" {
 				addrs = append(addrs, extra)
 			}
-			groups[g] = v1alpha1.AddressGroupSpec{Addresses: addrs}
-			spec.AddressGroups = append(spec.AddressGroups, g)
-			id := fmt.Sprintf("r%d", i)
-			ids = append(ids, id)
-			spec.Rules = append(spec.Rules, v1alpha1.Rule{ID: id, Direction: v1alpha1.DirectionIngress,
-				Peers: []v1alpha1.Peer{{AddressGroup: g}}, Ports: []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}}})
-		}
-		spec.Pods = []v1alpha1.LocalPod{{Namespace: "ns", Name: "server", IPs: []string{"198.18.0.1"},
-			Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: ids}}}
-		return spec, groups
+			return addrs
+		})
 	}
 	lines := func(n int) []string {
 		spec, groups := node(n, "")
@@ -225,4 +217,70 @@ func TestIdentityLayoutShape(t *testing.T) {
 	if len(changed) != 1 || !strings.HasPrefix(changed[0], "+ idi4 198.18.1.50 : jump idi-") || len(after.Chains) != len(before.Chains) {
 		t.Fatalf("a new member of a group changed:\n%s", strings.Join(changed, "\n"))
 	}
+}
+
+// TestIdentityNumbersCollide gives two identities the same hash: each
+// still gets a number of its own, and a Renderer taken through groups
+// coming and going numbers them as a fresh Render does.
+func TestIdentityNumbersCollide(t *testing.T) {
+	// Two group names whose identities' keys hash alike (a birthday
+	// search over 32 bits).
+	seen := map[uint32]string{}
+	var a, b string
+	for i := 0; a == ""; i++ {
+		name := fmt.Sprintf("g%d", i)
+		h := identityHash("g/" + name)
+		if other, ok := seen[h]; ok {
+			a, b = other, name
+		}
+		seen[h] = name
+	}
+	node := func(groups ...string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+		return serverSelectedBy(append([]string{"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"}, groups...),
+			func(i int) []string { return []string{fmt.Sprintf("198.18.1.%d", 1+i)} })
+	}
+	m := NewRenderer(Options{Identities: true})
+	for step, groups := range [][]string{{a}, {a, b}, {b}, {a, b}, {a}, {}, {b, a}, {b}} {
+		spec, gs := node(groups...)
+		got, err := m.Render(spec, gs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Render(spec, gs, Options{Identities: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Fatalf("step %d (%v): Renderer gave\n%s\nRender gave\n%s", step, groups, got, want)
+		}
+		chains := 0
+		for _, c := range got.Chains {
+			if strings.HasPrefix(c.Name, "idi-") {
+				chains++
+			}
+		}
+		if chains != 8+len(groups) {
+			t.Fatalf("step %d (%v): %d identity chains, want %d", step, groups, chains, 8+len(groups))
+		}
+	}
+}
+
+// serverSelectedBy is a node whose pod ns/server is isolated on ingress by
+// one rule per group, each from its group on TCP 80; group i (of those
+// named) has the addresses addrs(i).
+func serverSelectedBy(names []string, addrs func(i int) []string) (v1alpha1.NodeRuleSetSpec, map[string]v1alpha1.AddressGroupSpec) {
+	spec := v1alpha1.NodeRuleSetSpec{}
+	groups := map[string]v1alpha1.AddressGroupSpec{}
+	var ids []string
+	for i, g := range names {
+		groups[g] = v1alpha1.AddressGroupSpec{Addresses: addrs(i)}
+		spec.AddressGroups = append(spec.AddressGroups, g)
+		id := "r-" + g
+		ids = append(ids, id)
+		spec.Rules = append(spec.Rules, v1alpha1.Rule{ID: id, Direction: v1alpha1.DirectionIngress,
+			Peers: []v1alpha1.Peer{{AddressGroup: g}}, Ports: []v1alpha1.Port{{Protocol: v1alpha1.ProtocolTCP, Port: 80}}})
+	}
+	spec.Pods = []v1alpha1.LocalPod{{Namespace: "ns", Name: "server", IPs: []string{"198.18.0.1"},
+		Ingress: &v1alpha1.Isolation{Mode: v1alpha1.IsolationEnforce, Rules: ids}}}
+	return spec, groups
 }

@@ -106,6 +106,8 @@ type Renderer struct {
 	tagged   map[string]struct{}
 	together map[string]bool
 	shared   [2][shards]sharedMemo
+	// ids holds the identity layout's state, per direction.
+	ids [2]*idState
 }
 
 // sharedMemo is a shared set and the groups it was built from, in order.
@@ -262,8 +264,10 @@ type podMemo struct {
 	// through the segment chains.
 	dispatched [2]bool
 	// flat holds, for ingress and egress, the set names of a direction in
-	// the identity layout (nil for the others).
-	flat [2]*flatDir
+	// the identity layout (nil for the others), and flatShape what its
+	// lines were rendered from (flatShape).
+	flat      [2]*flatDir
+	flatShape []byte
 }
 
 // podChain is one isolated direction of a pod: its chain and the verdict

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -18,17 +19,19 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 	key := pod.Namespace + "/" + pod.Name
 	// A second pod of the same name (invalid input) is rendered, not
 	// remembered.
-	// Pods in the identity layout are rendered each time: their lines
-	// depend on which of their rules have named-port peers.
-	flat := r.isFlat(pod.Ingress) || r.isFlat(pod.Egress)
-	remember := r.memo != nil && !r.pods[key] && !flat
-	if flat && r.memo != nil && !r.pods[key] {
-		delete(r.memo.pods, key)
-	}
+	// A second pod of the same name (invalid input) is rendered, not
+	// remembered.
+	remember := r.memo != nil && !r.pods[key]
 	r.pods[key] = true
 	var pm *podMemo
+	var shape []byte
+	if r.isFlat(pod.Ingress) || r.isFlat(pod.Egress) {
+		// The lines of a pod in the identity layout depend on what kind
+		// of peers its rules have, too.
+		shape = r.flatShape(&pod)
+	}
 	if remember {
-		if m := r.memo.pods[key]; m != nil && equalPod(&m.pod, &pod) && r.sameSpans(&pod, m.spans) {
+		if m := r.memo.pods[key]; m != nil && equalPod(&m.pod, &pod) && r.sameSpans(&pod, m.spans) && bytes.Equal(m.flatShape, shape) {
 			pm = m
 		}
 	}
@@ -39,6 +42,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 		}
 		if remember {
 			pm.pod = copyPod(pod)
+			pm.flatShape = shape
 			r.memo.pods[key] = pm
 		}
 	}
@@ -74,7 +78,7 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 				return nil, fmt.Errorf("pod %s/%s: %s isolation references %s rule %q", pod.Namespace, pod.Name, d.direction, ri.rule.Direction, id)
 			}
 			switch {
-			case fd != nil && r.flatEligible(ri.rule):
+			case fd != nil && r.flatEligible(ri):
 				if !slices.Contains(fd.rules, ri) {
 					fd.rules = append(fd.rules, ri)
 				}

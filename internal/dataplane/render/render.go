@@ -38,10 +38,10 @@ type Options struct {
 	// redirects (137) that arrive on them. Nil: no such set or rules (the
 	// agent runs without the plugin and does not know them).
 	PodInterfaces []string
-	// Identities renders pod directions of DispatchMin or more rules in
-	// the identity layout (see flat.go), where a new connection walks the
-	// same few rules however many policies select the pod, instead of
-	// port dispatch.
+	// Identities renders every isolated pod direction in the identity
+	// layout (see flat.go), where a new connection walks the same few
+	// rules however many policies select the pod, instead of a rule chain
+	// per rule and port dispatch.
 	Identities bool
 }
 
@@ -272,4 +272,9 @@ type ruleInfo struct {
 	chain     string
 	jump      model.Stmt
 	peersJump model.Stmt
+	// For the identity layout, once flatDone: whether the rule can be
+	// flat, and the names of its peer sets.
+	flatDone     bool
+	flatEligible bool
+	peerSets     []string
 }

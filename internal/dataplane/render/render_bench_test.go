@@ -134,3 +134,37 @@ func TestRenderUnchanged(t *testing.T) {
 		t.Errorf("rendered tables or rule ids changed: digest %s, want %s", got, want)
 	}
 }
+
+// BenchmarkRenderDelta renders the node of BenchmarkRender again after one
+// member of a group changed, with the Renderer that rendered it: what an
+// agent does for a pod event.
+func BenchmarkRenderDelta(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{{"rule-chains", Options{}}, {"identities", Options{Identities: true}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			spec, groups := benchNode(110, 10_000, 1_000, 100)
+			m := NewRenderer(tc.opts)
+			if _, err := m.Render(spec, groups); err != nil {
+				b.Fatal(err)
+			}
+			g := groups["g00007"]
+			orig := g.Addresses
+			swapped := append(slices.Clone(orig[:len(orig)-1]), "198.19.200.1")
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				g.Addresses = orig
+				if i%2 == 0 {
+					g.Addresses = swapped
+				}
+				i++
+				groups["g00007"] = g
+				if _, err := m.Render(spec, groups); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
