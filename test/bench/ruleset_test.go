@@ -9,12 +9,12 @@ import (
 	"github.com/nftguard/nftguard/internal/dataplane/render"
 )
 
-var ruleChains = flag.Bool("bench.rule-chains", false, "render the benchmarks' tables in the older rule-chain layout (the agent's --identity-layout=false) instead of the identity layout")
+var identities = flag.Bool("bench.identities", false, "render the benchmarks' tables in the identity layout (the agent's --identity-layout) instead of the rule chains")
 
 // layout returns opts with the layout the benchmarks measure: the agent's
-// (the identity layout) unless -bench.rule-chains.
+// default (rule chains), or the identity layout with -bench.identities.
 func layout(opts render.Options) render.Options {
-	opts.Identities = !*ruleChains
+	opts.Identities = *identities
 	return opts
 }
 
