@@ -41,7 +41,8 @@ type Options struct {
 	// Identities renders every isolated pod direction in the identity
 	// layout (see flat.go), where a new connection walks the same few
 	// rules however many policies select the pod, instead of a rule chain
-	// per rule and port dispatch.
+	// per rule and port dispatch. Each change then costs the kernel a
+	// validation of every identity from every pod chain.
 	Identities bool
 }
 
