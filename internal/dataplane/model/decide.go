@@ -127,9 +127,14 @@ func (d *Decider) rule(r *Rule, p Packet) (*Verdict, bool, error) {
 		switch s := s.(type) {
 		case Verdict:
 			verdict = &s
-		case CtState, CtMark:
-			// A new connection is neither established, related nor
-			// invalid, and carries no conntrack mark yet.
+		case CtState:
+			// A new connection is new: neither established, related
+			// nor invalid.
+			if s.Bits&CtNew == 0 {
+				return nil, false, nil
+			}
+		case CtMark:
+			// A new connection carries no conntrack mark yet.
 			return nil, false, nil
 		case ICMPv6Types:
 			if p.Proto != ProtoICMPv6 || !p.Dst.Is6() {

@@ -93,6 +93,7 @@ const (
 	CtInvalid     uint32 = 1
 	CtEstablished uint32 = 2
 	CtRelated     uint32 = 4
+	CtNew         uint32 = 8
 )
 
 // CtState matches packets whose conntrack state is one of bits:
@@ -107,7 +108,7 @@ func (s CtState) appendText(b []byte) []byte {
 	for _, n := range []struct {
 		bit  uint32
 		name string
-	}{{CtInvalid, "invalid"}, {CtEstablished, "established"}, {CtRelated, "related"}} {
+	}{{CtInvalid, "invalid"}, {CtEstablished, "established"}, {CtRelated, "related"}, {CtNew, "new"}} {
 		if s.Bits&n.bit != 0 {
 			if !first {
 				b = append(b, ',')

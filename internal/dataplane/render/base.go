@@ -110,7 +110,7 @@ func notReady(ranges [2]bool, field model.AddrField) []*model.Rule {
 // accepted). With revoked set, the prologue first drops the packets of
 // connections whose conntrack mark has that bit: established connections
 // the agent has revoked.
-func baseChains(ranges [2]bool, revoked uint32, podIfs bool) []*model.Chain {
+func baseChains(ranges [2]bool, revoked uint32, podIfs bool, identities [2]bool) []*model.Chain {
 	prologue := func(hook model.Hook) []*model.Rule {
 		var out []*model.Rule
 		if revoked != 0 {
@@ -143,8 +143,15 @@ func baseChains(ranges [2]bool, revoked uint32, podIfs bool) []*model.Chain {
 		}
 		return out
 	}
+	// In the identity layout, the peer's identity first (flat.go).
+	lookups := func(dir int) []*model.Rule {
+		if !identities[dir] {
+			return nil
+		}
+		return identityLookups(dir)
+	}
 	egress := func(name string, hook model.Hook) *model.Chain {
-		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(append(prologue(hook), notReady(ranges, model.Saddr)...),
+		return &model.Chain{Name: name, Hook: hook, Priority: 0, Rules: append(append(append(prologue(hook), notReady(ranges, model.Saddr)...), lookups(1)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Saddr, Vmap: model.MapEgress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Saddr, Vmap: model.MapEgress6}),
 		)}
@@ -152,7 +159,7 @@ func baseChains(ranges [2]bool, revoked uint32, podIfs bool) []*model.Chain {
 	return []*model.Chain{
 		egress(model.ChainEgressForward, model.HookForward),
 		egress(model.ChainEgressInput, model.HookInput),
-		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(append(prologue(model.HookForward), notReady(ranges, model.Daddr)...),
+		{Name: model.ChainIngressForward, Hook: model.HookForward, Priority: ingressPriority, Rules: append(append(append(prologue(model.HookForward), notReady(ranges, model.Daddr)...), lookups(0)...),
 			model.NewRule(model.AddrVmap{Family: model.IPv4, Field: model.Daddr, Vmap: model.MapIngress4}),
 			model.NewRule(model.AddrVmap{Family: model.IPv6, Field: model.Daddr, Vmap: model.MapIngress6}),
 		)},

@@ -25,13 +25,12 @@ import (
 // addresses, idni4/idni6 and idne4/idne6 the ranges of CIDR groups and
 // ipBlocks, cut into disjoint segments (interval maps). A single address
 // inside a range is in both maps, each with the peer sets holding it there,
-// and is allowed what either identity is. A flat pod chain looks the peer
-// up once per map:
+// and is allowed what either identity is. The base chains look the first
+// packet's peer up once per map, before they dispatch to the pod chains
+// (identityLookups):
 //
-//	ip saddr vmap @idi4
-//	ip saddr vmap @idni4
-//	ip6 saddr vmap @idi6
-//	ip6 saddr vmap @idni6
+//	ct state new ip saddr vmap @idi4
+//	ct state new ip saddr vmap @idni4
 //
 // and an identity's chain (idi-<number>, ide-<number>) accepts what any
 // pod allows it, with the identity as a tag before the local pod's address
@@ -154,7 +153,7 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 	var out []*model.Rule
 	var jumps []string
 	var open []portSpan
-	openAll, peers := false, false
+	openAll := false
 	for _, id := range ids {
 		ri := r.rules[id]
 		if ri == nil || !r.flatEligible(ri) {
@@ -171,7 +170,7 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 		}
 		switch {
 		case len(ru.Peers) > 0:
-			peers = true
+			// Reached by the base chains' identity lookups.
 		case len(spans) == 0:
 			openAll = true
 		default:
@@ -184,18 +183,28 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 	} else if len(open) > 0 {
 		out = append(out, model.NewRule(model.PortsInSet{Set: d.open}, accept))
 	}
-	if peers {
-		field := model.Saddr
-		if d.dir == 1 {
-			field = model.Daddr
-		}
-		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
-			for _, m := range []string{identityMaps[d.dir][i], identityRangeMaps[d.dir][i]} {
-				out = append(out, model.NewRule(model.AddrVmap{Family: fam, Field: field, Vmap: m}))
-			}
+	return out, jumps, nil
+}
+
+// identityLookups returns the base chain lines that send the first packet
+// of a connection to the chain of its peer's identity, for direction dir
+// (0 ingress: by source; 1 egress: by destination). They are in the base
+// chains, not in each pod chain, so that the kernel, which validates
+// every jump of a map along every path to it, follows one path per chain;
+// ct state new leaves what conntrack calls invalid to the pod chain's
+// drop.
+func identityLookups(dir int) []*model.Rule {
+	field := model.Saddr
+	if dir == 1 {
+		field = model.Daddr
+	}
+	var out []*model.Rule
+	for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+		for _, m := range []string{identityMaps[dir][i], identityRangeMaps[dir][i]} {
+			out = append(out, model.NewRule(model.CtState{Bits: model.CtNew}, model.AddrVmap{Family: fam, Field: field, Vmap: m}))
 		}
 	}
-	return out, jumps, nil
+	return out
 }
 
 // peerSet is one peer set of the identity layout: its single addresses and

@@ -157,10 +157,13 @@ func TestIdentityLayoutShape(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := tab.Chain(PodChainName("in", "ns", "server"))
+		// The pod's chain and the ingress base chain, which looks the
+		// peer's identity up.
 		var out []string
-		for _, ru := range c.Rules {
-			out = append(out, ru.String())
+		for _, name := range []string{PodChainName("in", "ns", "server"), model.ChainIngressForward} {
+			for _, ru := range tab.Chain(name).Rules {
+				out = append(out, ru.String())
+			}
 		}
 		if s := tab.Set("idpi4"); s == nil || len(s.Elements) != n {
 			t.Fatalf("%d rules: identity port set %v", n, s)
@@ -183,7 +186,7 @@ func TestIdentityLayoutShape(t *testing.T) {
 	if !slices.Equal(ten, forty) {
 		t.Fatalf("the pod chain grows with its rules:\n%s\nthen\n%s", strings.Join(ten, "\n"), strings.Join(forty, "\n"))
 	}
-	if !slices.Contains(ten, "ip saddr vmap @idi4") {
+	if !slices.Contains(ten, "ct state new ip saddr vmap @idi4") {
 		t.Fatalf("no identity lookup in\n%s", strings.Join(ten, "\n"))
 	}
 

@@ -205,7 +205,11 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	if err := r.podInterfaces(); err != nil {
 		return nil, err
 	}
-	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark, r.opts.PodInterfaces != nil), chains...)}
+	var identities [2]bool
+	for dir := range identities {
+		identities[dir] = r.sets[identityMaps[dir][0]] != nil
+	}
+	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark, r.opts.PodInterfaces != nil, identities), chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
 	}
