@@ -27,6 +27,8 @@ var (
 	// binDir holds the controller and agent built for this run.
 	binDir string
 	keep   = flag.Bool("e2e.keep", false, "leave the cluster running after the suite (remove it with nftguard-dev down)")
+	// identityLayout runs the suite with the agents in the identity layout.
+	identityLayout = flag.Bool("e2e.identity-layout", false, "run the agents with --identity-layout")
 
 	clusterOnce sync.Once
 	clusterErr  error
@@ -65,6 +67,17 @@ func needCluster(t *testing.T) {
 	}
 }
 
+// agentArgs are the agents' flags: a short resync so that drift and
+// restarts converge quickly, a log rate the drop tests do not reach, and
+// the layout asked for.
+func agentArgs() []string {
+	args := []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"}
+	if *identityLayout {
+		args = append(args, "--identity-layout")
+	}
+	return args
+}
+
 // startCluster builds the controller, agent and CNI plugin from this checkout and
 // starts the conformance topology with them.
 func startCluster() error {
@@ -94,9 +107,8 @@ func startCluster() error {
 		Agent:      filepath.Join(binDir, "agent"),
 		// Pods start as a runtime starts them: the nftguard CNI plugin's
 		// ADD tells their node's agent, which holds them until programmed.
-		CNIPlugin: filepath.Join(binDir, "nftguard"),
-		// A short resync so that drift and restarts converge quickly.
-		AgentArgs:      []string{"--resync-period=5s", "--audit-rate=1000", "--audit-burst=1000"},
+		CNIPlugin:      filepath.Join(binDir, "nftguard"),
+		AgentArgs:      agentArgs(),
 		ControllerArgs: []string{fmt.Sprintf("--max-object-bytes=%d", maxObjectBytes)},
 		Owned:          !*keep,
 		Logf:           func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) },
