@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -163,10 +162,8 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 		}
 		ru := ri.rule
 		spans := r.spansOf(id, ri)
-		if len(spans) == 0 && len(ru.Ports) > 0 {
-			if _, err := portSpans(ru); err != nil {
-				return nil, nil, err
-			}
+		if err := portsError(ru, spans); err != nil {
+			return nil, nil, err
 		}
 		switch {
 		case len(ru.Peers) > 0:
@@ -455,13 +452,7 @@ func (r *renderer) openPorts(d *flatDir) {
 	if len(open) == 0 {
 		return
 	}
-	s := &model.Set{Name: d.open, Kind: model.SetPorts}
-	for _, sp := range mergeSpans(open) {
-		k := make([]byte, 16)
-		putConcatField(k[:8], sp.proto, sp.from)
-		putConcatField(k[8:], sp.proto, sp.to)
-		s.Elements = append(s.Elements, model.Element{Key: k[:8:8], KeyEnd: k[8:]})
-	}
+	s := portsSet(d.open, mergeSpans(open))
 	sortElements(s)
 	r.sets[s.Name] = s
 }
@@ -633,13 +624,6 @@ func mergeInPlace(spans []portSpan) []portSpan {
 		out = append(out, s)
 	}
 	return out
-}
-
-// identityHash is the identity number of a key (FNV-1a, 32 bits).
-func identityHash(key string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	return h.Sum32()
 }
 
 // openSetName names a flat pod direction's set of ports open to any peer.

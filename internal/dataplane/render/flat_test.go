@@ -232,7 +232,7 @@ func TestIdentityNumbersCollide(t *testing.T) {
 	var a, b string
 	for i := 0; a == ""; i++ {
 		name := fmt.Sprintf("g%d", i)
-		h := identityHash("g/" + name)
+		h := fnv1a32("g/" + name)
 		if other, ok := seen[h]; ok {
 			a, b = other, name
 		}

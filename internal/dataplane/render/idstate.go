@@ -81,13 +81,6 @@ func (p *peerSetState) current(r *renderer, name string, ru *v1alpha1.Rule) bool
 	return p.group == nil && slices.EqualFunc(p.blocks, ru.Peers, equalPeer)
 }
 
-func equalPeer(a, b v1alpha1.Peer) bool {
-	if a.AddressGroup != b.AddressGroup || (a.IPBlock == nil) != (b.IPBlock == nil) {
-		return false
-	}
-	return a.IPBlock == nil || (a.IPBlock.CIDR == b.IPBlock.CIDR && slices.Equal(a.IPBlock.Except, b.IPBlock.Except))
-}
-
 // newPeerSetState parses a peer set named by peerSetNames (ru is a rule
 // referencing it).
 func (r *renderer) newPeerSetState(name string, ru *v1alpha1.Rule) (*peerSetState, error) {
@@ -100,14 +93,7 @@ func (r *renderer) newPeerSetState(name string, ru *v1alpha1.Rule) (*peerSetStat
 		g := copyGroup(r.groups[group])
 		st.group = &g
 	} else {
-		for _, p := range ru.Peers {
-			if p.IPBlock != nil {
-				b := *p.IPBlock
-				b.Except = slices.Clone(b.Except)
-				p.IPBlock = &b
-			}
-			st.blocks = append(st.blocks, p)
-		}
+		st.blocks = copyRulePorts(ru, nil).Peers
 	}
 	for _, a := range ps.hosts {
 		i := 0
@@ -426,7 +412,7 @@ func (x *identities) dropUnused() bool {
 	}
 	for p := range x.probed {
 		for _, n := range freed {
-			if h := identityHash(p.key); n-h < p.number-h { // on its way from the hash, wrapping
+			if h := fnv1a32(p.key); n-h < p.number-h { // on its way from the hash, wrapping
 				return false
 			}
 		}
@@ -451,7 +437,7 @@ func (x *identities) numberNew() bool {
 	if len(x.used) > 0 {
 		seen := make(map[uint32]bool, len(fresh))
 		for _, id := range fresh {
-			n := identityHash(id.key)
+			n := fnv1a32(id.key)
 			if n == 0 || x.used[n] != nil || seen[n] {
 				return false
 			}
@@ -459,11 +445,11 @@ func (x *identities) numberNew() bool {
 		}
 	}
 	for _, id := range fresh {
-		n := identityHash(id.key)
+		n := fnv1a32(id.key)
 		for x.used[n] != nil || n == 0 {
 			n++
 		}
-		if n != identityHash(id.key) {
+		if n != fnv1a32(id.key) {
 			x.probed[id] = true
 		}
 		x.used[n] = id

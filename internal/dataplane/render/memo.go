@@ -32,12 +32,14 @@ func copyGroup(g v1alpha1.AddressGroupSpec) v1alpha1.AddressGroupSpec {
 
 func equalRule(a, b *v1alpha1.Rule) bool {
 	return a.ID == b.ID && a.Direction == b.Direction && slices.Equal(a.Ports, b.Ports) &&
-		slices.EqualFunc(a.Peers, b.Peers, func(x, y v1alpha1.Peer) bool {
-			if x.AddressGroup != y.AddressGroup || (x.IPBlock == nil) != (y.IPBlock == nil) {
-				return false
-			}
-			return x.IPBlock == nil || (x.IPBlock.CIDR == y.IPBlock.CIDR && slices.Equal(x.IPBlock.Except, y.IPBlock.Except))
-		})
+		slices.EqualFunc(a.Peers, b.Peers, equalPeer)
+}
+
+func equalPeer(a, b v1alpha1.Peer) bool {
+	if a.AddressGroup != b.AddressGroup || (a.IPBlock == nil) != (b.IPBlock == nil) {
+		return false
+	}
+	return a.IPBlock == nil || (a.IPBlock.CIDR == b.IPBlock.CIDR && slices.Equal(a.IPBlock.Except, b.IPBlock.Except))
 }
 
 func copyRule(r *v1alpha1.Rule) v1alpha1.Rule { return copyRulePorts(r, slices.Clone(r.Ports)) }

@@ -240,11 +240,7 @@ type ruleStmts struct {
 // invalid.
 func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule, merged []portSpan) ([]model.Stmt, *model.Set, error) {
 	if len(merged) == 0 {
-		if len(ru.Ports) == 0 {
-			return nil, nil, nil
-		}
-		_, err := portSpans(ru)
-		return nil, nil, err
+		return nil, nil, portsError(ru, merged)
 	}
 	if len(merged) == 1 {
 		// Rules share the few ports there are: so do their matches.
@@ -262,15 +258,32 @@ func (r *renderer) portMatch(chain string, ru *v1alpha1.Rule, merged []portSpan)
 		r.portStmts[s] = m
 		return m, nil, nil
 	}
-	set := &model.Set{Name: chain + "-ports", Kind: model.SetPorts, Elements: make([]model.Element, len(merged))}
-	keys := make([]byte, 16*len(merged))
-	for i, s := range merged {
+	set := portsSet(chain+"-ports", merged)
+	return []model.Stmt{model.PortsInSet{Set: set.Name}}, set, nil
+}
+
+// portsSet returns an interval set of protocol . port ranges holding
+// spans (sorted and merged, as portSpans returns them).
+func portsSet(name string, spans []portSpan) *model.Set {
+	set := &model.Set{Name: name, Kind: model.SetPorts, Elements: make([]model.Element, len(spans))}
+	keys := make([]byte, 16*len(spans))
+	for i, s := range spans {
 		k := keys[16*i : 16*i+16 : 16*i+16]
 		putConcatField(k[:8], s.proto, s.from)
 		putConcatField(k[8:], s.proto, s.to)
 		set.Elements[i] = model.Element{Key: k[:8:8], KeyEnd: k[8:]}
 	}
-	return []model.Stmt{model.PortsInSet{Set: set.Name}}, set, nil
+	return set
+}
+
+// portsError returns the error of a rule's ports when its spans are empty
+// although it has ports (they are invalid), else nil.
+func portsError(ru *v1alpha1.Rule, spans []portSpan) error {
+	if len(spans) > 0 || len(ru.Ports) == 0 {
+		return nil
+	}
+	_, err := portSpans(ru)
+	return err
 }
 
 func protoNumber(p v1alpha1.Protocol) (uint8, error) {

@@ -50,10 +50,13 @@ var sharedSetNames = func() (names [2][shards]string) {
 
 // GroupTag is the tag of a group in the shared sets: a hash of its name,
 // so that it is the same on every render, node and agent version.
-func GroupTag(name string) uint32 {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(name); i++ {
-		h ^= uint32(name[i])
+func GroupTag(name string) uint32 { return fnv1a32(name) }
+
+// fnv1a32 is the 32-bit FNV-1a hash of s: group tags and identity numbers.
+func fnv1a32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
 		h *= 16777619
 	}
 	return h
