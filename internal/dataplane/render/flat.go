@@ -72,13 +72,11 @@ var (
 const MapIdentity4 = "idi4"
 
 // flatDir is a pod direction rendered in the identity layout: its
-// direction (0 ingress, 1 egress), the pod's addresses, the name of its set
-// of ports open to any peer, and the rules whose peers its identities
-// hold.
+// direction (0 ingress, 1 egress), the pod's addresses, and the rules
+// whose peers its identities hold.
 type flatDir struct {
 	dir   int
 	addrs []netip.Addr
-	open  string
 	rules []*ruleInfo
 }
 
@@ -146,9 +144,11 @@ func (r *renderer) eligible(ru *v1alpha1.Rule) bool {
 	return true
 }
 
-// flatRules returns the lines of a flat pod direction's chain, and the
-// rules that stay rule chains (jumped to after the lines).
-func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, error) {
+// flatRules returns the lines of a flat pod direction's chain, the set
+// (named openName) of the ports its rules without peers open to any
+// address when a line uses one, and the rules that stay rule chains
+// (jumped to after the lines).
+func (r *renderer) flatRules(openName string, ids []string) ([]*model.Rule, *model.Set, []string, error) {
 	var out []*model.Rule
 	var jumps []string
 	var open []portSpan
@@ -163,7 +163,7 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 		ru := ri.rule
 		spans := r.spansOf(id, ri)
 		if err := portsError(ru, spans); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		switch {
 		case len(ru.Peers) > 0:
@@ -174,13 +174,15 @@ func (r *renderer) flatRules(d flatDir, ids []string) ([]*model.Rule, []string, 
 			open = append(open, spans...)
 		}
 	}
-	accept := model.Verdict{Kind: model.VerdictAccept}
-	if openAll {
-		out = append(out, model.NewRule(accept))
-	} else if len(open) > 0 {
-		out = append(out, model.NewRule(model.PortsInSet{Set: d.open}, accept))
+	var set *model.Set
+	switch {
+	case openAll:
+		out = append(out, model.NewRule(acceptVerdict))
+	case len(open) > 0:
+		set = portsSet(openName, mergeSpans(open))
+		out = append(out, model.NewRule(model.PortsInSet{Set: openName}, acceptVerdict))
 	}
-	return out, jumps, nil
+	return out, set, jumps, nil
 }
 
 // identityLookups returns the base chain lines that send the first packet
@@ -211,8 +213,8 @@ type peerSet struct {
 	ranges []ipRange
 }
 
-// identities renders the identity layout's maps, chains and sets, and the
-// sets of ports of the flat pod directions. It returns the identity chains.
+// identities renders the identity layout's maps, chains and sets. It
+// returns the identity chains.
 func (r *renderer) identities() ([]*model.Chain, error) {
 	var chains []*model.Chain
 	for dir := range 2 {
@@ -220,7 +222,6 @@ func (r *renderer) identities() ([]*model.Chain, error) {
 		for i := range r.flat {
 			if d := &r.flat[i]; d.dir == dir {
 				dirs = append(dirs, d)
-				r.openPorts(d)
 			}
 		}
 		cs, err := r.directionIdentities(dir, dirs)
@@ -438,23 +439,6 @@ func (r *renderer) allowIdentities(d *flatDir, holding map[string][]*identity, p
 			id.ports[i] = true
 		}
 	}
-}
-
-// openPorts renders a flat pod direction's set of the ports its rules
-// without peers open to any address.
-func (r *renderer) openPorts(d *flatDir) {
-	var open []portSpan
-	for _, ri := range d.rules {
-		if len(ri.rule.Peers) == 0 {
-			open = append(open, r.spansOf(ri.rule.ID, ri)...)
-		}
-	}
-	if len(open) == 0 {
-		return
-	}
-	s := portsSet(d.open, mergeSpans(open))
-	sortElements(s)
-	r.sets[s.Name] = s
 }
 
 // peerSetNames returns the names of a rule's peer sets.

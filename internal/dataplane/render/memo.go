@@ -265,10 +265,10 @@ type podMemo struct {
 	// dispatches on the port: its rules with ports are then reached
 	// through the segment chains.
 	dispatched [2]bool
-	// flat holds, for ingress and egress, the set names of a direction in
-	// the identity layout (nil for the others), and flatShape what its
+	// flat records, for ingress and egress, a direction in the identity
+	// layout (its set of open ports is in maps), and flatShape what its
 	// lines were rendered from (flatShape).
-	flat      [2]*flatDir
+	flat      [2]bool
 	flatShape []byte
 }
 

@@ -65,8 +65,8 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 			continue
 		}
 		var fd *flatDir
-		if pm.flat[k] != nil {
-			fd = &flatDir{dir: k, open: pm.flat[k].open}
+		if pm.flat[k] {
+			fd = &flatDir{dir: k}
 			flatDirs[k] = fd
 		}
 		for _, id := range d.iso.Rules {
@@ -200,12 +200,14 @@ func (r *renderer) buildPod(pod v1alpha1.LocalPod) (*podMemo, error) {
 		}
 		if r.isFlat(d.iso) {
 			// The identity layout: a few lines, whatever the rules.
-			fd := &flatDir{dir: k, open: openSetName(d.short, pod.Namespace, pod.Name)}
-			lines, jumps, err := r.flatRules(*fd, ids)
+			lines, open, jumps, err := r.flatRules(openSetName(d.short, pod.Namespace, pod.Name), ids)
 			if err != nil {
 				return nil, err
 			}
-			pm.flat[k] = fd
+			if open != nil {
+				pm.maps = append(pm.maps, open)
+			}
+			pm.flat[k] = true
 			c.Rules = append(c.Rules, lines...)
 			ids = jumps
 		} else if len(ported) >= DispatchMin {
