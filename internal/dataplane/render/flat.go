@@ -3,10 +3,8 @@ package render
 import (
 	"cmp"
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
@@ -121,27 +119,22 @@ func (r *renderer) flatEligible(ri *ruleInfo) bool {
 	return ri.flatEligible
 }
 
-// flatInfo fills in a rule's flat fields.
+// flatInfo fills in a rule's flat fields, once per render.
 func (r *renderer) flatInfo(ri *ruleInfo) {
 	if ri.flatDone {
 		return
 	}
 	ri.flatDone = true
-	ri.flatEligible = r.eligible(ri.rule)
-	ri.peerSets = r.peerSetNames(ri.rule)
-}
-
-// eligible is flatEligible, worked out.
-func (r *renderer) eligible(ru *v1alpha1.Rule) bool {
-	for _, p := range ru.Peers {
-		if p.AddressGroup != "" && (p.IPBlock != nil || r.groups[p.AddressGroup].NamedPort != nil) {
-			return false
-		}
-		if p.AddressGroup == "" && p.IPBlock == nil {
-			return false
+	ri.flatEligible = true
+	for _, p := range ri.rule.Peers {
+		switch {
+		case p.AddressGroup != "" && p.IPBlock != nil, p.AddressGroup == "" && p.IPBlock == nil:
+			ri.flatEligible = false // invalid, reported by the rule chain
+		case p.AddressGroup != "" && r.groups[p.AddressGroup].NamedPort != nil:
+			ri.flatEligible = false // endpoints: ports resolve per pod
 		}
 	}
-	return true
+	ri.peerSets = r.peerSetNames(ri.rule)
 }
 
 // flatRules returns the lines of a flat pod direction's chain, the set
@@ -206,13 +199,6 @@ func identityLookups(dir int) []*model.Rule {
 	return out
 }
 
-// peerSet is one peer set of the identity layout: its single addresses and
-// its ranges.
-type peerSet struct {
-	hosts  []netip.Addr
-	ranges []ipRange
-}
-
 // identities renders the identity layout's maps, chains and sets. It
 // returns the identity chains.
 func (r *renderer) identities() ([]*model.Chain, error) {
@@ -257,7 +243,7 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain
 			r.memo.ids[dir] = st
 		}
 	}
-	if _, err := st.update(r, dirs); err != nil {
+	if err := st.update(r, dirs); err != nil {
 		return nil, err
 	}
 	ids := st.idx.all()
@@ -459,39 +445,6 @@ func (r *renderer) peerSetNames(ru *v1alpha1.Rule) []string {
 		out = append(out, "b/"+ru.ID)
 	}
 	return out
-}
-
-// buildPeerSet collects the addresses of a peer set named by peerSetNames
-// (ru is a rule referencing it).
-func (r *renderer) buildPeerSet(name string, ru *v1alpha1.Rule) (*peerSet, error) {
-	ps := &peerSet{}
-	if group, ok := strings.CutPrefix(name, "g/"); ok {
-		for _, s := range r.groups[group].Addresses {
-			p, err := parsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("address group %q: address %q: %w", group, s, err)
-			}
-			if p.IsSingleIP() {
-				ps.hosts = append(ps.hosts, p.Addr())
-			} else {
-				ps.ranges = append(ps.ranges, prefixRange(p))
-			}
-		}
-		ps.ranges = normalizeFamilies(ps.ranges)
-		return ps, nil
-	}
-	for _, p := range ru.Peers {
-		if p.IPBlock == nil {
-			continue
-		}
-		rs, err := blockRanges(p.IPBlock.CIDR, p.IPBlock.Except)
-		if err != nil {
-			return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
-		}
-		ps.ranges = append(ps.ranges, rs...)
-	}
-	ps.ranges = normalizeFamilies(ps.ranges)
-	return ps, nil
 }
 
 // normalizeFamilies normalises ranges of both families.

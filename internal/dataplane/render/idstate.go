@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -82,41 +83,54 @@ func (p *peerSetState) current(r *renderer, name string, ru *v1alpha1.Rule) bool
 }
 
 // newPeerSetState parses a peer set named by peerSetNames (ru is a rule
-// referencing it).
+// referencing it): a group's addresses and CIDRs, or a rule's ipBlocks.
 func (r *renderer) newPeerSetState(name string, ru *v1alpha1.Rule) (*peerSetState, error) {
-	ps, err := r.buildPeerSet(name, ru)
-	if err != nil {
-		return nil, err
-	}
-	st := &peerSetState{ranges: ps.ranges}
+	st := &peerSetState{}
 	if group, ok := strings.CutPrefix(name, "g/"); ok {
 		g := copyGroup(r.groups[group])
 		st.group = &g
+		for _, s := range g.Addresses {
+			p, err := parsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("address group %q: address %q: %w", group, s, err)
+			}
+			if !p.IsSingleIP() {
+				st.ranges = append(st.ranges, prefixRange(p))
+				continue
+			}
+			i := 0
+			if p.Addr().Is6() {
+				i = 1
+			}
+			st.hosts[i] = append(st.hosts[i], p.Addr())
+		}
+		for i := range st.hosts {
+			slices.SortFunc(st.hosts[i], netip.Addr.Compare)
+			st.hosts[i] = slices.Compact(st.hosts[i])
+		}
 	} else {
 		st.blocks = copyRulePorts(ru, nil).Peers
-	}
-	for _, a := range ps.hosts {
-		i := 0
-		if a.Is6() {
-			i = 1
+		for _, p := range ru.Peers {
+			if p.IPBlock == nil {
+				continue
+			}
+			rs, err := blockRanges(p.IPBlock.CIDR, p.IPBlock.Except)
+			if err != nil {
+				return nil, fmt.Errorf("rule %q: %w", ru.ID, err)
+			}
+			st.ranges = append(st.ranges, rs...)
 		}
-		st.hosts[i] = append(st.hosts[i], a)
 	}
-	for i := range st.hosts {
-		slices.SortFunc(st.hosts[i], netip.Addr.Compare)
-		st.hosts[i] = slices.Compact(st.hosts[i])
-	}
+	st.ranges = normalizeFamilies(st.ranges)
 	return st, nil
 }
 
 // update brings the state to the peer sets of the flat directions dirs and
-// numbers the identities, and reports whether it numbered them anew (then
-// every identity is new: the caller must not reuse anything of an earlier
-// render). Numbers are a hash of the identity's key; of two with the same
-// hash, the first by key keeps it, as a fresh state numbers them, so that
-// a state that meets a collision, or holds probed numbers while identities
-// come or go, is rebuilt from nothing.
-func (st *idState) update(r *renderer, dirs []*flatDir) (bool, error) {
+// numbers the identities. Numbers are a hash of the identity's key; of two
+// with the same hash, the first by key keeps it, as a fresh state numbers
+// them, so that a state that meets a collision, or frees a number another
+// identity probed past, is rebuilt from nothing (every identity then new).
+func (st *idState) update(r *renderer, dirs []*flatDir) error {
 	fresh := len(st.idx.used) == 0
 	current := map[string]*peerSetState{}
 	if len(st.hosts[0]) == 0 && len(st.hosts[1]) == 0 {
@@ -151,7 +165,7 @@ func (st *idState) update(r *renderer, dirs []*flatDir) (bool, error) {
 				if err != nil {
 					// Half moved: start again next time.
 					*st = *newIDState(st.idx.prefix)
-					return false, err
+					return err
 				}
 				current[name] = ps
 				st.moveHosts(name, old, ps, &changed)
@@ -220,9 +234,10 @@ func (st *idState) update(r *renderer, dirs []*flatDir) (bool, error) {
 	}
 	if !idx.dropUnused() || !idx.numberNew() {
 		if fresh {
-			return false, errors.New("identities: a fresh numbering failed") // never: nothing was numbered before
+			return errors.New("identities: a fresh numbering failed") // never: nothing was numbered before
 		}
-		return true, st.rebuild(r, dirs)
+		*st = *newIDState(st.idx.prefix)
+		return st.update(r, dirs)
 	}
 	// The maps' elements: the last render's, with the changed addresses'.
 	for i := range changed {
@@ -233,14 +248,7 @@ func (st *idState) update(r *renderer, dirs []*flatDir) (bool, error) {
 			st.segElems[i][j].Verdict = &st.segs[i][j].jump
 		}
 	}
-	return false, nil
-}
-
-// rebuild makes the state anew from the rule set.
-func (st *idState) rebuild(r *renderer, dirs []*flatDir) error {
-	*st = *newIDState(st.idx.prefix)
-	_, err := st.update(r, dirs)
-	return err
+	return nil
 }
 
 // moveHosts records that peer set name holds the single addresses of to
@@ -256,14 +264,14 @@ func (st *idState) moveHosts(name string, from, to *peerSetState, changed *[2][]
 			new = to.hosts[i]
 		}
 		for len(old) > 0 || len(new) > 0 {
-			c := 0
+			c := 0 // old[0] against new[0], either missing last
 			switch {
 			case len(old) == 0:
 				c = 1
 			case len(new) == 0:
 				c = -1
 			default:
-				c = new[0].Compare(old[0]) * -1
+				c = old[0].Compare(new[0])
 			}
 			switch {
 			case c < 0: // only in old: removed
