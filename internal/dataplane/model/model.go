@@ -510,11 +510,7 @@ func (k SetKind) Format(e Element) string {
 			proto += "-" + ProtoName(e.KeyEnd[0])
 		}
 		if k == MapPortsVerdict {
-			v := "?"
-			if e.Verdict != nil {
-				v = e.Verdict.String()
-			}
-			return proto + " . " + ports + " : " + v
+			return proto + " . " + ports + " : " + verdictString(e.Verdict)
 		}
 		return proto + " . " + ports
 	case SetTaggedIPv4, SetTaggedIPv6:
@@ -523,11 +519,7 @@ func (k SetKind) Format(e Element) string {
 		}
 		return fmt.Sprintf("0x%08x . %s", binary.NativeEndian.Uint32(e.Key), addrString(e.Key[4:]))
 	case MapIPv4Verdict, MapIPv6Verdict:
-		v := "?"
-		if e.Verdict != nil {
-			v = e.Verdict.String()
-		}
-		return addrString(e.Key) + " : " + v
+		return addrString(e.Key) + " : " + verdictString(e.Verdict)
 	case SetIfnames:
 		return strconv.Quote(IfnameOf(e.Key))
 	case MapIPv4VerdictInterval, MapIPv6VerdictInterval:
@@ -543,6 +535,7 @@ func (k SetKind) Format(e Element) string {
 	return fmt.Sprintf("0x%x", e.Key)
 }
 
+// verdictString prints a map element's verdict, "?" for none.
 func verdictString(v *Verdict) string {
 	if v == nil {
 		return "?"

@@ -210,11 +210,17 @@ type TaggedAddrInSet struct {
 func (s TaggedAddrInSet) text() string { return string(s.appendText(nil)) }
 
 func (s TaggedAddrInSet) appendText(b []byte) []byte {
-	b = appendHex8(b, s.Tag)
-	b = append(b, " . "...)
-	b = appendFamilyField(b, s.Family, s.Field)
+	b = appendTagged(b, s.Tag, s.Family, s.Field)
 	b = append(b, " @"...)
 	return append(b, s.Set...)
+}
+
+// appendTagged appends a tag and the address after it: "0x0012abcd . ip
+// saddr".
+func appendTagged(b []byte, tag uint32, f Family, field AddrField) []byte {
+	b = appendHex8(b, tag)
+	b = append(b, " . "...)
+	return appendFamilyField(b, f, field)
 }
 
 // AddrVmap dispatches on an address through a verdict map: "ip daddr vmap @in4".
@@ -374,9 +380,7 @@ type TaggedEndpointInSet struct {
 func (s TaggedEndpointInSet) text() string { return string(s.appendText(nil)) }
 
 func (s TaggedEndpointInSet) appendText(b []byte) []byte {
-	b = appendHex8(b, s.Tag)
-	b = append(b, " . "...)
-	b = appendFamilyField(b, s.Family, s.Field)
+	b = appendTagged(b, s.Tag, s.Family, s.Field)
 	b = append(b, " . meta l4proto . th dport @"...)
 	return append(b, s.Set...)
 }
