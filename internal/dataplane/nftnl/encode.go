@@ -286,12 +286,7 @@ func (b *batch) stmt(s model.Stmt) error {
 	case model.TaggedAddrInSet:
 		// 0x0012abcd . ip saddr @ag4: the tag and the address side by
 		// side in the registers
-		off, n := addrOffset(s.Family, s.Field)
-		b.familyCheck(s.Family)
-		var tag [4]byte
-		binary.NativeEndian.PutUint32(tag[:], s.Tag)
-		b.immediate(reg1, tag[:])
-		b.payload(nextReg(reg1, 4), unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+		b.taggedAddr(s.Family, s.Field, s.Tag)
 		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.AddrIs:
@@ -321,28 +316,18 @@ func (b *batch) stmt(s model.Stmt) error {
 		protoReg := nextReg(reg1, n)
 		b.familyCheck(s.Family)
 		b.payload(reg1, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.meta(unix.NFT_META_L4PROTO, protoReg)
-		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.protoPort(protoReg)
 		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.TaggedEndpointInSet:
 		// 0x0012abcd . ip daddr . meta l4proto . th dport @set
-		off, n := addrOffset(s.Family, s.Field)
-		addrReg := nextReg(reg1, 4)
-		protoReg := nextReg(addrReg, n)
-		b.familyCheck(s.Family)
-		var tag [4]byte
-		binary.NativeEndian.PutUint32(tag[:], s.Tag)
-		b.immediate(reg1, tag[:])
-		b.payload(addrReg, unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
-		b.meta(unix.NFT_META_L4PROTO, protoReg)
-		b.payload(nextReg(protoReg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		n := b.taggedAddr(s.Family, s.Field, s.Tag)
+		b.protoPort(nextReg(nextReg(reg1, 4), n))
 		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.PortsVmap:
 		// meta l4proto . th dport vmap @map
-		b.meta(unix.NFT_META_L4PROTO, reg1)
-		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.protoPort(reg1)
 		b.lookup(reg1, s.Vmap, regVerdict, true, false)
 
 	case model.IifnameInSet:
@@ -352,8 +337,7 @@ func (b *batch) stmt(s model.Stmt) error {
 
 	case model.PortsInSet:
 		// meta l4proto . th dport @set
-		b.meta(unix.NFT_META_L4PROTO, reg1)
-		b.payload(nextReg(reg1, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+		b.protoPort(reg1)
 		b.lookup(reg1, s.Set, 0, false, false)
 
 	case model.ProtoIs:
@@ -428,6 +412,25 @@ func (b *batch) stmt(s model.Stmt) error {
 }
 
 // openExpr starts an expression of a rule: its name, then its data.
+// taggedAddr appends the family check, then a tag in register 1 and the
+// packet's address (field) after it, and returns the address's length.
+func (b *batch) taggedAddr(f model.Family, field model.AddrField, tag uint32) uint32 {
+	off, n := addrOffset(f, field)
+	b.familyCheck(f)
+	var t [4]byte
+	binary.NativeEndian.PutUint32(t[:], tag)
+	b.immediate(reg1, t[:])
+	b.payload(nextReg(reg1, 4), unix.NFT_PAYLOAD_NETWORK_HEADER, off, n)
+	return n
+}
+
+// protoPort loads the layer-4 protocol into reg and the destination port
+// into the 4-byte register after it: "meta l4proto . th dport".
+func (b *batch) protoPort(reg uint32) {
+	b.meta(unix.NFT_META_L4PROTO, reg)
+	b.payload(nextReg(reg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+}
+
 func (b *batch) openExpr(name string) [2]int {
 	elem := b.nest(unix.NFTA_LIST_ELEM)
 	b.str(unix.NFTA_EXPR_NAME, name)
