@@ -19,8 +19,6 @@ func (r *renderer) podChains(pod v1alpha1.LocalPod) ([]*model.Chain, error) {
 	key := pod.Namespace + "/" + pod.Name
 	// A second pod of the same name (invalid input) is rendered, not
 	// remembered.
-	// A second pod of the same name (invalid input) is rendered, not
-	// remembered.
 	remember := r.memo != nil && !r.pods[key]
 	r.pods[key] = true
 	var pm *podMemo

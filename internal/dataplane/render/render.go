@@ -187,17 +187,14 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 			chains = append(chains, c)
 		}
 	}
-	slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
-
-	r.sharedSets()
 	idChains, err := r.identities()
 	if err != nil {
 		return nil, err
 	}
-	if len(idChains) > 0 {
-		chains = append(chains, idChains...)
-		slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
-	}
+	chains = append(chains, idChains...)
+	slices.SortFunc(chains, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
+
+	r.sharedSets()
 	ranges, err := r.podRanges(spec)
 	if err != nil {
 		return nil, err
