@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -275,4 +276,44 @@ func agentImage(t *testing.T) image.CommandImage {
 	}
 	t.Fatal("mk/images.mk sets no AGENT_IMAGE")
 	return image.CommandImage{}
+}
+
+// TestIdentityLayoutOverlay: config/identity-layout is config/default with
+// one change, --identity-layout appended to the agent container's args, so
+// that it installs everything config/default does and follows it on
+// upgrades.
+func TestIdentityLayoutOverlay(t *testing.T) {
+	base, overlay := render(t, "default"), render(t, "identity-layout")
+	if len(base) != len(overlay) {
+		t.Fatalf("config/identity-layout renders %d objects, config/default %d", len(overlay), len(base))
+	}
+	changed := 0
+	for i, want := range base {
+		got := overlay[i]
+		if got.GetKind() == "DaemonSet" && got.GetName() == "nftguard-agent" {
+			path := []string{"spec", "template", "spec", "containers"}
+			ctrs, _, _ := unstructured.NestedSlice(got.Object, path...)
+			wantCtrs, _, _ := unstructured.NestedSlice(want.Object, path...)
+			if len(ctrs) == 0 || len(ctrs) != len(wantCtrs) {
+				t.Fatalf("agent DaemonSet has %d containers, config/default's %d", len(ctrs), len(wantCtrs))
+			}
+			agent, _ := ctrs[0].(map[string]any)
+			wantArgs, _, _ := unstructured.NestedStringSlice(wantCtrs[0].(map[string]any), "args")
+			if args, _, _ := unstructured.NestedStringSlice(agent, "args"); !slices.Equal(args, append(wantArgs, "--identity-layout")) {
+				t.Errorf("agent %s args %v, want config/default's followed by --identity-layout", agent["name"], args)
+			}
+			// Apart from that argument, the DaemonSet is config/default's.
+			agent["args"] = wantCtrs[0].(map[string]any)["args"]
+			if err := unstructured.SetNestedSlice(got.Object, ctrs, path...); err != nil {
+				t.Fatal(err)
+			}
+			changed++
+		}
+		if !reflect.DeepEqual(got.Object, want.Object) {
+			t.Errorf("%s %s differs from config/default's beyond the agent's --identity-layout", got.GetKind(), got.GetName())
+		}
+	}
+	if changed != 1 {
+		t.Fatalf("config/identity-layout has %d agent DaemonSets", changed)
+	}
 }

@@ -2,7 +2,8 @@
 // node runs kubelet, containerd with runc, and kube-proxy; pods are
 // containers from this repository's images on the CNI plugins ptp and
 // host-local; CoreDNS serves kube-dns; and nftguard is installed as a user
-// installs it, from its images with `kubectl apply -k config/default`.
+// installs it, from its images with `kubectl apply -k config/default` (or
+// config/identity-layout with -realnodes.identity-layout).
 // Probes go through each pod's Service ClusterIP, as upstream's suite does.
 // Every test runs once per kube-proxy mode (nftables, iptables).
 package realnodes
@@ -44,7 +45,7 @@ import (
 	"github.com/nftguard/nftguard/test/localcluster"
 )
 
-// ownNamespace is where config/default installs nftguard.
+// ownNamespace is where config/default (and config/identity-layout) installs nftguard.
 const ownNamespace = "nftguard-system"
 
 var (
@@ -144,7 +145,7 @@ func startCluster(mode string) (*localcluster.Cluster, error) {
 		Name: name, StateDir: dir, BinDir: bin, Owned: true,
 		Topology: conformance.Topology(),
 		RealNodes: &localcluster.RealNodes{
-			ProxyMode: mode, Images: localcluster.DefaultImages(bin), Install: filepath.Join(root, "config", "default"),
+			ProxyMode: mode, Images: localcluster.DefaultImages(bin), Install: filepath.Join(root, "config", installDir()),
 		},
 		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "[%s] "+f+"\n", append([]any{name}, a...)...) },
 	})
@@ -575,64 +576,14 @@ func TestAgentRollout(t *testing.T) {
 		s.Create(t, conformance.AllowIngress(conformance.Policy("y", "from-x", nil, conformance.Ingress), nil,
 			conformance.NsPeer(conformance.Labels("ns", "x"))))
 		s.WaitConverged(t)
-		allowed := [][2]string{{"x/a", "y/b"}, {"x/b", "y/a"}, {"x/c", "y/c"}}
-		denied := [][2]string{{"z/a", "y/b"}, {"z/b", "y/a"}, {"z/c", "y/c"}}
-
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var dropped, leaked []string
-		probes := 0
-		loop := func(pair [2]string, want bool) {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: pair[0], To: pair[1], Port: intstr.FromInt32(80),
-					Protocol: corev1.ProtocolTCP, Service: true})
-				mu.Lock()
-				probes++
-				switch {
-				case r.Err != nil:
-					dropped = append(dropped, r.String())
-				case want && !r.Reachable():
-					dropped = append(dropped, time.Now().Format("15:04:05.000")+" "+r.String())
-				case !want && !r.Blocked():
-					leaked = append(leaked, time.Now().Format("15:04:05.000")+" "+r.String())
-				}
-				mu.Unlock()
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-		for _, p := range allowed {
-			wg.Add(1)
-			go loop(p, true)
-		}
-		for _, p := range denied {
-			wg.Add(1)
-			go loop(p, false)
-		}
-		run := func(args ...string) {
-			t.Helper()
-			if _, err := kubectl(ctx, c, append([]string{"-n", "nftguard-system"}, args...)...); err != nil {
-				close(stop)
-				wg.Wait()
-				t.Fatal(err)
-			}
-		}
+		probes := probeDuring(ctx, c, fromXToY)
 		time.Sleep(time.Second)
 		image := "ghcr.io/nftguard/agent:" + tag
-		run("set", "image", "daemonset/nftguard-agent", "agent="+image, "drop-log="+image)
-		run("rollout", "status", "daemonset/nftguard-agent", "--timeout=3m")
-		if err := waitInstalled(ctx, c); err != nil {
-			t.Error(err)
+		err := rollAgents(ctx, c, "set", "image", "daemonset/nftguard-agent", "agent="+image, "drop-log="+image)
+		probes.stop(t, "the rollout")
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Second)
-		close(stop)
-		wg.Wait()
 
 		pods, err := c.Clientset().CoreV1().Pods("nftguard-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
 		if err != nil {
@@ -643,15 +594,98 @@ func TestAgentRollout(t *testing.T) {
 				t.Errorf("agent pod %s runs %s after the rollout, want %s", p.Name, p.Spec.Containers[0].Image, image)
 			}
 		}
-		t.Logf("%d probes during the rollout", probes)
-		if len(dropped) > 0 {
-			t.Errorf("%d allowed probes failed during the rollout:\n%s", len(dropped), strings.Join(dropped, "\n"))
-		}
-		if len(leaked) > 0 {
-			t.Errorf("%d denied probes got through during the rollout:\n%s", len(leaked), strings.Join(leaked, "\n"))
-		}
 		s.ResetPolicies(t)
 	})
+}
+
+// fromXToY are the pairs of probeDuring while ingress of namespace y is
+// allowed from namespace x alone: allowed from x, denied from z.
+var fromXToY = struct{ allowed, denied [][2]string }{
+	allowed: [][2]string{{"x/a", "y/b"}, {"x/b", "y/a"}, {"x/c", "y/c"}},
+	denied:  [][2]string{{"z/a", "y/b"}, {"z/b", "y/a"}, {"z/c", "y/c"}},
+}
+
+// prober probes pairs of pods through their Services, over and over, until
+// stopped, and keeps what went wrong.
+type prober struct {
+	done            chan struct{}
+	wg              sync.WaitGroup
+	mu              sync.Mutex
+	probes          int
+	dropped, leaked []string
+}
+
+// probeDuring starts probing each allowed and each denied pair every 50 ms.
+func probeDuring(ctx context.Context, c *localcluster.Cluster, pairs struct{ allowed, denied [][2]string }) *prober {
+	p := &prober{done: make(chan struct{})}
+	loop := func(pair [2]string, want bool) {
+		defer p.wg.Done()
+		for {
+			select {
+			case <-p.done:
+				return
+			default:
+			}
+			r := c.ProbeWith(ctx, localcluster.ProbeRequest{From: pair[0], To: pair[1], Port: intstr.FromInt32(80),
+				Protocol: corev1.ProtocolTCP, Service: true})
+			p.mu.Lock()
+			p.probes++
+			switch {
+			case r.Err != nil:
+				p.dropped = append(p.dropped, r.String())
+			case want && !r.Reachable():
+				p.dropped = append(p.dropped, time.Now().Format("15:04:05.000")+" "+r.String())
+			case !want && !r.Blocked():
+				p.leaked = append(p.leaked, time.Now().Format("15:04:05.000")+" "+r.String())
+			}
+			p.mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for _, pair := range pairs.allowed {
+		p.wg.Add(1)
+		go loop(pair, true)
+	}
+	for _, pair := range pairs.denied {
+		p.wg.Add(1)
+		go loop(pair, false)
+	}
+	return p
+}
+
+// stop ends the probes and fails t for every allowed probe that failed and
+// every denied one that got through during what.
+func (p *prober) stop(t *testing.T, what string) {
+	t.Helper()
+	close(p.done)
+	p.wg.Wait()
+	t.Logf("%d probes during %s", p.probes, what)
+	if len(p.dropped) > 0 {
+		t.Errorf("%d allowed probes failed during %s:\n%s", len(p.dropped), what, strings.Join(p.dropped, "\n"))
+	}
+	if len(p.leaked) > 0 {
+		t.Errorf("%d denied probes got through during %s:\n%s", len(p.leaked), what, strings.Join(p.leaked, "\n"))
+	}
+}
+
+// rollAgents changes the agent DaemonSet with kubectl args (in the
+// nftguard namespace unless they name one), waits for the rollout and for
+// every node to be programmed again, and two seconds more.
+func rollAgents(ctx context.Context, c *localcluster.Cluster, args ...string) error {
+	if !slices.Contains(args, "-k") {
+		args = append([]string{"-n", "nftguard-system"}, args...)
+	}
+	if _, err := kubectl(ctx, c, args...); err != nil {
+		return err
+	}
+	if _, err := kubectl(ctx, c, "-n", "nftguard-system", "rollout", "status", "daemonset/nftguard-agent", "--timeout=3m"); err != nil {
+		return err
+	}
+	if err := waitInstalled(ctx, c); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	return nil
 }
 
 // TestCNIPluginChained: each node's agent pod installed the plugin from its
@@ -968,7 +1002,7 @@ func TestUninstallLeavesNodesThatStartPods(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
 		policySuite(t, c)
-		kustomization := filepath.Join(localcluster.RepoRoot(), "config", "default")
+		kustomization := filepath.Join(localcluster.RepoRoot(), "config", installDir())
 		reinstall := func() {
 			t.Helper()
 			if _, err := kubectl(ctx, c, "apply", "--server-side", "-k", kustomization); err != nil {
