@@ -118,6 +118,9 @@ type loadSampler struct {
 	mu      sync.Mutex
 	sum     float64
 	samples int
+	// last is the latest sample (valid when sampled).
+	last    float64
+	sampled bool
 }
 
 func (l *loadSampler) run(read func() (float64, bool), every time.Duration) {
@@ -126,18 +129,23 @@ func (l *loadSampler) run(read func() (float64, bool), every time.Duration) {
 			l.mu.Lock()
 			l.sum += v
 			l.samples++
+			l.last, l.sampled = v, true
 			l.mu.Unlock()
 		}
 	}
 }
 
-// take returns the mean of the samples since the last take (-1 if none)
-// and starts again.
+// take returns the mean of the samples since the last take and starts
+// again. A benchmark that ended within a second of the one before it has no
+// sample of its own: it gets the latest sample (-1 if there is none yet).
 func (l *loadSampler) take() float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.samples == 0 {
-		return -1
+		if !l.sampled {
+			return -1
+		}
+		return l.last
 	}
 	mean := l.sum / float64(l.samples)
 	l.sum, l.samples = 0, 0

@@ -18,7 +18,8 @@ func TestParse(t *testing.T) {
 }
 
 // TestLoadSampler: each take is the mean of the samples since the one
-// before, and -1 when there were none.
+// before, the latest sample when there was none since, and -1 before the
+// first.
 func TestLoadSampler(t *testing.T) {
 	l := &loadSampler{}
 	if got := l.take(); got != -1 {
@@ -44,5 +45,8 @@ func TestLoadSampler(t *testing.T) {
 	send(4)
 	if got := l.take(); got != 4 {
 		t.Errorf("mean of 4 after a take: %v", got)
+	}
+	if got := l.take(); got != 4 {
+		t.Errorf("no sample since the last take: %v, want the latest, 4", got)
 	}
 }
