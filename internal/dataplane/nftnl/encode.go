@@ -411,7 +411,6 @@ func (b *batch) stmt(s model.Stmt) error {
 	return nil
 }
 
-// openExpr starts an expression of a rule: its name, then its data.
 // taggedAddr appends the family check, then a tag in register 1 and the
 // packet's address (field) after it, and returns the address's length.
 func (b *batch) taggedAddr(f model.Family, field model.AddrField, tag uint32) uint32 {
@@ -431,6 +430,7 @@ func (b *batch) protoPort(reg uint32) {
 	b.payload(nextReg(reg, 1), unix.NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
 }
 
+// openExpr starts an expression of a rule: its name, then its data.
 func (b *batch) openExpr(name string) [2]int {
 	elem := b.nest(unix.NFTA_LIST_ELEM)
 	b.str(unix.NFTA_EXPR_NAME, name)

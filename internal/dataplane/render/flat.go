@@ -49,8 +49,9 @@ import (
 // A membership change that moves an address to an identity another address
 // has already is one element of a map; a new identity adds its chain and
 // the elements of the pods that allow it. The kernel, though, validates
-// every jump of the maps from every pod chain when a change commits, which
-// is what keeps the layout opt-in (docs/dataplane.md).
+// every jump of the maps, along the base chains that look them up, when a
+// change that adds one commits, which is what keeps the layout opt-in
+// (docs/dataplane.md).
 //
 // Without Options.Identities, pods have the rule chains and port dispatch
 // of the older layout (pods.go).

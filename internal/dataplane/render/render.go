@@ -41,8 +41,9 @@ type Options struct {
 	// Identities renders every isolated pod direction in the identity
 	// layout (see flat.go), where a new connection walks the same few
 	// rules however many policies select the pod, instead of a rule chain
-	// per rule and port dispatch. Each change then costs the kernel a
-	// validation of every identity from every pod chain.
+	// per rule and port dispatch. Each change of a peer's identity then
+	// costs the kernel a validation of every identity of the node (along
+	// the base chains that look identities up).
 	Identities bool
 }
 
