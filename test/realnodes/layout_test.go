@@ -27,12 +27,15 @@ import (
 // the whole suite then runs with the agents in the identity layout.
 var identityLayout = flag.Bool("realnodes.identity-layout", false, "install config/identity-layout (the agents with --identity-layout) instead of config/default")
 
-// installDir is the kustomization the suite installs.
-func installDir() string {
-	if *identityLayout {
-		return "identity-layout"
+// kustomization is the path of the kustomization that installs nftguard
+// with the agents in the identity layout or with rule chains; the suite
+// installs kustomization(*identityLayout).
+func kustomization(identities bool) string {
+	name := "default"
+	if identities {
+		name = "identity-layout"
 	}
-	return "default"
+	return filepath.Join(localcluster.RepoRoot(), "config", name)
 }
 
 // TestLayoutOnTheNodes: the layout the agents were installed with is the
@@ -52,22 +55,15 @@ func TestLayoutOnTheNodes(t *testing.T) {
 			conformance.NsPeer(conformance.Labels("ns", "x"))))
 		s.WaitConverged(t)
 		if why := waitLayout(ctx, c, *identityLayout); why != "" {
-			t.Fatalf("as installed (%s): %s", installDir(), why)
+			t.Fatalf("as installed (config/%s): %s", filepath.Base(kustomization(*identityLayout)), why)
 		}
 
-		kustomization := func(identities bool) string {
-			name := "default"
-			if identities {
-				name = "identity-layout"
-			}
-			return filepath.Join(localcluster.RepoRoot(), "config", name)
-		}
 		switched := false
 		defer func() {
 			// Leave the cluster as installed for the tests after this one.
 			if switched {
 				if err := rollAgents(ctx, c, "apply", "--server-side", "-k", kustomization(*identityLayout)); err != nil {
-					t.Errorf("installing %s again: %v", installDir(), err)
+					t.Errorf("installing config/%s again: %v", filepath.Base(kustomization(*identityLayout)), err)
 				}
 			}
 		}()

@@ -145,7 +145,7 @@ func startCluster(mode string) (*localcluster.Cluster, error) {
 		Name: name, StateDir: dir, BinDir: bin, Owned: true,
 		Topology: conformance.Topology(),
 		RealNodes: &localcluster.RealNodes{
-			ProxyMode: mode, Images: localcluster.DefaultImages(bin), Install: filepath.Join(root, "config", installDir()),
+			ProxyMode: mode, Images: localcluster.DefaultImages(bin), Install: kustomization(*identityLayout),
 		},
 		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "[%s] "+f+"\n", append([]any{name}, a...)...) },
 	})
@@ -598,9 +598,12 @@ func TestAgentRollout(t *testing.T) {
 	})
 }
 
+// probePairs are pairs of pods (from, to) that must and must not connect.
+type probePairs struct{ allowed, denied [][2]string }
+
 // fromXToY are the pairs of probeDuring while ingress of namespace y is
 // allowed from namespace x alone: allowed from x, denied from z.
-var fromXToY = struct{ allowed, denied [][2]string }{
+var fromXToY = probePairs{
 	allowed: [][2]string{{"x/a", "y/b"}, {"x/b", "y/a"}, {"x/c", "y/c"}},
 	denied:  [][2]string{{"z/a", "y/b"}, {"z/b", "y/a"}, {"z/c", "y/c"}},
 }
@@ -616,7 +619,7 @@ type prober struct {
 }
 
 // probeDuring starts probing each allowed and each denied pair every 50 ms.
-func probeDuring(ctx context.Context, c *localcluster.Cluster, pairs struct{ allowed, denied [][2]string }) *prober {
+func probeDuring(ctx context.Context, c *localcluster.Cluster, pairs probePairs) *prober {
 	p := &prober{done: make(chan struct{})}
 	loop := func(pair [2]string, want bool) {
 		defer p.wg.Done()
@@ -1002,10 +1005,9 @@ func TestUninstallLeavesNodesThatStartPods(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *localcluster.Cluster) {
 		ctx := context.Background()
 		policySuite(t, c)
-		kustomization := filepath.Join(localcluster.RepoRoot(), "config", installDir())
 		reinstall := func() {
 			t.Helper()
-			if _, err := kubectl(ctx, c, "apply", "--server-side", "-k", kustomization); err != nil {
+			if _, err := kubectl(ctx, c, "apply", "--server-side", "-k", kustomization(*identityLayout)); err != nil {
 				t.Fatal(err)
 			}
 			if err := waitInstalled(ctx, c); err != nil {
@@ -1062,7 +1064,7 @@ func TestUninstallLeavesNodesThatStartPods(t *testing.T) {
 			}
 		}
 
-		if _, err := kubectl(ctx, c, "delete", "--wait", "--timeout=3m", "-k", kustomization); err != nil {
+		if _, err := kubectl(ctx, c, "delete", "--wait", "--timeout=3m", "-k", kustomization(*identityLayout)); err != nil {
 			reinstall()
 			t.Fatal(err)
 		}
