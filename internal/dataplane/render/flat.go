@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"net/netip"
@@ -205,13 +206,8 @@ func identityLookups(dir int) []*model.Rule {
 func (r *renderer) identities() ([]*model.Chain, error) {
 	var chains []*model.Chain
 	for dir := range 2 {
-		var dirs []*flatDir
-		for i := range r.flat {
-			if d := &r.flat[i]; d.dir == dir {
-				dirs = append(dirs, d)
-			}
-		}
-		cs, err := r.directionIdentities(dir, dirs)
+		dirs := r.flatDirs(dir)
+		cs, err := r.directionIdentities(dir, dirs, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -220,8 +216,21 @@ func (r *renderer) identities() ([]*model.Chain, error) {
 	return chains, nil
 }
 
-// directionIdentities renders the identities of one direction.
-func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain, error) {
+// flatDirs returns the flat pod directions of direction dir.
+func (r *renderer) flatDirs(dir int) []*flatDir {
+	var dirs []*flatDir
+	for i := range r.flat {
+		if d := &r.flat[i]; d.dir == dir {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// directionIdentities renders the identities of one direction. With only
+// set, it renders them again for the flat directions of the last call,
+// where the groups named in only changed (see idState.update).
+func (r *renderer) directionIdentities(dir int, dirs []*flatDir, only []string) ([]*model.Chain, error) {
 	peers := false
 	for _, d := range dirs {
 		for _, ri := range d.rules {
@@ -244,7 +253,7 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain
 			r.memo.ids[dir] = st
 		}
 	}
-	if err := st.update(r, dirs); err != nil {
+	if err := st.update(r, dirs, only); err != nil {
 		return nil, err
 	}
 	ids := st.idx.all()
@@ -257,14 +266,22 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain
 		if i == 1 {
 			kinds = [2]model.SetKind{model.MapIPv6Verdict, model.MapIPv6VerdictInterval}
 		}
-		hm := &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
-		im := &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1], Elements: st.segElems[i]}
+		// The last render's maps when their elements are the same, which
+		// spares the Programmer comparing them.
+		hm, im := st.maps[i][0], st.maps[i][1]
+		if hm == nil || !sameSlice(hm.Elements, st.elems[i]) {
+			hm = &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
+		}
+		if im == nil || !slices.EqualFunc(im.Elements, st.segElems[i], sameSegment) {
+			im = &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1], Elements: st.segElems[i]}
+		}
+		st.maps[i] = [2]*model.Set{hm, im}
 		r.sets[hm.Name], r.sets[im.Name] = hm, im
 	}
 	// What the pods allow each identity depends on the flat directions
 	// and the identities only: when neither changed, it is the last
 	// render's.
-	fp := r.flatFingerprint(dirs, ids)
+	fp := r.flatFingerprint(dir, dirs, ids)
 	if st.allowed != nil && fp == st.allowedFP {
 		for _, s := range st.allowed {
 			r.sets[s.Name] = s
@@ -334,12 +351,42 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir) ([]*model.Chain
 	return chains, nil
 }
 
+// sameSlice reports whether two element lists are one: the same length
+// and the same first element.
+func sameSlice(a, b []model.Element) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// sameSegment reports whether two elements of an identity range map are
+// equal.
+func sameSegment(a, b model.Element) bool {
+	return bytes.Equal(a.Key, b.Key) && bytes.Equal(a.KeyEnd, b.KeyEnd) && *a.Verdict == *b.Verdict
+}
+
 // flatFingerprint describes what the sets of allowed identities are made
-// from: the flat directions (their pods' addresses, their rules' ids, ports
-// and peer sets) and the identities (numbers, and the families of their
-// members).
-func (r *renderer) flatFingerprint(dirs []*flatDir, ids []*identity) string {
-	var b []byte
+// from: the flat directions of direction dir (their pods' addresses, their
+// rules' ids, ports and peer sets) and the identities (numbers, and the
+// families of their members). The directions' part is worked out once per
+// renderer.
+func (r *renderer) flatFingerprint(dir int, dirs []*flatDir, ids []*identity) string {
+	if r.dirsFP[dir] == nil {
+		r.dirsFP[dir] = r.dirsFingerprint(dirs)
+	}
+	b := slices.Clip(r.dirsFP[dir])
+	for _, id := range ids {
+		b = binary.BigEndian.AppendUint32(b, id.number)
+		for i := range 2 {
+			if id.members(i) {
+				b = append(b, byte(i))
+			}
+		}
+	}
+	return string(b)
+}
+
+// dirsFingerprint is flatFingerprint's part for the flat directions.
+func (r *renderer) dirsFingerprint(dirs []*flatDir) []byte {
+	b := []byte{}
 	for _, d := range dirs {
 		b = append(b, byte(d.dir))
 		for _, a := range d.addrs {
@@ -360,15 +407,7 @@ func (r *renderer) flatFingerprint(dirs []*flatDir, ids []*identity) string {
 		}
 		b = append(b, '|')
 	}
-	for _, id := range ids {
-		b = binary.BigEndian.AppendUint32(b, id.number)
-		for i := range 2 {
-			if id.members(i) {
-				b = append(b, byte(i))
-			}
-		}
-	}
-	return string(b)
+	return b
 }
 
 // allowIdentities adds to the node's tagged sets what one flat pod

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,6 +34,9 @@ type idState struct {
 	// per segment, and segElems the interval maps' elements.
 	segs     [2][]*identity
 	segElems [2][]model.Element
+	// maps are the last render's maps, per family: of single addresses,
+	// of ranges.
+	maps [2][2]*model.Set
 	// allowed are the last render's sets of what pods allow identities,
 	// made from what allowedFP describes (flatFingerprint), and chains
 	// the identities' chains.
@@ -130,9 +134,29 @@ func (r *renderer) newPeerSetState(name string, ru *v1alpha1.Rule) (*peerSetStat
 // with the same hash, the first by key keeps it, as a fresh state numbers
 // them, so that a state that meets a collision, or frees a number another
 // identity probed past, is rebuilt from nothing (every identity then new).
-func (st *idState) update(r *renderer, dirs []*flatDir) error {
+//
+// With only set, the directions are those of the last update and only the
+// groups named there changed (renderMembers): the other peer sets are not
+// compared again.
+func (st *idState) update(r *renderer, dirs []*flatDir, only []string) error {
 	fresh := len(st.idx.used) == 0
 	current := map[string]*peerSetState{}
+	var changed [2][]hostChange
+	if only != nil {
+		current = maps.Clone(st.sets)
+		for _, group := range only {
+			name := "g/" + group
+			old := current[name]
+			ps, err := r.newPeerSetState(name, nil)
+			if err != nil {
+				*st = *newIDState(st.idx.prefix)
+				return err
+			}
+			current[name] = ps
+			st.moveHosts(name, old, ps, &changed)
+		}
+		return st.finish(r, dirs, fresh, current, changed)
+	}
 	if len(st.hosts[0]) == 0 && len(st.hosts[1]) == 0 {
 		// A first render: size the maps once.
 		n := 0
@@ -149,7 +173,6 @@ func (st *idState) update(r *renderer, dirs []*flatDir) error {
 		}
 		st.hosts = [2]map[[16]byte]*hostEntry{make(map[[16]byte]*hostEntry, n), {}}
 	}
-	var changed [2][]hostChange
 	for _, d := range dirs {
 		for _, ri := range d.rules {
 			for _, name := range ri.peerSets {
@@ -177,6 +200,13 @@ func (st *idState) update(r *renderer, dirs []*flatDir) error {
 			st.moveHosts(name, old, nil, &changed)
 		}
 	}
+	return st.finish(r, dirs, fresh, current, changed)
+}
+
+// finish is update's second half: with the peer sets current and the
+// addresses whose peer sets changed, it gives those addresses their
+// identities, cuts the ranges into segments and numbers the identities.
+func (st *idState) finish(r *renderer, dirs []*flatDir, fresh bool, current map[string]*peerSetState, changed [2][]hostChange) error {
 	st.sets = current
 	idx := st.idx
 	for i := range changed {
@@ -237,7 +267,7 @@ func (st *idState) update(r *renderer, dirs []*flatDir) error {
 			return errors.New("identities: a fresh numbering failed") // never: nothing was numbered before
 		}
 		*st = *newIDState(st.idx.prefix)
-		return st.update(r, dirs)
+		return st.update(r, dirs, nil)
 	}
 	// The maps' elements: the last render's, with the changed addresses'.
 	for i := range changed {

@@ -87,7 +87,9 @@ func copyPod(p v1alpha1.LocalPod) v1alpha1.LocalPod {
 // names of its groups are the same; a group's sets while its addresses or
 // endpoints are the same (compared by value: callers may pass new or reused
 // specs alike); a pod's chains while the pod is the same. What the last call
-// did not use is forgotten.
+// did not use is forgotten. A rule set equal to the last one whose groups
+// changed only in their members is rendered from the last render, without
+// comparing its pods and rules again (renderMembers).
 //
 // The tables returned share those chains and sets, which nobody may modify
 // (the Programmer does not). The result is always equal to Render's.
@@ -110,6 +112,10 @@ type Renderer struct {
 	shared   [2][shards]sharedMemo
 	// ids holds the identity layout's state, per direction.
 	ids [2]*idState
+	// last is the last render of all of a rule set, for renderMembers,
+	// and members counts the renders renderMembers made.
+	last    *lastRender
+	members int
 }
 
 // sharedMemo is a shared set and the groups it was built from, in order.
@@ -128,6 +134,9 @@ func NewRenderer(opts Options) *Renderer {
 func (m *Renderer) SetPodInterfaces(names []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if (names == nil) != (m.opts.PodInterfaces == nil) || !slices.Equal(names, m.opts.PodInterfaces) {
+		m.last = nil // the table has other pod interfaces: render it all
+	}
 	m.opts.PodInterfaces = names
 }
 
@@ -135,6 +144,10 @@ func (m *Renderer) SetPodInterfaces(names []string) {
 func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alpha1.AddressGroupSpec) (*model.Table, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if t := m.renderMembers(&spec, groups); t != nil {
+		return t, nil
+	}
+	m.last = nil
 	m.gen++
 	// A new Renderer's first render fills its memo: size it once.
 	if len(m.rules) == 0 && len(m.spans) == 0 {
@@ -178,6 +191,7 @@ func (m *Renderer) Render(spec v1alpha1.NodeRuleSetSpec, groups map[string]v1alp
 			delete(m.spans, id)
 		}
 	}
+	m.remember(r, &spec, groups, t)
 	return t, nil
 }
 

@@ -127,6 +127,7 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	r.tags = r.memo.groupTags(groups, shardsTogether(spec.Rules))
 	r.rules = make(map[string]*ruleInfo, len(spec.Rules))
 	infos := make([]ruleInfo, len(spec.Rules))
+	r.infos = infos
 	r.sets = make(map[string]*model.Set, len(spec.Rules)+len(groups))
 	for i := range spec.Rules {
 		rule := &spec.Rules[i]
@@ -207,7 +208,9 @@ func (r *renderer) render(spec v1alpha1.NodeRuleSetSpec) (*model.Table, error) {
 	for dir := range identities {
 		identities[dir] = r.sets[identityMaps[dir][0]] != nil
 	}
-	t := &model.Table{Chains: append(baseChains(ranges, r.opts.RevokedMark, r.opts.PodInterfaces != nil, identities), chains...)}
+	base := baseChains(ranges, r.opts.RevokedMark, r.opts.PodInterfaces != nil, identities)
+	r.nbase = len(base)
+	t := &model.Table{Chains: append(base, chains...)}
 	for _, s := range r.sets {
 		t.Sets = append(t.Sets, s)
 	}
@@ -256,8 +259,14 @@ type renderer struct {
 	hosts [2][]netip.Addr
 	// portStmts holds the match of each single port span rendered.
 	portStmts map[portSpan][]model.Stmt
-	// flat lists the pod directions rendered in the identity layout.
-	flat []flatDir
+	// flat lists the pod directions rendered in the identity layout, and
+	// dirsFP their part of each direction's flatFingerprint, once known.
+	flat   []flatDir
+	dirsFP [2][]byte
+	// infos holds the rules of the rule set, in its order (rules points
+	// into it), and nbase is the number of base chains of the table.
+	infos []ruleInfo
+	nbase int
 }
 
 // ruleInfo is what one render knows of a rule of its rule set.
