@@ -351,7 +351,7 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 func ElementDelta(cur, want []Element) (removed, added []Element) {
 	// Most sets are unchanged by an update and are rendered in the same
 	// order every time: compare them in place before building any index.
-	if sameElements(cur, want) {
+	if SameElements(cur, want) {
 		return nil, nil
 	}
 	if SortedElements(cur) && SortedElements(want) {
@@ -377,9 +377,9 @@ func ElementDelta(cur, want []Element) (removed, added []Element) {
 	return removed, added
 }
 
-// sameElements reports whether two element lists are equal in order,
+// SameElements reports whether two element lists are equal in order,
 // without allocating.
-func sameElements(a, b []Element) bool {
+func SameElements(a, b []Element) bool {
 	if len(a) != len(b) {
 		return false
 	}

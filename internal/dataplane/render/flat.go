@@ -1,7 +1,6 @@
 package render
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/binary"
 	"net/netip"
@@ -272,7 +271,7 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir, only []string) 
 		if hm == nil || !sameSlice(hm.Elements, st.elems[i]) {
 			hm = &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
 		}
-		if im == nil || !slices.EqualFunc(im.Elements, st.segElems[i], sameSegment) {
+		if im == nil || !model.SameElements(im.Elements, st.segElems[i]) {
 			im = &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1], Elements: st.segElems[i]}
 		}
 		st.maps[i] = [2]*model.Set{hm, im}
@@ -355,12 +354,6 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir, only []string) 
 // and the same first element.
 func sameSlice(a, b []model.Element) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
-// sameSegment reports whether two elements of an identity range map are
-// equal.
-func sameSegment(a, b model.Element) bool {
-	return bytes.Equal(a.Key, b.Key) && bytes.Equal(a.KeyEnd, b.KeyEnd) && *a.Verdict == *b.Verdict
 }
 
 // flatFingerprint describes what the sets of allowed identities are made
