@@ -227,7 +227,7 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 		// The set holds its old elements and the added ones together at
 		// some point (when a large change is split, additions are
 		// committed before removals).
-		removed, added := ElementDelta(k.Elements, s.Elements)
+		removed, added := s.DeltaFrom(k)
 		if deltas == nil {
 			deltas = map[string][2][]Element{}
 		}
@@ -293,7 +293,7 @@ func DiffSized(cur, want *Table, capacity func(name string) uint32) *Plan {
 		if d, ok := deltas[s.Name]; ok {
 			removed, added = d[0], d[1]
 		} else {
-			removed, added = ElementDelta(k.Elements, s.Elements)
+			removed, added = s.DeltaFrom(k)
 		}
 		switch {
 		case len(removed) == 0 && len(added) == 0:
@@ -402,14 +402,19 @@ func CompareElements(x, y *Element) int {
 		return c
 	}
 	switch {
-	case x.Verdict == nil && y.Verdict == nil:
+	case x.Verdict == y.Verdict: // the same, or both nil
 		return 0
 	case x.Verdict == nil:
 		return -1
 	case y.Verdict == nil:
 		return 1
 	}
-	return strings.Compare(x.Verdict.String(), y.Verdict.String())
+	// By kind, then chain: the order of their String forms (no kind is a
+	// prefix of another), without making them.
+	if c := strings.Compare(string(x.Verdict.Kind), string(y.Verdict.Kind)); c != 0 {
+		return c
+	}
+	return strings.Compare(x.Verdict.Chain, y.Verdict.Chain)
 }
 
 // SortedElements reports whether elements are in strictly increasing order

@@ -3,6 +3,7 @@ package model
 import (
 	"strings"
 	"testing"
+	"weak"
 )
 
 func planText(p *Plan) string { return strings.TrimSpace(p.String()) }
@@ -104,5 +105,40 @@ func TestCoOwnedSet(t *testing.T) {
 	replaced := Diff(wrong, want)
 	if got := planText(replaced); !replaced.Rebuild || !strings.Contains(got, "delete set ready4") || !strings.Contains(got, "add set ready4") {
 		t.Fatalf("a co-owned set of the wrong kind was kept:\n%s", got)
+	}
+}
+
+// TestDiffTakesTheSetsDelta checks that a diff takes the changes of a set
+// made from the applied one from the set (SetDelta), and compares the
+// elements when the applied set is another, even an equal copy.
+func TestDiffTakesTheSetsDelta(t *testing.T) {
+	jump := func(chain string) *Verdict { return &Verdict{Kind: VerdictJump, Chain: chain} }
+	el := func(a byte, chain string) Element { return Element{Key: []byte{198, 18, 0, a}, Verdict: jump(chain)} }
+	chains := []*Chain{{Name: "a"}, {Name: "b"}}
+	applied := &Table{Chains: chains, Sets: []*Set{{Name: "m", Kind: MapIPv4Verdict, Elements: []Element{el(1, "a"), el(2, "a"), el(3, "a")}}}}
+	// 2 moves to b, 3 goes, 4 comes; the delta says so.
+	want := &Table{Chains: chains, Sets: []*Set{{Name: "m", Kind: MapIPv4Verdict,
+		Elements: []Element{el(1, "a"), el(2, "b"), el(4, "a")},
+		Delta: &SetDelta{Base: weak.Make(applied.Sets[0]),
+			Removed: []Element{el(2, "a"), el(3, "a")}, Added: []Element{el(2, "b"), el(4, "a")}}}}}
+	compared := planText(Diff(applied, &Table{Chains: chains, Sets: []*Set{{Name: "m", Kind: MapIPv4Verdict, Elements: want.Sets[0].Elements}}}))
+	if got := planText(Diff(applied, want)); got != compared {
+		t.Fatalf("with the delta:\n%s\nby comparison:\n%s", got, compared)
+	}
+	if !strings.Contains(compared, "198.18.0.3") || !strings.Contains(compared, "jump b") {
+		t.Fatalf("the comparison misses a change:\n%s", compared)
+	}
+
+	// The diff takes the delta as it is: one that names nothing is an
+	// empty plan against its base...
+	want.Sets[0].Delta = &SetDelta{Base: weak.Make(applied.Sets[0])}
+	if got := planText(Diff(applied, want)); got != "" {
+		t.Fatalf("a delta of nothing from the applied set gave\n%s", got)
+	}
+	// ...and is ignored against any other set.
+	c := *applied.Sets[0]
+	other := &Table{Chains: chains, Sets: []*Set{&c}}
+	if got := planText(Diff(other, want)); got != compared {
+		t.Fatalf("against a copy of the base:\n%s\nby comparison:\n%s", got, compared)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"weak"
 )
 
 // TableName is the name of the one table nftguard owns, in family inet.
@@ -144,6 +145,31 @@ type Set struct {
 	// Capacity is the size a set read from the kernel was created with
 	// (0: none, no limit); see SetCapacity.
 	Capacity uint32
+
+	// Delta, when set, says how the set was made from an earlier one; a
+	// diff against that set takes its changes from here instead of
+	// comparing the two element lists.
+	Delta *SetDelta
+}
+
+// SetDelta gives a set's elements as those of Base with Removed taken out
+// and Added put in, each sorted, as ElementDelta(Base.Elements, Elements)
+// returns them (a map element whose verdict changes is in both). Whoever
+// makes the set vouches for that: a renderer that changed a large map in
+// a few places, say, which knows what it changed. Base is weak, so that a
+// chain of sets, each made from the last, holds none of the earlier ones.
+type SetDelta struct {
+	Base           weak.Pointer[Set]
+	Removed, Added []Element
+}
+
+// DeltaFrom returns the changes that turn set k into s: s's Delta when it
+// was made from k itself, else a comparison of their elements.
+func (s *Set) DeltaFrom(k *Set) (removed, added []Element) {
+	if d := s.Delta; d != nil && k != nil && d.Base.Value() == k {
+		return d.Removed, d.Added
+	}
+	return ElementDelta(k.Elements, s.Elements)
 }
 
 // Element is one element of a set, in the kernel's key layout (network byte

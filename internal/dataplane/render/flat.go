@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"weak"
 
 	v1alpha1 "github.com/nftguard/nftguard/api/v1alpha1"
 	"github.com/nftguard/nftguard/internal/dataplane/model"
@@ -269,7 +270,14 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir, only []string) 
 		// spares the Programmer comparing them.
 		hm, im := st.maps[i][0], st.maps[i][1]
 		if hm == nil || !sameSlice(hm.Elements, st.elems[i]) {
-			hm = &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
+			s := &model.Set{Name: identityMaps[dir][i], Kind: kinds[0], Elements: st.elems[i]}
+			// Made from the last render's map: the Programmer takes
+			// the change from here instead of comparing 100,000s of
+			// elements.
+			if mv := &st.moved[i]; hm != nil && sameSlice(hm.Elements, mv.from) {
+				s.Delta = &model.SetDelta{Base: weak.Make(hm), Removed: mv.removed, Added: mv.added}
+			}
+			hm = s
 		}
 		if im == nil || !model.SameElements(im.Elements, st.segElems[i]) {
 			im = &model.Set{Name: identityRangeMaps[dir][i], Kind: kinds[1], Elements: st.segElems[i]}

@@ -30,6 +30,10 @@ type idState struct {
 	// elems are the elements of the maps of single addresses, sorted, as
 	// the last render returned them (never modified: tables share them).
 	elems [2][]model.Element
+	// moved is how the last update changed elems, per family: the
+	// element list it started from, and the elements it removed and
+	// added (see model.SetDelta).
+	moved [2]elemsMoved
 	// segs are the identities of the last render's range segments, one
 	// per segment, and segElems the interval maps' elements.
 	segs     [2][]*identity
@@ -271,7 +275,8 @@ func (st *idState) finish(r *renderer, dirs []*flatDir, fresh bool, current map[
 	}
 	// The maps' elements: the last render's, with the changed addresses'.
 	for i := range changed {
-		st.elems[i] = st.mergeHosts(i, changed[i])
+		st.moved[i] = elemsMoved{from: st.elems[i]}
+		st.elems[i] = st.mergeHosts(i, changed[i], &st.moved[i])
 	}
 	for i := range st.segElems {
 		for j := range st.segElems[i] {
@@ -344,9 +349,16 @@ func (st *idState) newEntry(name string) *hostEntry {
 	return e
 }
 
+// elemsMoved is how an update changed a map's element list.
+type elemsMoved struct {
+	from           []model.Element
+	removed, added []model.Element
+}
+
 // mergeHosts returns the elements of family i's map of single addresses:
-// the last render's, with those of the changed addresses (sorted) replaced.
-func (st *idState) mergeHosts(i int, changed []hostChange) []model.Element {
+// the last render's, with those of the changed addresses (sorted)
+// replaced, and records in moved the elements that went and came.
+func (st *idState) mergeHosts(i int, changed []hostChange, moved *elemsMoved) []model.Element {
 	old := st.elems[i]
 	if len(changed) == 0 {
 		return old
@@ -359,12 +371,26 @@ func (st *idState) mergeHosts(i int, changed []hostChange) []model.Element {
 			out = append(out, old[j])
 			j++
 		}
+		var was *model.Element
 		if j < len(old) && bytes.Equal(old[j].Key, key) {
+			was = &old[j]
 			j++
 		}
-		if c.entry.id != nil {
-			out = append(out, model.Element{Key: key, Verdict: &c.entry.id.jump})
+		if c.entry.id == nil {
+			if was != nil {
+				moved.removed = append(moved.removed, *was)
+			}
+			continue
 		}
+		e := model.Element{Key: key, Verdict: &c.entry.id.jump}
+		out = append(out, e)
+		if was != nil && *was.Verdict == *e.Verdict {
+			continue
+		}
+		if was != nil {
+			moved.removed = append(moved.removed, *was)
+		}
+		moved.added = append(moved.added, e)
 	}
 	return append(out, old[j:]...)
 }

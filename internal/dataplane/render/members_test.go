@@ -76,7 +76,7 @@ func scribble(spec *v1alpha1.NodeRuleSetSpec) {
 func TestMembersMatchRender(t *testing.T) {
 	defer func(n int) { DispatchMin = n }(DispatchMin)
 	for _, identities := range []bool{false, true} {
-		var rendered, failed, members int
+		var rendered, failed, members, deltas int
 		for seed := range uint64(150) {
 			DispatchMin = 2 + int(seed%2)*100
 			rng := rand.New(rand.NewPCG(seed, 11))
@@ -105,6 +105,9 @@ func TestMembersMatchRender(t *testing.T) {
 							}
 						}
 					}
+					if len(earlier) > 0 {
+						deltas += checkDeltas(t, fmt.Sprintf("identities %v seed %d step %d", identities, seed, step), earlier[len(earlier)-1], got)
+					}
 					earlier, texts = append(earlier, got), append(texts, got.String())
 				}
 				for i, e := range earlier {
@@ -118,9 +121,9 @@ func TestMembersMatchRender(t *testing.T) {
 			}
 			members += m.members
 		}
-		t.Logf("identities %v: %d tables rendered, %d of them from the last render's, %d rule sets refused", identities, rendered, members, failed)
+		t.Logf("identities %v: %d tables rendered, %d of them from the last render's, %d sets made from the last's, %d rule sets refused", identities, rendered, members, deltas, failed)
 		// The comparison means something only when both paths run.
-		if members < rendered/5 || members > rendered*4/5 || failed < 20 {
+		if members < rendered/5 || members > rendered*4/5 || failed < 20 || identities && deltas < 50 {
 			t.Fatalf("identities %v: %d of %d tables rendered from the last render's, %d refused: the generator no longer covers both paths", identities, members, rendered, failed)
 		}
 	}

@@ -151,7 +151,7 @@ func TestRendererMatchesRender(t *testing.T) {
 	// Pods here have a few rules: dispatch on ports from two of them, so
 	// that both layouts are exercised.
 	defer func(n int) { DispatchMin = n }(DispatchMin)
-	var rendered, failed, dispatched, flat int
+	var rendered, failed, dispatched, flat, deltas int
 	for seed := range uint64(200) {
 		DispatchMin = 2 + int(seed%2)*100
 		rng := rand.New(rand.NewPCG(seed, 7))
@@ -196,6 +196,9 @@ func TestRendererMatchesRender(t *testing.T) {
 						t.Fatalf("seed %d step %d: set %s is not in order: %s", seed, step, set.Name, model.ElemsString(set.Kind, set.Elements))
 					}
 				}
+				if len(earlier) > 0 {
+					deltas += checkDeltas(t, fmt.Sprintf("seed %d step %d", seed, step), earlier[len(earlier)-1].table, got)
+				}
 				earlier = append(earlier, kept{got, got.String()})
 			}
 			for _, k := range earlier {
@@ -207,10 +210,38 @@ func TestRendererMatchesRender(t *testing.T) {
 		}
 	}
 	// Both paths must be exercised for the comparison to mean anything.
-	if rendered < 1000 || failed < 50 || dispatched < 100 || flat < 100 {
-		t.Fatalf("%d tables rendered (%d with port dispatch, %d in the identity layout) and %d rule sets refused: the generator no longer covers all", rendered, dispatched, flat, failed)
+	if rendered < 1000 || failed < 50 || dispatched < 100 || flat < 100 || deltas < 50 {
+		t.Fatalf("%d tables rendered (%d with port dispatch, %d in the identity layout, %d sets made from the last's) and %d rule sets refused: the generator no longer covers all", rendered, dispatched, flat, deltas, failed)
 	}
-	t.Logf("%d tables rendered (%d with port dispatch, %d in the identity layout), %d rule sets refused", rendered, dispatched, flat, failed)
+	t.Logf("%d tables rendered (%d with port dispatch, %d in the identity layout, %d sets made from the last's), %d rule sets refused", rendered, dispatched, flat, deltas, failed)
+}
+
+// checkDeltas checks the sets of got that say how they were made from an
+// earlier set (model.SetDelta): their changes are what comparing the two
+// sets' elements gives. It returns how many were made from prev's set of
+// the same name, the case the Programmer relies on.
+func checkDeltas(t *testing.T, at string, prev, got *model.Table) int {
+	t.Helper()
+	n := 0
+	for _, s := range got.Sets {
+		if s.Delta == nil {
+			continue
+		}
+		base := s.Delta.Base.Value()
+		if base == nil {
+			continue // made from a set nobody holds any more
+		}
+		removed, added := model.ElementDelta(base.Elements, s.Elements)
+		if !model.SameElements(removed, s.Delta.Removed) || !model.SameElements(added, s.Delta.Added) {
+			t.Fatalf("%s: set %s says it removed %s and added %s from its base, the elements say %s and %s", at, s.Name,
+				model.ElemsString(s.Kind, s.Delta.Removed), model.ElemsString(s.Kind, s.Delta.Added),
+				model.ElemsString(s.Kind, removed), model.ElemsString(s.Kind, added))
+		}
+		if base == prev.Set(s.Name) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestRendererReuses checks that a Renderer hands back the very chains and
