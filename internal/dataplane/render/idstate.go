@@ -275,7 +275,6 @@ func (st *idState) finish(r *renderer, dirs []*flatDir, fresh bool, current map[
 	}
 	// The maps' elements: the last render's, with the changed addresses'.
 	for i := range changed {
-		st.moved[i] = elemsMoved{from: st.elems[i]}
 		st.elems[i] = st.mergeHosts(i, changed[i], &st.moved[i])
 	}
 	for i := range st.segElems {
@@ -351,22 +350,43 @@ func (st *idState) newEntry(name string) *hostEntry {
 
 // elemsMoved is how an update changed a map's element list.
 type elemsMoved struct {
+	made           bool // the rest is set
 	from           []model.Element
 	removed, added []model.Element
 }
 
 // mergeHosts returns the elements of family i's map of single addresses:
 // the last render's, with those of the changed addresses (sorted)
-// replaced, and records in moved the elements that went and came.
+// replaced, and records in moved the elements that went and came (not
+// for a first render, where all came and nothing is compared anyway).
 func (st *idState) mergeHosts(i int, changed []hostChange, moved *elemsMoved) []model.Element {
 	old := st.elems[i]
+	*moved = elemsMoved{}
 	if len(changed) == 0 {
 		return old
 	}
+	track := len(old) > 0
+	if track {
+		moved.from, moved.made = old, true
+	}
 	out := make([]model.Element, 0, len(old)+len(changed))
+	// The new keys, in one allocation (a first render makes 100,000s).
+	size := 4
+	if i == 1 {
+		size = 16
+	}
+	keys := make([]byte, 0, len(changed)*size)
 	j := 0
 	for _, c := range changed {
-		key := c.addr.AsSlice()
+		n := len(keys)
+		if i == 0 {
+			a := c.addr.As4()
+			keys = append(keys, a[:]...)
+		} else {
+			a := c.addr.As16()
+			keys = append(keys, a[:]...)
+		}
+		key := keys[n:len(keys):len(keys)]
 		for j < len(old) && bytes.Compare(old[j].Key, key) < 0 {
 			out = append(out, old[j])
 			j++
@@ -376,21 +396,21 @@ func (st *idState) mergeHosts(i int, changed []hostChange, moved *elemsMoved) []
 			was = &old[j]
 			j++
 		}
-		if c.entry.id == nil {
-			if was != nil {
-				moved.removed = append(moved.removed, *was)
-			}
-			continue
+		var e model.Element
+		if c.entry.id != nil {
+			e = model.Element{Key: key, Verdict: &c.entry.id.jump}
+			out = append(out, e)
 		}
-		e := model.Element{Key: key, Verdict: &c.entry.id.jump}
-		out = append(out, e)
-		if was != nil && *was.Verdict == *e.Verdict {
-			continue
-		}
-		if was != nil {
+		switch {
+		case !track || was != nil && e.Verdict != nil && *was.Verdict == *e.Verdict:
+		case was != nil && e.Verdict != nil:
 			moved.removed = append(moved.removed, *was)
+			moved.added = append(moved.added, e)
+		case was != nil:
+			moved.removed = append(moved.removed, *was)
+		case e.Verdict != nil:
+			moved.added = append(moved.added, e)
 		}
-		moved.added = append(moved.added, e)
 	}
 	return append(out, old[j:]...)
 }
