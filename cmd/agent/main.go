@@ -70,7 +70,8 @@ func run() int {
 	flag.DurationVar(&opts.ResyncPeriod, "resync-period", time.Minute, "How often the table is checked for drift (and repaired) and status counters refreshed; a backstop for the watch of nf_tables notifications.")
 	flag.BoolVar(&opts.KeepEstablished, "keep-established", false, "Keep established connections that a rule set change denies (conntrack lets them go on); by default they are revoked at once.")
 	revokedMark := flag.String("revoked-ct-mark", fmt.Sprintf("%#08x", agent.DefaultRevokedMark), "Conntrack mark bit the agent sets on revoked connections (their packets are dropped); pick one no other component on the node uses in the conntrack mark. Only this bit is ever written.")
-	identities := flag.Bool("identity-layout", false, "Render isolated pods in the identity layout, where a new connection walks the same few rules however many policies select its pod, but each change of a peer's identity makes the kernel validate every identity of the node (docs/dataplane.md); false: a rule chain per policy rule.")
+	identities := flag.Bool("identity-layout", false, "Render every isolated pod direction in the identity layout, where a new connection walks the same few rules however many policies select its pod, but each change of a peer's identity makes the kernel validate every identity of the node (docs/dataplane.md); false: see --identity-layout-min.")
+	identityMin := flag.Int("identity-layout-min", render.DefaultIdentityMin, "Without --identity-layout, render in the identity layout the isolated pod directions that reference at least this many rules, and a rule chain per rule for the others, so that a new connection walks fewer than about twice as many rules whatever the policies; 0: rule chains only.")
 	watch := flag.Bool("watch-table", true, "Watch nf_tables change notifications and repair another process's changes to the table at once; false: the resync alone repairs them.")
 	flag.StringVar(&opts.Drops.TokenFile, "drops-token-file", "", "Service-account token for the audience "+wire.Audience+", bound to this agent's pod (a projected volume), with which the drop log's lines are pushed to the drops API; empty: lines go to the file only.")
 	flag.StringVar(&opts.Drops.CAFile, "drops-ca-file", "/var/run/nftguard/drops-ca/ca.crt", "CA bundle the drops API's serving certificate is verified with.")
@@ -101,7 +102,7 @@ func run() int {
 		setupLog.Error(nil, "No node name: set --node-name or NODE_NAME")
 		return 2
 	}
-	opts.Render = render.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst), Identities: *identities}
+	opts.Render = render.Options{LogGroup: uint16(nflogGroup), LogRate: uint32(auditRate), LogBurst: uint32(auditBurst), Identities: *identities, IdentityMin: *identityMin}
 	mark, err := strconv.ParseUint(*revokedMark, 0, 32)
 	if err != nil || bits.OnesCount64(mark) != 1 {
 		setupLog.Error(err, "--revoked-ct-mark must be one bit of the 32-bit conntrack mark, such as 0x00800000", "value", *revokedMark)

@@ -139,16 +139,20 @@ func TestNewConnectionRuleCount(t *testing.T) {
 	spec, groups := selectedBy(topo, 0, samePort)
 	open := newConnectionRules(t, topo, p, mustRender(t, spec, groups), a, b, 80)
 	t.Logf("not isolated: a new connection walks %d rules", open)
+	// counts[layout][shape][n] are the rules walked (allowed, denied).
+	counts := map[bool]map[string]map[int][2]uint64{false: {}, true: {}}
 	for _, layout := range []struct {
 		name       string
 		identities bool
 	}{{"rule chains", false}, {"identity layout", true}} {
 		for _, shape := range []string{samePort, everyPort, distinctPorts} {
 			var at10 [2]uint64
+			counts[layout.identities][shape] = map[int][2]uint64{}
 			for _, n := range []int{1, 10, 1000} {
 				spec, groups := selectedBy(topo, n, shape)
 				tab := mustRenderWith(t, spec, groups, render.Options{Identities: layout.identities})
 				got := [2]uint64{newConnectionRules(t, topo, p, tab, a, b, 80), newConnectionRules(t, topo, p, tab, c, b, 80)}
+				counts[layout.identities][shape][n] = got
 				t.Logf("%s, %s, selected by %4d rules: a new connection walks %d rules when allowed, %d when denied", layout.name, shape, n, got[0], got[1])
 				// (In the identity layout an allowed connection is accepted
 				// by its peer's identity chain before the pod's chain.)
@@ -169,6 +173,31 @@ func TestNewConnectionRuleCount(t *testing.T) {
 				if got != want {
 					t.Errorf("%s, %s, %d rules: a new connection walks %v rules (allowed, denied), want %v (%v with 10 rules)", layout.name, shape, n, got, want, at10)
 				}
+			}
+		}
+	}
+	// The agent's default: rule chains for a pod selected by fewer than
+	// DefaultIdentityMin rules, the identity layout from there, so that
+	// what a new connection walks has a bound whatever the policies.
+	for _, shape := range []string{samePort, everyPort, distinctPorts} {
+		var bound uint64 // what a pod selected by 1 rule walks, and 2 per rule more up to the threshold
+		for _, n := range []int{1, 10, render.DefaultIdentityMin - 1, render.DefaultIdentityMin, 1000} {
+			spec, groups := selectedBy(topo, n, shape)
+			tab := mustRenderWith(t, spec, groups, render.Options{IdentityMin: render.DefaultIdentityMin})
+			got := [2]uint64{newConnectionRules(t, topo, p, tab, a, b, 80), newConnectionRules(t, topo, p, tab, c, b, 80)}
+			t.Logf("default, %s, selected by %4d rules: a new connection walks %d rules when allowed, %d when denied", shape, n, got[0], got[1])
+			flat := n >= render.DefaultIdentityMin
+			if want, ok := counts[flat][shape][n]; ok && got != want {
+				t.Errorf("default, %s, %d rules: a new connection walks %v rules, want %v as in the %s", shape, n, got, want, map[bool]string{false: "rule chains", true: "identity layout"}[flat])
+			}
+			if n == 1 {
+				bound = max(got[0], got[1]) + 2*uint64(render.DefaultIdentityMin-1)
+			}
+			if got[0] > bound || got[1] > bound {
+				t.Errorf("default, %s, %d rules: a new connection walks %v rules, over the bound of %d", shape, n, got, bound)
+			}
+			if has := tab.Set(render.MapIdentity4) != nil; has != flat {
+				t.Errorf("default, %s, %d rules: identity maps in the table %t, want %t", shape, n, has, flat)
 			}
 		}
 	}

@@ -21,6 +21,7 @@ func TestDecideAgreesWithTheKernel(t *testing.T) {
 	p := programmer(t, topo.node)
 	udp := func(port int32) v1alpha1.Port { return v1alpha1.Port{Protocol: v1alpha1.ProtocolUDP, Port: port} }
 	many := []v1alpha1.Port{dptest.TCP(80), udp(81), dptest.TCP(8080), {Protocol: v1alpha1.ProtocolTCP, Port: 7000, EndPort: 7100}, udp(9000)}
+	mixed := 0
 	for _, tc := range []struct {
 		name string
 		pol  policy
@@ -61,23 +62,31 @@ func TestDecideAgreesWithTheKernel(t *testing.T) {
 				"net": {Addresses: []string{"198.18.0.2/31", "fd00::2/127", topo.pods["a"].ip4.String()}}},
 		}},
 	} {
-		for _, identities := range []bool{false, true} {
-			name := tc.name
-			if identities {
-				name += ", identity layout"
-			}
-			t.Run(name, func(t *testing.T) {
-				if _, err := p.Apply(mustRenderWith(t, topo.spec(tc.pol), tc.pol.groups, render.Options{Identities: identities})); err != nil {
+		for _, layout := range []struct {
+			name string
+			opts render.Options
+		}{{"", render.Options{}}, {", identity layout", render.Options{Identities: true}},
+			// Pods with 2 rules or more flat, the others rule chains.
+			{", identity layout from 2 rules", render.Options{IdentityMin: 2}}} {
+			t.Run(tc.name+layout.name, func(t *testing.T) {
+				if _, err := p.Apply(mustRenderWith(t, topo.spec(tc.pol), tc.pol.groups, layout.opts)); err != nil {
 					t.Fatal(err)
 				}
 				assertInSync(t, p)
 				tab := p.applied
-				if got := tab.Set(render.MapIdentity4) != nil; got != identities {
-					t.Fatalf("identity maps in the table: %t, want %t", got, identities)
+				got := tab.Set(render.MapIdentity4) != nil
+				if layout.opts.IdentityMin == 0 && got != layout.opts.Identities {
+					t.Fatalf("identity maps in the table: %t, want %t", got, layout.opts.Identities)
+				}
+				if layout.opts.IdentityMin > 0 && got {
+					mixed++
 				}
 				decideInKernel(t, topo, tab)
 			})
 		}
+	}
+	if mixed == 0 {
+		t.Fatal("no rule set had identities with rules from 2: the cases no longer cover a node with both layouts")
 	}
 }
 

@@ -81,9 +81,23 @@ type flatDir struct {
 }
 
 // isFlat reports whether a pod direction uses the identity layout: every
-// isolated direction does, with Options.Identities.
+// isolated direction does with Options.Identities, and those referencing
+// at least Options.IdentityMin rules otherwise.
 func (r *renderer) isFlat(iso *v1alpha1.Isolation) bool {
-	return r.opts.Identities && iso != nil
+	switch {
+	case iso == nil:
+		return false
+	case r.opts.Identities:
+		return true
+	case r.opts.IdentityMin <= 0 || len(iso.Rules) < r.opts.IdentityMin:
+		return false
+	}
+	// Counted once each, as the pod's chain walks them.
+	seen := make(map[string]bool, len(iso.Rules))
+	for _, id := range iso.Rules {
+		seen[id] = true
+	}
+	return len(seen) >= r.opts.IdentityMin
 }
 
 // flatShape describes what the lines of a pod's flat directions depend on

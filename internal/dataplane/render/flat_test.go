@@ -37,14 +37,25 @@ func flatProbeAddrs() []netip.Addr {
 func TestIdentityLayoutDecidesAsRuleChains(t *testing.T) {
 	defer func(n int) { DispatchMin = n }(DispatchMin)
 	addrs := flatProbeAddrs()
-	var compared, flat, packets int
+	var compared, flat, mixed, packets int
 	for seed := range uint64(120) {
 		DispatchMin = 1 + int(seed%3)
 		rng := rand.New(rand.NewPCG(seed, 11))
 		spec, groups := randomNode(rng)
+		// Every isolated direction flat, or (one seed in three) only
+		// those with at least 2 rules: rule chains and identities on
+		// one node.
+		opts := Options{Identities: true}
+		if seed%3 == 2 {
+			opts = Options{IdentityMin: 2}
+		}
 		for step := range 4 {
 			want, wantErr := Render(spec, groups, Options{})
-			got, gotErr := Render(spec, groups, Options{Identities: true})
+			got, gotErr := Render(spec, groups, opts)
+			all := got
+			if opts.IdentityMin > 0 {
+				all, _ = Render(spec, groups, Options{Identities: true})
+			}
 			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
 				t.Fatalf("seed %d step %d: identity layout error %v, rule chains error %v", seed, step, gotErr, wantErr)
 			}
@@ -55,6 +66,9 @@ func TestIdentityLayoutDecidesAsRuleChains(t *testing.T) {
 			compared++
 			if got.Set(MapIdentity4) != nil {
 				flat++
+				if all.String() != got.String() {
+					mixed++ // not every direction flat: some rule chains
+				}
 			}
 			for _, s := range got.Sets {
 				if !model.SortedElements(s.Elements) {
@@ -88,10 +102,10 @@ func TestIdentityLayoutDecidesAsRuleChains(t *testing.T) {
 			}
 		}
 	}
-	if flat < compared/2 {
-		t.Fatalf("%d of %d tables have the identity layout: the generator no longer covers it", flat, compared)
+	if flat < compared/2 || mixed < compared/10 {
+		t.Fatalf("%d of %d tables have the identity layout, %d of them with rule chains too: the generator no longer covers it", flat, compared, mixed)
 	}
-	t.Logf("%d tables (%d with identities), %d packets", compared, flat, packets)
+	t.Logf("%d tables (%d with identities, %d of them with rule chains too), %d packets", compared, flat, mixed, packets)
 }
 
 // TestSegments cuts overlapping ranges of peer sets into disjoint

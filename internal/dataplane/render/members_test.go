@@ -75,12 +75,16 @@ func scribble(spec *v1alpha1.NodeRuleSetSpec) {
 // nothing of its callers' memory.
 func TestMembersMatchRender(t *testing.T) {
 	defer func(n int) { DispatchMin = n }(DispatchMin)
-	for _, identities := range []bool{false, true} {
+	for _, layout := range []struct {
+		name string
+		opts Options
+	}{{"rule chains", Options{}}, {"identities", Options{Identities: true}}, {"identities from 2 rules", Options{IdentityMin: 2}}} {
+		name := layout.name
 		var rendered, failed, members, deltas int
 		for seed := range uint64(150) {
 			DispatchMin = 2 + int(seed%2)*100
 			rng := rand.New(rand.NewPCG(seed, 11))
-			opts := Options{Identities: identities}
+			opts := layout.opts
 			m := NewRenderer(opts)
 			spec, groups := randomNode(rng)
 			var earlier []*model.Table
@@ -89,30 +93,30 @@ func TestMembersMatchRender(t *testing.T) {
 				got, gotErr := m.Render(spec, groups)
 				want, wantErr := Render(spec, groups, opts)
 				if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
-					t.Fatalf("identities %v seed %d step %d: Renderer error %v, Render error %v", identities, seed, step, gotErr, wantErr)
+					t.Fatalf("%s seed %d step %d: Renderer error %v, Render error %v", name, seed, step, gotErr, wantErr)
 				}
 				if wantErr != nil {
 					failed++
 				} else {
 					rendered++
 					if got.String() != want.String() {
-						t.Fatalf("identities %v seed %d step %d: Renderer gave\n%s\nRender gave\n%s", identities, seed, step, got, want)
+						t.Fatalf("%s seed %d step %d: Renderer gave\n%s\nRender gave\n%s", name, seed, step, got, want)
 					}
 					for i, c := range want.Chains {
 						for j, ru := range c.Rules {
 							if g := got.Chains[i].Rules[j].ID(); g != ru.ID() {
-								t.Fatalf("identities %v seed %d step %d: chain %s rule %d id %s, want %s", identities, seed, step, c.Name, j, g, ru.ID())
+								t.Fatalf("%s seed %d step %d: chain %s rule %d id %s, want %s", name, seed, step, c.Name, j, g, ru.ID())
 							}
 						}
 					}
 					if len(earlier) > 0 {
-						deltas += checkDeltas(t, fmt.Sprintf("identities %v seed %d step %d", identities, seed, step), earlier[len(earlier)-1], got)
+						deltas += checkDeltas(t, fmt.Sprintf("%s seed %d step %d", name, seed, step), earlier[len(earlier)-1], got)
 					}
 					earlier, texts = append(earlier, got), append(texts, got.String())
 				}
 				for i, e := range earlier {
 					if e.String() != texts[i] {
-						t.Fatalf("identities %v seed %d step %d: a table returned earlier changed", identities, seed, step)
+						t.Fatalf("%s seed %d step %d: a table returned earlier changed", name, seed, step)
 					}
 				}
 				next := spec.DeepCopy()
@@ -121,10 +125,10 @@ func TestMembersMatchRender(t *testing.T) {
 			}
 			members += m.members
 		}
-		t.Logf("identities %v: %d tables rendered, %d of them from the last render's, %d sets made from the last's, %d rule sets refused", identities, rendered, members, deltas, failed)
+		t.Logf("%s: %d tables rendered, %d of them from the last render's, %d sets made from the last's, %d rule sets refused", name, rendered, members, deltas, failed)
 		// The comparison means something only when both paths run.
-		if members < rendered/5 || members > rendered*4/5 || failed < 20 || identities && deltas < 50 {
-			t.Fatalf("identities %v: %d of %d tables rendered from the last render's, %d refused: the generator no longer covers both paths", identities, members, rendered, failed)
+		if members < rendered/5 || members > rendered*4/5 || failed < 20 || layout.name != "rule chains" && deltas < 50 {
+			t.Fatalf("%s: %d of %d tables rendered from the last render's, %d refused: the generator no longer covers both paths", name, members, rendered, failed)
 		}
 	}
 }

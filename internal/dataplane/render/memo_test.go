@@ -156,8 +156,12 @@ func TestRendererMatchesRender(t *testing.T) {
 		DispatchMin = 2 + int(seed%2)*100
 		rng := rand.New(rand.NewPCG(seed, 7))
 		// Half the sequences in the identity layout (with dispatch
-		// above, it replaces it).
-		opts := Options{Identities: seed%4 >= 2}
+		// above, it replaces it), every isolated direction or those
+		// with at least 2 rules.
+		opts := Options{Identities: seed%4 == 2}
+		if seed%4 == 3 {
+			opts.IdentityMin = 2
+		}
 		m := NewRenderer(opts)
 		spec, groups := randomNode(rng)
 		type kept struct {

@@ -45,7 +45,19 @@ type Options struct {
 	// costs the kernel a validation of every identity of the node (along
 	// the base chains that look identities up).
 	Identities bool
+	// IdentityMin, when Identities is false and IdentityMin is not 0,
+	// renders in the identity layout the isolated pod directions that
+	// reference at least IdentityMin rules, and a rule chain per rule for
+	// the others. A new connection then walks fewer than about
+	// 2×IdentityMin rules whatever the policies selecting its pod, and
+	// the kernel validates the identities of the peers of the pods that
+	// need them only.
+	IdentityMin int
 }
+
+// DefaultIdentityMin is the agent's IdentityMin: a pod direction with 15
+// rules walks at most 36 rules by rule chains; one with more is flat.
+const DefaultIdentityMin = 16
 
 func (o Options) withDefaults() Options {
 	if o.LogGroup == 0 {
