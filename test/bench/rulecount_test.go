@@ -142,18 +142,26 @@ func BenchmarkRuleCount(b *testing.B) {
 	for _, policies := range intList(b, *countPolicies) {
 		b.Run(fmt.Sprintf("policies=%d", policies), func(b *testing.B) {
 			n := selectedByShape(policies)
-			var got [2]uint64
-			layouts := []render.Options{{Identities: true}, {}}
+			// The identity layout (--identity-layout), the agent's
+			// default (identities for pods selected by 16 rules or
+			// more), and rule chains alone (--identity-layout-min=0).
+			layouts := []struct {
+				metric string
+				opts   render.Options
+			}{
+				{"identity-layout-rules/conn", render.Options{Identities: true}},
+				{"default-rules/conn", render.Options{IdentityMin: render.DefaultIdentityMin}},
+				{"rule-chains-rules/conn", render.Options{}},
+			}
 			if policies > 10_000 {
 				// The rule chains of 100,000 policies did not load within
 				// 10 minutes here.
-				layouts = layouts[:1]
+				layouts = layouts[:2]
 			}
+			got := make([]uint64, len(layouts))
 			for b.Loop() {
-				// The identity layout (--identity-layout), then the
-				// rule chains (the agent's default).
-				for i, opts := range layouts {
-					tab, err := render.Render(n.spec, n.groups, opts)
+				for i, l := range layouts {
+					tab, err := render.Render(n.spec, n.groups, l.opts)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -163,9 +171,8 @@ func BenchmarkRuleCount(b *testing.B) {
 					got[i] = countSYN(b, p)
 				}
 			}
-			b.ReportMetric(float64(got[0]), "identity-layout-rules/conn")
-			if len(layouts) > 1 {
-				b.ReportMetric(float64(got[1]), "rule-chains-rules/conn")
+			for i, l := range layouts {
+				b.ReportMetric(float64(got[i]), l.metric)
 			}
 			b.ReportMetric(float64(linearCount(n)), "linear-rules/conn")
 		})
