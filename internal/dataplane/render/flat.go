@@ -288,7 +288,7 @@ func (r *renderer) directionIdentities(dir int, dirs []*flatDir, only []string) 
 			// Made from the last render's map: the Programmer takes
 			// the change from here instead of comparing 100,000s of
 			// elements.
-			if mv := &st.moved[i]; hm != nil && mv.made && sameSlice(hm.Elements, mv.from) {
+			if mv := &st.moved[i]; hm != nil && len(mv.from) > 0 && sameSlice(hm.Elements, mv.from) {
 				s.Delta = &model.SetDelta{Base: weak.Make(hm), Removed: mv.removed, Added: mv.added}
 			}
 			hm = s

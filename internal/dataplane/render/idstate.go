@@ -349,8 +349,8 @@ func (st *idState) newEntry(name string) *hostEntry {
 }
 
 // elemsMoved is how an update changed a map's element list.
+// Nothing is recorded (from is empty) for a first render.
 type elemsMoved struct {
-	made           bool // the rest is set
 	from           []model.Element
 	removed, added []model.Element
 }
@@ -367,7 +367,7 @@ func (st *idState) mergeHosts(i int, changed []hostChange, moved *elemsMoved) []
 	}
 	track := len(old) > 0
 	if track {
-		moved.from, moved.made = old, true
+		moved.from = old
 	}
 	out := make([]model.Element, 0, len(old)+len(changed))
 	// The new keys, in one allocation (a first render makes 100,000s).
